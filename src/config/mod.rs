@@ -1,0 +1,186 @@
+//! The config file (SPEC §3): read, check every rule, report every error with where it is.
+//!
+//! Pipeline, each step pure: YAML text → located tree ([`yaml`]) → typed [`Config`] ([`de`],
+//! [`schema`]) → rules between values ([`validate`]). Errors from all three steps come out
+//! together as [`ConfigError`]s sorted by position, each with the config path
+//! (`devices[2].tags[0].address`), line and column. The only I/O is reading the file, and in
+//! `validate` checking that files the config names (TLS certificates, password files) can be
+//! read.
+//!
+//! Used by `tidegate check`, by `tidegate run` before anything starts, and (later) by the web
+//! UI's validate/apply, so they all say the same thing about the same text.
+
+pub mod de;
+pub mod schema;
+pub mod units;
+pub mod validate;
+pub mod yaml;
+
+pub use schema::*;
+pub use units::{ByteSize, Dur};
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where the packaged config lives; `run` and `check` read it when no `-c` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tidegate/tidegate.yaml";
+
+/// One problem in a config, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ConfigError {
+    /// `devices[2].tags[0].address`; empty for the document as a whole.
+    pub path: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, "{line}:{column}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} has {} error{}", path.display(), errors.len(), if errors.len() == 1 { "" } else { "s" })]
+    Invalid {
+        path: PathBuf,
+        errors: Vec<ConfigError>,
+    },
+}
+
+/// Parses and validates config text. On failure, every error found, sorted by position.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let tree = match yaml::parse(text) {
+        Ok(tree) => tree,
+        Err(e) => {
+            return Err(vec![ConfigError {
+                path: String::new(),
+                line: Some(e.mark.line),
+                column: Some(e.mark.column),
+                message: format!("YAML syntax error: {}", e.message),
+            }])
+        }
+    };
+    let sink = de::Sink::default();
+    let config = de::from_node::<Config>(&tree, &sink);
+    let mut errors = sink.into_inner();
+    let complete = errors.is_empty();
+    if let Some(config) = &config {
+        for (path, message) in validate::validate(config, complete) {
+            let mark = tree.locate(&path);
+            errors.push(ConfigError {
+                path,
+                line: Some(mark.line),
+                column: Some(mark.column),
+                message,
+            });
+        }
+    }
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => {
+            errors.sort_by_key(|e| (e.line, e.column));
+            errors.dedup();
+            Err(errors)
+        }
+    }
+}
+
+/// Reads and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|errors| LoadError::Invalid {
+        path: path.to_path_buf(),
+        errors,
+    })
+}
+
+/// Where the running config came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    /// No `-c` and no file at [`DEFAULT_CONFIG_PATH`]: SPEC §3.1.
+    BuiltIn,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::BuiltIn => f.write_str("built-in defaults"),
+        }
+    }
+}
+
+/// Resolves the `-c` option: the file given, else the packaged file if it exists, else the
+/// built-in defaults. A file given with `-c` that does not exist is an error, never a silent
+/// fallback.
+pub fn resolve(path: Option<&Path>) -> Result<(Config, Origin), LoadError> {
+    match path {
+        Some(p) => load(p).map(|c| (c, Origin::File(p.to_path_buf()))),
+        None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            let p = Path::new(DEFAULT_CONFIG_PATH);
+            load(p).map(|c| (c, Origin::File(p.to_path_buf())))
+        }
+        None => Ok((builtin(), Origin::BuiltIn)),
+    }
+}
+
+/// The built-in defaults of SPEC §3.1: broker on 0.0.0.0:1883 (anonymous clients may do all but
+/// send commands), one simulated device so data flows at once, no uplink, the web UI on
+/// 0.0.0.0:8080, data in `./tidegate-data` (or systemd's state directory).
+pub fn builtin() -> Config {
+    parse(BUILTIN_YAML).expect("the built-in config is valid (tested)")
+}
+
+/// The built-in defaults as YAML; also what `config/tidegate.yaml` starts from.
+pub const BUILTIN_YAML: &str = "\
+devices:
+  - name: demo
+    driver: simulated
+    poll_interval: 1s
+    tags:
+      - { name: temperature, signal: sine, min: 18, max: 24, period: 60s, unit: \"°C\" }
+      - { name: humidity, signal: random, min: 40, max: 60, unit: \"%\" }
+      - { name: counter, signal: counter, min: 0, max: 1000000, publish_every: 10s }
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_is_valid_and_as_specified() {
+        let c = builtin();
+        assert_eq!(c.broker.listeners[0].bind, "0.0.0.0:1883");
+        assert_eq!(c.web.bind, "0.0.0.0:8080");
+        assert!(c.web.enabled);
+        assert!(c.uplinks.is_empty());
+        assert_eq!(c.devices.len(), 1);
+        assert_eq!(c.devices[0].driver, Driver::Simulated);
+    }
+
+    #[test]
+    fn errors_are_sorted_and_located() {
+        let errs = parse("log:\n  format: fancy\ngateway:\n  id: Bad Id\n").unwrap_err();
+        let lines: Vec<_> = errs.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(2), Some(4)], "{errs:?}");
+    }
+}
