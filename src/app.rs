@@ -229,21 +229,35 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
+    let second = async {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    };
+    Ok(finish(supervisor.stop(GRACE), second).await)
+}
+
+/// Waits for `stop` (the supervisor's shutdown) unless `second_signal` comes first.
+async fn finish(
+    stop: impl Future<Output = Vec<Arc<str>>>,
+    second_signal: impl Future<Output = &'static str>,
+) -> Stop {
     let started = Instant::now();
-    let stop = supervisor.stop(GRACE);
-    tokio::pin!(stop);
     tokio::select! {
-        unfinished = &mut stop => {
+        unfinished = stop => {
             if unfinished.is_empty() {
                 info!(took = ?started.elapsed(), "Stopped cleanly");
-                Ok(Stop::Clean)
+                Stop::Clean
             } else {
                 error!(tasks = ?unfinished, grace = ?GRACE, "Tasks did not stop in time; exiting anyway");
-                Ok(Stop::Unfinished)
+                Stop::Unfinished
             }
         }
-        _ = term.recv() => { warn!(signal = "SIGTERM", "Second signal during shutdown; exiting now"); Ok(Stop::Forced) }
-        _ = int.recv() => { warn!(signal = "SIGINT", "Second signal during shutdown; exiting now"); Ok(Stop::Forced) }
+        signal = second_signal => {
+            warn!(signal, "Second signal during shutdown; exiting now");
+            Stop::Forced
+        }
     }
 }
 
@@ -275,7 +289,10 @@ fn reread(origin: &Origin) {
             for e in &errors {
                 error!(config = %path.display(), "SIGHUP: config error at {e}");
             }
-            error!(errors = errors.len(), "SIGHUP: the config file is invalid; keeping the running config");
+            error!(
+                errors = errors.len(),
+                "SIGHUP: the config file is invalid; keeping the running config"
+            );
         }
         Err(e) => error!(error = %e, "SIGHUP: cannot re-read the config"),
     }
@@ -292,6 +309,21 @@ async fn build(config: &Config, _supervisor: &mut Supervisor) -> anyhow::Result<
         config.broker.listeners.len(),
         config.gateway.data_dir.display()
     ));
+    if config.web.enabled && config.web.users.is_empty() {
+        let dir = &config.gateway.data_dir;
+        let (_, created) = crate::auth::initial_admin_password(dir).with_context(|| {
+            format!(
+                "cannot keep the initial admin password in {}",
+                dir.display()
+            )
+        })?;
+        let file = dir.join(crate::auth::INITIAL_ADMIN_PASSWORD_FILE);
+        lines.push(format!(
+            "No web user is configured: {} the initial `admin` password in {}",
+            if created { "generated" } else { "keeping" },
+            file.display()
+        ));
+    }
     Ok(lines)
 }
 
@@ -345,6 +377,26 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert_eq!(fatal.load(Ordering::SeqCst), 1);
         assert_eq!(panics.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn second_signal_cuts_shutdown_short() {
+        let mut sup = Supervisor::new(CancellationToken::new());
+        sup.spawn("stubborn", |_stop| async move {
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+        let started = Instant::now();
+        let second = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            "SIGINT"
+        };
+        assert_eq!(finish(sup.stop(GRACE), second).await, Stop::Forced);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+
+        let sup = Supervisor::new(CancellationToken::new());
+        let never = std::future::pending::<&'static str>();
+        assert_eq!(finish(sup.stop(GRACE), never).await, Stop::Clean);
     }
 
     #[tokio::test(start_paused = true)]

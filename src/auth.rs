@@ -23,15 +23,18 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
 /// True when `password` matches the PHC string `hash`. A malformed hash never matches.
 pub fn verify(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
 /// Checks that `hash` is an argon2 PHC string, with a message saying what is wrong.
 pub fn check_hash_format(hash: &str) -> Result<(), String> {
-    let parsed = PasswordHash::new(hash).map_err(|e| {
-        format!("not a password hash ({e}); make one with `tidegate passwd`")
-    })?;
+    let parsed = PasswordHash::new(hash)
+        .map_err(|e| format!("not a password hash ({e}); make one with `tidegate passwd`"))?;
     match parsed.algorithm.as_str() {
         "argon2id" | "argon2i" | "argon2d" => {}
         other => {
@@ -60,5 +63,68 @@ mod tests {
         assert!(check_hash_format("$argon2id$v=19$m=19456").is_err());
         assert!(check_hash_format("plaintext").is_err());
         assert!(!verify("x", "garbage"));
+    }
+}
+
+/// The file under `data_dir` holding the generated web admin password (SPEC §3.1).
+pub const INITIAL_ADMIN_PASSWORD_FILE: &str = "initial-admin-password";
+
+/// Returns the generated admin password, making it on first start: 20 random characters
+/// written to `<data_dir>/initial-admin-password` with mode 0600. Used when `web.users` is
+/// empty; the user changes it in the UI.
+///
+/// Fails when the file cannot be read or written, or the system's random source fails.
+pub fn initial_admin_password(data_dir: &std::path::Path) -> std::io::Result<(String, bool)> {
+    use password_hash::rand_core::RngCore;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(INITIAL_ADMIN_PASSWORD_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_string(), false)),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Unambiguous characters only: it is read off a terminal and typed into a browser.
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut password = String::with_capacity(20);
+    while password.len() < 20 {
+        let byte = (OsRng.next_u32() & 0xff) as usize;
+        // Rejection sampling keeps every character equally likely.
+        if byte < 256 - 256 % ALPHABET.len() {
+            password.push(ALPHABET[byte % ALPHABET.len()] as char);
+        }
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    writeln!(f, "{password}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok((password, true))
+}
+
+#[cfg(test)]
+mod initial_password_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn generated_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p1, new1) = initial_admin_password(dir.path()).unwrap();
+        let (p2, new2) = initial_admin_password(dir.path()).unwrap();
+        assert!(new1 && !new2);
+        assert_eq!(p1, p2);
+        assert_eq!(p1.len(), 20);
+        let mode = std::fs::metadata(dir.path().join(INITIAL_ADMIN_PASSWORD_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

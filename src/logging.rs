@@ -60,7 +60,9 @@ pub fn init(log: &Log) -> anyhow::Result<Sink> {
                     .try_init()?;
                 return Ok(Sink::Journal);
             }
-            Err(e) => eprintln!("tidegate: cannot open the journal socket ({e}); logging to stderr"),
+            Err(e) => {
+                eprintln!("tidegate: cannot open the journal socket ({e}); logging to stderr")
+            }
         }
     }
     if log.format == LogFormat::Json {

@@ -11,7 +11,11 @@ use tidegate::config::{self, LoadError, Origin};
 const EX_CONFIG: u8 = 78;
 
 #[derive(Parser)]
-#[command(name = "tidegate", version, about = "Edge IoT gateway: embedded MQTT broker, field drivers, store-and-forward uplinks")]
+#[command(
+    name = "tidegate",
+    version,
+    about = "Edge IoT gateway: embedded MQTT broker, field drivers, store-and-forward uplinks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -84,7 +84,11 @@ impl<'a> NodeDe<'a> {
     }
 
     fn fail<T>(&self, message: String) -> Result<T, DeError> {
-        Err(self.record(self.node.mark, &self.path, <DeError as de::Error>::custom(message)))
+        Err(self.record(
+            self.node.mark,
+            &self.path,
+            <DeError as de::Error>::custom(message),
+        ))
     }
 
     fn scalar(&self) -> Option<(&'a str, bool)> {
@@ -468,7 +472,8 @@ impl<'a> de::MapAccess<'a> for MapAccess<'a> {
             return Ok(None);
         };
         self.value = Some(entry);
-        let key: de::value::StrDeserializer<'_, DeError> = entry.0.name.as_str().into_deserializer();
+        let key: de::value::StrDeserializer<'_, DeError> =
+            entry.0.name.as_str().into_deserializer();
         let path = join(&self.parent.path, &entry.0.name);
         seed.deserialize(key)
             .map(Some)
@@ -477,7 +482,9 @@ impl<'a> de::MapAccess<'a> for MapAccess<'a> {
 
     fn next_value_seed<V: DeserializeSeed<'a>>(&mut self, seed: V) -> Result<V::Value, DeError> {
         let Some(entry) = self.value.take() else {
-            return Err(<DeError as de::Error>::custom("a value was asked for before its key"));
+            return Err(<DeError as de::Error>::custom(
+                "a value was asked for before its key",
+            ));
         };
         let child = NodeDe {
             node: &entry.1,
@@ -547,7 +554,8 @@ mod tests {
 
     #[test]
     fn collects_errors_from_every_item_and_unknown_keys() {
-        let (_, errors) = run("items:\n  - a: 70000\n  - b: maybe\n    colour: red\n  - name: ok\n");
+        let (_, errors) =
+            run("items:\n  - a: 70000\n  - b: maybe\n    colour: red\n  - name: ok\n");
         let got: Vec<(&str, usize, &str)> = errors
             .iter()
             .map(|e| (e.path.as_str(), e.line.unwrap(), e.message.as_str()))
@@ -555,7 +563,11 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("items[0].a", 2, "expected an integer from 0 to 65535, found `70000`"),
+                (
+                    "items[0].a",
+                    2,
+                    "expected an integer from 0 to 65535, found `70000`"
+                ),
                 ("items[1].colour", 4, "unknown key `colour`"),
                 ("items[1].b", 3, "expected true or false, found `maybe`"),
             ]

@@ -63,7 +63,17 @@ pub enum LoadError {
 }
 
 /// Parses and validates config text. On failure, every error found, sorted by position.
+/// Relative file paths in it (TLS files, password files) are taken from the current directory;
+/// see [`parse_in`].
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    parse_in(text, None)
+}
+
+/// Like [`parse`], with relative file paths (TLS certificates and keys, `password_file`) taken
+/// relative to `base`, the directory of the config file — so a config and its certificates can
+/// move together. `gateway.data_dir` stays relative to the working directory, as the built-in
+/// default `./tidegate-data` is.
+pub fn parse_in(text: &str, base: Option<&Path>) -> Result<Config, Vec<ConfigError>> {
     let tree = match yaml::parse(text) {
         Ok(tree) => tree,
         Err(e) => {
@@ -75,12 +85,51 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             }])
         }
     };
-    let sink = de::Sink::default();
-    let config = de::from_node::<Config>(&tree, &sink);
-    let mut errors = sink.into_inner();
+    // Deserialization stops at the first bad value of a struct. To report the errors behind
+    // it too, each pass removes the keys whose values failed and deserializes again, until a
+    // pass finds nothing new (bounded: every pass removes at least one key).
+    let mut tree = tree;
+    let mut removed: Vec<String> = Vec::new();
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut config = loop {
+        let sink = de::Sink::default();
+        let mut config = de::from_node::<Config>(&tree, &sink);
+        if let (Some(config), Some(base)) = (&mut config, base) {
+            config.resolve_files(base);
+        }
+        let mut progress = false;
+        for e in sink.into_inner() {
+            let missing_removed = removed.iter().any(|r| {
+                r.strip_prefix(e.path.as_str())
+                    .and_then(|rest| {
+                        rest.strip_prefix('.')
+                            .or((e.path.is_empty()).then_some(rest))
+                    })
+                    .is_some_and(|key| e.message == format!("missing field `{key}`"))
+            });
+            if missing_removed || errors.contains(&e) {
+                continue;
+            }
+            if tree.remove(&e.path) {
+                removed.push(e.path.clone());
+                progress = true;
+            }
+            errors.push(e);
+        }
+        if !progress || removed.len() > 1000 {
+            break config;
+        }
+    };
     let complete = errors.is_empty();
-    if let Some(config) = &config {
+    if let Some(config) = &mut config {
         for (path, message) in validate::validate(config, complete) {
+            // A rule about a value already reported (and removed) would only repeat it.
+            if removed
+                .iter()
+                .any(|r| path == *r || path.starts_with(&format!("{r}.")))
+            {
+                continue;
+            }
             let mark = tree.locate(&path);
             errors.push(ConfigError {
                 path,
@@ -106,7 +155,8 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text).map_err(|errors| LoadError::Invalid {
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty());
+    parse_in(&text, base).map_err(|errors| LoadError::Invalid {
         path: path.to_path_buf(),
         errors,
     })

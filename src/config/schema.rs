@@ -13,7 +13,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     #[serde(deserialize_with = "lenient")]
@@ -30,15 +30,33 @@ pub struct Config {
     pub log: Log,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            gateway: Gateway::default(),
-            broker: Broker::default(),
-            devices: Vec::new(),
-            uplinks: Vec::new(),
-            web: Web::default(),
-            log: Log::default(),
+impl Config {
+    /// Makes the relative file paths the config names (TLS files, password files) relative to
+    /// `base` instead of the working directory.
+    pub fn resolve_files(&mut self, base: &std::path::Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        for l in &mut self.broker.listeners {
+            if let Some(tls) = &mut l.tls {
+                fix(&mut tls.cert);
+                fix(&mut tls.key);
+                tls.client_ca.iter_mut().for_each(fix);
+            }
+        }
+        for u in &mut self.uplinks {
+            u.password_file.iter_mut().for_each(fix);
+            if let Some(tls) = &mut u.tls {
+                tls.ca.iter_mut().for_each(fix);
+                tls.cert.iter_mut().for_each(fix);
+                tls.key.iter_mut().for_each(fix);
+            }
+        }
+        if let Some(tls) = &mut self.web.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
         }
     }
 }

@@ -125,10 +125,12 @@ fn users(v: &mut V, section: &str, users: &[User]) {
     }
     unique(
         v,
-        users
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (format!("{section}.users[{i}].username"), u.username.as_str())),
+        users.iter().enumerate().map(|(i, u)| {
+            (
+                format!("{section}.users[{i}].username"),
+                u.username.as_str(),
+            )
+        }),
         "username",
     );
 }
@@ -173,7 +175,10 @@ fn broker(v: &mut V, b: &Broker, binds: &mut HashMap<SocketAddr, String>) {
         }
     }
     if b.max_connections == 0 {
-        v.err("broker.max_connections", "max_connections must be at least 1");
+        v.err(
+            "broker.max_connections",
+            "max_connections must be at least 1",
+        );
     }
     // MQTT's variable-length remaining length caps a packet at 256 MiB.
     if b.max_packet_size.0 < 128 || b.max_packet_size.0 > 268_435_460 {
@@ -394,7 +399,12 @@ fn devices(v: &mut V, devices: &[Device], complete: bool) {
 fn device(v: &mut V, i: usize, d: &Device, complete: bool) {
     let p = format!("devices[{i}]");
     name(v, format!("{p}.name"), &d.name, "device name");
-    positive(v, format!("{p}.poll_interval"), d.poll_interval, "poll_interval");
+    positive(
+        v,
+        format!("{p}.poll_interval"),
+        d.poll_interval,
+        "poll_interval",
+    );
     let allowed = device_keys(d.driver);
     for key in present_device_keys(d) {
         if !allowed.contains(&key) {
@@ -524,10 +534,17 @@ fn serial(v: &mut V, p: &str, d: &Device, complete: bool) {
                 return;
             };
             match regex::Regex::new(pattern) {
-                Err(e) => v.err(
-                    format!("{pp}.pattern"),
-                    format!("invalid regular expression: {e}"),
-                ),
+                Err(e) => {
+                    // regex's syntax errors draw a caret under the pattern over several lines;
+                    // the last line is the reason.
+                    let text = e.to_string();
+                    let reason = text.lines().last().unwrap_or_default();
+                    let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+                    v.err(
+                        format!("{pp}.pattern"),
+                        format!("invalid regular expression: {reason}"),
+                    )
+                }
                 Ok(re) => {
                     let groups: HashSet<&str> = re.capture_names().flatten().collect();
                     for (j, t) in d.tags.iter().enumerate() {
@@ -543,8 +560,11 @@ fn serial(v: &mut V, p: &str, d: &Device, complete: bool) {
                     }
                     if complete {
                         let tags: HashSet<&str> = d.tags.iter().map(|t| t.name.as_str()).collect();
-                        let mut extra: Vec<&str> =
-                            groups.iter().filter(|g| !tags.contains(*g)).copied().collect();
+                        let mut extra: Vec<&str> = groups
+                            .iter()
+                            .filter(|g| !tags.contains(*g))
+                            .copied()
+                            .collect();
                         extra.sort_unstable();
                         for g in extra {
                             v.err(
@@ -611,7 +631,10 @@ fn tag(v: &mut V, p: &str, d: &Device, t: &Tag) {
         ("offset", t.offset),
     ] {
         if value.is_some_and(|x| !x.is_finite()) {
-            v.err(format!("{p}.{key}"), format!("{key} must be a finite number"));
+            v.err(
+                format!("{p}.{key}"),
+                format!("{key} must be a finite number"),
+            );
         }
     }
     if t.deadband.is_some_and(|x| !(x >= 0.0 && x.is_finite())) {
@@ -683,7 +706,10 @@ fn modbus_tag(v: &mut V, p: &str, t: &Tag) {
                 t.word_order.is_some()
             };
             if present {
-                v.err(format!("{p}.{key}"), format!("`{key}` does not apply to bits"));
+                v.err(
+                    format!("{p}.{key}"),
+                    format!("`{key}` does not apply to bits"),
+                );
             }
         }
     } else {
@@ -692,7 +718,7 @@ fn modbus_tag(v: &mut V, p: &str, t: &Tag) {
             v.err(
                 format!("{p}.address"),
                 format!(
-                    "a {ty} at address {address} spans {} registers and runs past 65535",
+                    "a value of type {ty} at address {address} spans {} registers and runs past 65535",
                     ty.registers()
                 ),
             );
@@ -711,13 +737,19 @@ fn modbus_tag(v: &mut V, p: &str, t: &Tag) {
 
 fn gpio_tag(v: &mut V, p: &str, t: &Tag) {
     if t.line.is_none() {
-        v.err(p.to_string(), "a GPIO tag needs `line` (the line offset on the chip)");
+        v.err(
+            p.to_string(),
+            "a GPIO tag needs `line` (the line offset on the chip)",
+        );
     }
     if t.data_type.is_some() {
         v.err(format!("{p}.type"), "GPIO values are always bool");
     }
     match t.direction {
-        None => v.err(p.to_string(), "a GPIO tag needs `direction` (input | output)"),
+        None => v.err(
+            p.to_string(),
+            "a GPIO tag needs `direction` (input | output)",
+        ),
         Some(Direction::Input) => {
             if t.initial.is_some() {
                 v.err(format!("{p}.initial"), "`initial` is only for outputs");
@@ -738,7 +770,9 @@ fn gpio_tag(v: &mut V, p: &str, t: &Tag) {
             }
         }
     }
-    if t.debounce.is_some_and(|d| d.0 > std::time::Duration::from_secs(10)) {
+    if t.debounce
+        .is_some_and(|d| d.0 > std::time::Duration::from_secs(10))
+    {
         v.err(format!("{p}.debounce"), "debounce must be at most 10s");
     }
 }
@@ -758,7 +792,10 @@ fn simulated_tag(v: &mut V, p: &str, t: &Tag) {
     if let Some(period) = t.period {
         positive(v, format!("{p}.period"), period, "period");
         if !matches!(t.signal, Some(Signal::Sine | Signal::Ramp)) {
-            v.err(format!("{p}.period"), "`period` is only for sine and ramp signals");
+            v.err(
+                format!("{p}.period"),
+                "`period` is only for sine and ramp signals",
+            );
         }
     }
 }
@@ -798,7 +835,9 @@ pub fn split_url(url: &str) -> Result<(&str, &str, u16, &str), String> {
         _ => (authority, default_port),
     };
     if host.is_empty() || host.contains('@') {
-        return Err(format!("`{url}` has no host (credentials go in username/password)"));
+        return Err(format!(
+            "`{url}` has no host (credentials go in username/password)"
+        ));
     }
     Ok((scheme, host, port, path))
 }
@@ -902,8 +941,18 @@ fn uplinks(v: &mut V, uplinks: &[Uplink]) {
                 "max_bytes must be at least 64KiB",
             );
         }
-        positive(v, format!("{p}.buffer.max_age"), u.buffer.max_age, "max_age");
-        positive(v, format!("{p}.reconnect.min"), u.reconnect.min, "reconnect.min");
+        positive(
+            v,
+            format!("{p}.buffer.max_age"),
+            u.buffer.max_age,
+            "max_age",
+        );
+        positive(
+            v,
+            format!("{p}.reconnect.min"),
+            u.reconnect.min,
+            "reconnect.min",
+        );
         if u.reconnect.min > u.reconnect.max {
             v.err(
                 format!("{p}.reconnect.min"),
@@ -963,7 +1012,10 @@ mod tests {
             split_url("mqtts://h.example:8884").unwrap(),
             ("mqtts", "h.example", 8884, "")
         );
-        assert_eq!(split_url("wss://h/mqtt").unwrap(), ("wss", "h", 443, "/mqtt"));
+        assert_eq!(
+            split_url("wss://h/mqtt").unwrap(),
+            ("wss", "h", 443, "/mqtt")
+        );
         assert!(split_url("http://h").is_err());
         assert!(split_url("mqtt://:1883").is_err());
         assert!(split_url("mqtt://h:0").is_err());

@@ -38,7 +38,10 @@ impl Mark {
 pub enum NodeKind {
     /// A scalar with its text; `plain` is false for quoted and block scalars, which are always
     /// strings (YAML 1.2 core schema: only plain scalars are resolved to null, bool and numbers).
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     /// Key/value pairs in document order; keys are unique strings.
     Map(Vec<(Key, Node)>),
@@ -86,27 +89,59 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Removes the mapping entry at `path` (a path ending in a key). Returns false when there
+    /// is no such entry or the path ends in a list index.
+    pub fn remove(&mut self, path: &str) -> bool {
+        let segs: Vec<Segment<'_>> = path_segments(path).collect();
+        let Some((Segment::Key(last), parents)) = segs.split_last() else {
+            return false;
+        };
+        let mut node = self;
+        for seg in parents {
+            let next = match (&mut node.kind, seg) {
+                (NodeKind::Map(entries), Segment::Key(k)) => entries
+                    .iter_mut()
+                    .find(|(key, _)| key.name == *k)
+                    .map(|(_, v)| v),
+                (NodeKind::Seq(items), Segment::Index(i)) => items.get_mut(*i),
+                _ => None,
+            };
+            match next {
+                Some(n) => node = n,
+                None => return false,
+            }
+        }
+        match &mut node.kind {
+            NodeKind::Map(entries) => {
+                let before = entries.len();
+                entries.retain(|(k, _)| k.name != *last);
+                entries.len() != before
+            }
+            _ => false,
+        }
+    }
+}
+
 enum Segment<'a> {
     Key(&'a str),
     Index(usize),
 }
 
 fn path_segments(path: &str) -> impl Iterator<Item = Segment<'_>> {
-    path.split('.')
-        .filter(|s| !s.is_empty())
-        .flat_map(|part| {
-            let (key, rest) = match part.find('[') {
-                Some(i) => (&part[..i], &part[i..]),
-                None => (part, ""),
-            };
-            let key = (!key.is_empty()).then_some(Segment::Key(key));
-            let indexes = rest
-                .split('[')
-                .filter_map(|s| s.strip_suffix(']'))
-                .filter_map(|s| s.parse().ok())
-                .map(Segment::Index);
-            key.into_iter().chain(indexes)
-        })
+    path.split('.').filter(|s| !s.is_empty()).flat_map(|part| {
+        let (key, rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        let key = (!key.is_empty()).then_some(Segment::Key(key));
+        let indexes = rest
+            .split('[')
+            .filter_map(|s| s.strip_suffix(']'))
+            .filter_map(|s| s.parse().ok())
+            .map(Segment::Index);
+        key.into_iter().chain(indexes)
+    })
 }
 
 /// A YAML syntax or structure error, with its position.
@@ -175,7 +210,7 @@ impl Builder {
                 self.documents += 1;
                 if self.documents > 1 {
                     return Err(err(
-                        "only one YAML document is allowed in a config file".into(),
+                        "only one YAML document is allowed in a config file".into()
                     ));
                 }
             }
@@ -299,8 +334,20 @@ mod tests {
     fn locates_nested_values() {
         let doc = "a:\n  b:\n    - x: 1\n    - x: 2\n      y: [3, 4]\n";
         let root = parse(doc).unwrap();
-        assert_eq!(root.locate("a.b[1].x"), Mark { line: 4, column: 10 });
-        assert_eq!(root.locate("a.b[1].y[1]"), Mark { line: 5, column: 14 });
+        assert_eq!(
+            root.locate("a.b[1].x"),
+            Mark {
+                line: 4,
+                column: 10
+            }
+        );
+        assert_eq!(
+            root.locate("a.b[1].y[1]"),
+            Mark {
+                line: 5,
+                column: 14
+            }
+        );
         // A missing tail points at the deepest existing node.
         assert_eq!(root.locate("a.b[0].zz"), Mark { line: 3, column: 7 });
     }
