@@ -10,6 +10,8 @@
 //!   backoff), handles signals, and stops everything within the grace period.
 //! - [`logging`] — tracing to the systemd journal, or text / JSON on stderr.
 //! - [`auth`] — argon2id password hashes for broker and web users (`tidegate passwd`).
+//! - [`broker`] — the embedded MQTT broker; [`broker::codec`] is its strict MQTT 3.1/3.1.1/5.0
+//!   packet codec (pure: bytes in, typed packets out, every malformation with its reason code).
 //! - `main.rs` — the command line (SPEC §1): `run`, `check`, `passwd`.
 //!
 //! # Who talks to whom
@@ -27,5 +29,6 @@
 
 pub mod app;
 pub mod auth;
+pub mod broker;
 pub mod config;
 pub mod logging;
