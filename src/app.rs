@@ -300,8 +300,22 @@ fn reread(origin: &Origin) {
 
 /// Builds every subsystem from its config section, spawning its tasks on `supervisor`, and
 /// returns one line per subsystem saying what it serves.
-async fn build(config: &Config, _supervisor: &mut Supervisor) -> anyhow::Result<Vec<String>> {
+async fn build(config: &Config, supervisor: &mut Supervisor) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
+    let broker = crate::broker::Broker::new(crate::broker::Settings::from_config(&config.broker));
+    for listener in broker.bind(&config.broker).await? {
+        let addr = listener.local_addr();
+        lines.push(format!(
+            "MQTT broker listening on {addr} (MQTT 3.1, 3.1.1 and 5.0)"
+        ));
+        supervisor.spawn(format!("mqtt listener {addr}"), move |stop| {
+            let listener = listener.clone();
+            async move { listener.serve(stop).await.map_err(TaskError::Failed) }
+        });
+    }
+    if config.broker.allow_anonymous {
+        warn!("The broker accepts anonymous clients (broker.allow_anonymous); add users and an ACL before exposing it");
+    }
     lines.push(format!(
         "Config: {} device(s), {} uplink(s), {} broker listener(s); data in {}",
         config.devices.len(),

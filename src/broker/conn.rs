@@ -1,0 +1,1007 @@
+//! One client connection: the MQTT protocol flows over any byte stream (TCP, and later TLS
+//! and WebSocket).
+//!
+//! A connection task reads the CONNECT (with a deadline, so a silent socket cannot hold a
+//! slot), authenticates, attaches to its session (taking it over from an older connection
+//! with the same client id), then loops over one `select!`: bytes from the client, room to
+//! write, the session's wake-up, the keepalive deadline (1.5 × the client's keepalive),
+//! takeover and broker shutdown. Reading and writing never block each other: outgoing bytes
+//! go to a bounded buffer written whenever the socket takes them, and the session queue is
+//! only pulled from while that buffer and the client's in-flight window have room.
+//!
+//! A malformed packet closes this connection only (MQTT 5: after a DISCONNECT with the
+//! reason code); the will is published on any close but a normal DISCONNECT.
+
+use super::acl::Action;
+use super::codec::{
+    self, reason, topic, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
+    ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+};
+use super::state::{
+    lock, split_shared, AckGroup, Delivery, Expiry, Inflight, Message, Session, SessionCell,
+    Shared, Stage, SubTarget,
+};
+use super::Settings;
+use bytes::BytesMut;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// Stop pulling from the session queue once this much is waiting to be written.
+const OUT_HIGH_WATER: usize = 64 * 1024;
+/// How long a closing connection may take to write its last packets.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything a connection needs from the broker.
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub settings: Arc<Settings>,
+}
+
+/// Why the connection ended; decides the will.
+#[derive(Debug)]
+enum End {
+    /// DISCONNECT with reason 0x00 (or 3.x DISCONNECT): no will.
+    Normal,
+    /// DISCONNECT with reason 0x04: will published.
+    WithWill,
+    /// Network error, keepalive timeout, protocol error, takeover: will published.
+    Abnormal(String),
+    /// The broker is stopping.
+    Shutdown,
+}
+
+/// Serves one client until it disconnects, misbehaves, is taken over or the broker stops.
+pub async fn serve<S>(ctx: Arc<Ctx>, stream: S, peer: SocketAddr, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let max_in = ctx.settings.max_packet_size;
+    let connect = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = tokio::time::timeout(ctx.settings.connect_timeout, read_connect(&mut rd, &mut rbuf, max_in)) => r,
+    };
+    let connect = match connect {
+        Err(_) => {
+            debug!(%peer, "No CONNECT in time; closing");
+            return;
+        }
+        Ok(Err(ReadError::Io(e))) => {
+            debug!(%peer, error = %e, "Connection closed before CONNECT");
+            return;
+        }
+        Ok(Err(ReadError::Decode(e))) => {
+            ctx.shared
+                .stats
+                .malformed_packets
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, error = %e, "Bad CONNECT; closing the connection");
+            if let Some((version, code)) = e.connack_response() {
+                let mut out = BytesMut::new();
+                let ack = Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    reason_code: code,
+                    properties: Properties::default(),
+                });
+                if codec::encode(&ack, version, &mut out).is_ok() {
+                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.write_all(&out)).await;
+                }
+            }
+            return;
+        }
+        Ok(Ok(c)) => c,
+    };
+    let version = connect.protocol;
+    let shared = &ctx.shared;
+    let settings = &ctx.settings;
+
+    // Admission: capacity, authentication, the will's topic.
+    if shared.stats.clients_connected.load(Ordering::Relaxed) >= settings.max_connections {
+        shared
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(%peer, max = settings.max_connections, "Connection refused: max_connections reached");
+        refuse(&mut wr, version, reason::SERVER_UNAVAILABLE).await;
+        return;
+    }
+    if connect.properties.authentication_method.is_some() {
+        refuse(&mut wr, version, reason::BAD_AUTHENTICATION_METHOD).await;
+        return;
+    }
+    if let Err(code) = authenticate(settings, &connect).await {
+        shared
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        info!(%peer, client = %connect.client_id, username = ?connect.username, "Connection refused: not authorized");
+        refuse(&mut wr, version, code).await;
+        return;
+    }
+    let mut assigned = None;
+    let client_id: Arc<str> = if connect.client_id.is_empty() {
+        let id = format!("auto-{:016x}", rand_u64());
+        assigned = Some(id.clone());
+        id.into()
+    } else {
+        connect.client_id.as_str().into()
+    };
+    if let Some(will) = &connect.will {
+        if !settings.may(
+            connect.username.as_deref(),
+            &client_id,
+            Action::Publish,
+            &will.topic,
+        ) {
+            info!(%peer, client = %client_id, topic = %will.topic, "Connection refused: will topic not allowed");
+            refuse(&mut wr, version, reason::NOT_AUTHORIZED).await;
+            return;
+        }
+    }
+
+    // Attach to the session.
+    let expiry = if version.is_v5() {
+        Expiry::from_v5(connect.properties.session_expiry_interval.unwrap_or(0))
+    } else if connect.clean_start {
+        Expiry::AtDisconnect
+    } else {
+        Expiry::Never
+    };
+    let kick = CancellationToken::new();
+    let (cell, session_present, generation) = attach(
+        shared,
+        &client_id,
+        version,
+        expiry,
+        connect.clean_start,
+        &kick,
+    );
+    shared
+        .stats
+        .clients_connected
+        .fetch_add(1, Ordering::Relaxed);
+    cell.online.store(true, Ordering::Relaxed);
+
+    let mut props = Properties {
+        receive_maximum: Some(settings.receive_maximum),
+        topic_alias_maximum: Some(settings.topic_alias_maximum),
+        maximum_packet_size: u32::try_from(settings.max_packet_size).ok(),
+        assigned_client_identifier: assigned,
+        ..Properties::default()
+    };
+    if !version.is_v5() {
+        props = Properties::default();
+    }
+    let mut conn = Conn {
+        ctx: ctx.clone(),
+        version,
+        client_id: client_id.clone(),
+        username: connect.username.clone(),
+        cell: cell.clone(),
+        generation,
+        out: BytesMut::with_capacity(4096),
+        send_window: if version.is_v5() {
+            usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX))
+                .min(settings.max_inflight)
+        } else {
+            settings.max_inflight
+        },
+        max_out_packet: connect
+            .properties
+            .maximum_packet_size
+            .map_or(usize::MAX, |m| m as usize),
+        aliases: HashMap::new(),
+        pending_acks: VecDeque::new(),
+        session_expiry_zero: expiry == Expiry::AtDisconnect,
+    };
+    conn.send(&Packet::ConnAck(ConnAck {
+        session_present,
+        reason_code: reason::SUCCESS,
+        properties: props,
+    }));
+    conn.resend_inflight();
+    debug!(%peer, client = %client_id, protocol = ?version, session_present, "Client connected");
+
+    let keepalive = (connect.keep_alive > 0)
+        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let mut will = connect.will.clone();
+    let end = conn
+        .run(&mut rd, &mut wr, &mut rbuf, keepalive, &kick, &shutdown)
+        .await;
+    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+        if !conn.out.is_empty() {
+            let _ = wr.write_all(&conn.out).await;
+        }
+        let _ = wr.shutdown().await;
+    })
+    .await;
+
+    match &end {
+        End::Normal => will = None,
+        End::WithWill | End::Shutdown => {}
+        End::Abnormal(why) => debug!(client = %client_id, reason = %why, "Connection closed"),
+    }
+    if matches!(end, End::Shutdown) {
+        // Wills are for clients that vanish; a broker stopping is not that.
+        will = None;
+    }
+    detach(&ctx, &cell, generation, conn.username.as_deref(), will);
+    shared
+        .stats
+        .clients_connected
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Answers a refused CONNECT (the encoder writes the 3.x return code for a v3 client).
+async fn refuse<W: AsyncWrite + Unpin>(wr: &mut W, version: ProtocolVersion, code: u8) {
+    let mut out = BytesMut::new();
+    let ack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: code,
+        properties: Properties::default(),
+    });
+    if codec::encode(&ack, version, &mut out).is_ok() {
+        let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+            let _ = wr.write_all(&out).await;
+            let _ = wr.shutdown().await;
+        })
+        .await;
+    }
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Decode(DecodeError),
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Connect, ReadError> {
+    loop {
+        match codec::decode_connect(buf, max) {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => {}
+            Err(e) => return Err(ReadError::Decode(e)),
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) => {
+                return Err(ReadError::Io(std::io::Error::from(
+                    std::io::ErrorKind::UnexpectedEof,
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(ReadError::Io(e)),
+        }
+    }
+}
+
+fn rand_u64() -> u64 {
+    use password_hash::rand_core::RngCore;
+    password_hash::rand_core::OsRng.next_u64()
+}
+
+/// Checks credentials: a username must be a configured user with the right password; no
+/// username needs `allow_anonymous`. Argon2 is slow on purpose, so it runs off the runtime.
+async fn authenticate(settings: &Settings, c: &Connect) -> Result<(), u8> {
+    let Some(username) = &c.username else {
+        return if settings.allow_anonymous {
+            Ok(())
+        } else {
+            Err(reason::NOT_AUTHORIZED)
+        };
+    };
+    let Some(hash) = settings.users.get(username).cloned() else {
+        return Err(reason::BAD_USER_NAME_OR_PASSWORD);
+    };
+    let password = c.password.clone().unwrap_or_default();
+    let ok = tokio::task::spawn_blocking(move || {
+        std::str::from_utf8(&password).is_ok_and(|p| crate::auth::verify(p, &hash))
+    })
+    .await
+    .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(reason::BAD_USER_NAME_OR_PASSWORD)
+    }
+}
+
+/// Finds or creates the session for `client_id` and makes this connection its owner,
+/// kicking off any connection that had it. Returns (session, session present, generation).
+fn attach(
+    shared: &Shared,
+    client_id: &Arc<str>,
+    version: ProtocolVersion,
+    expiry: Expiry,
+    clean_start: bool,
+    kick: &CancellationToken,
+) -> (Arc<SessionCell>, bool, u64) {
+    let existing = lock(&shared.sessions).get(client_id).cloned();
+    if let Some(old) = existing {
+        {
+            let mut st = lock(&old.state);
+            if let Some(k) = st.kick.take() {
+                k.cancel();
+            }
+            if !clean_start {
+                st.generation += 1;
+                st.kick = Some(kick.clone());
+                st.expiry = expiry;
+                st.protocol = version;
+                return (old.clone(), true, st.generation);
+            }
+            // Clean start: the old session ends; make sure its connection no longer owns it.
+            st.generation += 1;
+        }
+        shared.discard_session(&old);
+    }
+    let mut session = Session::new(version, expiry, shared.limits);
+    session.kick = Some(kick.clone());
+    session.generation = 1;
+    let cell = Arc::new(SessionCell {
+        client_id: client_id.clone(),
+        state: std::sync::Mutex::new(session),
+        wake: tokio::sync::Notify::new(),
+        online: std::sync::atomic::AtomicBool::new(true),
+        durable: false,
+    });
+    lock(&shared.sessions).insert(client_id.clone(), cell.clone());
+    (cell, false, 1)
+}
+
+/// After the connection closed: publish the will (after its delay), and end the session if
+/// it does not outlive the connection — unless a newer connection has taken it.
+fn detach(
+    ctx: &Arc<Ctx>,
+    cell: &Arc<SessionCell>,
+    generation: u64,
+    username: Option<&str>,
+    will: Option<Will>,
+) {
+    let shared = &ctx.shared;
+    let (still_ours, expiry) = {
+        let mut st = lock(&cell.state);
+        let ours = st.generation == generation;
+        if ours {
+            st.kick = None;
+            cell.online.store(false, Ordering::Relaxed);
+        }
+        (ours, st.expiry)
+    };
+    if let Some(will) = will {
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        let delay = match expiry {
+            Expiry::AtDisconnect => 0,
+            Expiry::After(s) => delay.min(s),
+            Expiry::Never => delay,
+        };
+        let msg = will_message(will, &cell.client_id);
+        if delay == 0 || !still_ours {
+            shared.route(msg);
+        } else {
+            // Published after the delay unless the client came back to its session first.
+            let ctx = ctx.clone();
+            let cell = cell.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                if lock(&cell.state).generation == generation {
+                    ctx.shared.route(msg);
+                }
+            });
+        }
+    }
+    let _ = username;
+    if !still_ours {
+        return;
+    }
+    match expiry {
+        Expiry::AtDisconnect => shared.discard_session(cell),
+        Expiry::Never => {}
+        Expiry::After(secs) => {
+            let ctx = ctx.clone();
+            let cell = cell.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+                let expired = lock(&cell.state).generation == generation;
+                if expired {
+                    debug!(client = %cell.client_id, "Session expired");
+                    ctx.shared.discard_session(&cell);
+                }
+            });
+        }
+    }
+}
+
+fn will_message(will: Will, client_id: &Arc<str>) -> Arc<Message> {
+    let expires_at = will
+        .properties
+        .message_expiry_interval
+        .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+    Arc::new(Message {
+        topic: will.topic.as_str().into(),
+        payload: will.payload,
+        qos: will.qos,
+        retain: will.retain,
+        properties: Message::forwarded_properties(&will.properties),
+        expires_at,
+        publisher: Some(client_id.clone()),
+    })
+}
+
+/// An incoming QoS 1/2 PUBLISH whose acknowledgement waits for durable consumers.
+struct PendingAck {
+    packet_id: u16,
+    qos: QoS,
+    reason: u8,
+    group: Option<Arc<AckGroup>>,
+}
+
+struct Conn {
+    ctx: Arc<Ctx>,
+    version: ProtocolVersion,
+    client_id: Arc<str>,
+    username: Option<String>,
+    cell: Arc<SessionCell>,
+    generation: u64,
+    out: BytesMut,
+    send_window: usize,
+    max_out_packet: usize,
+    aliases: HashMap<u16, Arc<str>>,
+    pending_acks: VecDeque<PendingAck>,
+    session_expiry_zero: bool,
+}
+
+impl Conn {
+    fn send(&mut self, packet: &Packet) {
+        let before = self.out.len();
+        if let Err(e) = codec::encode(packet, self.version, &mut self.out) {
+            warn!(client = %self.client_id, error = %e, "Cannot encode a packet; skipping it");
+        }
+        self.ctx
+            .shared
+            .stats
+            .bytes_sent
+            .fetch_add((self.out.len() - before) as u64, Ordering::Relaxed);
+    }
+
+    fn disconnect(&mut self, code: u8) {
+        if self.version.is_v5() {
+            self.send(&Packet::Disconnect(Disconnect {
+                reason_code: code,
+                properties: Properties::default(),
+            }));
+        }
+    }
+
+    async fn run<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        rbuf: &mut BytesMut,
+        keepalive: Option<Duration>,
+        kick: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> End
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut deadline = keepalive.map(|k| Instant::now() + k);
+        // Packets already buffered behind the CONNECT.
+        if let Some(end) = self.process(rbuf) {
+            return end;
+        }
+        loop {
+            self.pump();
+            let front_group = self.pending_acks.front().and_then(|p| p.group.clone());
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.disconnect(reason::SERVER_SHUTTING_DOWN);
+                    return End::Shutdown;
+                }
+                _ = kick.cancelled() => {
+                    self.disconnect(reason::SESSION_TAKEN_OVER);
+                    return End::Abnormal("session taken over".into());
+                }
+                r = rd.read_buf(rbuf) => match r {
+                    Ok(0) => return End::Abnormal("connection closed by the client".into()),
+                    Ok(n) => {
+                        self.ctx.shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                        deadline = keepalive.map(|k| Instant::now() + k);
+                        if let Some(end) = self.process(rbuf) {
+                            return end;
+                        }
+                    }
+                    Err(e) => return End::Abnormal(format!("read error: {e}")),
+                },
+                r = wr.write_buf(&mut self.out), if !self.out.is_empty() => {
+                    if let Err(e) = r {
+                        return End::Abnormal(format!("write error: {e}"));
+                    }
+                }
+                _ = self.cell.wake.notified() => {}
+                ok = async { match &front_group { Some(g) => g.wait().await, None => true } }, if front_group.is_some() => {
+                    if let Some(p) = self.pending_acks.front_mut() {
+                        p.group = None;
+                        if !ok && self.version.is_v5() {
+                            // A durable consumer (the uplink's store) could not keep it.
+                            p.reason = reason::QUOTA_EXCEEDED;
+                        }
+                    }
+                    self.flush_acks();
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.disconnect(reason::KEEP_ALIVE_TIMEOUT);
+                    return End::Abnormal("keepalive timeout".into());
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles every whole packet in `rbuf`. `Some(end)` closes the connection.
+    fn process(&mut self, rbuf: &mut BytesMut) -> Option<End> {
+        loop {
+            match codec::decode(rbuf, self.version, self.ctx.settings.max_packet_size) {
+                Ok(None) => return None,
+                Ok(Some(packet)) => {
+                    if let Some(end) = self.handle(packet) {
+                        return Some(end);
+                    }
+                }
+                Err(e) => {
+                    self.ctx
+                        .shared
+                        .stats
+                        .malformed_packets
+                        .fetch_add(1, Ordering::Relaxed);
+                    warn!(client = %self.client_id, error = %e, "Bad packet; closing the connection");
+                    self.disconnect(e.reason_code());
+                    return Some(End::Abnormal(e.to_string()));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, packet: Packet) -> Option<End> {
+        match packet {
+            Packet::Publish(p) => return self.on_publish(p),
+            Packet::PubAck(a) => self.on_puback(a.packet_id),
+            Packet::PubRec(r) => self.on_pubrec(r),
+            Packet::PubRel(r) => self.on_pubrel(r.packet_id),
+            Packet::PubComp(c) => self.on_pubcomp(c.packet_id),
+            Packet::Subscribe(s) => self.on_subscribe(s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(u),
+            Packet::PingReq => self.send(&Packet::PingResp),
+            Packet::Disconnect(d) => return Some(self.on_disconnect(d)),
+            Packet::Auth(_) => {
+                self.disconnect(reason::PROTOCOL_ERROR);
+                return Some(End::Abnormal("AUTH without enhanced authentication".into()));
+            }
+            other => {
+                // The codec refuses server-only packets; anything else here is a bug.
+                self.disconnect(reason::PROTOCOL_ERROR);
+                return Some(End::Abnormal(format!(
+                    "unexpected {:?}",
+                    other.packet_type()
+                )));
+            }
+        }
+        None
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Option<End> {
+        let shared = self.ctx.shared.clone();
+        let settings = self.ctx.settings.clone();
+        shared
+            .stats
+            .messages_received
+            .fetch_add(1, Ordering::Relaxed);
+        // Topic alias (MQTT 5.0 §3.3.2.3.4).
+        let topic: Arc<str> = match p.properties.topic_alias {
+            Some(alias) if alias > settings.topic_alias_maximum => {
+                self.disconnect(reason::TOPIC_ALIAS_INVALID);
+                return Some(End::Abnormal(format!("topic alias {alias} out of range")));
+            }
+            Some(alias) if p.topic.is_empty() => match self.aliases.get(&alias) {
+                Some(t) => t.clone(),
+                None => {
+                    self.disconnect(reason::PROTOCOL_ERROR);
+                    return Some(End::Abnormal(format!("unknown topic alias {alias}")));
+                }
+            },
+            Some(alias) => {
+                let t: Arc<str> = p.topic.as_str().into();
+                self.aliases.insert(alias, t.clone());
+                t
+            }
+            None => p.topic.as_str().into(),
+        };
+        let unacked = self.pending_acks.len() + lock(&self.cell.state).incoming_qos2.len();
+        if p.qos != QoS::AtMostOnce && unacked >= usize::from(settings.receive_maximum) {
+            self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
+            return Some(End::Abnormal("receive maximum exceeded".into()));
+        }
+        let allowed = settings.may(
+            self.username.as_deref(),
+            &self.client_id,
+            Action::Publish,
+            &topic,
+        ) && !topic.starts_with("$SYS");
+        let packet_id = p.packet_id.unwrap_or(0);
+        if p.qos == QoS::ExactlyOnce && lock(&self.cell.state).incoming_qos2.contains(&packet_id) {
+            // A resent QoS 2 PUBLISH we already have: acknowledge, do not deliver twice.
+            self.push_ack(packet_id, QoS::ExactlyOnce, reason::SUCCESS, None);
+            return None;
+        }
+        let mut group = None;
+        let mut code = reason::SUCCESS;
+        // Clients may not publish into the broker's own `$SYS` tree.
+        if allowed {
+            let expires_at = p
+                .properties
+                .message_expiry_interval
+                .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
+            let msg = Arc::new(Message {
+                topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties: Message::forwarded_properties(&p.properties),
+                expires_at,
+                publisher: Some(self.client_id.clone()),
+            });
+            group = shared.route(msg);
+        } else {
+            debug!(client = %self.client_id, %topic, "Publish denied by the ACL");
+            code = reason::NOT_AUTHORIZED;
+        }
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.push_ack(packet_id, QoS::AtLeastOnce, code, group),
+            QoS::ExactlyOnce => {
+                if code < 0x80 {
+                    lock(&self.cell.state).incoming_qos2.insert(packet_id);
+                }
+                self.push_ack(packet_id, QoS::ExactlyOnce, code, group);
+            }
+        }
+        None
+    }
+
+    /// Queues a PUBACK / PUBREC, keeping the order PUBLISHes arrived in (MQTT-4.6.0-2/-3).
+    fn push_ack(&mut self, packet_id: u16, qos: QoS, reason: u8, group: Option<Arc<AckGroup>>) {
+        let code = if self.version.is_v5() { reason } else { 0 };
+        self.pending_acks.push_back(PendingAck {
+            packet_id,
+            qos,
+            reason: code,
+            group,
+        });
+        self.flush_acks();
+    }
+
+    fn flush_acks(&mut self) {
+        while self.pending_acks.front().is_some_and(|p| p.group.is_none()) {
+            let Some(p) = self.pending_acks.pop_front() else {
+                break;
+            };
+            let resp = PubResponse {
+                packet_id: p.packet_id,
+                reason_code: p.reason,
+                properties: Properties::default(),
+            };
+            let packet = if p.qos == QoS::AtLeastOnce {
+                Packet::PubAck(resp)
+            } else {
+                Packet::PubRec(resp)
+            };
+            self.send(&packet);
+        }
+    }
+
+    fn on_puback(&mut self, id: u16) {
+        let done = {
+            let mut st = lock(&self.cell.state);
+            match st.inflight.get(&id) {
+                Some(i) if i.delivery.qos == QoS::AtLeastOnce => st.inflight.remove(&id),
+                _ => None,
+            }
+        };
+        if let Some(mut i) = done {
+            i.delivery.acknowledge();
+        }
+    }
+
+    fn on_pubrec(&mut self, r: PubResponse) {
+        let known = {
+            let mut st = lock(&self.cell.state);
+            match st.inflight.get_mut(&r.packet_id) {
+                Some(i) if i.delivery.qos == QoS::ExactlyOnce => {
+                    if r.reason_code >= 0x80 {
+                        st.inflight.remove(&r.packet_id);
+                        return;
+                    }
+                    i.stage = Stage::Released;
+                    true
+                }
+                _ => false,
+            }
+        };
+        let code = if known || !self.version.is_v5() {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubRel(PubResponse {
+            packet_id: r.packet_id,
+            reason_code: code,
+            properties: Properties::default(),
+        }));
+    }
+
+    fn on_pubrel(&mut self, id: u16) {
+        let known = lock(&self.cell.state).incoming_qos2.remove(&id);
+        let code = if known || !self.version.is_v5() {
+            reason::SUCCESS
+        } else {
+            reason::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.send(&Packet::PubComp(PubResponse {
+            packet_id: id,
+            reason_code: code,
+            properties: Properties::default(),
+        }));
+    }
+
+    fn on_pubcomp(&mut self, id: u16) {
+        let mut st = lock(&self.cell.state);
+        if st
+            .inflight
+            .get(&id)
+            .is_some_and(|i| i.stage == Stage::Released)
+        {
+            if let Some(mut i) = st.inflight.remove(&id) {
+                i.delivery.acknowledge();
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, s: Subscribe) {
+        let shared = self.ctx.shared.clone();
+        let settings = self.ctx.settings.clone();
+        let sub_id = s.properties.subscription_identifiers.first().copied();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        let mut retained: Vec<(Arc<Message>, QoS)> = Vec::new();
+        for (filter, opts) in &s.filters {
+            let (group, inner) = split_shared(filter);
+            let valid =
+                topic::valid_topic_filter(filter) && (group.is_some() || !topic::is_shared(filter));
+            if !valid {
+                codes.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            if !settings.may(
+                self.username.as_deref(),
+                &self.client_id,
+                Action::Subscribe,
+                inner,
+            ) {
+                debug!(client = %self.client_id, %filter, "Subscription denied by the ACL");
+                codes.push(reason::NOT_AUTHORIZED);
+                continue;
+            }
+            let existed = lock(&self.cell.state)
+                .subscriptions
+                .insert(filter.clone(), (*opts, sub_id))
+                .is_some();
+            lock(&shared.subs).insert(
+                inner,
+                group,
+                SubTarget {
+                    cell: self.cell.clone(),
+                    options: *opts,
+                    subscription_id: sub_id,
+                },
+            );
+            codes.push(opts.qos.as_u8());
+            let send_retained = group.is_none()
+                && match opts.retain_handling {
+                    codec::RetainHandling::SendAtSubscribe => true,
+                    codec::RetainHandling::SendAtSubscribeIfNew => !existed,
+                    codec::RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                retained.extend(
+                    shared
+                        .retained_for(inner)
+                        .into_iter()
+                        .map(|m| (m, opts.qos)),
+                );
+            }
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        }));
+        for (msg, granted) in retained {
+            let qos = msg.qos.min(granted);
+            shared.deliver(
+                &self.cell,
+                Delivery {
+                    msg,
+                    qos,
+                    retain: true,
+                    subscription_ids: sub_id.into_iter().collect(),
+                    ack: None,
+                },
+            );
+        }
+    }
+
+    fn on_unsubscribe(&mut self, u: Unsubscribe) {
+        let shared = self.ctx.shared.clone();
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for filter in &u.filters {
+            let existed = lock(&self.cell.state)
+                .subscriptions
+                .remove(filter)
+                .is_some();
+            if existed {
+                let (group, inner) = split_shared(filter);
+                lock(&shared.subs).remove(inner, group, &self.client_id);
+                codes.push(reason::SUCCESS);
+            } else {
+                codes.push(reason::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: codes,
+            properties: Properties::default(),
+        }));
+    }
+
+    fn on_disconnect(&mut self, d: Disconnect) -> End {
+        if let Some(secs) = d.properties.session_expiry_interval {
+            if self.session_expiry_zero && secs != 0 {
+                // MQTT-3.14.2-2: a session that was to end with the connection cannot be
+                // extended at DISCONNECT.
+                self.disconnect(reason::PROTOCOL_ERROR);
+                return End::Abnormal("session expiry set at DISCONNECT".into());
+            }
+            lock(&self.cell.state).expiry = Expiry::from_v5(secs);
+        }
+        if d.reason_code == reason::DISCONNECT_WITH_WILL_MESSAGE {
+            End::WithWill
+        } else {
+            End::Normal
+        }
+    }
+
+    /// On resuming a session: resend what was in flight (PUBLISH with DUP, or PUBREL).
+    fn resend_inflight(&mut self) {
+        let now = Instant::now();
+        let mut packets = Vec::new();
+        {
+            let st = lock(&self.cell.state);
+            for (id, i) in &st.inflight {
+                packets.push(match i.stage {
+                    Stage::Published => publish_packet(&i.delivery, Some(*id), true, now),
+                    Stage::Released => Packet::PubRel(PubResponse::new(*id)),
+                });
+            }
+        }
+        for p in packets {
+            self.send(&p);
+        }
+    }
+
+    /// Moves messages from the session queue to the outgoing buffer while the buffer and the
+    /// client's in-flight window have room.
+    fn pump(&mut self) {
+        let now = Instant::now();
+        let shared = self.ctx.shared.clone();
+        let mut st = lock(&self.cell.state);
+        if st.generation != self.generation {
+            return;
+        }
+        while self.out.len() < OUT_HIGH_WATER {
+            let Some(front) = st.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= self.send_window {
+                break;
+            }
+            let Some(mut d) = st.pop() else {
+                break;
+            };
+            if d.msg.is_expired(now) {
+                shared
+                    .stats
+                    .publishes_expired
+                    .fetch_add(1, Ordering::Relaxed);
+                d.acknowledge();
+                continue;
+            }
+            let id = if d.qos == QoS::AtMostOnce {
+                None
+            } else {
+                st.next_packet_id()
+            };
+            let packet = publish_packet(&d, id, false, now);
+            if packet
+                .encoded_len(self.version)
+                .is_ok_and(|n| n > self.max_out_packet)
+            {
+                // MQTT-3.1.2-25: a message too big for the client is discarded.
+                shared
+                    .stats
+                    .publishes_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                d.acknowledge();
+                continue;
+            }
+            let before = self.out.len();
+            if let Err(e) = codec::encode(&packet, self.version, &mut self.out) {
+                warn!(client = %self.client_id, error = %e, "Cannot encode a PUBLISH; dropping it");
+                continue;
+            }
+            shared
+                .stats
+                .bytes_sent
+                .fetch_add((self.out.len() - before) as u64, Ordering::Relaxed);
+            shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = id {
+                st.inflight.insert(
+                    id,
+                    Inflight {
+                        delivery: d,
+                        stage: Stage::Published,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// The PUBLISH for one delivery.
+pub(crate) fn publish_packet(
+    d: &Delivery,
+    packet_id: Option<u16>,
+    dup: bool,
+    now: Instant,
+) -> Packet {
+    let mut properties = d.msg.properties.as_deref().cloned().unwrap_or_default();
+    properties.subscription_identifiers = d.subscription_ids.clone();
+    if let Some(at) = d.msg.expires_at {
+        let left = at.saturating_duration_since(now).as_secs();
+        properties.message_expiry_interval = Some(u32::try_from(left.max(1)).unwrap_or(u32::MAX));
+    }
+    Packet::Publish(Publish {
+        dup,
+        qos: d.qos,
+        retain: d.retain,
+        topic: d.msg.topic.to_string(),
+        packet_id,
+        properties,
+        payload: d.msg.payload.clone(),
+    })
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,563 @@
+//! The broker's shared state: sessions, the subscription tree, retained messages, counters —
+//! and routing, which ties them together.
+//!
+//! Concurrency: every connection task (and every in-process client) routes its own publishes,
+//! so routing runs on all cores at once. The subscription tree and the session table each sit
+//! behind a std `Mutex`, held only for the in-memory work of one operation and never across an
+//! `.await` (so a std mutex is cheaper than an async one). A session's queue has its own mutex
+//! plus a `Notify` that wakes the one task delivering from it.
+//!
+//! Memory bounds: a session queues at most `max_queued_messages` and `max_queued_bytes`; when
+//! full, a queued QoS 0 message is dropped first, then the oldest message, and each drop is
+//! counted (per session and in [`Stats`]). A connection pulls from its queue only while its
+//! client's in-flight window and its outgoing buffer have room, so a slow subscriber's backlog
+//! stays in its bounded queue instead of growing the socket buffer.
+
+use super::codec::{Properties, ProtocolVersion, QoS, SubscriptionOptions};
+use super::subs::{SubTree, Subscriber};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Locks a std mutex, recovering the data if a task panicked while holding it: every
+/// critical section here leaves the data consistent between statements, so a poisoned lock
+/// is still usable, and one panicking connection must not take the broker down.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A published message, shared by every session it is delivered to.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: Arc<str>,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// The MQTT 5 properties passed through to subscribers (payload format, content type,
+    /// response topic, correlation data, user properties); `None` when there are none.
+    pub properties: Option<Arc<Properties>>,
+    /// From the Message Expiry Interval: not delivered after this.
+    pub expires_at: Option<Instant>,
+    /// The publishing client, for No Local.
+    pub publisher: Option<Arc<str>>,
+}
+
+impl Message {
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Bytes this message costs in a queue (payload and topic; the rest is shared).
+    pub fn cost(&self) -> usize {
+        self.payload.len() + self.topic.len() + 64
+    }
+
+    /// Keeps only the properties a broker forwards to subscribers (MQTT 5.0 §3.3.2.3).
+    pub fn forwarded_properties(p: &Properties) -> Option<Arc<Properties>> {
+        let kept = Properties {
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.clone(),
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            user_properties: p.user_properties.clone(),
+            ..Properties::default()
+        };
+        (!kept.is_empty()).then(|| Arc::new(kept))
+    }
+}
+
+/// Completion of a publish that durable in-process consumers must acknowledge first.
+#[derive(Debug, Default)]
+pub struct AckGroup {
+    pending: AtomicUsize,
+    /// Set when a durable consumer lost the message instead of acknowledging it.
+    failed: AtomicBool,
+    done: Notify,
+}
+
+impl AckGroup {
+    pub fn new(pending: usize) -> Self {
+        AckGroup {
+            pending: AtomicUsize::new(pending),
+            failed: AtomicBool::new(false),
+            done: Notify::new(),
+        }
+    }
+
+    /// One durable consumer acknowledged the message (`ok`), or lost it.
+    pub fn release(&self, ok: bool) {
+        if !ok {
+            self.failed.store(true, Ordering::Release);
+        }
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.done.notify_waiters();
+        }
+    }
+
+    /// Waits until every durable consumer released the message; false if one lost it.
+    pub async fn wait(&self) -> bool {
+        loop {
+            let notified = self.done.notified();
+            if self.pending.load(Ordering::Acquire) == 0 {
+                return !self.failed.load(Ordering::Acquire);
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One message on its way to one session. Not `Clone`: a copy would release its durable
+/// acknowledgement twice.
+#[derive(Debug)]
+pub struct Delivery {
+    pub msg: Arc<Message>,
+    /// min(publish QoS, subscription QoS).
+    pub qos: QoS,
+    /// The RETAIN flag as sent: set for retained messages sent on subscribe, and with Retain As
+    /// Published.
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// Set for a durable consumer: released when it acknowledges (or drops) the message.
+    pub ack: Option<Arc<AckGroup>>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        // A delivery that ends without an acknowledgement (dropped by a full queue, expired,
+        // session discarded) must not hold its publisher forever; it tells it the message
+        // was lost.
+        if let Some(group) = self.ack.take() {
+            group.release(false);
+        }
+    }
+}
+
+impl Delivery {
+    /// Acknowledges the message to its durable group, if any (idempotent).
+    pub fn acknowledge(&mut self) {
+        if let Some(group) = self.ack.take() {
+            group.release(true);
+        }
+    }
+}
+
+/// Where an outgoing QoS 1/2 message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent; waiting for PUBCOMP.
+    Released,
+}
+
+#[derive(Debug)]
+pub struct Inflight {
+    pub delivery: Delivery,
+    pub stage: Stage,
+}
+
+/// How long a session outlives its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Ends with the connection (clean session / session expiry 0).
+    AtDisconnect,
+    /// Ends this many seconds after the connection closes (MQTT 5 Session Expiry Interval).
+    After(u32),
+    /// Kept until the client asks for a clean one (MQTT 3.1.1 clean session 0, or 0xFFFFFFFF).
+    Never,
+}
+
+impl Expiry {
+    pub fn from_v5(secs: u32) -> Self {
+        match secs {
+            0 => Expiry::AtDisconnect,
+            u32::MAX => Expiry::Never,
+            s => Expiry::After(s),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+}
+
+/// A session's state (MQTT 5.0 §4.1): subscriptions, messages waiting, messages in flight.
+#[derive(Debug)]
+pub struct Session {
+    pub protocol: ProtocolVersion,
+    pub expiry: Expiry,
+    /// Filter as subscribed (`$share/...` included) → options and subscription id.
+    pub subscriptions: HashMap<String, (SubscriptionOptions, Option<u32>)>,
+    pub queue: VecDeque<Delivery>,
+    pub queued_bytes: usize,
+    /// Outgoing QoS 1/2 messages by packet id, in send order.
+    pub inflight: BTreeMap<u16, Inflight>,
+    /// Incoming QoS 2 packet ids received and not yet released (exactly once).
+    pub incoming_qos2: HashSet<u16>,
+    next_packet_id: u16,
+    /// Bumped by every connection that takes the session; a closing connection only cleans
+    /// up a session that is still its own.
+    pub generation: u64,
+    /// Cancels the connection currently attached (takeover, shutdown).
+    pub kick: Option<tokio_util::sync::CancellationToken>,
+    pub limits: Limits,
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(protocol: ProtocolVersion, expiry: Expiry, limits: Limits) -> Self {
+        Session {
+            protocol,
+            expiry,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            inflight: BTreeMap::new(),
+            incoming_qos2: HashSet::new(),
+            next_packet_id: 1,
+            generation: 0,
+            kick: None,
+            limits,
+            dropped: 0,
+        }
+    }
+
+    /// The next packet id not in flight. `None` when all 65535 are (the window stops long
+    /// before that).
+    pub fn next_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Queues a delivery, dropping per the policy when the queue is full. Returns how many
+    /// messages were dropped to make room (or 1 if this one was refused).
+    pub fn enqueue(&mut self, d: Delivery) -> u64 {
+        let cost = d.msg.cost();
+        if cost > self.limits.max_queued_bytes {
+            // Bigger than the whole queue may hold: refused, and nothing else is dropped for it.
+            self.dropped += 1;
+            return 1;
+        }
+        let mut dropped = 0;
+        while !self.queue.is_empty()
+            && (self.queue.len() >= self.limits.max_queued_messages
+                || self.queued_bytes + cost > self.limits.max_queued_bytes)
+        {
+            // QoS 0 goes first, then the oldest.
+            let victim = self
+                .queue
+                .iter()
+                .position(|q| q.qos == QoS::AtMostOnce)
+                .unwrap_or(0);
+            if let Some(old) = self.queue.remove(victim) {
+                self.queued_bytes -= old.msg.cost();
+                dropped += 1;
+            }
+        }
+        self.queued_bytes += cost;
+        self.queue.push_back(d);
+        self.dropped += dropped;
+        dropped
+    }
+
+    pub fn pop(&mut self) -> Option<Delivery> {
+        let d = self.queue.pop_front()?;
+        self.queued_bytes -= d.msg.cost();
+        Some(d)
+    }
+}
+
+/// A session as shared between the router and the task that delivers from it.
+#[derive(Debug)]
+pub struct SessionCell {
+    pub client_id: Arc<str>,
+    pub state: Mutex<Session>,
+    /// Wakes the delivering task: something was queued, or it should look at its state.
+    pub wake: Notify,
+    pub online: AtomicBool,
+    /// An in-process consumer whose acknowledgements hold the publisher's PUBACK.
+    pub durable: bool,
+}
+
+/// What the subscription tree holds for one subscription.
+#[derive(Debug, Clone)]
+pub struct SubTarget {
+    pub cell: Arc<SessionCell>,
+    pub options: SubscriptionOptions,
+    pub subscription_id: Option<u32>,
+}
+
+impl Subscriber for SubTarget {
+    fn client_id(&self) -> &Arc<str> {
+        &self.cell.client_id
+    }
+    fn online(&self) -> bool {
+        self.cell.online.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters for `$SYS`, the web UI and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub publishes_dropped: AtomicU64,
+    pub publishes_expired: AtomicU64,
+    pub clients_connected: AtomicUsize,
+    pub connections_refused: AtomicU64,
+    pub malformed_packets: AtomicU64,
+}
+
+/// The state every connection and in-process client shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub subs: Mutex<SubTree<SubTarget>>,
+    pub sessions: Mutex<HashMap<Arc<str>, Arc<SessionCell>>>,
+    pub retained: Mutex<BTreeMap<Arc<str>, Arc<Message>>>,
+    pub stats: Stats,
+    pub limits: Limits,
+    pub started: Instant,
+}
+
+impl Shared {
+    pub fn new(limits: Limits) -> Self {
+        Shared {
+            subs: Mutex::new(SubTree::default()),
+            sessions: Mutex::new(HashMap::new()),
+            retained: Mutex::new(BTreeMap::new()),
+            stats: Stats::default(),
+            limits,
+            started: Instant::now(),
+        }
+    }
+
+    /// Delivers `msg` to every matching subscription and updates the retained store. Returns
+    /// the group that completes when every durable consumer that got it has acknowledged it
+    /// (`None` when no durable consumer matched).
+    pub fn route(&self, msg: Arc<Message>) -> Option<Arc<AckGroup>> {
+        if msg.retain {
+            let mut retained = lock(&self.retained);
+            if msg.payload.is_empty() {
+                retained.remove(&msg.topic);
+            } else {
+                retained.insert(msg.topic.clone(), msg.clone());
+            }
+        }
+        let matches = lock(&self.subs).matches(&msg.topic);
+        if matches.is_empty() {
+            return None;
+        }
+        // One delivery per session: the highest QoS of its matching subscriptions, every
+        // subscription identifier (MQTT 5.0 §3.3.4).
+        let mut per_session: Vec<(Arc<SessionCell>, QoS, bool, Vec<u32>)> = Vec::new();
+        for m in matches {
+            let t = m.sub;
+            if !m.shared
+                && t.options.no_local
+                && msg.publisher.as_deref() == Some(&*t.cell.client_id)
+            {
+                continue;
+            }
+            let qos = msg.qos.min(t.options.qos);
+            let retain = t.options.retain_as_published && msg.retain;
+            match per_session
+                .iter_mut()
+                .find(|(c, ..)| Arc::ptr_eq(c, &t.cell))
+            {
+                Some((_, q, r, ids)) => {
+                    *q = (*q).max(qos);
+                    *r |= retain;
+                    ids.extend(t.subscription_id);
+                }
+                None => per_session.push((
+                    t.cell.clone(),
+                    qos,
+                    retain,
+                    t.subscription_id.into_iter().collect(),
+                )),
+            }
+        }
+        let durable = per_session
+            .iter()
+            .filter(|(c, q, ..)| c.durable && *q != QoS::AtMostOnce)
+            .count();
+        let group = (durable > 0).then(|| Arc::new(AckGroup::new(durable)));
+        for (cell, qos, retain, ids) in per_session {
+            let ack = (cell.durable && qos != QoS::AtMostOnce)
+                .then(|| group.clone())
+                .flatten();
+            self.deliver(
+                &cell,
+                Delivery {
+                    msg: msg.clone(),
+                    qos,
+                    retain,
+                    subscription_ids: ids,
+                    ack,
+                },
+            );
+        }
+        group
+    }
+
+    /// Queues one delivery on a session and wakes its task. QoS 0 for an offline session is
+    /// not kept (as Mosquitto does by default).
+    pub fn deliver(&self, cell: &SessionCell, d: Delivery) {
+        if d.qos == QoS::AtMostOnce && !cell.online.load(Ordering::Relaxed) && !cell.durable {
+            return;
+        }
+        let dropped = lock(&cell.state).enqueue(d);
+        if dropped > 0 {
+            self.stats
+                .publishes_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+            tracing::debug!(client = %cell.client_id, dropped, "Session queue full; dropped messages");
+        }
+        cell.wake.notify_one();
+    }
+
+    /// Retained messages matching `filter`, for a new subscription.
+    pub fn retained_for(&self, filter: &str) -> Vec<Arc<Message>> {
+        let now = Instant::now();
+        lock(&self.retained)
+            .iter()
+            .filter(|(topic, m)| !m.is_expired(now) && super::codec::topic::matches(filter, topic))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// Removes a session and all its subscriptions.
+    pub fn discard_session(&self, cell: &Arc<SessionCell>) {
+        let subs: Vec<String> = {
+            let mut st = lock(&cell.state);
+            st.queue.clear();
+            st.queued_bytes = 0;
+            st.inflight.clear();
+            st.subscriptions.drain().map(|(f, _)| f).collect()
+        };
+        {
+            let mut tree = lock(&self.subs);
+            for f in subs {
+                let (group, filter) = split_shared(&f);
+                tree.remove(filter, group, &cell.client_id);
+            }
+        }
+        let mut sessions = lock(&self.sessions);
+        if sessions
+            .get(&cell.client_id)
+            .is_some_and(|c| Arc::ptr_eq(c, cell))
+        {
+            sessions.remove(&cell.client_id);
+        }
+    }
+}
+
+/// `$share/g/a/b` → (Some("g"), "a/b"); anything else → (None, filter).
+pub fn split_shared(filter: &str) -> (Option<&str>, &str) {
+    match super::codec::topic::parse_shared(filter) {
+        Some((group, inner)) => (Some(group), inner),
+        None => (None, filter),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(qos: QoS, n: usize) -> Arc<Message> {
+        Arc::new(Message {
+            topic: "t".into(),
+            payload: Bytes::from(vec![0u8; n]),
+            qos,
+            retain: false,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+        })
+    }
+
+    fn d(m: Arc<Message>) -> Delivery {
+        Delivery {
+            qos: m.qos,
+            msg: m,
+            retain: false,
+            subscription_ids: Vec::new(),
+            ack: None,
+        }
+    }
+
+    #[test]
+    fn full_queue_drops_qos0_first_then_oldest() {
+        let limits = Limits {
+            max_queued_messages: 3,
+            max_queued_bytes: 1 << 20,
+        };
+        let mut s = Session::new(ProtocolVersion::V311, Expiry::Never, limits);
+        s.enqueue(d(msg(QoS::AtLeastOnce, 1)));
+        s.enqueue(d(msg(QoS::AtMostOnce, 2)));
+        s.enqueue(d(msg(QoS::AtLeastOnce, 3)));
+        assert_eq!(s.enqueue(d(msg(QoS::AtLeastOnce, 4))), 1);
+        let sizes: Vec<usize> = s.queue.iter().map(|d| d.msg.payload.len()).collect();
+        assert_eq!(sizes, [1, 3, 4], "the QoS 0 message went first");
+        assert_eq!(s.enqueue(d(msg(QoS::AtLeastOnce, 5))), 1);
+        let sizes: Vec<usize> = s.queue.iter().map(|d| d.msg.payload.len()).collect();
+        assert_eq!(sizes, [3, 4, 5], "then the oldest");
+        assert_eq!(s.dropped, 2);
+        let bytes: usize = s.queue.iter().map(|d| d.msg.cost()).sum();
+        assert_eq!(s.queued_bytes, bytes);
+    }
+
+    #[test]
+    fn byte_bound_holds() {
+        let limits = Limits {
+            max_queued_messages: 1000,
+            max_queued_bytes: 1000,
+        };
+        let mut s = Session::new(ProtocolVersion::V5, Expiry::Never, limits);
+        for _ in 0..100 {
+            s.enqueue(d(msg(QoS::AtLeastOnce, 100)));
+        }
+        assert!(s.queued_bytes <= 1000);
+        let before = s.queue.len();
+        assert!(before > 0);
+        assert_eq!(s.enqueue(d(msg(QoS::AtLeastOnce, 5000))), 1);
+        assert_eq!(
+            s.queue.len(),
+            before,
+            "an oversized message displaces nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn ack_group_completes_when_all_release() {
+        let g = Arc::new(AckGroup::new(2));
+        let mut d1 = d(msg(QoS::AtLeastOnce, 1));
+        d1.ack = Some(g.clone());
+        let mut d2 = d(msg(QoS::AtLeastOnce, 1));
+        d2.ack = Some(g.clone());
+        d2.acknowledge();
+        d2.acknowledge();
+        assert_eq!(g.pending.load(Ordering::SeqCst), 1);
+        drop(d1); // dropped without an ack still releases, as a loss
+        let ok = tokio::time::timeout(std::time::Duration::from_secs(1), g.wait())
+            .await
+            .unwrap();
+        assert!(!ok);
+        let g = Arc::new(AckGroup::new(1));
+        g.release(true);
+        assert!(g.wait().await);
+    }
+}

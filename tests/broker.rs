@@ -1,0 +1,690 @@
+//! The embedded broker against real MQTT clients over TCP: rumqttc (v4 = MQTT 3.1.1, and v5)
+//! and a raw socket for malformed and edge cases. Every broker binds 127.0.0.1:0.
+
+use bytes::BytesMut;
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tidegate::broker::codec::{self, Connect, ProtocolVersion};
+use tidegate::broker::{Broker, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+struct TestBroker {
+    broker: Broker,
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn start(broker_yaml: &str) -> TestBroker {
+    let yaml = format!("broker:\n  listeners: [{{bind: 127.0.0.1:0}}]\n{broker_yaml}");
+    let cfg = tidegate::config::parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
+    let broker = Broker::new(Settings::from_config(&cfg.broker));
+    let listener = broker.bind(&cfg.broker).await.unwrap().remove(0);
+    let addr = listener.local_addr();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move { listener.serve(s).await });
+    TestBroker { broker, addr, stop }
+}
+
+/// A rumqttc 3.1.1 client whose event loop runs in a task; events arrive on `events`.
+struct Client {
+    client: AsyncClient,
+    events: mpsc::UnboundedReceiver<Result<Event, ConnectionError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+fn spawn(mut el: EventLoop, client: AsyncClient) -> Client {
+    let (tx, events) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let e = el.poll().await;
+            let stop = e.is_err();
+            if tx.send(e).is_err() || stop {
+                break;
+            }
+        }
+    });
+    Client {
+        client,
+        events,
+        task,
+    }
+}
+
+impl Client {
+    async fn connect(opts: MqttOptions) -> (Client, rumqttc::ConnAck) {
+        let (client, el) = AsyncClient::new(opts, 100);
+        let mut c = spawn(el, client);
+        loop {
+            match c.next().await {
+                Ok(Event::Incoming(Packet::ConnAck(a))) => return (c, a),
+                Ok(_) => {}
+                Err(e) => panic!("connect failed: {e}"),
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Result<Event, ConnectionError> {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("an event in time")
+            .expect("event loop alive")
+    }
+
+    async fn publish_msg(&mut self) -> rumqttc::Publish {
+        loop {
+            match self.next().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => return p,
+                Ok(_) => {}
+                Err(e) => panic!("connection failed while waiting for a publish: {e}"),
+            }
+        }
+    }
+
+    async fn suback(&mut self) -> rumqttc::SubAck {
+        loop {
+            match self.next().await {
+                Ok(Event::Incoming(Packet::SubAck(s))) => return s,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) -> rumqttc::SubAck {
+        self.client.subscribe(filter, qos).await.unwrap();
+        self.suback().await
+    }
+
+    /// Drops the TCP connection without DISCONNECT (a crashed client).
+    fn crash(self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn publish_and_subscribe_at_every_qos() {
+    let b = start("").await;
+    let (mut sub, ack) = Client::connect(options(b.addr, "sub")).await;
+    assert!(!ack.session_present);
+    sub.subscribe("t/#", QoS::ExactlyOnce).await;
+    let (publ, _) = Client::connect(options(b.addr, "pub")).await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publ.client
+            .publish(format!("t/{i}"), qos, false, format!("m{i}"))
+            .await
+            .unwrap();
+        let p = sub.publish_msg().await;
+        assert_eq!(p.topic, format!("t/{i}"));
+        assert_eq!(&p.payload[..], format!("m{i}").as_bytes());
+        assert_eq!(p.qos, qos);
+        assert!(!p.retain);
+    }
+}
+
+#[tokio::test]
+async fn delivery_is_at_min_of_publish_and_subscription_qos() {
+    let b = start("").await;
+    let (mut sub, _) = Client::connect(options(b.addr, "sub")).await;
+    sub.subscribe("q", QoS::AtLeastOnce).await;
+    let (publ, _) = Client::connect(options(b.addr, "pub")).await;
+    publ.client
+        .publish("q", QoS::ExactlyOnce, false, "a")
+        .await
+        .unwrap();
+    assert_eq!(sub.publish_msg().await.qos, QoS::AtLeastOnce);
+    publ.client
+        .publish("q", QoS::AtMostOnce, false, "b")
+        .await
+        .unwrap();
+    assert_eq!(sub.publish_msg().await.qos, QoS::AtMostOnce);
+}
+
+#[tokio::test]
+async fn order_is_kept_per_topic() {
+    let b = start("").await;
+    let (mut sub, _) = Client::connect(options(b.addr, "sub")).await;
+    sub.subscribe("seq", QoS::AtLeastOnce).await;
+    let (publ, _) = Client::connect(options(b.addr, "pub")).await;
+    let n = 500;
+    let p = publ.client.clone();
+    tokio::spawn(async move {
+        for i in 0..n {
+            p.publish("seq", QoS::AtLeastOnce, false, i.to_string())
+                .await
+                .unwrap();
+        }
+    });
+    for i in 0..n {
+        let m = sub.publish_msg().await;
+        assert_eq!(String::from_utf8_lossy(&m.payload), i.to_string());
+    }
+}
+
+#[tokio::test]
+async fn retained_set_delivered_with_flag_and_cleared_only_by_empty_retained() {
+    let b = start("").await;
+    let (publ, _) = Client::connect(options(b.addr, "pub")).await;
+    publ.client
+        .publish("r/a", QoS::AtLeastOnce, true, "one")
+        .await
+        .unwrap();
+    publ.client
+        .publish("r/b/c", QoS::AtLeastOnce, true, "two")
+        .await
+        .unwrap();
+    // An empty publish that is not retained must not clear it.
+    publ.client
+        .publish("r/a", QoS::AtLeastOnce, false, "")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (mut sub, _) = Client::connect(options(b.addr, "sub")).await;
+    sub.subscribe("r/#", QoS::AtLeastOnce).await;
+    let mut got = [sub.publish_msg().await, sub.publish_msg().await];
+    got.sort_by(|x, y| x.topic.cmp(&y.topic));
+    assert_eq!(
+        (got[0].topic.as_str(), &got[0].payload[..], got[0].retain),
+        ("r/a", &b"one"[..], true)
+    );
+    assert_eq!(
+        (got[1].topic.as_str(), &got[1].payload[..], got[1].retain),
+        ("r/b/c", &b"two"[..], true)
+    );
+
+    // A live message on a retained topic arrives without the flag.
+    publ.client
+        .publish("r/a", QoS::AtLeastOnce, true, "three")
+        .await
+        .unwrap();
+    let live = sub.publish_msg().await;
+    assert!(!live.retain);
+
+    publ.client
+        .publish("r/a", QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
+    sub.publish_msg().await; // the empty one, live
+    let (mut late, _) = Client::connect(options(b.addr, "late")).await;
+    late.subscribe("r/#", QoS::AtLeastOnce).await;
+    let only = late.publish_msg().await;
+    assert_eq!(only.topic, "r/b/c");
+    publ.client
+        .publish("marker", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    late.subscribe("marker", QoS::AtLeastOnce).await;
+}
+
+#[tokio::test]
+async fn will_is_published_on_abnormal_close_but_not_after_disconnect() {
+    let b = start("").await;
+    let (mut watcher, _) = Client::connect(options(b.addr, "watcher")).await;
+    watcher.subscribe("status/#", QoS::AtLeastOnce).await;
+
+    let mut o = options(b.addr, "crashy");
+    o.set_last_will(LastWill::new(
+        "status/crashy",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (crashy, _) = Client::connect(o).await;
+    crashy.crash();
+    let w = watcher.publish_msg().await;
+    assert_eq!(
+        (w.topic.as_str(), &w.payload[..]),
+        ("status/crashy", &b"gone"[..])
+    );
+
+    let mut o = options(b.addr, "polite");
+    o.set_last_will(LastWill::new(
+        "status/polite",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (mut polite, _) = Client::connect(o).await;
+    polite.client.disconnect().await.unwrap();
+    while let Ok(e) = polite.next().await {
+        if matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (marker, _) = Client::connect(options(b.addr, "marker")).await;
+    marker
+        .client
+        .publish("status/marker", QoS::AtLeastOnce, false, "m")
+        .await
+        .unwrap();
+    // The marker arrives and no will came before it.
+    let next = watcher.publish_msg().await;
+    assert_eq!(next.topic, "status/marker");
+}
+
+#[tokio::test]
+async fn will_on_keepalive_timeout_and_keepalive_zero_is_accepted() {
+    let b = start("").await;
+    let (mut watcher, _) = Client::connect(options(b.addr, "watcher")).await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+    // A raw client with keepalive 1 s that then goes silent: the broker must give up after
+    // 1.5 s and publish the will.
+    let mut c = Connect::new(ProtocolVersion::V311, "silent");
+    c.keep_alive = 1;
+    c.will = Some(codec::Will {
+        topic: "will/silent".into(),
+        payload: "timeout".into(),
+        qos: codec::QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let mut raw = raw_connect(b.addr, c, ProtocolVersion::V311).await;
+    let w = watcher.publish_msg().await;
+    assert_eq!(&w.payload[..], b"timeout");
+    let mut buf = [0u8; 16];
+    assert_eq!(raw.read(&mut buf).await.unwrap(), 0, "connection closed");
+
+    let mut o = options(b.addr, "ka0");
+    o.set_keep_alive(Duration::ZERO);
+    let (ka0, ack) = Client::connect(o).await;
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+    drop(ka0);
+}
+
+#[tokio::test]
+async fn persistent_session_queues_while_offline() {
+    let b = start("").await;
+    let mut o = options(b.addr, "durable");
+    o.set_clean_session(false);
+    let (mut c, ack) = Client::connect(o.clone()).await;
+    assert!(!ack.session_present);
+    c.subscribe("offline/+", QoS::AtLeastOnce).await;
+    c.client.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (publ, _) = Client::connect(options(b.addr, "pub")).await;
+    for i in 0..5 {
+        publ.client
+            .publish(format!("offline/{i}"), QoS::AtLeastOnce, false, "q")
+            .await
+            .unwrap();
+    }
+    publ.client
+        .publish("offline/qos0", QoS::AtMostOnce, false, "dropped")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (mut c, ack) = Client::connect(o).await;
+    assert!(ack.session_present);
+    for i in 0..5 {
+        assert_eq!(c.publish_msg().await.topic, format!("offline/{i}"));
+    }
+    // A clean session starts empty and says so.
+    let mut o = options(b.addr, "durable");
+    o.set_clean_session(true);
+    drop(c);
+    let (_c, ack) = Client::connect(o).await;
+    assert!(!ack.session_present);
+}
+
+#[tokio::test]
+async fn takeover_closes_the_first_connection() {
+    let b = start("").await;
+    let (mut first, _) = Client::connect(options(b.addr, "same")).await;
+    let (mut second, _) = Client::connect(options(b.addr, "same")).await;
+    // Events until the broker closes it.
+    while first.next().await.is_ok() {}
+    second.subscribe("still/here", QoS::AtLeastOnce).await;
+}
+
+#[tokio::test]
+async fn dollar_topics_are_not_matched_by_leading_wildcards() {
+    let b = start("").await;
+    let (mut all, _) = Client::connect(options(b.addr, "all")).await;
+    all.subscribe("#", QoS::AtMostOnce).await;
+    all.subscribe("+/x", QoS::AtMostOnce).await;
+    b.broker
+        .publish("$internal/x", "no", codec::QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    b.broker
+        .publish("a/x", "yes", codec::QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    let m = all.publish_msg().await;
+    assert_eq!(m.topic, "a/x");
+    // Clients may not publish into $SYS.
+    let (mut sys, _) = Client::connect(options(b.addr, "sys")).await;
+    sys.subscribe("$SYS/#", QoS::AtMostOnce).await;
+    all.client
+        .publish("$SYS/fake", QoS::AtMostOnce, false, "x")
+        .await
+        .unwrap();
+    all.client
+        .publish("after", QoS::AtMostOnce, false, "y")
+        .await
+        .unwrap();
+    sys.subscribe("after", QoS::AtMostOnce).await;
+    all.client
+        .publish("after", QoS::AtMostOnce, false, "z")
+        .await
+        .unwrap();
+    assert_eq!(sys.publish_msg().await.topic, "after");
+}
+
+const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$EiUG1fqUSs4MuCwimvva0Q$k8arja9ucnUOA6fWt3+lP9XIGzhvs4/Gt3zKcEjyjqA";
+
+async fn refused(opts: MqttOptions) -> rumqttc::ConnectReturnCode {
+    let (_client, mut el) = AsyncClient::new(opts, 10);
+    match tokio::time::timeout(WAIT, el.poll()).await.unwrap() {
+        Err(ConnectionError::ConnectionRefused(code)) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn authentication_refusals_use_the_right_codes() {
+    let b = start(&format!(
+        "  allow_anonymous: false\n  users: [{{username: plc, password_hash: '{HASH}'}}]\n"
+    ))
+    .await;
+    use rumqttc::ConnectReturnCode::*;
+    assert_eq!(refused(options(b.addr, "anon")).await, NotAuthorized);
+    let mut o = options(b.addr, "wrong");
+    o.set_credentials("plc", "nope");
+    assert_eq!(refused(o).await, BadUserNamePassword);
+    let mut o = options(b.addr, "stranger");
+    o.set_credentials("who", "hunter2");
+    assert_eq!(refused(o).await, BadUserNamePassword);
+    let mut o = options(b.addr, "ok");
+    o.set_credentials("plc", "hunter2");
+    let (_c, ack) = Client::connect(o).await;
+    assert_eq!(ack.code, Success);
+
+    // MQTT 5 codes.
+    let o = rumqttc::v5::MqttOptions::new("anon5", b.addr.ip().to_string(), b.addr.port());
+    let (_c, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    match el.poll().await {
+        Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => {
+            assert_eq!(
+                code,
+                rumqttc::v5::mqttbytes::v5::ConnectReturnCode::NotAuthorized
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut o = rumqttc::v5::MqttOptions::new("bad5", b.addr.ip().to_string(), b.addr.port());
+    o.set_credentials("plc", "nope");
+    let (_c, mut el) = rumqttc::v5::AsyncClient::new(o, 10);
+    match el.poll().await {
+        Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => assert_eq!(
+            code,
+            rumqttc::v5::mqttbytes::v5::ConnectReturnCode::BadUserNamePassword
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn acl_denies_subscriptions_and_drops_denied_publishes() {
+    let b = start(&format!(
+        "  users: [{{username: plc, password_hash: '{HASH}'}}]\n  acl:\n    - {{username: plc, publish: ['devices/#']}}\n    - {{username: '*', access: deny, publish: ['devices/+/+/set']}}\n    - {{username: '*', subscribe: ['devices/#']}}\n"
+    ))
+    .await;
+    let (mut anon, _) = Client::connect(options(b.addr, "anon")).await;
+    let ack = anon.subscribe("secret/#", QoS::AtLeastOnce).await;
+    assert_eq!(ack.return_codes, [rumqttc::SubscribeReasonCode::Failure]);
+    let ack = anon.subscribe("devices/#", QoS::AtLeastOnce).await;
+    assert_eq!(
+        ack.return_codes,
+        [rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+    );
+    // Anonymous may not send commands: the publish is acknowledged (3.1.1 has no way to say
+    // no) but not delivered.
+    anon.client
+        .publish("devices/boiler/sp/set", QoS::AtLeastOnce, false, "1")
+        .await
+        .unwrap();
+    let mut o = options(b.addr, "plc");
+    o.set_credentials("plc", "hunter2");
+    let (plc, _) = Client::connect(o).await;
+    plc.client
+        .publish("devices/boiler/sp/set", QoS::AtLeastOnce, false, "2")
+        .await
+        .unwrap();
+    let m = anon.publish_msg().await;
+    assert_eq!(&m.payload[..], b"2", "only the plc's command got through");
+}
+
+#[tokio::test]
+async fn max_connections_refuses_with_server_unavailable() {
+    let b = start("  max_connections: 2\n").await;
+    let (_a, _) = Client::connect(options(b.addr, "a")).await;
+    let (_b, _) = Client::connect(options(b.addr, "b")).await;
+    assert_eq!(
+        refused(options(b.addr, "c")).await,
+        rumqttc::ConnectReturnCode::ServiceUnavailable
+    );
+}
+
+/// Opens a raw connection and completes CONNECT / CONNACK.
+async fn raw_connect(addr: SocketAddr, c: Connect, v: ProtocolVersion) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = BytesMut::new();
+    codec::encode(&codec::Packet::Connect(Box::new(c)), v, &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        assert!(
+            s.read_buf(&mut buf).await.unwrap() > 0,
+            "closed before CONNACK"
+        );
+        if let Some(p) = codec::decode_from_server(&mut buf, v, 1 << 20).unwrap() {
+            assert!(
+                matches!(p, codec::Packet::ConnAck(ref a) if a.reason_code == 0),
+                "{p:?}"
+            );
+            return s;
+        }
+    }
+}
+
+/// Reads until the server closes; returns what it sent.
+async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut all))
+        .await
+        .expect("closed in time")
+        .ok();
+    all
+}
+
+#[tokio::test]
+async fn malformed_packets_close_only_that_connection() {
+    let b = start("").await;
+    let (mut good, _) = Client::connect(options(b.addr, "good")).await;
+    good.subscribe("alive", QoS::AtLeastOnce).await;
+
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "reserved SUBSCRIBE flags",
+            &[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00],
+        ),
+        (
+            "remaining length of 5 bytes",
+            &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+        ),
+        (
+            "invalid UTF-8 in a topic",
+            &[0x30, 0x05, 0x00, 0x02, 0xc3, 0x28, b'x'],
+        ),
+        (
+            "a second CONNECT",
+            &[
+                0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x00,
+            ],
+        ),
+        (
+            "wildcard in a PUBLISH topic",
+            &[0x30, 0x05, 0x00, 0x03, b'a', b'/', b'#'],
+        ),
+        ("QoS 3 PUBLISH", &[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01]),
+    ];
+    for (name, bytes) in cases {
+        let mut raw = raw_connect(
+            b.addr,
+            Connect::new(ProtocolVersion::V311, format!("raw-{name}")),
+            ProtocolVersion::V311,
+        )
+        .await;
+        raw.write_all(bytes).await.unwrap();
+        let rest = read_to_close(&mut raw).await;
+        assert!(
+            rest.is_empty(),
+            "{name}: 3.1.1 gets no DISCONNECT, got {rest:?}"
+        );
+    }
+
+    // MQTT 5: DISCONNECT with the reason code first (0x81 malformed).
+    let mut raw = raw_connect(
+        b.addr,
+        Connect::new(ProtocolVersion::V5, "raw5"),
+        ProtocolVersion::V5,
+    )
+    .await;
+    raw.write_all(&[0x80, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'a', 0x00])
+        .await
+        .unwrap();
+    let rest = read_to_close(&mut raw).await;
+    assert_eq!(rest.first(), Some(&0xE0), "a DISCONNECT: {rest:?}");
+    assert_eq!(rest.get(2), Some(&0x81), "reason 0x81: {rest:?}");
+
+    // Oversized: announced larger than max_packet_size → 0x95 before the body arrives.
+    let mut raw = raw_connect(
+        b.addr,
+        Connect::new(ProtocolVersion::V5, "big"),
+        ProtocolVersion::V5,
+    )
+    .await;
+    raw.write_all(&[0x30, 0xff, 0xff, 0xff, 0x7f])
+        .await
+        .unwrap();
+    let rest = read_to_close(&mut raw).await;
+    assert_eq!(rest.get(2), Some(&0x95), "reason 0x95: {rest:?}");
+
+    // Everyone else is still served.
+    let (publ, _) = Client::connect(options(b.addr, "publisher")).await;
+    publ.client
+        .publish("alive", QoS::AtLeastOnce, false, "yes")
+        .await
+        .unwrap();
+    assert_eq!(&good.publish_msg().await.payload[..], b"yes");
+    assert!(
+        b.broker
+            .stats()
+            .malformed_packets
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 8
+    );
+}
+
+#[tokio::test]
+async fn a_silent_socket_does_not_block_others() {
+    let b = start("").await;
+    // Connected but never sends CONNECT: others connect and work meanwhile.
+    let _idle = TcpStream::connect(b.addr).await.unwrap();
+    let (mut c, ack) = Client::connect(options(b.addr, "busy")).await;
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+    c.subscribe("x", QoS::AtMostOnce).await;
+}
+
+#[tokio::test]
+async fn qos2_duplicate_is_delivered_once() {
+    let b = start("").await;
+    let (mut sub, _) = Client::connect(options(b.addr, "sub")).await;
+    sub.subscribe("once", QoS::ExactlyOnce).await;
+    let mut raw = raw_connect(
+        b.addr,
+        Connect::new(ProtocolVersion::V311, "dup"),
+        ProtocolVersion::V311,
+    )
+    .await;
+    let publish = |dup: bool| {
+        let p = codec::Packet::Publish(codec::Publish {
+            dup,
+            qos: codec::QoS::ExactlyOnce,
+            retain: false,
+            topic: "once".into(),
+            packet_id: Some(7),
+            properties: Default::default(),
+            payload: "x".into(),
+        });
+        let mut out = BytesMut::new();
+        codec::encode(&p, ProtocolVersion::V311, &mut out).unwrap();
+        out
+    };
+    raw.write_all(&publish(false)).await.unwrap();
+    raw.write_all(&publish(true)).await.unwrap();
+    let mut rel = BytesMut::new();
+    codec::encode(
+        &codec::Packet::PubRel(codec::PubResponse::new(7)),
+        ProtocolVersion::V311,
+        &mut rel,
+    )
+    .unwrap();
+    raw.write_all(&rel).await.unwrap();
+    // After the release the same id starts a new message.
+    raw.write_all(&publish(false)).await.unwrap();
+    assert_eq!(&sub.publish_msg().await.payload[..], b"x");
+    assert_eq!(&sub.publish_msg().await.payload[..], b"x");
+    // Exactly two deliveries: a marker comes next.
+    b.broker
+        .publish("once", "marker", codec::QoS::AtMostOnce, false)
+        .await
+        .unwrap();
+    assert_eq!(&sub.publish_msg().await.payload[..], b"marker");
+}
+
+/// MQTT 5: the first connection hears why (DISCONNECT 0x8E) before it is closed.
+#[tokio::test]
+async fn takeover_sends_session_taken_over_in_v5() {
+    let b = start("").await;
+    let mut first = raw_connect(
+        b.addr,
+        Connect::new(ProtocolVersion::V5, "twin"),
+        ProtocolVersion::V5,
+    )
+    .await;
+    let _second = raw_connect(
+        b.addr,
+        Connect::new(ProtocolVersion::V5, "twin"),
+        ProtocolVersion::V5,
+    )
+    .await;
+    let rest = read_to_close(&mut first).await;
+    assert_eq!(rest, [0xE0, 0x01, 0x8E]);
+}
