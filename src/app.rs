@@ -313,6 +313,14 @@ async fn build(config: &Config, supervisor: &mut Supervisor) -> anyhow::Result<V
             async move { listener.serve(stop).await.map_err(TaskError::Failed) }
         });
     }
+    let sys = broker.clone();
+    supervisor.spawn("broker $SYS", move |stop| {
+        let sys = sys.clone();
+        async move {
+            crate::broker::sys::run(sys, stop).await;
+            Ok(())
+        }
+    });
     if config.broker.allow_anonymous {
         warn!("The broker accepts anonymous clients (broker.allow_anonymous); add users and an ACL before exposing it");
     }

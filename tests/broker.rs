@@ -688,3 +688,28 @@ async fn takeover_sends_session_taken_over_in_v5() {
     let rest = read_to_close(&mut first).await;
     assert_eq!(rest, [0xE0, 0x01, 0x8E]);
 }
+
+#[tokio::test]
+async fn sys_tree_is_retained_and_readable_by_subscribers_of_sys() {
+    let b = start("").await;
+    let sys = tokio::spawn(tidegate::broker::sys::run(b.broker.clone(), b.stop.clone()));
+    let (mut c, _) = Client::connect(options(b.addr, "explorer")).await;
+    c.subscribe("$SYS/#", QoS::AtMostOnce).await;
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < 11 {
+        let p = c.publish_msg().await;
+        seen.insert(
+            p.topic.clone(),
+            String::from_utf8_lossy(&p.payload).into_owned(),
+        );
+    }
+    assert!(seen["$SYS/broker/version"].starts_with("tidegate version "));
+    assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"));
+    // Published at start-up, possibly before this client connected: a count, not 1.
+    for counter in ["clients/connected", "messages/received", "bytes/sent", "subscriptions/count"] {
+        let v = &seen[&format!("$SYS/broker/{counter}")];
+        assert!(v.parse::<u64>().is_ok(), "{counter}: {v}");
+    }
+    b.stop.cancel();
+    sys.await.unwrap();
+}

@@ -8,6 +8,7 @@
 //! - `state` — sessions, subscription tree, retained messages, routing, counters.
 //! - `subs` — the subscription trie (wildcards, `$` topics, shared subscriptions).
 //! - `acl` — who may publish and subscribe to what.
+//! - `sys` — the `$SYS/broker/...` tree (version, uptime, clients, messages, bytes), every 10 s.
 //!
 //! # The in-process API (for drivers, uplinks and the web server)
 //! [`Broker`] is a cheap-to-clone handle:
@@ -29,13 +30,14 @@
 //! 0x8B (v5) and close.
 //!
 //! Not yet built (they are points of the broker issue still open): TLS and WebSocket
-//! listeners, persistence in SQLite, `$SYS`, MQTT 5 enhanced authentication.
+//! listeners, persistence in SQLite, MQTT 5 enhanced authentication.
 
 pub mod acl;
 pub mod codec;
 pub(crate) mod conn;
 pub mod state;
 pub mod subs;
+pub mod sys;
 
 use crate::config;
 use acl::{Acl, Action};

@@ -148,7 +148,8 @@ impl Default for Broker {
                     username: "*".into(),
                     access: Access::Allow,
                     publish: vec!["#".into()],
-                    subscribe: vec!["#".into()],
+                    // `#` does not cover `$` topics; MQTT Explorer and friends read $SYS.
+                    subscribe: vec!["#".into(), "$SYS/#".into()],
                 },
             ]),
             max_connections: 1000,
