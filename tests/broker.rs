@@ -706,7 +706,12 @@ async fn sys_tree_is_retained_and_readable_by_subscribers_of_sys() {
     assert!(seen["$SYS/broker/version"].starts_with("tidegate version "));
     assert!(seen["$SYS/broker/uptime"].ends_with(" seconds"));
     // Published at start-up, possibly before this client connected: a count, not 1.
-    for counter in ["clients/connected", "messages/received", "bytes/sent", "subscriptions/count"] {
+    for counter in [
+        "clients/connected",
+        "messages/received",
+        "bytes/sent",
+        "subscriptions/count",
+    ] {
         let v = &seen[&format!("$SYS/broker/{counter}")];
         assert!(v.parse::<u64>().is_ok(), "{counter}: {v}");
     }

@@ -92,7 +92,11 @@ where
                     properties: Properties::default(),
                 });
                 if codec::encode(&ack, version, &mut out).is_ok() {
-                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, wr.write_all(&out)).await;
+                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
+                        let _ = wr.write_all(&out).await;
+                        let _ = wr.shutdown().await;
+                    })
+                    .await;
                 }
             }
             return;
@@ -220,6 +224,7 @@ where
         if !conn.out.is_empty() {
             let _ = wr.write_all(&conn.out).await;
         }
+        let _ = wr.flush().await;
         let _ = wr.shutdown().await;
     })
     .await;
@@ -497,6 +502,8 @@ impl Conn {
         W: AsyncWrite + Unpin,
     {
         let mut deadline = keepalive.map(|k| Instant::now() + k);
+        // TLS and WebSocket buffer writes: flush once the buffer has been handed over.
+        let mut needs_flush = false;
         // Packets already buffered behind the CONNECT.
         if let Some(end) = self.process(rbuf) {
             return end;
@@ -524,7 +531,7 @@ impl Conn {
                     }
                     Err(e) => return End::Abnormal(format!("read error: {e}")),
                 },
-                r = wr.write_buf(&mut self.out), if !self.out.is_empty() => {
+                r = write_some(wr, &mut self.out, &mut needs_flush), if !self.out.is_empty() || needs_flush => {
                     if let Err(e) = r {
                         return End::Abnormal(format!("write error: {e}"));
                     }
@@ -997,6 +1004,24 @@ pub(crate) fn publish_packet(
         properties,
         payload: d.msg.payload.clone(),
     })
+}
+
+/// Writes what the socket takes now; once everything is handed over, flushes. Cancel-safe:
+/// an interrupted flush is retried because `needs_flush` stays set.
+async fn write_some<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    out: &mut BytesMut,
+    needs_flush: &mut bool,
+) -> std::io::Result<()> {
+    if !out.is_empty() {
+        wr.write_buf(out).await?;
+        *needs_flush = true;
+    }
+    if out.is_empty() && *needs_flush {
+        wr.flush().await?;
+        *needs_flush = false;
+    }
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

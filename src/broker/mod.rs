@@ -8,6 +8,7 @@
 //! - `state` — sessions, subscription tree, retained messages, routing, counters.
 //! - `subs` — the subscription trie (wildcards, `$` topics, shared subscriptions).
 //! - `acl` — who may publish and subscribe to what.
+//! - `transport` — TCP, TLS (optional client certificates) and WebSocket listeners.
 //! - `sys` — the `$SYS/broker/...` tree (version, uptime, clients, messages, bytes), every 10 s.
 //!
 //! # The in-process API (for drivers, uplinks and the web server)
@@ -29,8 +30,8 @@
 //! listener's `JoinSet`, so stopping a listener stops its connections: they send DISCONNECT
 //! 0x8B (v5) and close.
 //!
-//! Not yet built (they are points of the broker issue still open): TLS and WebSocket
-//! listeners, persistence in SQLite, MQTT 5 enhanced authentication.
+//! Not yet built (they are points of the broker issue still open): persistence in SQLite,
+//! MQTT 5 enhanced authentication.
 
 pub mod acl;
 pub mod codec;
@@ -38,6 +39,7 @@ pub(crate) mod conn;
 pub mod state;
 pub mod subs;
 pub mod sys;
+pub mod transport;
 
 use crate::config;
 use acl::{Acl, Action};
@@ -145,12 +147,8 @@ impl Broker {
     pub async fn bind(&self, config: &config::Broker) -> anyhow::Result<Vec<Listener>> {
         let mut out = Vec::new();
         for l in &config.listeners {
-            if l.tls.is_some() || l.websocket {
-                anyhow::bail!(
-                    "listener {}: TLS and WebSocket listeners are not supported by this version yet",
-                    l.bind
-                );
-            }
+            let transport = transport::Transport::from_config(l)
+                .map_err(|e| anyhow::anyhow!("listener {}: {e:#}", l.bind))?;
             let tcp = TcpListener::bind(&l.bind)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", l.bind))?;
@@ -159,6 +157,7 @@ impl Broker {
                 broker: self.clone(),
                 tcp: Arc::new(tcp),
                 addr,
+                transport,
             });
         }
         Ok(out)
@@ -275,6 +274,7 @@ pub struct Listener {
     broker: Broker,
     tcp: Arc<TcpListener>,
     addr: SocketAddr,
+    transport: transport::Transport,
 }
 
 impl Listener {
@@ -282,11 +282,16 @@ impl Listener {
         self.addr
     }
 
+    /// What it speaks: "MQTT", "MQTT over TLS", "MQTT over WebSocket", ...
+    pub fn describe(&self) -> &'static str {
+        self.transport.describe()
+    }
+
     /// Accepts connections until `shutdown`, then closes them all (each sends DISCONNECT
     /// 0x8B under MQTT 5) and returns once they are gone.
     pub async fn serve(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut conns = JoinSet::new();
-        info!(addr = %self.addr, "MQTT listener accepting connections");
+        info!(addr = %self.addr, kind = self.describe(), "MQTT listener accepting connections");
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -296,7 +301,8 @@ impl Listener {
                         let _ = stream.set_nodelay(true);
                         let ctx = self.broker.ctx.clone();
                         let stop = shutdown.clone();
-                        conns.spawn(async move { conn::serve(ctx, stream, peer, stop).await });
+                        let transport = self.transport.clone();
+                        conns.spawn(handshake_and_serve(ctx, transport, stream, peer, stop));
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait a little, keep serving.
@@ -308,6 +314,56 @@ impl Listener {
         }
         while conns.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// Runs the transport's handshake (bounded by [`transport::HANDSHAKE_TIMEOUT`]) and then the
+/// MQTT connection.
+async fn handshake_and_serve(
+    ctx: Arc<conn::Ctx>,
+    transport: transport::Transport,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    use transport::{accept_ws, Transport, HANDSHAKE_TIMEOUT};
+    let timeout = |what: &'static str| {
+        move |_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{what} handshake timed out"),
+            )
+        }
+    };
+    let result: std::io::Result<()> = async {
+        match transport {
+            Transport::Tcp => conn::serve(ctx, stream, peer, stop).await,
+            Transport::Tls(acceptor) => {
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                    .await
+                    .map_err(timeout("TLS"))??;
+                conn::serve(ctx, tls, peer, stop).await
+            }
+            Transport::Ws => {
+                let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_ws(stream))
+                    .await
+                    .map_err(timeout("WebSocket"))??;
+                conn::serve(ctx, ws, peer, stop).await
+            }
+            Transport::Wss(acceptor) => {
+                let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                    accept_ws(acceptor.accept(stream).await?).await
+                })
+                .await
+                .map_err(timeout("TLS/WebSocket"))??;
+                conn::serve(ctx, ws, peer, stop).await
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "Handshake failed");
     }
 }
 
