@@ -8,6 +8,8 @@
 //! - `state` — sessions, subscription tree, retained messages, routing, counters.
 //! - `subs` — the subscription trie (wildcards, `$` topics, shared subscriptions).
 //! - `acl` — who may publish and subscribe to what.
+//! - [`store`] — SQLite persistence (retained messages, sessions, subscriptions, queued
+//!   messages), group-committed on its own thread.
 //! - `transport` — TCP, TLS (optional client certificates) and WebSocket listeners.
 //! - `sys` — the `$SYS/broker/...` tree (version, uptime, clients, messages, bytes), every 10 s.
 //!
@@ -37,6 +39,7 @@ pub mod acl;
 pub mod codec;
 pub(crate) mod conn;
 pub mod state;
+pub mod store;
 pub mod subs;
 pub mod sys;
 pub mod transport;

@@ -1,0 +1,454 @@
+//! The writer thread: owns the connection, group-commits queued commands.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, ErrorCode};
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use super::error::StoreError;
+use super::types::{to_i64, Op};
+
+pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+pub(super) enum Cmd {
+    /// `reply` is `None` for `write_nowait`.
+    Write { ops: Vec<Op>, reply: Option<Reply> },
+    /// Everything queued before this has been handled when it is answered.
+    Close {
+        reply: SyncSender<Result<(), StoreError>>,
+    },
+}
+
+/// Shared between the writer thread and every `Store` handle.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub transactions: AtomicU64,
+    pub ops_written: AtomicU64,
+    pub failed_transactions: AtomicU64,
+    pub failed_writes: AtomicU64,
+    pub last_commit_latency_us: AtomicU64,
+    pub bytes_on_disk: AtomicU64,
+    pub queued_commands: AtomicU64,
+    pub checkpoints: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Config {
+    pub max_batch_ops: usize,
+    pub max_batch_time: Duration,
+    pub sync_interval: Duration,
+}
+
+struct Pending {
+    ops: Vec<Op>,
+    reply: Option<Reply>,
+}
+
+pub(super) struct Writer {
+    pub conn: Connection,
+    pub db_path: PathBuf,
+    pub wal_path: PathBuf,
+    pub counters: std::sync::Arc<Counters>,
+    pub config: Config,
+}
+
+/// Errors that concern only the command that caused them: its savepoint is rolled back and the
+/// rest of the transaction goes on. Anything else (I/O, disk full, read-only, corruption,
+/// out of memory) may have rolled back the whole transaction, so the whole batch fails.
+fn fails_alone(e: &rusqlite::Error) -> bool {
+    match e.sqlite_error_code() {
+        Some(
+            ErrorCode::ConstraintViolation
+            | ErrorCode::TooBig
+            | ErrorCode::TypeMismatch
+            | ErrorCode::ParameterOutOfRange,
+        ) => true,
+        Some(_) => false,
+        // Conversion errors are raised by rusqlite before SQLite runs anything.
+        None => true,
+    }
+}
+
+fn apply(conn: &Connection, op: &Op) -> Result<(), StoreError> {
+    match op {
+        Op::PutRetained(r) => {
+            conn.prepare_cached(
+                "INSERT INTO retained (topic, payload, qos, properties, stored_at_ms, expires_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (topic) DO UPDATE SET
+                    payload = excluded.payload, qos = excluded.qos,
+                    properties = excluded.properties, stored_at_ms = excluded.stored_at_ms,
+                    expires_at_ms = excluded.expires_at_ms",
+            )?
+            .execute(params![
+                r.topic,
+                r.payload.as_ref(),
+                r.qos,
+                r.properties.as_ref(),
+                to_i64("stored_at_ms", r.stored_at_ms)?,
+                r.expires_at_ms.map(|v| to_i64("expires_at_ms", v)).transpose()?,
+            ])?;
+        }
+        Op::DeleteRetained { topic } => {
+            conn.prepare_cached("DELETE FROM retained WHERE topic = ?1")?
+                .execute(params![topic])?;
+        }
+        // An upsert, not INSERT OR REPLACE: REPLACE deletes the old row first, and with
+        // foreign keys on that would cascade to the session's subscriptions and queue.
+        Op::PutSession(s) => {
+            conn.prepare_cached(
+                "INSERT INTO sessions (client_id, protocol, expiry_secs, disconnected_at_ms, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (client_id) DO UPDATE SET
+                    protocol = excluded.protocol, expiry_secs = excluded.expiry_secs,
+                    disconnected_at_ms = excluded.disconnected_at_ms, data = excluded.data",
+            )?
+            .execute(params![
+                s.client_id,
+                s.protocol,
+                s.expiry_secs,
+                s.disconnected_at_ms
+                    .map(|v| to_i64("disconnected_at_ms", v))
+                    .transpose()?,
+                s.data.as_ref(),
+            ])?;
+        }
+        Op::DeleteSession { client_id } => {
+            // ON DELETE CASCADE removes the subscriptions and the queue.
+            conn.prepare_cached("DELETE FROM sessions WHERE client_id = ?1")?
+                .execute(params![client_id])?;
+        }
+        Op::PutSubscription(s) => {
+            conn.prepare_cached(
+                "INSERT INTO subscriptions (client_id, filter, options, subscription_id)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (client_id, filter) DO UPDATE SET
+                    options = excluded.options, subscription_id = excluded.subscription_id",
+            )?
+            .execute(params![s.client_id, s.filter, s.options, s.subscription_id])?;
+        }
+        Op::DeleteSubscription { client_id, filter } => {
+            conn.prepare_cached("DELETE FROM subscriptions WHERE client_id = ?1 AND filter = ?2")?
+                .execute(params![client_id, filter])?;
+        }
+        Op::Enqueue(q) => {
+            conn.prepare_cached(
+                "INSERT INTO queue (client_id, seq, topic, payload, qos, retain, properties,
+                                    expires_at_ms, packet_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT (client_id, seq) DO UPDATE SET
+                    topic = excluded.topic, payload = excluded.payload, qos = excluded.qos,
+                    retain = excluded.retain, properties = excluded.properties,
+                    expires_at_ms = excluded.expires_at_ms, packet_id = excluded.packet_id",
+            )?
+            .execute(params![
+                q.client_id,
+                to_i64("seq", q.seq)?,
+                q.topic,
+                q.payload.as_ref(),
+                q.qos,
+                q.retain,
+                q.properties.as_ref(),
+                q.expires_at_ms
+                    .map(|v| to_i64("expires_at_ms", v))
+                    .transpose()?,
+                q.packet_id,
+            ])?;
+        }
+        Op::Dequeue { client_id, seq } => {
+            conn.prepare_cached("DELETE FROM queue WHERE client_id = ?1 AND seq = ?2")?
+                .execute(params![client_id, to_i64("seq", *seq)?])?;
+        }
+        Op::MarkSent {
+            client_id,
+            seq,
+            packet_id,
+        } => {
+            conn.prepare_cached(
+                "UPDATE queue SET packet_id = ?3 WHERE client_id = ?1 AND seq = ?2",
+            )?
+            .execute(params![client_id, to_i64("seq", *seq)?, packet_id])?;
+        }
+    }
+    Ok(())
+}
+
+fn fails_alone_store(e: &StoreError) -> bool {
+    match e {
+        StoreError::Sqlite(inner) => fails_alone(inner),
+        _ => true,
+    }
+}
+
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// Applies one command inside its own savepoint.
+/// `Ok(Err(e))`: the command failed alone and was rolled back; `Err(e)`: the batch is lost.
+fn apply_command(conn: &Connection, ops: &[Op]) -> Result<Result<(), StoreError>, StoreError> {
+    exec(conn, "SAVEPOINT cmd")?;
+    for op in ops {
+        if let Err(e) = apply(conn, op) {
+            if fails_alone_store(&e) {
+                exec(conn, "ROLLBACK TO cmd")?;
+                exec(conn, "RELEASE cmd")?;
+                return Ok(Err(e));
+            }
+            return Err(e);
+        }
+    }
+    exec(conn, "RELEASE cmd")?;
+    Ok(Ok(()))
+}
+
+impl Writer {
+    /// Serves commands until `Close` arrives or every `Store` handle is gone.
+    pub(super) fn run(self, rx: Receiver<Cmd>) {
+        let mut unsynced = false;
+        let mut last_sync = Instant::now();
+        let mut consecutive_failures: u64 = 0;
+        loop {
+            let first = if unsynced {
+                let wait = (last_sync + self.config.sync_interval)
+                    .saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(cmd) => Some(cmd),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(_) => break,
+                }
+            };
+
+            let mut batch = Vec::new();
+            let mut close_reply = None;
+            if let Some(first) = first {
+                let mut n_ops = 0usize;
+                let started = Instant::now();
+                let mut next = Some(first);
+                while let Some(cmd) = next.take() {
+                    match cmd {
+                        Cmd::Write { ops, reply } => {
+                            n_ops += ops.len();
+                            batch.push(Pending { ops, reply });
+                        }
+                        Cmd::Close { reply } => {
+                            close_reply = Some(reply);
+                            break;
+                        }
+                    }
+                    if n_ops >= self.config.max_batch_ops
+                        || started.elapsed() >= self.config.max_batch_time
+                    {
+                        break;
+                    }
+                    // Only what is already queued; a disconnect shows up at the next recv.
+                    next = rx.try_recv().ok();
+                }
+            }
+
+            if !batch.is_empty() {
+                self.counters
+                    .queued_commands
+                    .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+                if self.commit_batch(batch, &mut consecutive_failures) {
+                    unsynced = true;
+                }
+            }
+
+            if unsynced && last_sync.elapsed() >= self.config.sync_interval {
+                if self.checkpoint("PASSIVE") {
+                    unsynced = false;
+                }
+                last_sync = Instant::now();
+            }
+
+            if let Some(reply) = close_reply {
+                let result = self.shutdown(&rx);
+                let _ = reply.send(result);
+                return;
+            }
+        }
+        // Every handle was dropped without `close`: still leave a checkpointed database.
+        let path = self.db_path.clone();
+        if let Err(e) = self.shutdown(&rx) {
+            error!(path = %path.display(), error = %e, "Store did not close cleanly");
+        }
+    }
+
+    /// Runs one transaction for the batch and answers its waiters. Returns whether it committed.
+    fn commit_batch(&self, batch: Vec<Pending>, consecutive_failures: &mut u64) -> bool {
+        let started = Instant::now();
+        let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
+        let outcome = (|| -> Result<(), StoreError> {
+            exec(&self.conn, "BEGIN IMMEDIATE")?;
+            for p in &batch {
+                results.push(apply_command(&self.conn, &p.ops)?);
+            }
+            exec(&self.conn, "COMMIT")?;
+            Ok(())
+        })();
+
+        match outcome {
+            Ok(()) => {
+                let latency = started.elapsed();
+                let c = &self.counters;
+                c.transactions.fetch_add(1, Ordering::Relaxed);
+                c.last_commit_latency_us.store(
+                    u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                if *consecutive_failures > 0 {
+                    info!(
+                        path = %self.db_path.display(),
+                        failed_transactions = *consecutive_failures,
+                        "Store writes succeed again after failures"
+                    );
+                    *consecutive_failures = 0;
+                }
+                // Counters first, so a waiter that looks at the stats sees its own write.
+                let ops: u64 = batch
+                    .iter()
+                    .zip(&results)
+                    .filter(|(_, r)| r.is_ok())
+                    .map(|(p, _)| p.ops.len() as u64)
+                    .sum();
+                let rejected = results.iter().filter(|r| r.is_err()).count() as u64;
+                c.ops_written.fetch_add(ops, Ordering::Relaxed);
+                c.failed_writes.fetch_add(rejected, Ordering::Relaxed);
+                for (p, result) in batch.into_iter().zip(results) {
+                    if let Err(e) = &result {
+                        if p.reply.is_none() {
+                            warn!(error = %e, ops = p.ops.len(), "Store write was rejected by the database; its ops were dropped");
+                        } else {
+                            debug!(error = %e, ops = p.ops.len(), "Store write was rejected by the database");
+                        }
+                    }
+                    if let Some(reply) = p.reply {
+                        let _ = reply.send(result);
+                    }
+                }
+                debug!(
+                    ops,
+                    latency_us = latency.as_micros(),
+                    "Store transaction committed"
+                );
+                self.update_size();
+                true
+            }
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    if let Err(rb) = self.conn.execute_batch("ROLLBACK") {
+                        warn!(error = %rb, "Store could not roll back a failed transaction");
+                    }
+                }
+                let c = &self.counters;
+                c.failed_transactions.fetch_add(1, Ordering::Relaxed);
+                c.failed_writes
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                *consecutive_failures += 1;
+                let ops: usize = batch.iter().map(|p| p.ops.len()).sum();
+                // A full disk fails every batch; log the first one loudly, the rest quietly.
+                if *consecutive_failures == 1 {
+                    error!(
+                        path = %self.db_path.display(),
+                        error = %e,
+                        writes = batch.len(),
+                        ops,
+                        "Store transaction failed; its writes were not saved"
+                    );
+                } else {
+                    debug!(
+                        path = %self.db_path.display(),
+                        error = %e,
+                        writes = batch.len(),
+                        ops,
+                        consecutive_failures = *consecutive_failures,
+                        "Store transaction failed again"
+                    );
+                }
+                for p in batch {
+                    if let Some(reply) = p.reply {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                self.update_size();
+                false
+            }
+        }
+    }
+
+    /// A checkpoint fsyncs the WAL before copying it into the database, which is what bounds
+    /// the data a power cut can take under `synchronous = NORMAL`. Returns whether it completed.
+    fn checkpoint(&self, mode: &str) -> bool {
+        let sql = format!("PRAGMA wal_checkpoint({mode})");
+        let result = self.conn.query_row(&sql, [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        self.update_size();
+        match result {
+            Ok((0, log, done)) if log == done => {
+                self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Ok((busy, log, done)) => {
+                debug!(
+                    busy,
+                    wal_frames = log,
+                    checkpointed = done,
+                    "Store checkpoint did not complete; will retry"
+                );
+                false
+            }
+            Err(e) => {
+                warn!(path = %self.db_path.display(), error = %e, "Store checkpoint failed; will retry");
+                false
+            }
+        }
+    }
+
+    pub(super) fn update_size(&self) {
+        let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        self.counters.bytes_on_disk.store(
+            size(&self.db_path) + size(&self.wal_path),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Answers commands that raced with `Close`, checkpoints and closes the connection.
+    fn shutdown(self, rx: &Receiver<Cmd>) -> Result<(), StoreError> {
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Cmd::Write { reply, .. } => {
+                    self.counters
+                        .queued_commands
+                        .fetch_sub(1, Ordering::Relaxed);
+                    self.counters.failed_writes.fetch_add(1, Ordering::Relaxed);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(StoreError::Closed));
+                    }
+                }
+                Cmd::Close { reply } => {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+        self.checkpoint("TRUNCATE");
+        let path = self.db_path.clone();
+        self.conn.close().map_err(|(_, e)| StoreError::from(e))?;
+        info!(path = %path.display(), "Store closed");
+        Ok(())
+    }
+}
