@@ -200,7 +200,7 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
 
     let shutdown = CancellationToken::new();
     let mut supervisor = Supervisor::new(shutdown.clone());
-    let built = build(&config, &mut supervisor).await?;
+    let (built, broker) = build(&config, &mut supervisor).await?;
     for line in &built {
         info!("{line}");
     }
@@ -235,7 +235,12 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
             _ = int.recv() => "SIGINT",
         }
     };
-    Ok(finish(supervisor.stop(GRACE), second).await)
+    let stop = finish(supervisor.stop(GRACE), second).await;
+    if stop != Stop::Forced {
+        // Everything that wrote to the broker store has stopped: commit the rest.
+        let _ = tokio::task::spawn_blocking(move || broker.close_store()).await;
+    }
+    Ok(stop)
 }
 
 /// Waits for `stop` (the supervisor's shutdown) unless `second_signal` comes first.
@@ -300,9 +305,19 @@ fn reread(origin: &Origin) {
 
 /// Builds every subsystem from its config section, spawning its tasks on `supervisor`, and
 /// returns one line per subsystem saying what it serves.
-async fn build(config: &Config, supervisor: &mut Supervisor) -> anyhow::Result<Vec<String>> {
+async fn build(
+    config: &Config,
+    supervisor: &mut Supervisor,
+) -> anyhow::Result<(Vec<String>, crate::broker::Broker)> {
     let mut lines = Vec::new();
-    let broker = crate::broker::Broker::new(crate::broker::Settings::from_config(&config.broker));
+    let settings = crate::broker::Settings::from_config(&config.broker);
+    let broker = if config.broker.persistence {
+        let path = config.gateway.data_dir.join(BROKER_DB);
+        lines.push(format!("Broker state persisted in {}", path.display()));
+        crate::broker::Broker::open(settings, &path)?
+    } else {
+        crate::broker::Broker::new(settings)
+    };
     for listener in broker.bind(&config.broker).await? {
         let addr = listener.local_addr();
         lines.push(format!(
@@ -346,8 +361,11 @@ async fn build(config: &Config, supervisor: &mut Supervisor) -> anyhow::Result<V
             file.display()
         ));
     }
-    Ok(lines)
+    Ok((lines, broker))
 }
+
+/// The broker's database under `data_dir`.
+pub const BROKER_DB: &str = "broker.db";
 
 #[cfg(test)]
 mod tests {

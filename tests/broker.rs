@@ -1,18 +1,18 @@
 //! The embedded broker against real MQTT clients over TCP: rumqttc (v4 = MQTT 3.1.1, and v5)
 //! and a raw socket for malformed and edge cases. Every broker binds 127.0.0.1:0.
 
+mod common;
+
 use bytes::BytesMut;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
+use common::mqtt::{options, Client, WAIT};
+use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, QoS};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tidegate::broker::codec::{self, Connect, ProtocolVersion};
 use tidegate::broker::{Broker, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(5);
 
 struct TestBroker {
     broker: Broker,
@@ -36,88 +36,6 @@ async fn start(broker_yaml: &str) -> TestBroker {
     let s = stop.clone();
     tokio::spawn(async move { listener.serve(s).await });
     TestBroker { broker, addr, stop }
-}
-
-/// A rumqttc 3.1.1 client whose event loop runs in a task; events arrive on `events`.
-struct Client {
-    client: AsyncClient,
-    events: mpsc::UnboundedReceiver<Result<Event, ConnectionError>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn options(addr: SocketAddr, id: &str) -> MqttOptions {
-    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    o.set_keep_alive(Duration::from_secs(30));
-    o
-}
-
-fn spawn(mut el: EventLoop, client: AsyncClient) -> Client {
-    let (tx, events) = mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        loop {
-            let e = el.poll().await;
-            let stop = e.is_err();
-            if tx.send(e).is_err() || stop {
-                break;
-            }
-        }
-    });
-    Client {
-        client,
-        events,
-        task,
-    }
-}
-
-impl Client {
-    async fn connect(opts: MqttOptions) -> (Client, rumqttc::ConnAck) {
-        let (client, el) = AsyncClient::new(opts, 100);
-        let mut c = spawn(el, client);
-        loop {
-            match c.next().await {
-                Ok(Event::Incoming(Packet::ConnAck(a))) => return (c, a),
-                Ok(_) => {}
-                Err(e) => panic!("connect failed: {e}"),
-            }
-        }
-    }
-
-    async fn next(&mut self) -> Result<Event, ConnectionError> {
-        tokio::time::timeout(WAIT, self.events.recv())
-            .await
-            .expect("an event in time")
-            .expect("event loop alive")
-    }
-
-    async fn publish_msg(&mut self) -> rumqttc::Publish {
-        loop {
-            match self.next().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => return p,
-                Ok(_) => {}
-                Err(e) => panic!("connection failed while waiting for a publish: {e}"),
-            }
-        }
-    }
-
-    async fn suback(&mut self) -> rumqttc::SubAck {
-        loop {
-            match self.next().await {
-                Ok(Event::Incoming(Packet::SubAck(s))) => return s,
-                Ok(_) => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) -> rumqttc::SubAck {
-        self.client.subscribe(filter, qos).await.unwrap();
-        self.suback().await
-    }
-
-    /// Drops the TCP connection without DISCONNECT (a crashed client).
-    fn crash(self) {
-        self.task.abort();
-    }
 }
 
 #[tokio::test]

@@ -23,17 +23,6 @@ fn have(cmd: &str) -> bool {
     found
 }
 
-/// The port of the first MQTT listener, read from the daemon's log.
-fn mqtt_port(log: &str) -> u16 {
-    let line = log
-        .lines()
-        .find(|l| l.contains("MQTT broker listening on"))
-        .expect("listener line");
-    let rest = line.split("listening on ").nth(1).unwrap();
-    let addr = rest.split_whitespace().next().unwrap();
-    addr.rsplit(':').next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn mosquitto_sub_and_pub_at_once_both_protocols() {
     if !have("mosquitto_sub") || !have("mosquitto_pub") {

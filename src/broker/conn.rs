@@ -17,10 +17,12 @@ use super::codec::{
     self, reason, topic, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
     ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
+use super::persist;
 use super::state::{
-    lock, split_shared, AckGroup, Delivery, Expiry, Inflight, Message, Session, SessionCell,
-    Shared, Stage, SubTarget,
+    lock, split_shared, Delivery, Expiry, Inflight, Message, Pending, Session, SessionCell, Shared,
+    Stage, SubTarget,
 };
+use super::store::Op;
 use super::Settings;
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
@@ -343,6 +345,7 @@ fn attach(
                 st.kick = Some(kick.clone());
                 st.expiry = expiry;
                 st.protocol = version;
+                sync_persisted(shared, &old.client_id, &mut st);
                 return (old.clone(), true, st.generation);
             }
             // Clean start: the old session ends; make sure its connection no longer owns it.
@@ -353,6 +356,7 @@ fn attach(
     let mut session = Session::new(version, expiry, shared.limits);
     session.kick = Some(kick.clone());
     session.generation = 1;
+    sync_persisted(shared, client_id, &mut session);
     let cell = Arc::new(SessionCell {
         client_id: client_id.clone(),
         state: std::sync::Mutex::new(session),
@@ -362,6 +366,20 @@ fn attach(
     });
     lock(&shared.sessions).insert(client_id.clone(), cell.clone());
     (cell, false, 1)
+}
+
+/// Makes the store agree with whether the session outlives its connection now.
+fn sync_persisted(shared: &Shared, client_id: &str, st: &mut Session) {
+    let want = shared.store.is_some() && st.expiry != Expiry::AtDisconnect;
+    match (st.persisted, want) {
+        (false, true) => shared.persist(persist::full_session_ops(client_id, st)),
+        (true, true) => shared.persist(vec![persist::session_op(client_id, st, false)]),
+        (true, false) => shared.persist(vec![Op::DeleteSession {
+            client_id: client_id.to_string(),
+        }]),
+        (false, false) => {}
+    }
+    st.persisted = want;
 }
 
 /// After the connection closed: publish the will (after its delay), and end the session if
@@ -380,6 +398,10 @@ fn detach(
         if ours {
             st.kick = None;
             cell.online.store(false, Ordering::Relaxed);
+            if st.persisted && st.expiry != Expiry::AtDisconnect {
+                // The disconnect time starts the expiry clock, also across restarts.
+                shared.persist(vec![persist::session_op(&cell.client_id, &st, true)]);
+            }
         }
         (ours, st.expiry)
     };
@@ -443,12 +465,13 @@ fn will_message(will: Will, client_id: &Arc<str>) -> Arc<Message> {
     })
 }
 
-/// An incoming QoS 1/2 PUBLISH whose acknowledgement waits for durable consumers.
+/// An incoming QoS 1/2 PUBLISH whose acknowledgement waits for durable consumers or the
+/// store.
 struct PendingAck {
     packet_id: u16,
     qos: QoS,
     reason: u8,
-    group: Option<Arc<AckGroup>>,
+    pending: Option<Pending>,
 }
 
 struct Conn {
@@ -510,7 +533,10 @@ impl Conn {
         }
         loop {
             self.pump();
-            let front_group = self.pending_acks.front().and_then(|p| p.group.clone());
+            let waiting = self
+                .pending_acks
+                .front()
+                .is_some_and(|p| p.pending.is_some());
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     self.disconnect(reason::SERVER_SHUTTING_DOWN);
@@ -537,11 +563,12 @@ impl Conn {
                     }
                 }
                 _ = self.cell.wake.notified() => {}
-                ok = async { match &front_group { Some(g) => g.wait().await, None => true } }, if front_group.is_some() => {
+                ok = wait_front(&mut self.pending_acks), if waiting => {
                     if let Some(p) = self.pending_acks.front_mut() {
-                        p.group = None;
+                        p.pending = None;
                         if !ok && self.version.is_v5() {
-                            // A durable consumer (the uplink's store) could not keep it.
+                            // A durable consumer (the uplink's store) or the broker's own
+                            // store could not keep it.
                             p.reason = reason::QUOTA_EXCEEDED;
                         }
                     }
@@ -650,7 +677,7 @@ impl Conn {
             self.push_ack(packet_id, QoS::ExactlyOnce, reason::SUCCESS, None);
             return None;
         }
-        let mut group = None;
+        let mut pending = None;
         let mut code = reason::SUCCESS;
         // Clients may not publish into the broker's own `$SYS` tree.
         if allowed {
@@ -667,38 +694,43 @@ impl Conn {
                 expires_at,
                 publisher: Some(self.client_id.clone()),
             });
-            group = shared.route(msg);
+            let p = shared.route(msg);
+            pending = (!p.is_empty()).then_some(p);
         } else {
             debug!(client = %self.client_id, %topic, "Publish denied by the ACL");
             code = reason::NOT_AUTHORIZED;
         }
         match p.qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.push_ack(packet_id, QoS::AtLeastOnce, code, group),
+            QoS::AtLeastOnce => self.push_ack(packet_id, QoS::AtLeastOnce, code, pending),
             QoS::ExactlyOnce => {
                 if code < 0x80 {
                     lock(&self.cell.state).incoming_qos2.insert(packet_id);
                 }
-                self.push_ack(packet_id, QoS::ExactlyOnce, code, group);
+                self.push_ack(packet_id, QoS::ExactlyOnce, code, pending);
             }
         }
         None
     }
 
     /// Queues a PUBACK / PUBREC, keeping the order PUBLISHes arrived in (MQTT-4.6.0-2/-3).
-    fn push_ack(&mut self, packet_id: u16, qos: QoS, reason: u8, group: Option<Arc<AckGroup>>) {
+    fn push_ack(&mut self, packet_id: u16, qos: QoS, reason: u8, pending: Option<Pending>) {
         let code = if self.version.is_v5() { reason } else { 0 };
         self.pending_acks.push_back(PendingAck {
             packet_id,
             qos,
             reason: code,
-            group,
+            pending,
         });
         self.flush_acks();
     }
 
     fn flush_acks(&mut self) {
-        while self.pending_acks.front().is_some_and(|p| p.group.is_none()) {
+        while self
+            .pending_acks
+            .front()
+            .is_some_and(|p| p.pending.is_none())
+        {
             let Some(p) = self.pending_acks.pop_front() else {
                 break;
             };
@@ -725,7 +757,18 @@ impl Conn {
             }
         };
         if let Some(mut i) = done {
+            self.dequeue(&i.delivery);
             i.delivery.acknowledge();
+        }
+    }
+
+    /// Removes an acknowledged, expired or dropped message from the store.
+    fn dequeue(&self, d: &Delivery) {
+        if let Some(seq) = d.seq {
+            self.ctx.shared.persist(vec![Op::Dequeue {
+                client_id: self.client_id.to_string(),
+                seq,
+            }]);
         }
     }
 
@@ -771,15 +814,16 @@ impl Conn {
     }
 
     fn on_pubcomp(&mut self, id: u16) {
-        let mut st = lock(&self.cell.state);
-        if st
-            .inflight
-            .get(&id)
-            .is_some_and(|i| i.stage == Stage::Released)
-        {
-            if let Some(mut i) = st.inflight.remove(&id) {
-                i.delivery.acknowledge();
+        let done = {
+            let mut st = lock(&self.cell.state);
+            match st.inflight.get(&id) {
+                Some(i) if i.stage == Stage::Released => st.inflight.remove(&id),
+                _ => None,
             }
+        };
+        if let Some(mut i) = done {
+            self.dequeue(&i.delivery);
+            i.delivery.acknowledge();
         }
     }
 
@@ -807,10 +851,22 @@ impl Conn {
                 codes.push(reason::NOT_AUTHORIZED);
                 continue;
             }
-            let existed = lock(&self.cell.state)
-                .subscriptions
-                .insert(filter.clone(), (*opts, sub_id))
-                .is_some();
+            let (existed, persisted) = {
+                let mut st = lock(&self.cell.state);
+                let existed = st
+                    .subscriptions
+                    .insert(filter.clone(), (*opts, sub_id))
+                    .is_some();
+                (existed, st.persisted)
+            };
+            if persisted {
+                shared.persist(vec![persist::subscription_op(
+                    &self.client_id,
+                    filter,
+                    opts,
+                    sub_id,
+                )]);
+            }
             lock(&shared.subs).insert(
                 inner,
                 group,
@@ -851,6 +907,7 @@ impl Conn {
                     retain: true,
                     subscription_ids: sub_id.into_iter().collect(),
                     ack: None,
+                    seq: None,
                 },
             );
         }
@@ -887,7 +944,13 @@ impl Conn {
                 self.disconnect(reason::PROTOCOL_ERROR);
                 return End::Abnormal("session expiry set at DISCONNECT".into());
             }
-            lock(&self.cell.state).expiry = Expiry::from_v5(secs);
+            let mut st = lock(&self.cell.state);
+            st.expiry = Expiry::from_v5(secs);
+            if st.persisted && st.expiry != Expiry::AtDisconnect {
+                self.ctx
+                    .shared
+                    .persist(vec![persist::session_op(&self.client_id, &st, false)]);
+            }
         }
         if d.reason_code == reason::DISCONNECT_WITH_WILL_MESSAGE {
             End::WithWill
@@ -919,6 +982,7 @@ impl Conn {
     fn pump(&mut self) {
         let now = Instant::now();
         let shared = self.ctx.shared.clone();
+        let mut marked = Vec::new();
         let mut st = lock(&self.cell.state);
         if st.generation != self.generation {
             return;
@@ -969,6 +1033,13 @@ impl Conn {
                 .bytes_sent
                 .fetch_add((self.out.len() - before) as u64, Ordering::Relaxed);
             shared.stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+            if let (Some(id), Some(seq)) = (id, d.seq) {
+                marked.push(Op::MarkSent {
+                    client_id: self.client_id.to_string(),
+                    seq,
+                    packet_id: id,
+                });
+            }
             if let Some(id) = id {
                 st.inflight.insert(
                     id,
@@ -979,6 +1050,8 @@ impl Conn {
                 );
             }
         }
+        drop(st);
+        shared.persist(marked);
     }
 }
 
@@ -1004,6 +1077,15 @@ pub(crate) fn publish_packet(
         properties,
         payload: d.msg.payload.clone(),
     })
+}
+
+/// Waits for the first pending acknowledgement's conditions (cancel-safe: progress is kept
+/// in the `Pending`).
+async fn wait_front(acks: &mut VecDeque<PendingAck>) -> bool {
+    match acks.front_mut().and_then(|p| p.pending.as_mut()) {
+        Some(p) => p.wait().await,
+        None => true,
+    }
 }
 
 /// Writes what the socket takes now; once everything is handed over, flushes. Cancel-safe:

@@ -38,6 +38,7 @@
 pub mod acl;
 pub mod codec;
 pub(crate) mod conn;
+mod persist;
 pub mod state;
 pub mod store;
 pub mod subs;
@@ -126,18 +127,53 @@ pub struct Broker {
 pub enum PublishError {
     #[error("`{0}` is not a valid topic name")]
     InvalidTopic(String),
-    #[error("a durable consumer could not keep the message")]
+    #[error("a durable consumer or the broker's store could not keep the message")]
     NotKept,
 }
 
 impl Broker {
+    /// A broker that keeps nothing across restarts.
     pub fn new(settings: Settings) -> Self {
-        let shared = Arc::new(Shared::new(settings.limits));
+        Self::with_shared(settings, Shared::new_default_limits())
+    }
+
+    fn with_shared(settings: Settings, mut shared: Shared) -> Self {
+        shared.limits = settings.limits;
         Broker {
             ctx: Arc::new(conn::Ctx {
-                shared,
+                shared: Arc::new(shared),
                 settings: Arc::new(settings),
             }),
+        }
+    }
+
+    /// A broker persisted in the SQLite database at `path` (created if missing): retained
+    /// messages and sessions that outlive their connections are restored from it and kept in
+    /// it. A corrupt database is moved aside (logged) and a new one started. Call within the
+    /// runtime: restored sessions get their expiry timers.
+    ///
+    /// Fails when the database cannot be opened or created.
+    pub fn open(settings: Settings, path: &std::path::Path) -> anyhow::Result<Self> {
+        let (store, snapshot) = store::Store::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open the broker store {}: {e}", path.display()))?;
+        if let Some(moved) = &snapshot.recovered_from_corruption {
+            tracing::error!(moved_to = %moved.display(), "The broker store was corrupt; it was moved aside and a new one started");
+        }
+        let mut shared = Shared::new_default_limits();
+        shared.store = Some(store);
+        let broker = Self::with_shared(settings, shared);
+        let (retained, sessions) = persist::restore(&broker.ctx.shared, snapshot);
+        info!(path = %path.display(), retained, sessions, "Broker state restored");
+        Ok(broker)
+    }
+
+    /// Commits what is queued for the store and closes it. Blocking: call from
+    /// `spawn_blocking` at shutdown, after the listeners stopped.
+    pub fn close_store(&self) {
+        if let Some(store) = &self.ctx.shared.store {
+            if let Err(e) = store.clone().close() {
+                warn!(error = %e, "Closing the broker store failed");
+            }
         }
     }
 
@@ -192,9 +228,11 @@ impl Broker {
             .stats
             .messages_received
             .fetch_add(1, Ordering::Relaxed);
-        match self.ctx.shared.route(msg) {
-            Some(group) if !group.wait().await => Err(PublishError::NotKept),
-            _ => Ok(()),
+        let mut pending = self.ctx.shared.route(msg);
+        if pending.is_empty() || pending.wait().await {
+            Ok(())
+        } else {
+            Err(PublishError::NotKept)
         }
     }
 
@@ -259,6 +297,7 @@ impl Broker {
                             retain: true,
                             subscription_ids: Vec::new(),
                             ack: None,
+                            seq: None,
                         },
                     );
                 }

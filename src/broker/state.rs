@@ -122,6 +122,8 @@ pub struct Delivery {
     pub subscription_ids: Vec<u32>,
     /// Set for a durable consumer: released when it acknowledges (or drops) the message.
     pub ack: Option<Arc<AckGroup>>,
+    /// Its row in the broker store, for a QoS 1/2 message queued for a persisted session.
+    pub seq: Option<u64>,
 }
 
 impl Drop for Delivery {
@@ -207,6 +209,10 @@ pub struct Session {
     pub kick: Option<tokio_util::sync::CancellationToken>,
     pub limits: Limits,
     pub dropped: u64,
+    /// Written to the broker store (a session that outlives its connection, with persistence on).
+    pub persisted: bool,
+    /// Next store row number for a queued message.
+    pub next_seq: u64,
 }
 
 impl Session {
@@ -224,6 +230,8 @@ impl Session {
             kick: None,
             limits,
             dropped: 0,
+            persisted: false,
+            next_seq: 1,
         }
     }
 
@@ -240,21 +248,21 @@ impl Session {
         None
     }
 
-    /// Queues a delivery, dropping per the policy when the queue is full. Returns how many
-    /// messages were dropped to make room (or 1 if this one was refused).
-    pub fn enqueue(&mut self, d: Delivery) -> u64 {
+    /// Queues a delivery, dropping per the policy when the queue is full: a queued QoS 0
+    /// message first, then the oldest. Returns what was dropped (this delivery itself when it
+    /// is bigger than the whole byte bound).
+    pub fn enqueue(&mut self, d: Delivery) -> Vec<Delivery> {
         let cost = d.msg.cost();
         if cost > self.limits.max_queued_bytes {
             // Bigger than the whole queue may hold: refused, and nothing else is dropped for it.
             self.dropped += 1;
-            return 1;
+            return vec![d];
         }
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         while !self.queue.is_empty()
             && (self.queue.len() >= self.limits.max_queued_messages
                 || self.queued_bytes + cost > self.limits.max_queued_bytes)
         {
-            // QoS 0 goes first, then the oldest.
             let victim = self
                 .queue
                 .iter()
@@ -262,12 +270,12 @@ impl Session {
                 .unwrap_or(0);
             if let Some(old) = self.queue.remove(victim) {
                 self.queued_bytes -= old.msg.cost();
-                dropped += 1;
+                dropped.push(old);
             }
         }
         self.queued_bytes += cost;
         self.queue.push_back(d);
-        self.dropped += dropped;
+        self.dropped += dropped.len() as u64;
         dropped
     }
 
@@ -330,9 +338,56 @@ pub struct Shared {
     pub stats: Stats,
     pub limits: Limits,
     pub started: Instant,
+    /// The broker store, when `broker.persistence` is on.
+    pub store: Option<super::store::Store>,
+}
+
+/// What a publisher waits for before its PUBACK / PUBREC: durable consumers' acks and the
+/// store commit of the message. Cancel-safe: progress is kept in the value.
+#[derive(Debug, Default)]
+pub struct Pending {
+    group: Option<Arc<AckGroup>>,
+    stored: Option<tokio::sync::oneshot::Receiver<Result<(), super::store::StoreError>>>,
+    ok: bool,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.group.is_none() && self.stored.is_none()
+    }
+
+    /// Waits for everything; false when a durable consumer lost the message or the store
+    /// could not write it.
+    pub async fn wait(&mut self) -> bool {
+        if let Some(rx) = &mut self.stored {
+            let r = rx.await;
+            self.stored = None;
+            if !matches!(r, Ok(Ok(()))) {
+                if let Ok(Err(e)) = &r {
+                    super::persist::log_failure(e);
+                }
+                self.ok = false;
+            }
+        }
+        if let Some(g) = &self.group {
+            if !g.wait().await {
+                self.ok = false;
+            }
+            self.group = None;
+        }
+        self.ok
+    }
 }
 
 impl Shared {
+    /// With placeholder-free defaults; the broker sets its configured limits right after.
+    pub fn new_default_limits() -> Self {
+        Self::new(Limits {
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 << 20,
+        })
+    }
+
     pub fn new(limits: Limits) -> Self {
         Shared {
             subs: Mutex::new(SubTree::default()),
@@ -341,13 +396,23 @@ impl Shared {
             stats: Stats::default(),
             limits,
             started: Instant::now(),
+            store: None,
         }
     }
 
-    /// Delivers `msg` to every matching subscription and updates the retained store. Returns
-    /// the group that completes when every durable consumer that got it has acknowledged it
-    /// (`None` when no durable consumer matched).
-    pub fn route(&self, msg: Arc<Message>) -> Option<Arc<AckGroup>> {
+    /// Writes `ops` without waiting for the commit.
+    pub fn persist(&self, ops: Vec<super::store::Op>) {
+        if let (Some(store), false) = (&self.store, ops.is_empty()) {
+            store.write_nowait(ops);
+        }
+    }
+
+    /// Delivers `msg` to every matching subscription and updates the retained messages.
+    /// Returns what the publisher must wait for before acknowledging a QoS 1/2 message:
+    /// durable consumers' acks, and the store commit when the message is retained or queued
+    /// for a persisted session.
+    pub fn route(&self, msg: Arc<Message>) -> Pending {
+        let mut ops = Vec::new();
         if msg.retain {
             let mut retained = lock(&self.retained);
             if msg.payload.is_empty() {
@@ -355,76 +420,116 @@ impl Shared {
             } else {
                 retained.insert(msg.topic.clone(), msg.clone());
             }
+            if self.store.is_some() {
+                ops.push(super::persist::retained_op(&msg));
+            }
         }
         let matches = lock(&self.subs).matches(&msg.topic);
-        if matches.is_empty() {
-            return None;
-        }
-        // One delivery per session: the highest QoS of its matching subscriptions, every
-        // subscription identifier (MQTT 5.0 §3.3.4).
-        let mut per_session: Vec<(Arc<SessionCell>, QoS, bool, Vec<u32>)> = Vec::new();
-        for m in matches {
-            let t = m.sub;
-            if !m.shared
-                && t.options.no_local
-                && msg.publisher.as_deref() == Some(&*t.cell.client_id)
-            {
-                continue;
-            }
-            let qos = msg.qos.min(t.options.qos);
-            let retain = t.options.retain_as_published && msg.retain;
-            match per_session
-                .iter_mut()
-                .find(|(c, ..)| Arc::ptr_eq(c, &t.cell))
-            {
-                Some((_, q, r, ids)) => {
-                    *q = (*q).max(qos);
-                    *r |= retain;
-                    ids.extend(t.subscription_id);
+        let mut pending = Pending {
+            ok: true,
+            ..Pending::default()
+        };
+        if !matches.is_empty() {
+            // One delivery per session: the highest QoS of its matching subscriptions, every
+            // subscription identifier (MQTT 5.0 §3.3.4).
+            let mut per_session: Vec<(Arc<SessionCell>, QoS, bool, Vec<u32>)> = Vec::new();
+            for m in matches {
+                let t = m.sub;
+                if !m.shared
+                    && t.options.no_local
+                    && msg.publisher.as_deref() == Some(&*t.cell.client_id)
+                {
+                    continue;
                 }
-                None => per_session.push((
-                    t.cell.clone(),
-                    qos,
-                    retain,
-                    t.subscription_id.into_iter().collect(),
-                )),
+                let qos = msg.qos.min(t.options.qos);
+                let retain = t.options.retain_as_published && msg.retain;
+                match per_session
+                    .iter_mut()
+                    .find(|(c, ..)| Arc::ptr_eq(c, &t.cell))
+                {
+                    Some((_, q, r, ids)) => {
+                        *q = (*q).max(qos);
+                        *r |= retain;
+                        ids.extend(t.subscription_id);
+                    }
+                    None => per_session.push((
+                        t.cell.clone(),
+                        qos,
+                        retain,
+                        t.subscription_id.into_iter().collect(),
+                    )),
+                }
+            }
+            let durable = per_session
+                .iter()
+                .filter(|(c, q, ..)| c.durable && *q != QoS::AtMostOnce)
+                .count();
+            pending.group = (durable > 0).then(|| Arc::new(AckGroup::new(durable)));
+            for (cell, qos, retain, ids) in per_session {
+                let ack = (cell.durable && qos != QoS::AtMostOnce)
+                    .then(|| pending.group.clone())
+                    .flatten();
+                self.deliver_into(
+                    &cell,
+                    Delivery {
+                        msg: msg.clone(),
+                        qos,
+                        retain,
+                        subscription_ids: ids,
+                        ack,
+                        seq: None,
+                    },
+                    &mut ops,
+                );
             }
         }
-        let durable = per_session
-            .iter()
-            .filter(|(c, q, ..)| c.durable && *q != QoS::AtMostOnce)
-            .count();
-        let group = (durable > 0).then(|| Arc::new(AckGroup::new(durable)));
-        for (cell, qos, retain, ids) in per_session {
-            let ack = (cell.durable && qos != QoS::AtMostOnce)
-                .then(|| group.clone())
-                .flatten();
-            self.deliver(
-                &cell,
-                Delivery {
-                    msg: msg.clone(),
-                    qos,
-                    retain,
-                    subscription_ids: ids,
-                    ack,
-                },
-            );
+        if let (Some(store), false) = (&self.store, ops.is_empty()) {
+            if msg.qos == QoS::AtMostOnce {
+                store.write_nowait(ops);
+            } else {
+                pending.stored = Some(store.write(ops));
+            }
         }
-        group
+        pending
     }
 
-    /// Queues one delivery on a session and wakes its task. QoS 0 for an offline session is
-    /// not kept (as Mosquitto does by default).
+    /// Queues one delivery on a session and wakes its task, writing it to the store when the
+    /// session is persisted.
     pub fn deliver(&self, cell: &SessionCell, d: Delivery) {
+        let mut ops = Vec::new();
+        self.deliver_into(cell, d, &mut ops);
+        self.persist(ops);
+    }
+
+    /// [`Shared::deliver`], collecting the store ops in `ops`. QoS 0 for an offline session
+    /// is not kept (as Mosquitto does by default).
+    fn deliver_into(&self, cell: &SessionCell, mut d: Delivery, ops: &mut Vec<super::store::Op>) {
         if d.qos == QoS::AtMostOnce && !cell.online.load(Ordering::Relaxed) && !cell.durable {
             return;
         }
-        let dropped = lock(&cell.state).enqueue(d);
-        if dropped > 0 {
+        let dropped = {
+            let mut st = lock(&cell.state);
+            if st.persisted && d.qos != QoS::AtMostOnce && self.store.is_some() {
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                d.seq = Some(seq);
+                ops.push(super::persist::enqueue_op(&cell.client_id, &d, seq));
+            }
+            st.enqueue(d)
+        };
+        if !dropped.is_empty() {
+            for old in &dropped {
+                if let Some(seq) = old.seq {
+                    ops.push(super::store::Op::Dequeue {
+                        client_id: cell.client_id.to_string(),
+                        seq,
+                    });
+                }
+            }
             self.stats
                 .publishes_dropped
-                .fetch_add(dropped, Ordering::Relaxed);
-            tracing::debug!(client = %cell.client_id, dropped, "Session queue full; dropped messages");
+                .fetch_add(dropped.len() as u64, Ordering::Relaxed);
+            tracing::debug!(client = %cell.client_id, dropped = dropped.len(), "Session queue full; dropped messages");
         }
         cell.wake.notify_one();
     }
@@ -443,6 +548,12 @@ impl Shared {
     pub fn discard_session(&self, cell: &Arc<SessionCell>) {
         let subs: Vec<String> = {
             let mut st = lock(&cell.state);
+            if st.persisted {
+                st.persisted = false;
+                self.persist(vec![super::store::Op::DeleteSession {
+                    client_id: cell.client_id.to_string(),
+                }]);
+            }
             st.queue.clear();
             st.queued_bytes = 0;
             st.inflight.clear();
@@ -496,6 +607,7 @@ mod tests {
             retain: false,
             subscription_ids: Vec::new(),
             ack: None,
+            seq: None,
         }
     }
 
@@ -509,10 +621,10 @@ mod tests {
         s.enqueue(d(msg(QoS::AtLeastOnce, 1)));
         s.enqueue(d(msg(QoS::AtMostOnce, 2)));
         s.enqueue(d(msg(QoS::AtLeastOnce, 3)));
-        assert_eq!(s.enqueue(d(msg(QoS::AtLeastOnce, 4))), 1);
+        assert_eq!(s.enqueue(d(msg(QoS::AtLeastOnce, 4))).len(), 1);
         let sizes: Vec<usize> = s.queue.iter().map(|d| d.msg.payload.len()).collect();
         assert_eq!(sizes, [1, 3, 4], "the QoS 0 message went first");
-        assert_eq!(s.enqueue(d(msg(QoS::AtLeastOnce, 5))), 1);
+        assert_eq!(s.enqueue(d(msg(QoS::AtLeastOnce, 5))).len(), 1);
         let sizes: Vec<usize> = s.queue.iter().map(|d| d.msg.payload.len()).collect();
         assert_eq!(sizes, [3, 4, 5], "then the oldest");
         assert_eq!(s.dropped, 2);
@@ -533,7 +645,7 @@ mod tests {
         assert!(s.queued_bytes <= 1000);
         let before = s.queue.len();
         assert!(before > 0);
-        assert_eq!(s.enqueue(d(msg(QoS::AtLeastOnce, 5000))), 1);
+        assert_eq!(s.enqueue(d(msg(QoS::AtLeastOnce, 5000))).len(), 1);
         assert_eq!(
             s.queue.len(),
             before,

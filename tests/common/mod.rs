@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod mqtt;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -98,6 +100,17 @@ pub fn stderr_until(child: &mut Child, needle: &str, limit: Duration) -> String 
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The port of the first MQTT listener, read from the daemon's log.
+pub fn mqtt_port(log: &str) -> u16 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("MQTT broker listening on"))
+        .expect("listener line");
+    let rest = line.split("listening on ").nth(1).unwrap();
+    let addr = rest.split_whitespace().next().unwrap();
+    addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 pub fn spawn_run(config: &Path) -> Child {
