@@ -47,6 +47,7 @@ fn cases() -> Vec<Case> {
         case("missing TLS file", "broker:\n  listeners:\n    - bind: 0.0.0.0:8883\n      tls: {cert: /nonexistent/s.crt, key: /nonexistent/s.key}\n", "broker.listeners[0].tls.cert", "cannot read /nonexistent/s.crt", 4),
         case("bad size", "broker:\n  max_packet_size: lots\n", "broker.max_packet_size", "`lots` is not a size", 2),
         case("packet size out of range", "broker:\n  max_packet_size: 1GiB\n", "broker.max_packet_size", "between 128 bytes and 256MiB", 2),
+        case("queue smaller than a packet", "broker:\n  max_queued_bytes: 1KiB\n", "broker.max_queued_bytes", "must be at least max_packet_size", 2),
         case("bad password hash", "broker:\n  users: [{username: a, password_hash: secret}]\n", "broker.users[0].password_hash", "make one with `tidegate passwd`", 2),
         case("nobody can connect", "broker:\n  allow_anonymous: false\n", "broker.allow_anonymous", "nobody could connect", 2),
         case("invalid ACL filter", "broker:\n  acl:\n    - {username: '*', subscribe: ['a/#/b']}\n", "broker.acl[0].subscribe[0]", "is not a valid MQTT topic filter", 3),

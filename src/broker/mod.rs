@@ -92,10 +92,10 @@ impl Settings {
             max_connections: c.max_connections as usize,
             max_packet_size: usize::try_from(c.max_packet_size.0).unwrap_or(usize::MAX),
             limits: Limits {
-                max_queued_messages: 1000,
-                max_queued_bytes: 16 << 20,
+                max_queued_messages: c.max_queued_messages as usize,
+                max_queued_bytes: usize::try_from(c.max_queued_bytes.0).unwrap_or(usize::MAX),
             },
-            max_inflight: 100,
+            max_inflight: usize::from(c.max_inflight_messages),
             receive_maximum: 1024,
             topic_alias_maximum: 64,
             connect_timeout: Duration::from_secs(10),

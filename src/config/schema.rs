@@ -112,6 +112,14 @@ pub struct Broker {
     pub acl: Option<Vec<AclRule>>,
     pub max_connections: u32,
     pub max_packet_size: ByteSize,
+    /// Per session: QoS 1/2 messages (and QoS 0 while online) waiting for a client; beyond it
+    /// a queued QoS 0 message is dropped first, then the oldest (counted).
+    pub max_queued_messages: u32,
+    /// Per session: the same bound in bytes.
+    pub max_queued_bytes: ByteSize,
+    /// Unacknowledged QoS 1/2 messages in flight toward one client (MQTT 5: also capped by the
+    /// client's Receive Maximum).
+    pub max_inflight_messages: u16,
     pub persistence: bool,
 }
 
@@ -154,6 +162,9 @@ impl Default for Broker {
             ]),
             max_connections: 1000,
             max_packet_size: ByteSize(256 << 10),
+            max_queued_messages: 1000,
+            max_queued_bytes: ByteSize(16 << 20),
+            max_inflight_messages: 100,
             persistence: true,
         }
     }

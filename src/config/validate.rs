@@ -174,6 +174,27 @@ fn broker(v: &mut V, b: &Broker, binds: &mut HashMap<SocketAddr, String>) {
             }
         }
     }
+    if b.max_queued_messages == 0 {
+        v.err(
+            "broker.max_queued_messages",
+            "max_queued_messages must be at least 1",
+        );
+    }
+    if b.max_queued_bytes.0 < b.max_packet_size.0 {
+        v.err(
+            "broker.max_queued_bytes",
+            format!(
+                "max_queued_bytes ({}) must be at least max_packet_size ({}), or a full-size message could never be queued",
+                b.max_queued_bytes, b.max_packet_size
+            ),
+        );
+    }
+    if b.max_inflight_messages == 0 {
+        v.err(
+            "broker.max_inflight_messages",
+            "max_inflight_messages must be at least 1",
+        );
+    }
     if b.max_connections == 0 {
         v.err(
             "broker.max_connections",
