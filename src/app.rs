@@ -328,6 +328,25 @@ async fn build(
             async move { listener.serve(stop).await.map_err(TaskError::Failed) }
         });
     }
+    for device in &config.devices {
+        let name = format!("device {}", device.name);
+        let device = device.clone();
+        let b = broker.clone();
+        supervisor.spawn(name, move |stop| {
+            crate::drivers::run(device.clone(), b.clone(), stop)
+        });
+    }
+    if !config.devices.is_empty() {
+        lines.push(format!(
+            "Devices: {}",
+            config
+                .devices
+                .iter()
+                .map(|d| format!("{} ({})", d.name, d.driver))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let sys = broker.clone();
     supervisor.spawn("broker $SYS", move |stop| {
         let sys = sys.clone();

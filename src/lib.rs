@@ -8,6 +8,8 @@
 //! - [`app`] — the daemon's top: builds each subsystem from its config section, is the only
 //!   place that spawns long-lived tasks (the [`app::Supervisor`] restarts failed ones with
 //!   backoff), handles signals, and stops everything within the grace period.
+//! - [`drivers`] — one task per field device: polls its tags, publishes readings and
+//!   availability into the broker, takes commands from it ([`drivers::simulated`] so far).
 //! - [`logging`] — tracing to the systemd journal, or text / JSON on stderr.
 //! - [`auth`] — argon2id password hashes for broker and web users (`tidegate passwd`).
 //! - [`broker`] — the embedded MQTT broker; [`broker::codec`] is its strict MQTT 3.1/3.1.1/5.0
@@ -31,4 +33,5 @@ pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod drivers;
 pub mod logging;

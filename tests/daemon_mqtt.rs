@@ -89,3 +89,70 @@ fn mosquitto_sub_and_pub_at_once_both_protocols() {
     let (status, _) = wait_exit(&mut daemon, Duration::from_secs(12));
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn simulated_device_readings_flow_at_once() {
+    if !have("mosquitto_sub") {
+        return;
+    }
+    let cfg = TempConfig::new(
+        "devices:\n  - name: demo\n    driver: simulated\n    poll_interval: 200ms\n    tags:\n      - { name: temperature, signal: sine, min: 18, max: 24, period: 60s, unit: \"°C\", publish_every: 1s }\n",
+    );
+    let mut daemon = spawn_run(&cfg.path);
+    let log = stderr_until(&mut daemon, "tidegate is running", Duration::from_secs(20));
+    assert!(log.contains("demo (simulated)"), "{log}");
+    let port = mqtt_port(&log).to_string();
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "devices/demo/#",
+            "-v",
+            "-C",
+            "3",
+            "-W",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    // Retained first: the status, then the reading.
+    let status = lines.next().unwrap();
+    assert!(status.starts_with("devices/demo/$status {"), "{text}");
+    let reading = text
+        .lines()
+        .find(|l| l.starts_with("devices/demo/temperature "))
+        .unwrap_or_else(|| panic!("no reading in {text}"));
+    let json: serde_json::Value = serde_json::from_str(reading.split_once(' ').unwrap().1).unwrap();
+    let v = json["value"].as_f64().unwrap();
+    assert!((18.0..=24.0).contains(&v), "{json}");
+    assert_eq!(json["unit"], "°C");
+    assert_eq!(json["quality"], "good");
+    assert!(json["ts"].as_u64().unwrap() > 1_600_000_000_000);
+    signal(&daemon, "TERM");
+    wait_exit(&mut daemon, Duration::from_secs(12));
+}
+
+#[test]
+fn a_driver_this_version_lacks_is_reported_and_the_rest_runs() {
+    let cfg = TempConfig::new(
+        "devices:\n  - {name: meter, driver: modbus_tcp, host: 127.0.0.1, tags: [{name: e, register: input, address: 0}]}\n",
+    );
+    let mut daemon = spawn_run(&cfg.path);
+    let log = stderr_until(
+        &mut daemon,
+        "not available in this version",
+        Duration::from_secs(20),
+    );
+    assert!(log.contains("device `meter` is not started"), "{log}");
+    // Still serving.
+    assert!(daemon.try_wait().unwrap().is_none());
+    signal(&daemon, "TERM");
+    let (status, _) = wait_exit(&mut daemon, Duration::from_secs(12));
+    assert_eq!(status.code(), Some(0));
+}
