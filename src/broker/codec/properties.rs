@@ -904,7 +904,9 @@ impl Properties {
             return Ok(Properties::default());
         }
         let mut r = Reader::new(bytes, PacketType::Publish);
-        decode_properties(&mut r, PropertyContext::Packet(PacketType::Publish))
+        let p = decode_properties(&mut r, PropertyContext::Packet(PacketType::Publish))?;
+        r.finish()?;
+        Ok(p)
     }
 }
 
@@ -929,5 +931,9 @@ mod storage_tests {
             Properties::default()
         );
         assert!(Properties::from_publish_bytes(Bytes::from_static(b"\x05\x99")).is_err());
+        // Bytes after the block are an error, not silently ignored.
+        let mut extra = BytesMut::from(&p.to_publish_bytes().unwrap()[..]);
+        extra.extend_from_slice(b"junk");
+        assert!(Properties::from_publish_bytes(extra.freeze()).is_err());
     }
 }
