@@ -347,6 +347,26 @@ async fn build(
                 .join(", ")
         ));
     }
+    for uplink in &config.uplinks {
+        let ledger = std::sync::Arc::new(crate::uplink::Ledger::default());
+        lines.push(format!("Uplink {} to {}", uplink.name, uplink.url));
+        let (cfg, gateway, data_dir, b) = (
+            uplink.clone(),
+            config.gateway.id.clone(),
+            config.gateway.data_dir.clone(),
+            broker.clone(),
+        );
+        supervisor.spawn(format!("uplink {}", uplink.name), move |stop| {
+            let u = crate::uplink::run::Uplink {
+                cfg: cfg.clone(),
+                gateway: gateway.clone(),
+                data_dir: data_dir.clone(),
+                broker: b.clone(),
+                ledger: ledger.clone(),
+            };
+            u.run(stop)
+        });
+    }
     let sys = broker.clone();
     supervisor.spawn("broker $SYS", move |stop| {
         let sys = sys.clone();

@@ -35,3 +35,4 @@ pub mod broker;
 pub mod config;
 pub mod drivers;
 pub mod logging;
+pub mod uplink;

@@ -211,6 +211,20 @@ impl Broker {
         qos: QoS,
         retain: bool,
     ) -> Result<(), PublishError> {
+        self.publish_as(None, topic, payload, qos, retain).await
+    }
+
+    /// [`Broker::publish`] on behalf of the in-process consumer `from` (its name as given to
+    /// [`Broker::subscribe_with`]): a consumer subscribed with `no_local` does not get its own
+    /// messages back (how an uplink avoids loops).
+    pub async fn publish_as(
+        &self,
+        from: Option<&str>,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), PublishError> {
         if !codec::topic::valid_topic_name(topic) {
             return Err(PublishError::InvalidTopic(topic.to_string()));
         }
@@ -221,7 +235,7 @@ impl Broker {
             retain,
             properties: None,
             expires_at: None,
-            publisher: None,
+            publisher: from.map(|name| format!("$internal/{name}").into()),
         });
         self.ctx
             .shared
@@ -244,6 +258,18 @@ impl Broker {
         name: &str,
         filters: &[(&str, QoS)],
         durable: bool,
+    ) -> LocalSubscription {
+        self.subscribe_with(name, filters, durable, false)
+    }
+
+    /// [`Broker::subscribe`]; with `no_local`, messages published with
+    /// [`Broker::publish_as`] under the same name are not delivered back.
+    pub fn subscribe_with(
+        &self,
+        name: &str,
+        filters: &[(&str, QoS)],
+        durable: bool,
+        no_local: bool,
     ) -> LocalSubscription {
         let shared = &self.ctx.shared;
         let client_id: Arc<str> = format!("$internal/{name}").into();
@@ -273,7 +299,10 @@ impl Broker {
         }
         for (filter, qos) in filters {
             let (group, inner) = state::split_shared(filter);
-            let options = SubscriptionOptions::new(*qos);
+            let options = SubscriptionOptions {
+                no_local,
+                ..SubscriptionOptions::new(*qos)
+            };
             lock(&cell.state)
                 .subscriptions
                 .insert(filter.to_string(), (options, None));
@@ -307,6 +336,18 @@ impl Broker {
             shared: shared.clone(),
             cell,
         }
+    }
+}
+
+impl Broker {
+    /// The retained messages matching `filter`: (topic, payload).
+    pub fn retained(&self, filter: &str) -> Vec<(String, Bytes)> {
+        self.ctx
+            .shared
+            .retained_for(filter)
+            .into_iter()
+            .map(|m| (m.topic.to_string(), m.payload.clone()))
+            .collect()
     }
 }
 

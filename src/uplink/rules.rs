@@ -46,24 +46,30 @@ impl Rule {
     /// A local topic as it goes to the cloud, if this out rule takes it.
     pub fn to_remote(&self, local: &str) -> Option<String> {
         let rest = local.strip_prefix(&self.local_prefix)?;
-        (self.out && topic::matches(&self.filter, rest)).then(|| format!("{}{rest}", self.remote_prefix))
+        (self.out && topic::matches(&self.filter, rest))
+            .then(|| format!("{}{rest}", self.remote_prefix))
     }
 
     /// A cloud topic as it arrives locally, if this in rule takes it.
     pub fn to_local(&self, remote: &str) -> Option<String> {
         let rest = remote.strip_prefix(&self.remote_prefix)?;
-        (self.inbound && topic::matches(&self.filter, rest)).then(|| format!("{}{rest}", self.local_prefix))
+        (self.inbound && topic::matches(&self.filter, rest))
+            .then(|| format!("{}{rest}", self.local_prefix))
     }
 }
 
 /// The first out rule that takes `local`: the cloud topic and the rule's QoS.
 pub fn outbound(rules: &[Rule], local: &str) -> Option<(String, QoS)> {
-    rules.iter().find_map(|r| r.to_remote(local).map(|t| (t, r.qos)))
+    rules
+        .iter()
+        .find_map(|r| r.to_remote(local).map(|t| (t, r.qos)))
 }
 
 /// The first in rule that takes `remote`: the local topic and the rule's QoS.
 pub fn inbound(rules: &[Rule], remote: &str) -> Option<(String, QoS)> {
-    rules.iter().find_map(|r| r.to_local(remote).map(|t| (t, r.qos)))
+    rules
+        .iter()
+        .find_map(|r| r.to_local(remote).map(|t| (t, r.qos)))
 }
 
 #[cfg(test)]
@@ -88,7 +94,12 @@ mod tests {
         assert_eq!(out.local_filter(), "devices/#");
         assert_eq!(cmd.remote_filter(), "sites/line3/devices/+/+/set");
         let cases: &[(&Rule, &str, Option<&str>, Option<&str>)] = &[
-            (&out, "devices/boiler/t", Some("sites/line3/devices/boiler/t"), None),
+            (
+                &out,
+                "devices/boiler/t",
+                Some("sites/line3/devices/boiler/t"),
+                None,
+            ),
             (&out, "other/t", None, None),
             (&cmd, "devices/b/sp/set", None, None),
             (&both, "loc/x/1", Some("rem/x/1"), None),
@@ -97,12 +108,25 @@ mod tests {
         for (r, local, remote, _) in cases {
             assert_eq!(r.to_remote(local).as_deref(), *remote, "{local}");
         }
-        assert_eq!(cmd.to_local("sites/line3/devices/b/sp/set").as_deref(), Some("devices/b/sp/set"));
+        assert_eq!(
+            cmd.to_local("sites/line3/devices/b/sp/set").as_deref(),
+            Some("devices/b/sp/set")
+        );
         assert_eq!(cmd.to_local("sites/other/devices/b/sp/set"), None);
-        assert_eq!(out.to_local("sites/line3/devices/b/t"), None, "out rules do not bring topics in");
+        assert_eq!(
+            out.to_local("sites/line3/devices/b/t"),
+            None,
+            "out rules do not bring topics in"
+        );
         assert_eq!(both.to_local("rem/x/2").as_deref(), Some("loc/x/2"));
         let rules = [out, cmd, both];
-        assert_eq!(outbound(&rules, "devices/a/b").map(|x| x.0).as_deref(), Some("sites/line3/devices/a/b"));
-        assert_eq!(inbound(&rules, "rem/x/9").map(|x| x.0).as_deref(), Some("loc/x/9"));
+        assert_eq!(
+            outbound(&rules, "devices/a/b").map(|x| x.0).as_deref(),
+            Some("sites/line3/devices/a/b")
+        );
+        assert_eq!(
+            inbound(&rules, "rem/x/9").map(|x| x.0).as_deref(),
+            Some("loc/x/9")
+        );
     }
 }

@@ -1,0 +1,499 @@
+//! The uplink task: local messages → queue → cloud, cloud commands → local broker, status.
+//!
+//! One task per uplink, one `select!` loop, so the order of everything is the order it
+//! happened in:
+//! - **ingest**: a *durable* in-process subscription to the local topics of the `out` rules.
+//!   QoS 1/2 messages are appended to the SQLite queue and acknowledged to the broker only
+//!   once committed — so the device's PUBACK means "on disk". QoS 0 goes straight out while
+//!   connected (or into the queue with `qos0: buffer`), and is dropped and counted otherwise.
+//! - **send**: while connected, queued messages go out in id order within the in-flight
+//!   window; the [`Tracker`] ties each PUBACK/PUBCOMP to its message, and the queue deletes
+//!   the contiguous acknowledged prefix. On every (re)connect, sending starts again after the
+//!   acknowledged prefix: what was in flight when the link dropped is sent again (counted as
+//!   redelivered; the cloud may see it twice, never zero times).
+//! - **commands**: `in` rules subscribe at the cloud; a message is published into the local
+//!   broker at the rule's QoS and acknowledged to the cloud only after (manual acks). It is
+//!   published under the uplink's own name, and the ingest subscription has No Local, so it
+//!   never goes back out (no loops with `direction: both`).
+//! - **status**: every CONNECT carries the Will (`online: false`, "connection lost",
+//!   retained, QoS 1); once connected, the birth message (`online: true`, ...) is published
+//!   retained; a graceful stop publishes `online: false`, "shutdown" before DISCONNECT.
+//! - **stall**: messages in flight and no acknowledgement for 2 × keepalive: the connection
+//!   is recycled (HiveMQ Edge #1290: "connected" but stalled).
+
+use super::client::{self, Client, Connection, Up};
+use super::queue::{Bounds, NewMessage, Queue, WhenFull};
+use super::rules::{self, Rule};
+use super::tracker::Tracker;
+use super::Ledger;
+use crate::app::TaskError;
+use crate::broker::codec::QoS;
+use crate::broker::Broker;
+use crate::config::{self, Qos0Policy};
+use crate::drivers::reading::now_ms;
+use bytes::Bytes;
+use serde_json::json;
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Unacknowledged messages toward the cloud at once.
+const WINDOW: usize = 100;
+/// Messages read from the queue at a time.
+const READ_BATCH: usize = 200;
+
+/// What a publish handed to rumqttc was, so its `Outgoing::Publish` event can be matched.
+enum Handed {
+    Queued,
+    Direct,
+    Status,
+}
+
+struct Link {
+    client: Client,
+    conn: Connection,
+    connected: bool,
+    tracker: Tracker,
+    handed: VecDeque<Handed>,
+    status_pkids: HashSet<u16>,
+    /// Sending continues after this queue id.
+    after: u64,
+    last_progress: Instant,
+}
+
+pub struct Uplink {
+    pub cfg: config::Uplink,
+    pub gateway: String,
+    pub data_dir: PathBuf,
+    pub broker: Broker,
+    pub ledger: Arc<Ledger>,
+}
+
+impl Uplink {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn status_topic(&self, rules: &[Rule]) -> String {
+        self.cfg.status.topic.clone().unwrap_or_else(|| {
+            format!(
+                "{}status",
+                rules
+                    .first()
+                    .map(|r| r.remote_prefix.as_str())
+                    .unwrap_or("")
+            )
+        })
+    }
+
+    fn offline_payload(&self, reason: &str) -> String {
+        json!({"online": false, "gateway": self.gateway, "reason": reason}).to_string()
+    }
+
+    fn birth_payload(&self) -> String {
+        let mut devices = serde_json::Map::new();
+        for (topic, payload) in self.broker.retained("devices/+/$status") {
+            let name = topic.split('/').nth(1).unwrap_or_default().to_string();
+            let online = serde_json::from_slice::<serde_json::Value>(&payload)
+                .ok()
+                .and_then(|v| v["online"].as_bool())
+                .unwrap_or(false);
+            devices.insert(name, json!(online));
+        }
+        json!({
+            "online": true,
+            "gateway": self.gateway,
+            "version": env!("CARGO_PKG_VERSION"),
+            "since": now_ms(),
+            "devices": devices,
+        })
+        .to_string()
+    }
+
+    /// Runs until `stop`.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), TaskError> {
+        let cfg = &self.cfg;
+        let name = self.name().to_string();
+        let rules: Vec<Rule> = cfg.topics.iter().map(Rule::from_config).collect();
+        let status_topic = self.status_topic(&rules);
+        let target = client::target(cfg).map_err(TaskError::Fatal)?;
+        let password = match (&cfg.password, &cfg.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .map_err(|e| {
+                        TaskError::Failed(anyhow::anyhow!("cannot read {}: {e}", f.display()))
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let settings = client::Settings {
+            client_id: cfg.client_id.replace("{gateway}", &self.gateway),
+            username: cfg.username.clone(),
+            password,
+            keepalive: cfg.keepalive.0,
+            clean_start: cfg.clean_start,
+            will: (
+                status_topic.clone(),
+                self.offline_payload("connection lost"),
+            ),
+            window: WINDOW as u16,
+        };
+        let path = self.data_dir.join(format!("uplink-{name}.db"));
+        let bounds = Bounds {
+            max_bytes: cfg.buffer.max_bytes.0,
+            max_age: cfg.buffer.max_age.0,
+            when_full: match cfg.buffer.when_full {
+                config::WhenFull::DropOldest => WhenFull::DropOldest,
+                config::WhenFull::RejectNew => WhenFull::RejectNew,
+            },
+        };
+        let (queue, opened) = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || Queue::open(&p, bounds))
+                .await
+                .map_err(|e| TaskError::Failed(e.into()))?
+                .map_err(|e| {
+                    TaskError::Failed(anyhow::anyhow!("cannot open {}: {e}", path.display()))
+                })?
+        };
+        if let Some(moved) = &opened.moved_aside {
+            error!(uplink = %name, moved_to = %moved.display(), "The uplink queue was corrupt; moved it aside and started a new one");
+        }
+        info!(uplink = %name, url = %cfg.url, queued = opened.depth, "Uplink started");
+        *self.ledger.queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
+
+        let local_filters: Vec<(String, QoS)> = rules
+            .iter()
+            .filter(|r| r.out)
+            .map(|r| (r.local_filter(), QoS::AtLeastOnce))
+            .collect();
+        let filters: Vec<(&str, QoS)> = local_filters
+            .iter()
+            .map(|(f, q)| (f.as_str(), *q))
+            .collect();
+        let me = format!("uplink/{name}");
+        let mut local = self.broker.subscribe_with(&me, &filters, true, true);
+
+        let mut link: Option<Link> = None;
+        let mut backoff = cfg.reconnect.min.0;
+        let mut retry_at = Instant::now();
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        let stall_after = cfg.keepalive.0 * 2;
+        let mut last_expire = Instant::now();
+
+        loop {
+            // Keep the window full while connected.
+            if let Some(l) = link.as_mut().filter(|l| l.connected) {
+                if let Err(e) = self.send_more(l, &queue).await {
+                    warn!(uplink = %name, error = %format!("{e:#}"), "Sending failed; reconnecting");
+                    link = None;
+                    retry_at = Instant::now() + backoff;
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    if let Some(l) = link.take().filter(|l| l.connected) {
+                        self.shut_down(l, &status_topic).await;
+                    }
+                    let _ = tokio::task::spawn_blocking(move || queue.close()).await;
+                    return Ok(());
+                }
+                m = local.recv() => {
+                    let mut batch = vec![m];
+                    while batch.len() < 500 {
+                        match local.try_recv() {
+                            Some(m) => batch.push(m),
+                            None => break,
+                        }
+                    }
+                    self.ingest(batch, &rules, &queue, link.as_mut()).await;
+                }
+                ev = next_event(&mut link), if link.is_some() => {
+                    let result = match ev {
+                        Ok(up) => self.on_event(up, link.as_mut(), &rules, &queue, &status_topic).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
+                        let was_up = link.as_ref().is_some_and(|l| l.connected);
+                        self.ledger.set_state(false, Some(format!("{e:#}")));
+                        if was_up {
+                            warn!(uplink = %name, error = %format!("{e:#}"), "Uplink connection lost");
+                            backoff = cfg.reconnect.min.0;
+                        } else {
+                            warn!(uplink = %name, error = %format!("{e:#}"), retry_in = ?backoff, "Cannot connect the uplink");
+                        }
+                        link = None;
+                        retry_at = Instant::now() + jitter(backoff);
+                        backoff = (backoff * 2).min(cfg.reconnect.max.0);
+                    }
+                }
+                _ = tokio::time::sleep_until(retry_at), if link.is_none() => {
+                    let (client, conn) = client::connect(cfg.protocol, &target, &settings);
+                    link = Some(Link {
+                        client,
+                        conn,
+                        connected: false,
+                        tracker: Tracker::new(WINDOW),
+                        handed: VecDeque::new(),
+                        status_pkids: HashSet::new(),
+                        after: 0,
+                        last_progress: Instant::now(),
+                    });
+                }
+                _ = housekeeping.tick() => {
+                    if let Some(l) = &link {
+                        if l.connected && l.tracker.in_flight() > 0 && l.last_progress.elapsed() > stall_after {
+                            warn!(uplink = %name, in_flight = l.tracker.in_flight(), "Uplink stalled: no acknowledgement; recycling the connection");
+                            self.ledger.stalls.fetch_add(1, Ordering::Relaxed);
+                            self.ledger.set_state(false, Some("stalled: no acknowledgement".into()));
+                            link = None;
+                            retry_at = Instant::now();
+                        }
+                    }
+                    if last_expire.elapsed() > Duration::from_secs(60) {
+                        queue.expire(now_ms());
+                        last_expire = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes local messages: QoS 1/2 into the queue (acknowledged locally once committed).
+    async fn ingest(
+        &self,
+        batch: Vec<crate::broker::LocalMessage>,
+        rules: &[Rule],
+        queue: &Queue,
+        link: Option<&mut Link>,
+    ) {
+        let l = &self.ledger;
+        let connected = link.as_ref().is_some_and(|l| l.connected);
+        let mut to_queue = Vec::new();
+        let mut held = Vec::new();
+        let mut direct = Vec::new();
+        for m in batch {
+            l.received.fetch_add(1, Ordering::Relaxed);
+            let Some((remote, rule_qos)) = rules::outbound(rules, m.topic()) else {
+                m.ack();
+                continue;
+            };
+            let qos = m.qos().min(rule_qos);
+            let buffer_qos0 = self.cfg.buffer.qos0 == Qos0Policy::Buffer;
+            if qos == QoS::AtMostOnce && !buffer_qos0 {
+                if connected {
+                    direct.push((remote, m.payload().clone(), m.retain()));
+                } else {
+                    l.dropped_qos0_offline.fetch_add(1, Ordering::Relaxed);
+                }
+                m.ack();
+                continue;
+            }
+            to_queue.push(NewMessage {
+                topic: remote,
+                payload: m.payload().clone(),
+                qos: qos.as_u8(),
+                retain: m.retain(),
+                properties: Bytes::new(),
+                received_at_ms: now_ms(),
+            });
+            held.push(m);
+        }
+        if let Some(link) = link {
+            for (topic, payload, retain) in direct {
+                link.handed.push_back(Handed::Direct);
+                if link
+                    .client
+                    .publish(&topic, QoS::AtMostOnce, retain, payload)
+                    .await
+                    .is_ok()
+                {
+                    l.sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if to_queue.is_empty() {
+            return;
+        }
+        let n = to_queue.len() as u64;
+        let rx = queue.append_wait(to_queue).await;
+        match rx.await {
+            Ok(Ok(results)) => {
+                for r in &results {
+                    match r {
+                        Ok(_) => l.queued.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => l.dropped_rejected.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+                // On disk (or refused and counted): the local publishers may have their PUBACK.
+                for m in held {
+                    m.ack();
+                }
+            }
+            Ok(Err(e)) => {
+                error!(uplink = %self.name(), error = %e, messages = n, "Cannot store messages for the uplink; they are dropped");
+                l.dropped_write_error.fetch_add(n, Ordering::Relaxed);
+                // Dropped without an ack: the broker tells MQTT 5 publishers (0x97).
+                drop(held);
+            }
+            Err(_) => {
+                l.dropped_write_error.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn send_more(&self, l: &mut Link, queue: &Queue) -> anyhow::Result<()> {
+        while l.tracker.can_send() {
+            let want = READ_BATCH.min(WINDOW - l.tracker.in_flight()).max(1);
+            let after = l.tracker.last_sent().unwrap_or(l.after);
+            let batch = queue.read_after(after, want).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for m in batch {
+                if !l.tracker.can_send() {
+                    break;
+                }
+                let qos = QoS::from_u8(m.qos).unwrap_or(QoS::AtLeastOnce);
+                l.tracker.sent(m.id, m.qos)?;
+                l.handed.push_back(Handed::Queued);
+                l.client.publish(&m.topic, qos, m.retain, m.payload).await?;
+                self.ledger.sent.fetch_add(1, Ordering::Relaxed);
+                if self.ledger.max_sent_id.fetch_max(m.id, Ordering::Relaxed) >= m.id {
+                    // Sent before, on a connection that dropped before its acknowledgement.
+                    self.ledger.redelivered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_event(
+        &self,
+        up: Up,
+        link: Option<&mut Link>,
+        rules: &[Rule],
+        queue: &Queue,
+        status_topic: &str,
+    ) -> anyhow::Result<()> {
+        let Some(l) = link else { return Ok(()) };
+        match up {
+            Up::Connected { session_present } => {
+                l.connected = true;
+                l.last_progress = Instant::now();
+                // Everything not acknowledged goes again, in order.
+                l.after = 0;
+                self.ledger.connections.fetch_add(1, Ordering::Relaxed);
+                self.ledger.set_state(true, None);
+                info!(uplink = %self.name(), session_present, queued = queue.stats().depth, "Uplink connected");
+                l.handed.push_back(Handed::Status);
+                l.client
+                    .publish(
+                        status_topic,
+                        QoS::AtLeastOnce,
+                        true,
+                        Bytes::from(self.birth_payload()),
+                    )
+                    .await?;
+                for r in rules.iter().filter(|r| r.inbound) {
+                    l.client.subscribe(&r.remote_filter(), r.qos).await?;
+                }
+            }
+            Up::Sent(pkid) => match l.handed.pop_front() {
+                Some(Handed::Queued) => {
+                    if let Some(through) = l.tracker.assigned(pkid)? {
+                        queue.ack_through(through);
+                    }
+                }
+                Some(Handed::Status) => {
+                    l.status_pkids.insert(pkid);
+                }
+                Some(Handed::Direct) | None => {}
+            },
+            Up::Acked(pkid) => {
+                if l.status_pkids.remove(&pkid) {
+                    return Ok(());
+                }
+                l.last_progress = Instant::now();
+                if let Some(through) = l.tracker.acked(pkid)? {
+                    queue.ack_through(through);
+                }
+            }
+            Up::Message(m) => {
+                match rules::inbound(rules, &m.topic) {
+                    Some((local, rule_qos)) => {
+                        let qos = m.qos.min(rule_qos);
+                        let me = format!("uplink/{}", self.name());
+                        if let Err(e) = self
+                            .broker
+                            .publish_as(Some(&me), &local, m.payload.clone(), qos, m.retain)
+                            .await
+                        {
+                            warn!(uplink = %self.name(), topic = %local, error = %e, "Command not delivered locally");
+                        }
+                        self.ledger.commands.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        warn!(uplink = %self.name(), topic = %m.topic, "A message from the cloud matches no in rule")
+                    }
+                }
+                // Acknowledged to the cloud only now that the local broker has it.
+                l.client.ack(&m).await?;
+            }
+            Up::Other => {}
+        }
+        Ok(())
+    }
+
+    /// Graceful stop: the offline status ("shutdown"), then DISCONNECT, within a second or two.
+    async fn shut_down(&self, mut l: Link, status_topic: &str) {
+        let payload = Bytes::from(self.offline_payload("shutdown"));
+        l.handed.push_back(Handed::Status);
+        let _ = l
+            .client
+            .publish(status_topic, QoS::AtLeastOnce, true, payload)
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            // Drive the connection until the status is acknowledged, then disconnect.
+            let mut status_sent = None;
+            loop {
+                match l.conn.next().await {
+                    Ok(Up::Sent(pkid)) => {
+                        if let Some(Handed::Status) = l.handed.pop_front() {
+                            status_sent = Some(pkid);
+                        }
+                    }
+                    Ok(Up::Acked(pkid)) if Some(pkid) == status_sent => break,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+            let _ = l.client.disconnect().await;
+            while l.conn.next().await.is_ok() {}
+        })
+        .await;
+        info!(uplink = %self.name(), "Uplink disconnected (shutdown)");
+    }
+}
+
+async fn next_event(link: &mut Option<Link>) -> anyhow::Result<Up> {
+    match link {
+        Some(l) => l.conn.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// ±25 % so many gateways losing one cloud do not come back in lockstep.
+fn jitter(d: Duration) -> Duration {
+    use password_hash::rand_core::RngCore;
+    let r = password_hash::rand_core::OsRng.next_u32() % 500;
+    d.mul_f64(0.75 + f64::from(r) / 1000.0)
+}
