@@ -483,3 +483,74 @@ async fn will_delay_and_disconnect_with_will() {
     let w = watcher.publish_in().await;
     assert_eq!(&w.payload[..], b"down");
 }
+
+#[tokio::test]
+async fn no_local_only_skips_the_publisher() {
+    let b = start().await;
+    let nl = SubscriptionOptions {
+        no_local: true,
+        ..SubscriptionOptions::new(QoS::ExactlyOnce)
+    };
+    let mut a = Raw::client(b.addr, "myclientid").await;
+    let mut bb = Raw::client(b.addr, "myclientid2").await;
+    a.subscribe("client_test5/TopicA", nl, Properties::default())
+        .await;
+    bb.subscribe("client_test5/TopicA", nl, Properties::default())
+        .await;
+    a.publish(
+        "client_test5/TopicA",
+        "noLocal test",
+        QoS::AtLeastOnce,
+        false,
+        Properties::default(),
+    )
+    .await;
+    assert_eq!(&bb.publish_in().await.payload[..], b"noLocal test");
+    assert!(a.try_recv(Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn long_keepalives_are_shortened_with_server_keep_alive() {
+    let b = start().await;
+    let mut c = Connect::new(V5, "ka");
+    c.keep_alive = 120;
+    let (_c, ack) = Raw::connect(b.addr, c).await;
+    assert_eq!(ack.properties.server_keep_alive, Some(60));
+    let mut c = Connect::new(V5, "ka2");
+    c.keep_alive = 30;
+    let (_c, ack) = Raw::connect(b.addr, c).await;
+    assert_eq!(
+        ack.properties.server_keep_alive, None,
+        "a shorter one is kept"
+    );
+}
+
+#[tokio::test]
+async fn server_uses_topic_aliases_when_the_client_allows() {
+    let b = start().await;
+    let mut c = Connect::new(V5, "aliased");
+    c.properties.topic_alias_maximum = Some(1);
+    let (mut c, _) = Raw::connect(b.addr, c).await;
+    c.sub("al/#", QoS::AtLeastOnce).await;
+    let mut p = Raw::client(b.addr, "p").await;
+    for t in ["al/one", "al/one", "al/two"] {
+        p.publish(t, "x", QoS::AtLeastOnce, false, Properties::default())
+            .await;
+    }
+    let first = c.publish_in().await;
+    assert_eq!(
+        (first.topic.as_str(), first.properties.topic_alias),
+        ("al/one", Some(1))
+    );
+    let second = c.publish_in().await;
+    assert_eq!(
+        (second.topic.as_str(), second.properties.topic_alias),
+        ("", Some(1))
+    );
+    let third = c.publish_in().await;
+    assert_eq!(
+        (third.topic.as_str(), third.properties.topic_alias),
+        ("al/two", None),
+        "only one alias allowed"
+    );
+}

@@ -176,11 +176,20 @@ where
         .fetch_add(1, Ordering::Relaxed);
     cell.online.store(true, Ordering::Relaxed);
 
+    // MQTT 5 lets the server shorten a long keepalive (Server Keep Alive, §3.2.2.3.14); an
+    // MQTT 3 client cannot be told, so its own keepalive is kept.
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if version.is_v5() && keep_alive > settings.max_keepalive {
+        keep_alive = settings.max_keepalive;
+        server_keep_alive = Some(keep_alive);
+    }
     let mut props = Properties {
         receive_maximum: Some(settings.receive_maximum),
         topic_alias_maximum: Some(settings.topic_alias_maximum),
         maximum_packet_size: u32::try_from(settings.max_packet_size).ok(),
         assigned_client_identifier: assigned,
+        server_keep_alive,
         ..Properties::default()
     };
     if !version.is_v5() {
@@ -205,6 +214,12 @@ where
             .maximum_packet_size
             .map_or(usize::MAX, |m| m as usize),
         aliases: HashMap::new(),
+        out_aliases: HashMap::new(),
+        out_alias_max: if version.is_v5() {
+            connect.properties.topic_alias_maximum.unwrap_or(0)
+        } else {
+            0
+        },
         pending_acks: VecDeque::new(),
         session_expiry_zero: expiry == Expiry::AtDisconnect,
     };
@@ -216,8 +231,7 @@ where
     conn.resend_inflight();
     debug!(%peer, client = %client_id, protocol = ?version, session_present, "Client connected");
 
-    let keepalive = (connect.keep_alive > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let mut will = connect.will.clone();
     let end = conn
         .run(&mut rd, &mut wr, &mut rbuf, keepalive, &kick, &shutdown)
@@ -485,6 +499,9 @@ struct Conn {
     send_window: usize,
     max_out_packet: usize,
     aliases: HashMap<u16, Arc<str>>,
+    /// Topic aliases toward the client (MQTT 5): topic → alias, at most `out_alias_max`.
+    out_aliases: HashMap<Arc<str>, u16>,
+    out_alias_max: u16,
     pending_acks: VecDeque<PendingAck>,
     session_expiry_zero: bool,
 }
@@ -1010,7 +1027,13 @@ impl Conn {
             } else {
                 st.next_packet_id()
             };
-            let packet = publish_packet(&d, id, false, now);
+            let mut packet = publish_packet(&d, id, false, now);
+            alias_out(
+                &mut self.out_aliases,
+                self.out_alias_max,
+                &d.msg.topic,
+                &mut packet,
+            );
             if packet
                 .encoded_len(self.version)
                 .is_ok_and(|n| n > self.max_out_packet)
@@ -1052,6 +1075,35 @@ impl Conn {
         }
         drop(st);
         shared.persist(marked);
+    }
+}
+
+/// Uses a topic alias toward the client when it allows them (MQTT 5.0 §3.3.2.3.4): the
+/// first PUBLISH on a topic sets the alias, later ones send it with an empty topic. The first
+/// `max` topics get one.
+fn alias_out(
+    aliases: &mut HashMap<Arc<str>, u16>,
+    max: u16,
+    topic: &Arc<str>,
+    packet: &mut Packet,
+) {
+    if max == 0 {
+        return;
+    }
+    let Packet::Publish(p) = packet else { return };
+    match aliases.get(topic) {
+        Some(&alias) => {
+            p.properties.topic_alias = Some(alias);
+            p.topic.clear();
+        }
+        None => {
+            let n = aliases.len();
+            if n < usize::from(max) {
+                let alias = n as u16 + 1;
+                aliases.insert(topic.clone(), alias);
+                p.properties.topic_alias = Some(alias);
+            }
+        }
     }
 }
 

@@ -75,6 +75,9 @@ pub struct Settings {
     /// How many unacknowledged QoS 1/2 PUBLISHes a client may have toward us.
     pub receive_maximum: u16,
     pub topic_alias_maximum: u16,
+    /// The longest keepalive an MQTT 5 client gets (longer ones are shortened with Server
+    /// Keep Alive), in seconds.
+    pub max_keepalive: u16,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,
 }
@@ -98,6 +101,7 @@ impl Settings {
             max_inflight: usize::from(c.max_inflight_messages),
             receive_maximum: 1024,
             topic_alias_maximum: 64,
+            max_keepalive: u16::try_from(c.max_keepalive.0.as_secs()).unwrap_or(u16::MAX),
             connect_timeout: Duration::from_secs(10),
         }
     }

@@ -120,6 +120,9 @@ pub struct Broker {
     /// Unacknowledged QoS 1/2 messages in flight toward one client (MQTT 5: also capped by the
     /// client's Receive Maximum).
     pub max_inflight_messages: u16,
+    /// The longest keepalive an MQTT 5 client is granted (Server Keep Alive); MQTT 3 clients
+    /// keep their own.
+    pub max_keepalive: Dur,
     pub persistence: bool,
 }
 
@@ -165,6 +168,7 @@ impl Default for Broker {
             max_queued_messages: 1000,
             max_queued_bytes: ByteSize(16 << 20),
             max_inflight_messages: 100,
+            max_keepalive: Dur::secs(60),
             persistence: true,
         }
     }

@@ -189,6 +189,13 @@ fn broker(v: &mut V, b: &Broker, binds: &mut HashMap<SocketAddr, String>) {
             ),
         );
     }
+    let mk = b.max_keepalive.0.as_secs();
+    if !(5..=65535).contains(&mk) || b.max_keepalive.0.subsec_nanos() != 0 {
+        v.err(
+            "broker.max_keepalive",
+            "max_keepalive must be whole seconds from 5s to 65535s",
+        );
+    }
     if b.max_inflight_messages == 0 {
         v.err(
             "broker.max_inflight_messages",
