@@ -4,7 +4,9 @@
 //! Run it with `cargo build --release && cargo bench --bench mqtt_load -- [options]`
 //! (`--help` lists them; `--write-docs` also rewrites the Broker section of
 //! `docs/BENCHMARKS.md`). It is a `harness = false` bench, so nothing here runs under
-//! `cargo test`.
+//! `cargo test`. `--soak` runs the slow-subscriber soak instead (see [the soak
+//! section](#the-slow-subscriber-soak---soak) below); with `--write-docs` it rewrites its own
+//! section of the doc, so each can be rerun without the other.
 //!
 //! # What it measures
 //! For each broker, started fresh as a child process on a free loopback port:
@@ -42,6 +44,31 @@
 //! (`set_tcp_nodelay false`): on this benchmark it measured faster than `true`, so the
 //! comparison is against Mosquitto at its better setting.
 //! Clients set TCP_NODELAY (see [`new_client`]).
+//!
+//! # The slow-subscriber soak (`--soak`)
+//! Checks the broker's memory bound: "a slow or stalled subscriber never grows memory without
+//! bound — QoS 0 is dropped first, then the oldest queued, and each drop is counted", target
+//! "RSS flat (within 10 %) over 10 M messages to a slow subscriber". Two passes per broker
+//! (QoS 0, then QoS 1), each on a freshly started broker with the settings above:
+//! - one **slow subscriber** (raw TCP, MQTT 3.1.1, small receive buffer) that reads
+//!   [`SLOW_READ_BYTES`] every [`SLOW_TICK`] (≈ 40 KB/s, a few hundred messages/s) and
+//!   PUBACKs what it reads, and one **stalled subscriber** that reads nothing after its
+//!   SUBACK, so its socket buffers fill and everything else must be queued or dropped;
+//! - one **firehose publisher** (raw TCP) sending `--soak-messages` messages of `--payload`
+//!   bytes, in batches of [`PUB_BATCH`] per `write`. At QoS 0 nothing throttles it but TCP;
+//!   at QoS 1 it keeps up to [`PUB_WINDOW`] PUBLISHes unacknowledged (under tidegate's
+//!   receive maximum, 1024), and both brokers acknowledge them independently of the
+//!   subscribers. The publish rate is reported;
+//! - the broker's VmRSS is sampled every second (also written to
+//!   `target/mqtt_soak/<broker>-qos<q>.csv`); the report gives RSS when 10 %, 50 % and 100 %
+//!   of the messages were published, the maximum from 10 % to 100 %, the largest deviation
+//!   from the 10 % value over that span, and whether it stays within 10 %;
+//! - drops: `$SYS/broker/publish/messages/dropped` (retained; both brokers refresh it every
+//!   10 s, Mosquitto only when it changed and with a 60 s expiry) is read with a short
+//!   subscribe 11 s after the last publish; then the slow subscriber is left to drain what
+//!   is queued for it, and the stalled one is drained at full speed and counted. Every message is delivered to two
+//!   subscribers, so `2 × messages − received by both − dropped` should be 0: anything else
+//!   is a message lost without being counted (or, negative, one counted but delivered).
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -67,13 +94,23 @@ usage: cargo bench --bench mqtt_load -- [options]
   --window N        max messages the publisher may run ahead of the slowest subscriber (default 500)
   --runs N          runs per throughput scenario; the median is reported (default 3)
   --write-docs      also rewrite the Broker section of docs/BENCHMARKS.md
+                    (with --soak: the soak section)
   --tidegate PATH   the tidegate binary (default target/release/tidegate)
+
+  --soak            run the slow-subscriber soak instead of the scenarios above:
+                    a firehose publisher, one slow and one stalled subscriber, QoS 0
+                    then QoS 1, broker RSS sampled every second (takes minutes)
+  --soak-messages N messages per soak pass (default 10000000)
 
 Needs `cargo build --release` first, and Mosquitto (apt-get install -y mosquitto).";
 
 /// Where the doc's generated section starts and ends.
 const DOC_BEGIN: &str = "<!-- mqtt_load:begin -->";
 const DOC_END: &str = "<!-- mqtt_load:end -->";
+
+/// Where the doc's generated soak section starts and ends.
+const SOAK_BEGIN: &str = "<!-- mqtt_soak:begin -->";
+const SOAK_END: &str = "<!-- mqtt_soak:end -->";
 
 /// How long a run may go without any message arriving before the rest count as dropped.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -118,6 +155,8 @@ struct Options {
     runs: usize,
     write_docs: bool,
     tidegate: PathBuf,
+    soak: bool,
+    soak_messages: u64,
     help: bool,
     /// The arguments as given, for the report's command line.
     args: Vec<String>,
@@ -135,6 +174,8 @@ impl Options {
             runs: 3,
             write_docs: false,
             tidegate: repo_root().join("target/release/tidegate"),
+            soak: false,
+            soak_messages: 10_000_000,
             help: false,
             args: Vec::new(),
         };
@@ -162,12 +203,17 @@ impl Options {
                 "--runs" => o.runs = number(&arg, &value()?)?,
                 "--tidegate" => o.tidegate = PathBuf::from(value()?),
                 "--write-docs" => o.write_docs = true,
+                "--soak" => o.soak = true,
+                "--soak-messages" => o.soak_messages = number(&arg, &value()?)?,
                 "-h" | "--help" => o.help = true,
                 other => bail!("unknown option `{other}`"),
             }
         }
         if o.runs == 0 || o.subscribers == 0 || o.window == 0 {
             bail!("--runs, --subscribers and --window must be at least 1");
+        }
+        if o.soak_messages < 10 {
+            bail!("--soak-messages must be at least 10");
         }
         Ok(o)
     }
@@ -219,6 +265,9 @@ struct Throughput {
 
 async fn run(opts: &Options) -> Result<()> {
     preflight(opts)?;
+    if opts.soak {
+        return soak(opts).await;
+    }
     let mut results = Vec::new();
     for kind in [Kind::Tidegate, Kind::Mosquitto] {
         eprintln!("== {}", kind.name());
@@ -229,7 +278,7 @@ async fn run(opts: &Options) -> Result<()> {
     println!("{report}");
     if opts.write_docs {
         let path = repo_root().join("docs/BENCHMARKS.md");
-        write_docs(&path, &report)?;
+        write_docs(&path, &report, DOC_BEGIN, DOC_END)?;
         eprintln!("Wrote the Broker section of {}", path.display());
     }
     Ok(())
@@ -976,19 +1025,796 @@ fn mosquitto_version() -> String {
     first_line("mosquitto", &["-h"])
 }
 
-/// Replaces the text between the markers in `path` with `report`.
-fn write_docs(path: &Path, report: &str) -> Result<()> {
+/// Replaces the text between the markers `open` and `close` in `path` with `report`.
+fn write_docs(path: &Path, report: &str, open: &str, close: &str) -> Result<()> {
     let doc =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (Some(begin), Some(end)) = (doc.find(DOC_BEGIN), doc.find(DOC_END)) else {
-        bail!(
-            "{} has no `{DOC_BEGIN}` … `{DOC_END}` section",
-            path.display()
-        );
+    let (Some(begin), Some(end)) = (doc.find(open), doc.find(close)) else {
+        bail!("{} has no `{open}` … `{close}` section", path.display());
     };
     if end < begin {
-        bail!("{}: `{DOC_END}` comes before `{DOC_BEGIN}`", path.display());
+        bail!("{}: `{close}` comes before `{open}`", path.display());
     }
-    let updated = format!("{}{DOC_BEGIN}\n{report}{}", &doc[..begin], &doc[end..]);
+    let updated = format!("{}{open}\n{report}{}", &doc[..begin], &doc[end..]);
     std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// The slow-subscriber soak (`--soak`)
+
+/// The slow subscriber reads at most this many bytes per [`SLOW_TICK`].
+const SLOW_READ_BYTES: usize = 4096;
+const SLOW_TICK: Duration = Duration::from_millis(100);
+/// The subscribers' socket receive buffer (Linux doubles it), so the kernel holds little of
+/// the backlog and the broker has to.
+const SUB_RCVBUF: u32 = 16 * 1024;
+/// PUBLISHes per `write` from the firehose publisher.
+const PUB_BATCH: u64 = 256;
+/// Unacknowledged QoS 1 PUBLISHes the publisher allows itself: under tidegate's receive
+/// maximum (1024), which it enforces by disconnecting.
+const PUB_WINDOW: u64 = 512;
+/// Both brokers refresh `$SYS` every 10 s: wait this long after the last publish before
+/// reading the drop counter.
+const SYS_WAIT: Duration = Duration::from_secs(11);
+/// How long a subscriber may receive nothing before its queue counts as drained.
+const DRAIN_QUIET: Duration = Duration::from_secs(3);
+/// Longest a subscriber's drain may take.
+const DRAIN_MAX: Duration = Duration::from_secs(120);
+
+/// One broker's VmRSS at one moment of a soak pass.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    secs: f64,
+    published: u64,
+    rss_kib: u64,
+}
+
+/// One soak pass on one broker.
+#[derive(Debug)]
+struct SoakRun {
+    kind: Kind,
+    qos: u8,
+    messages: u64,
+    /// Wall time from the first PUBLISH written to the last written (QoS 0) or acknowledged
+    /// (QoS 1).
+    publish_secs: f64,
+    /// Broker CPU time over `publish_secs` (1.0 = one core).
+    cpu_load: f64,
+    rss_before_kib: u64,
+    samples: Vec<Sample>,
+    hwm_kib: u64,
+    slow_received: u64,
+    stalled_received: u64,
+    /// `$SYS/broker/publish/messages/dropped`; `None` when the broker did not publish it.
+    dropped: Option<u64>,
+}
+
+impl SoakRun {
+    /// The first sample taken once `fraction` of the messages were published.
+    fn at(&self, fraction: f64) -> Option<Sample> {
+        let mark = (self.messages as f64 * fraction).ceil() as u64;
+        self.samples.iter().copied().find(|s| s.published >= mark)
+    }
+
+    /// The samples from 10 % of the messages published to all of them (the drain after it
+    /// is not part of the run).
+    fn last_90(&self) -> impl Iterator<Item = Sample> + '_ {
+        let from = self.at(0.1).map_or(f64::MAX, |s| s.secs);
+        let to = self.at(1.0).map_or(f64::MIN, |s| s.secs);
+        self.samples
+            .iter()
+            .copied()
+            .filter(move |s| s.secs >= from && s.secs <= to)
+    }
+
+    fn max_rss_last_90(&self) -> u64 {
+        self.last_90().map(|s| s.rss_kib).max().unwrap_or(0)
+    }
+
+    /// The largest |RSS − RSS at 10 %| ÷ RSS at 10 % over the last 90 %.
+    fn max_deviation(&self) -> Option<f64> {
+        let base = self.at(0.1)?.rss_kib as f64;
+        self.last_90()
+            .map(|s| (s.rss_kib as f64 - base).abs() / base)
+            .max_by(f64::total_cmp)
+    }
+
+    fn flat(&self) -> Option<bool> {
+        self.max_deviation().map(|d| d <= 0.10)
+    }
+
+    fn per_second(&self) -> f64 {
+        if self.publish_secs > 0.0 {
+            self.messages as f64 / self.publish_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Deliveries neither received nor counted as dropped (2 subscribers per message).
+    fn unaccounted(&self) -> Option<i64> {
+        let expected = 2 * self.messages as i64;
+        let dropped = self.dropped? as i64;
+        Some(expected - self.slow_received as i64 - self.stalled_received as i64 - dropped)
+    }
+}
+
+async fn soak(opts: &Options) -> Result<()> {
+    let mut runs = Vec::new();
+    for qos in [0u8, 1] {
+        for kind in [Kind::Tidegate, Kind::Mosquitto] {
+            eprintln!(
+                "== soak {} QoS {qos}: {} messages",
+                kind.name(),
+                opts.soak_messages
+            );
+            let run = soak_pass(kind, qos, opts).await?;
+            if let Err(e) = write_samples(&run) {
+                eprintln!("   (could not write the RSS samples: {e:#})");
+            }
+            runs.push(run);
+        }
+    }
+    let report = soak_report(opts, &runs)?;
+    println!("{report}");
+    if opts.write_docs {
+        let path = repo_root().join("docs/BENCHMARKS.md");
+        write_docs(&path, &report, SOAK_BEGIN, SOAK_END)?;
+        eprintln!("Wrote the soak section of {}", path.display());
+    }
+    Ok(())
+}
+
+/// Writes a pass's per-second RSS samples to `target/mqtt_soak/<broker>-qos<q>.csv`.
+fn write_samples(run: &SoakRun) -> Result<()> {
+    let dir = repo_root().join("target/mqtt_soak");
+    std::fs::create_dir_all(&dir)?;
+    let mut csv = String::from("seconds,published,rss_kib\n");
+    for s in &run.samples {
+        writeln!(csv, "{:.1},{},{}", s.secs, s.published, s.rss_kib)?;
+    }
+    let path = dir.join(format!("{}-qos{}.csv", run.kind.name(), run.qos));
+    std::fs::write(&path, csv)?;
+    eprintln!("   RSS samples: {}", path.display());
+    Ok(())
+}
+
+/// One pass: a fresh broker, a slow and a stalled subscriber, the firehose.
+async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
+    let broker = BrokerProcess::start(kind, opts)?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let port = broker.port;
+    let topic = format!("soak/qos{qos}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let slow = RawSub::start(port, "soak-slow", &topic, qos, SLOW_READ_BYTES, &stop).await?;
+    let stalled = RawSub::start(port, "soak-stalled", &topic, qos, 0, &stop).await?;
+    let rss_before_kib = broker.memory()?.rss_kib;
+
+    let start = Instant::now();
+    let published = Arc::new(AtomicU64::new(0));
+    let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pid = broker.pid();
+    let sample = {
+        let published = published.clone();
+        let samples = samples.clone();
+        move || -> Result<Sample> {
+            let s = Sample {
+                secs: start.elapsed().as_secs_f64(),
+                published: published.load(Ordering::Relaxed),
+                rss_kib: rss_kib(pid)?,
+            };
+            samples.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+            Ok(s)
+        }
+    };
+    let sampler = {
+        let sample = sample.clone();
+        let slow = slow.received.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Ok(s) = sample() else { return };
+                if n.is_multiple_of(10) {
+                    eprintln!(
+                        "   {:>5.0} s: {} published, RSS {:.1} MiB, slow subscriber {} received",
+                        s.secs,
+                        s.published,
+                        s.rss_kib as f64 / 1024.0,
+                        slow.load(Ordering::Relaxed)
+                    );
+                }
+                n += 1;
+            }
+        })
+    };
+
+    let cpu_before = broker.cpu_ticks()?;
+    let payload = vec![b'x'; opts.payload];
+    let elapsed = firehose(port, &topic, qos, opts.soak_messages, &payload, &published).await?;
+    let cpu = broker.cpu_ticks()? - cpu_before;
+    let published_at = Instant::now();
+    // The 100 % sample, taken right as the last message is out.
+    sample()?;
+    eprintln!("   published in {:.1} s", elapsed.as_secs_f64());
+
+    // Nothing is dropped once publishing ended, so the first refresh after it is final.
+    // Read it then, not after the drains: Mosquitto publishes a `$SYS` value only when it
+    // changed, with a 60 s message expiry, so a later subscribe may find nothing.
+    tokio::time::sleep(SYS_WAIT.saturating_sub(published_at.elapsed())).await;
+    let dropped = match sys_dropped(port).await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("   no drop counter: {e:#}");
+            None
+        }
+    };
+    let slow_received = slow.drain_wait().await;
+    stalled.set_budget(usize::MAX);
+    let stalled_received = stalled.drain_wait().await;
+    sample()?;
+    let hwm_kib = broker.memory()?.hwm_kib;
+    stop.cancel();
+    let _ = sampler.await;
+    slow.finish().await;
+    stalled.finish().await;
+
+    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let run = SoakRun {
+        kind,
+        qos,
+        messages: opts.soak_messages,
+        publish_secs: elapsed.as_secs_f64(),
+        cpu_load: cpu as f64 / TICKS_PER_SECOND / elapsed.as_secs_f64().max(1e-9),
+        rss_before_kib,
+        samples,
+        hwm_kib,
+        slow_received,
+        stalled_received,
+        dropped,
+    };
+    eprintln!(
+        "   slow received {}, stalled received {}, dropped {:?}, unaccounted {:?}, max RSS {:.1} MiB, flat {:?}",
+        run.slow_received,
+        run.stalled_received,
+        run.dropped,
+        run.unaccounted(),
+        run.max_rss_last_90() as f64 / 1024.0,
+        run.flat()
+    );
+    Ok(run)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))
+}
+
+/// Publishes `count` messages to `topic` as fast as the broker takes them; `published`
+/// follows along. Returns the time from the first write to the last write (QoS 0) or the
+/// last PUBACK (QoS 1).
+async fn firehose(
+    port: u16,
+    topic: &str,
+    qos: u8,
+    count: u64,
+    payload: &[u8],
+    published: &AtomicU64,
+) -> Result<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (stream, leftover) = raw::connect(port, "soak-pub", None).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    let acked = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Notify::new());
+    let reader = {
+        let acked = acked.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut buf = leftover;
+            loop {
+                while let Ok(Some((first, _))) = raw::take_packet(&mut buf) {
+                    if first >> 4 == raw::PUBACK {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        progress.notify_one();
+                    }
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut sent = 0u64;
+    while sent < count {
+        let room = if qos == 0 {
+            PUB_BATCH
+        } else {
+            loop {
+                let outstanding = sent - acked.load(Ordering::Relaxed);
+                if outstanding < PUB_WINDOW {
+                    break (PUB_WINDOW - outstanding).min(PUB_BATCH);
+                }
+                tokio::time::timeout(Duration::from_secs(10), progress.notified())
+                    .await
+                    .context("no PUBACK from the broker for 10 s")?;
+            }
+        };
+        let n = room.min(count - sent);
+        out.clear();
+        for i in sent..sent + n {
+            // Packet ids 1..=65535, reused only long after their PUBACK (window ≪ 65535).
+            let id = (i % 65535) as u16 + 1;
+            raw::publish(&mut out, topic, qos, id, payload);
+        }
+        wr.write_all(&out).await.context("publishing")?;
+        sent += n;
+        published.store(sent, Ordering::Relaxed);
+    }
+    if qos > 0 {
+        while acked.load(Ordering::Relaxed) < count {
+            tokio::time::timeout(Duration::from_secs(10), progress.notified())
+                .await
+                .context("no PUBACK from the broker for 10 s")?;
+        }
+    }
+    let elapsed = start.elapsed();
+    let _ = wr.write_all(&raw::disconnect()).await;
+    let _ = wr.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    Ok(elapsed)
+}
+
+/// Reads `$SYS/broker/publish/messages/dropped` (retained) with a short subscribe.
+async fn sys_dropped(port: u16) -> Result<u64> {
+    use tokio::io::AsyncReadExt;
+    const TOPIC: &str = "$SYS/broker/publish/messages/dropped";
+    let (mut stream, mut buf) = raw::connect(port, "soak-sys", None).await?;
+    raw::subscribe(&mut stream, &mut buf, TOPIC, 0).await?;
+    let read = async {
+        loop {
+            while let Some((first, body)) = raw::take_packet(&mut buf)? {
+                if let Some(p) = raw::parse_publish(first, &body)? {
+                    if p.topic == TOPIC.as_bytes() {
+                        let text = String::from_utf8_lossy(p.payload);
+                        return text
+                            .trim()
+                            .parse::<u64>()
+                            .with_context(|| format!("{TOPIC} is `{text}`"));
+                    }
+                }
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                bail!("the broker closed the connection");
+            }
+        }
+    };
+    // Retained: there at once when the broker has published it; else wait one refresh.
+    let dropped = tokio::time::timeout(SYS_WAIT, read)
+        .await
+        .with_context(|| format!("no {TOPIC} within {} s", SYS_WAIT.as_secs()))??;
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &raw::disconnect()).await;
+    Ok(dropped)
+}
+
+/// A raw MQTT 3.1.1 subscriber that reads at most `budget` bytes per [`SLOW_TICK`] (0: it
+/// reads nothing; `usize::MAX`: as fast as it can) and PUBACKs what it reads.
+struct RawSub {
+    received: Arc<AtomicU64>,
+    budget: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl RawSub {
+    async fn start(
+        port: u16,
+        id: &str,
+        topic: &str,
+        qos: u8,
+        budget: usize,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Self> {
+        let (mut stream, mut buf) = raw::connect(port, id, Some(SUB_RCVBUF)).await?;
+        raw::subscribe(&mut stream, &mut buf, topic, qos).await?;
+        let received = Arc::new(AtomicU64::new(0));
+        let budget = Arc::new(std::sync::atomic::AtomicUsize::new(budget));
+        let task = tokio::spawn(sub_loop(
+            stream,
+            buf,
+            topic.to_string(),
+            received.clone(),
+            budget.clone(),
+            stop.clone(),
+        ));
+        Ok(RawSub {
+            received,
+            budget,
+            task,
+        })
+    }
+
+    fn set_budget(&self, bytes: usize) {
+        self.budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Waits until nothing arrived for [`DRAIN_QUIET`] (at most [`DRAIN_MAX`]); returns the
+    /// count received.
+    async fn drain_wait(&self) -> u64 {
+        let started = Instant::now();
+        let mut seen = self.received.load(Ordering::Relaxed);
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < DRAIN_QUIET && started.elapsed() < DRAIN_MAX {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = self.received.load(Ordering::Relaxed);
+            if now != seen {
+                seen = now;
+                quiet_since = Instant::now();
+            }
+        }
+        seen
+    }
+
+    /// Waits for the task to end (after the stop token was cancelled).
+    async fn finish(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+async fn sub_loop(
+    mut stream: tokio::net::TcpStream,
+    mut buf: bytes::BytesMut,
+    topic: String,
+    received: Arc<AtomicU64>,
+    budget: Arc<std::sync::atomic::AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tick = tokio::time::interval(SLOW_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut acks = Vec::new();
+    loop {
+        let limit = budget.load(Ordering::Relaxed);
+        let n = if limit == usize::MAX {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = stream.read(&mut chunk) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                },
+            }
+        } else {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if limit == 0 {
+                continue;
+            }
+            match stream.try_read(&mut chunk[..limit.min(64 * 1024)]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+                Err(_) => break,
+            }
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            let Ok(Some((first, body))) = raw::take_packet(&mut buf) else {
+                break;
+            };
+            if let Ok(Some(p)) = raw::parse_publish(first, &body) {
+                if p.topic == topic.as_bytes() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(id) = p.packet_id {
+                    acks.extend_from_slice(&raw::puback(id));
+                }
+            }
+        }
+        if !acks.is_empty() {
+            if stream.write_all(&acks).await.is_err() {
+                break;
+            }
+            acks.clear();
+        }
+    }
+    let _ = stream.write_all(&raw::disconnect()).await;
+}
+
+/// The soak's markdown report.
+fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
+    let mut r = String::new();
+    writeln!(r, "Measured {} on {}.", today(), machine())?;
+    writeln!(
+        r,
+        "tidegate at {} (last commit touching src/; {}); {}.\n",
+        git_rev(),
+        tidegate_version(&opts.tidegate),
+        mosquitto_version()
+    )?;
+    writeln!(r, "```sh\ncargo build --release\n{}\n```\n", opts.command())?;
+    writeln!(
+        r,
+        "{} messages of {} bytes per pass, each pass on a freshly started broker; \
+         one slow subscriber ({} bytes every {} ms) and one stalled subscriber (reads nothing \
+         until the end); RSS sampled every second.\n",
+        opts.soak_messages,
+        opts.payload,
+        SLOW_READ_BYTES,
+        SLOW_TICK.as_millis()
+    )?;
+    write!(r, "| |")?;
+    for run in runs {
+        write!(r, " {} QoS {} |", run.kind.name(), run.qos)?;
+    }
+    writeln!(r)?;
+    write!(r, "| --- |")?;
+    for _ in runs {
+        write!(r, " ---: |")?;
+    }
+    writeln!(r)?;
+    fn mib(kib: u64) -> String {
+        format!("{:.1} MiB", kib as f64 / 1024.0)
+    }
+    fn at(run: &SoakRun, fraction: f64) -> String {
+        run.at(fraction).map_or("–".into(), |s| mib(s.rss_kib))
+    }
+    /// One table cell from one pass.
+    type Cell = fn(&SoakRun) -> String;
+    let rows: [(&str, Cell); 14] = [
+        ("publisher: msg/s (time)", |x: &SoakRun| {
+            format!("{:.0} ({:.0} s)", x.per_second(), x.publish_secs)
+        }),
+        (
+            "broker CPU load while publishing (1 = one core)",
+            |x: &SoakRun| format!("{:.2}", x.cpu_load),
+        ),
+        ("RSS before publishing", |x: &SoakRun| mib(x.rss_before_kib)),
+        ("RSS at 10 % of the messages", |x: &SoakRun| at(x, 0.1)),
+        ("RSS at 50 %", |x: &SoakRun| at(x, 0.5)),
+        ("RSS at 100 %", |x: &SoakRun| at(x, 1.0)),
+        ("max RSS, 10 % → 100 %", |x: &SoakRun| {
+            mib(x.max_rss_last_90())
+        }),
+        ("largest deviation from RSS at 10 %", |x: &SoakRun| {
+            x.max_deviation()
+                .map_or("–".into(), |d| format!("{:.1} %", d * 100.0))
+        }),
+        (
+            "**RSS flat within 10 % over the last 90 %**",
+            |x: &SoakRun| match x.flat() {
+                Some(true) => "**yes**".into(),
+                Some(false) => "**no**".into(),
+                None => "–".into(),
+            },
+        ),
+        ("peak RSS (VmHWM) over the pass", |x: &SoakRun| {
+            mib(x.hwm_kib)
+        }),
+        ("slow subscriber received", |x: &SoakRun| {
+            x.slow_received.to_string()
+        }),
+        (
+            "stalled subscriber received (drained at the end)",
+            |x: &SoakRun| x.stalled_received.to_string(),
+        ),
+        (
+            "dropped (`$SYS/broker/publish/messages/dropped`)",
+            |x: &SoakRun| x.dropped.map_or("not published".into(), |d| d.to_string()),
+        ),
+        ("2 × messages − received − dropped", |x: &SoakRun| {
+            x.unaccounted().map_or("–".into(), |u| u.to_string())
+        }),
+    ];
+    for (name, cell) in &rows {
+        write!(r, "| {name} |")?;
+        for run in runs {
+            write!(r, " {} |", cell(run))?;
+        }
+        writeln!(r)?;
+    }
+    Ok(r)
+}
+
+/// Just enough MQTT 3.1.1 for the soak's raw clients: whole packets are built and split by
+/// hand, so a client reads exactly the bytes it chooses to.
+mod raw {
+    use anyhow::{bail, Context, Result};
+    use bytes::{Buf, BytesMut};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpSocket, TcpStream};
+
+    pub const CONNACK: u8 = 2;
+    pub const PUBLISH: u8 = 3;
+    pub const PUBACK: u8 = 4;
+    pub const SUBACK: u8 = 9;
+
+    fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        put_len(&mut out, body.len());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn put_len(out: &mut Vec<u8>, mut n: usize) {
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if n == 0 {
+                return;
+            }
+        }
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    /// Appends a PUBLISH (the packet id is sent only for QoS > 0).
+    pub fn publish(out: &mut Vec<u8>, topic: &str, qos: u8, id: u16, payload: &[u8]) {
+        let len = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload.len();
+        out.push(0x30 | (qos << 1));
+        put_len(out, len);
+        put_str(out, topic);
+        if qos > 0 {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+    }
+
+    pub fn puback(id: u16) -> [u8; 4] {
+        let [hi, lo] = id.to_be_bytes();
+        [PUBACK << 4, 2, hi, lo]
+    }
+
+    pub fn disconnect() -> [u8; 2] {
+        [0xE0, 0]
+    }
+
+    /// Splits the first whole packet off `buf`: (first byte, body).
+    pub fn take_packet(buf: &mut BytesMut) -> Result<Option<(u8, BytesMut)>> {
+        let mut len = 0usize;
+        let mut i = 1;
+        loop {
+            let Some(&b) = buf.get(i) else {
+                return Ok(None);
+            };
+            len |= usize::from(b & 0x7f) << (7 * (i - 1));
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+            if i > 4 {
+                bail!("malformed remaining length");
+            }
+        }
+        if buf.len() < i + len {
+            return Ok(None);
+        }
+        let mut p = buf.split_to(i + len);
+        let first = p[0];
+        p.advance(i);
+        Ok(Some((first, p)))
+    }
+
+    pub struct Publish<'a> {
+        pub topic: &'a [u8],
+        pub packet_id: Option<u16>,
+        pub payload: &'a [u8],
+    }
+
+    /// The PUBLISH in a packet from [`take_packet`]; `None` for any other packet.
+    pub fn parse_publish(first: u8, body: &[u8]) -> Result<Option<Publish<'_>>> {
+        if first >> 4 != PUBLISH {
+            return Ok(None);
+        }
+        let qos = (first >> 1) & 3;
+        let short = || anyhow::anyhow!("PUBLISH too short");
+        let tlen = usize::from(u16::from_be_bytes([
+            *body.first().ok_or_else(short)?,
+            *body.get(1).ok_or_else(short)?,
+        ]));
+        let topic = body.get(2..2 + tlen).ok_or_else(short)?;
+        let mut rest = &body[2 + tlen..];
+        let packet_id = if qos > 0 {
+            let id = rest.get(..2).ok_or_else(short)?;
+            let id = u16::from_be_bytes([id[0], id[1]]);
+            rest = &rest[2..];
+            Some(id)
+        } else {
+            None
+        };
+        Ok(Some(Publish {
+            topic,
+            packet_id,
+            payload: rest,
+        }))
+    }
+
+    /// Reads until a packet of `kind` arrives; returns its body.
+    async fn expect(stream: &mut TcpStream, buf: &mut BytesMut, kind: u8) -> Result<BytesMut> {
+        let wait = async {
+            loop {
+                if let Some((first, body)) = take_packet(buf)? {
+                    if first >> 4 == kind {
+                        return Ok(body);
+                    }
+                    continue;
+                }
+                if stream.read_buf(buf).await? == 0 {
+                    bail!("the broker closed the connection");
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .with_context(|| format!("no packet of type {kind} within 10 s"))?
+    }
+
+    /// Connects with a clean session and keepalive 0 (no pings); `rcvbuf` sets SO_RCVBUF
+    /// before connecting. Returns the stream and what was read past the CONNACK.
+    pub async fn connect(
+        port: u16,
+        client_id: &str,
+        rcvbuf: Option<u32>,
+    ) -> Result<(TcpStream, BytesMut)> {
+        let socket = TcpSocket::new_v4()?;
+        if let Some(size) = rcvbuf {
+            socket.set_recv_buffer_size(size)?;
+        }
+        let mut stream = socket
+            .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        stream.set_nodelay(true)?;
+        let mut body = Vec::new();
+        put_str(&mut body, "MQTT");
+        body.extend_from_slice(&[4, 0x02, 0, 0]);
+        put_str(&mut body, client_id);
+        stream.write_all(&packet(0x10, &body)).await?;
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let ack = expect(&mut stream, &mut buf, CONNACK).await?;
+        if ack.get(1) != Some(&0) {
+            bail!("CONNACK refused {client_id}: {:?}", &ack[..]);
+        }
+        Ok((stream, buf))
+    }
+
+    /// Subscribes to `filter` at `qos` and waits for the SUBACK.
+    pub async fn subscribe(
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        filter: &str,
+        qos: u8,
+    ) -> Result<()> {
+        let mut body = vec![0, 1];
+        put_str(&mut body, filter);
+        body.push(qos);
+        stream.write_all(&packet(0x82, &body)).await?;
+        let ack = expect(stream, buf, SUBACK).await?;
+        if ack.get(2).is_none_or(|&c| c >= 0x80) {
+            bail!("SUBACK refused {filter}: {:?}", &ack[..]);
+        }
+        Ok(())
+    }
 }
