@@ -87,19 +87,7 @@ where
                 .fetch_add(1, Ordering::Relaxed);
             warn!(%peer, error = %e, "Bad CONNECT; closing the connection");
             if let Some((version, code)) = e.connack_response() {
-                let mut out = BytesMut::new();
-                let ack = Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    reason_code: code,
-                    properties: Properties::default(),
-                });
-                if codec::encode(&ack, version, &mut out).is_ok() {
-                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
-                        let _ = wr.write_all(&out).await;
-                        let _ = wr.shutdown().await;
-                    })
-                    .await;
-                }
+                refuse(&mut wr, version, code).await;
             }
             return;
         }
