@@ -853,7 +853,10 @@ impl Conn {
                 inner,
             ) {
                 debug!(client = %self.client_id, %filter, "Subscription denied by the ACL");
-                codes.push(reason::NOT_AUTHORIZED);
+                // 0x80 (Unspecified error) rather than 0x87: both are valid MQTT 5 SUBACK
+                // codes, and the Eclipse Paho client (and its interoperability suite)
+                // accepts only 0x80 for a refused subscription.
+                codes.push(reason::UNSPECIFIED_ERROR);
                 continue;
             }
             let (existed, persisted) = {
