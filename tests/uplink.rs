@@ -270,7 +270,7 @@ fn kill_9_with_messages_queued_then_restart_delivers_all() {
     gw.kill().unwrap();
     gw.wait().unwrap();
     proxy.restore();
-    let (mut gw, _) = start_gateway(&cfg);
+    let (mut gw, local2) = start_gateway(&cfg);
     rt.block_on(async {
         let mut sub = cloud_subscriber(m.addr, "cloud-sub2", "sites/t/devices/#").await;
         let (order, dups) = collect(&mut sub, 200, Duration::from_secs(30)).await;
@@ -279,6 +279,31 @@ fn kill_9_with_messages_queued_then_restart_delivers_all() {
             order.len()
         );
         assert_eq!(order, (0..200).collect::<Vec<_>>());
+    });
+    // The loss ledger in $SYS: every fate counted, nothing dropped.
+    rt.block_on(async {
+        let (mut s, _) = Client::connect(options(local2, "ledger")).await;
+        s.subscribe("$SYS/tidegate/uplinks/cloud/#", QoS::AtMostOnce)
+            .await;
+        let mut seen = std::collections::HashMap::new();
+        while seen.len() < 17 {
+            let p = s.publish_msg().await;
+            let key = p
+                .topic
+                .trim_start_matches("$SYS/tidegate/uplinks/cloud/")
+                .to_string();
+            seen.insert(key, String::from_utf8_lossy(&p.payload).into_owned());
+        }
+        for key in [
+            "dropped/full",
+            "dropped/expired",
+            "dropped/write_error",
+            "dropped/rejected",
+        ] {
+            assert_eq!(seen[key], "0", "{key}: {seen:?}");
+        }
+        assert!(seen["queue/messages"].parse::<u64>().is_ok(), "{seen:?}");
+        assert!(["connected", "disconnected"].contains(&seen["state"].as_str()));
     });
     signal(&gw, "TERM");
     wait_exit(&mut gw, Duration::from_secs(12));

@@ -188,6 +188,7 @@ impl Uplink {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let stall_after = cfg.keepalive.0 * 2;
         let mut last_expire = Instant::now();
+        let mut last_ledger: Option<Instant> = None;
 
         loop {
             // Keep the window full while connected.
@@ -262,8 +263,64 @@ impl Uplink {
                         queue.expire(now_ms());
                         last_expire = Instant::now();
                     }
+                    if last_ledger.is_none_or(|t| t.elapsed() >= crate::broker::sys::INTERVAL) {
+                        self.publish_ledger(&queue).await;
+                        last_ledger = Some(Instant::now());
+                    }
                 }
             }
+        }
+    }
+
+    /// The loss ledger as retained `$SYS/tidegate/uplinks/<name>/...` topics, one value each.
+    async fn publish_ledger(&self, queue: &Queue) {
+        let l = &self.ledger;
+        let q = queue.stats();
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
+        let (since, error) = l.state.lock().map(|s| s.clone()).unwrap_or_default();
+        let oldest_age_s = q
+            .oldest_received_at_ms
+            .map(|t| now_ms().saturating_sub(t) / 1000)
+            .unwrap_or(0);
+        let values = [
+            (
+                "state",
+                if l.connected.load(Ordering::Relaxed) {
+                    "connected".to_string()
+                } else {
+                    "disconnected".to_string()
+                },
+            ),
+            ("since", since.to_string()),
+            // An empty retained payload would delete the topic.
+            ("error", error.unwrap_or_else(|| "none".into())),
+            ("received", get(&l.received)),
+            ("queued", q.appended.to_string()),
+            ("sent", get(&l.sent)),
+            ("acked", q.acked.to_string()),
+            ("redelivered", get(&l.redelivered)),
+            ("dropped/full", q.dropped_full.to_string()),
+            ("dropped/expired", q.dropped_expired.to_string()),
+            (
+                "dropped/rejected",
+                (q.rejected + l.dropped_rejected.load(Ordering::Relaxed)).to_string(),
+            ),
+            (
+                "dropped/write_error",
+                (q.failed_messages + l.dropped_write_error.load(Ordering::Relaxed)).to_string(),
+            ),
+            ("dropped/qos0_offline", get(&l.dropped_qos0_offline)),
+            ("queue/messages", q.depth.to_string()),
+            ("queue/bytes", q.bytes.to_string()),
+            ("queue/oldest_age_seconds", oldest_age_s.to_string()),
+            ("commands", get(&l.commands)),
+        ];
+        for (key, value) in values {
+            let topic = format!("$SYS/tidegate/uplinks/{}/{key}", self.name());
+            let _ = self
+                .broker
+                .publish(&topic, value, QoS::AtMostOnce, true)
+                .await;
         }
     }
 
