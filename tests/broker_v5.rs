@@ -554,3 +554,65 @@ async fn server_uses_topic_aliases_when_the_client_allows() {
         "only one alias allowed"
     );
 }
+
+#[tokio::test]
+async fn an_alias_is_not_used_before_the_client_learned_it() {
+    let b = start().await;
+    let mut c = Connect::new(V5, "small");
+    c.properties.topic_alias_maximum = Some(1);
+    c.properties.maximum_packet_size = Some(200);
+    let (mut c, _) = Raw::connect(b.addr, c).await;
+    c.sub("big/+", QoS::AtMostOnce).await;
+    let mut p = Raw::client(b.addr, "p").await;
+    // Too big for the client: discarded, so its alias must not count as known.
+    p.publish(
+        "big/t",
+        &"x".repeat(500),
+        QoS::AtMostOnce,
+        false,
+        Properties::default(),
+    )
+    .await;
+    p.publish(
+        "big/t",
+        "small",
+        QoS::AtMostOnce,
+        false,
+        Properties::default(),
+    )
+    .await;
+    let m = c.publish_in().await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("big/t", &b"small"[..]));
+    assert_eq!(m.properties.topic_alias, Some(1));
+}
+
+#[tokio::test]
+async fn the_disconnect_reason_survives_a_client_still_sending() {
+    // Receive Maximum exceeded: the client keeps writing, yet reads DISCONNECT 0x93 rather
+    // than a reset (the broker drains its input before closing).
+    let b = start().await;
+    let (mut c, ack) = Raw::connect(b.addr, Connect::new(V5, "flood")).await;
+    let max = ack.properties.receive_maximum.unwrap();
+    for i in 1..=max + 1 {
+        c.send(Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            topic: "flood".into(),
+            packet_id: Some(i),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        }))
+        .await;
+    }
+    loop {
+        match c.recv().await {
+            Packet::PubRec(_) => {}
+            Packet::Disconnect(d) => {
+                assert_eq!(d.reason_code, 0x93);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -39,6 +39,8 @@ use tracing::{debug, info, warn};
 const OUT_HIGH_WATER: usize = 64 * 1024;
 /// How long a closing connection may take to write its last packets.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connection we closed keeps draining the client's input.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything a connection needs from the broker.
 pub struct Ctx {
@@ -247,6 +249,17 @@ where
         .stats
         .clients_connected
         .fetch_sub(1, Ordering::Relaxed);
+    // Lingering close: when we end the connection (v5 DISCONNECT with an error, keepalive,
+    // takeover), keep reading and discarding what the client still sends for a moment, so
+    // our last packets are not destroyed by a TCP RST (closing a socket with unread input
+    // resets it) and the client can read the DISCONNECT's reason code.
+    if matches!(end, End::Abnormal(_)) {
+        let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
+            let mut sink = [0u8; 4096];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
 }
 
 /// Answers a refused CONNECT (the encoder writes the 3.x return code for a v3 client).
@@ -1019,8 +1032,10 @@ impl Conn {
                 st.next_packet_id()
             };
             let mut packet = publish_packet(&d, id, false, now);
-            alias_out(
-                &mut self.out_aliases,
+            // A new alias is only remembered once its PUBLISH is really sent (below): if this
+            // one is discarded, the client never learns the alias.
+            let new_alias = alias_out(
+                &self.out_aliases,
                 self.out_alias_max,
                 &d.msg.topic,
                 &mut packet,
@@ -1041,6 +1056,9 @@ impl Conn {
             if let Err(e) = codec::encode(&packet, self.version, &mut self.out) {
                 warn!(client = %self.client_id, error = %e, "Cannot encode a PUBLISH; dropping it");
                 continue;
+            }
+            if let Some(alias) = new_alias {
+                self.out_aliases.insert(d.msg.topic.clone(), alias);
             }
             shared
                 .stats
@@ -1073,26 +1091,31 @@ impl Conn {
 /// first PUBLISH on a topic sets the alias, later ones send it with an empty topic. The first
 /// `max` topics get one.
 fn alias_out(
-    aliases: &mut HashMap<Arc<str>, u16>,
+    aliases: &HashMap<Arc<str>, u16>,
     max: u16,
     topic: &Arc<str>,
     packet: &mut Packet,
-) {
+) -> Option<u16> {
     if max == 0 {
-        return;
+        return None;
     }
-    let Packet::Publish(p) = packet else { return };
+    let Packet::Publish(p) = packet else {
+        return None;
+    };
     match aliases.get(topic) {
         Some(&alias) => {
             p.properties.topic_alias = Some(alias);
             p.topic.clear();
+            None
         }
         None => {
             let n = aliases.len();
             if n < usize::from(max) {
                 let alias = n as u16 + 1;
-                aliases.insert(topic.clone(), alias);
                 p.properties.topic_alias = Some(alias);
+                Some(alias)
+            } else {
+                None
             }
         }
     }
