@@ -244,7 +244,7 @@ where
         // Wills are for clients that vanish; a broker stopping is not that.
         will = None;
     }
-    detach(&ctx, &cell, generation, conn.username.as_deref(), will);
+    detach(&ctx, &cell, generation, will);
     shared
         .stats
         .clients_connected
@@ -399,13 +399,7 @@ fn sync_persisted(shared: &Shared, client_id: &str, st: &mut Session) {
 
 /// After the connection closed: publish the will (after its delay), and end the session if
 /// it does not outlive the connection — unless a newer connection has taken it.
-fn detach(
-    ctx: &Arc<Ctx>,
-    cell: &Arc<SessionCell>,
-    generation: u64,
-    username: Option<&str>,
-    will: Option<Will>,
-) {
+fn detach(ctx: &Arc<Ctx>, cell: &Arc<SessionCell>, generation: u64, will: Option<Will>) {
     let shared = &ctx.shared;
     let (still_ours, expiry) = {
         let mut st = lock(&cell.state);
@@ -442,7 +436,6 @@ fn detach(
             });
         }
     }
-    let _ = username;
     if !still_ours {
         return;
     }

@@ -138,11 +138,11 @@ pub enum PublishError {
 impl Broker {
     /// A broker that keeps nothing across restarts.
     pub fn new(settings: Settings) -> Self {
-        Self::with_shared(settings, Shared::new_default_limits())
+        let shared = Shared::new(settings.limits);
+        Self::with_shared(settings, shared)
     }
 
-    fn with_shared(settings: Settings, mut shared: Shared) -> Self {
-        shared.limits = settings.limits;
+    fn with_shared(settings: Settings, shared: Shared) -> Self {
         Broker {
             ctx: Arc::new(conn::Ctx {
                 shared: Arc::new(shared),
@@ -163,7 +163,7 @@ impl Broker {
         if let Some(moved) = &snapshot.recovered_from_corruption {
             tracing::error!(moved_to = %moved.display(), "The broker store was corrupt; it was moved aside and a new one started");
         }
-        let mut shared = Shared::new_default_limits();
+        let mut shared = Shared::new(settings.limits);
         shared.store = Some(store);
         let broker = Self::with_shared(settings, shared);
         let (retained, sessions) = persist::restore(&broker.ctx.shared, snapshot);

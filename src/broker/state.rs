@@ -380,14 +380,6 @@ impl Pending {
 }
 
 impl Shared {
-    /// With placeholder-free defaults; the broker sets its configured limits right after.
-    pub fn new_default_limits() -> Self {
-        Self::new(Limits {
-            max_queued_messages: 1000,
-            max_queued_bytes: 16 << 20,
-        })
-    }
-
     pub fn new(limits: Limits) -> Self {
         Shared {
             subs: Mutex::new(SubTree::default()),

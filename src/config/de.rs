@@ -100,10 +100,7 @@ impl<'a> NodeDe<'a> {
 
     fn describe(&self) -> String {
         match &self.node.kind {
-            NodeKind::Scalar { text, .. } if self.node.is_null() => {
-                let _ = text;
-                "nothing (null)".into()
-            }
+            NodeKind::Scalar { .. } if self.node.is_null() => "nothing (null)".into(),
             NodeKind::Scalar { text, .. } => format!("`{text}`"),
             NodeKind::Seq(_) => "a list".into(),
             NodeKind::Map(_) => "a mapping".into(),

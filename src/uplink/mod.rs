@@ -25,11 +25,9 @@ use std::sync::Mutex;
 #[derive(Debug, Default)]
 pub struct Ledger {
     pub received: AtomicU64,
-    pub queued: AtomicU64,
     pub sent: AtomicU64,
     pub redelivered: AtomicU64,
     pub max_sent_id: AtomicU64,
-    pub dropped_rejected: AtomicU64,
     pub dropped_write_error: AtomicU64,
     pub dropped_qos0_offline: AtomicU64,
     pub commands: AtomicU64,
@@ -38,7 +36,6 @@ pub struct Ledger {
     pub connected: AtomicBool,
     /// (since Unix ms, last error).
     pub state: Mutex<(u64, Option<String>)>,
-    pub queue: Mutex<Option<queue::Queue>>,
 }
 
 impl Ledger {

@@ -125,7 +125,8 @@ impl Uplink {
         let password = match (&cfg.password, &cfg.password_file) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(f)) => Some(
-                std::fs::read_to_string(f)
+                tokio::fs::read_to_string(f)
+                    .await
                     .map_err(|e| {
                         TaskError::Failed(anyhow::anyhow!("cannot read {}: {e}", f.display()))
                     })?
@@ -168,7 +169,6 @@ impl Uplink {
             error!(uplink = %name, moved_to = %moved.display(), "The uplink queue was corrupt; moved it aside and started a new one");
         }
         info!(uplink = %name, url = %cfg.url, queued = opened.depth, "Uplink started");
-        *self.ledger.queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(queue.clone());
 
         let local_filters: Vec<(String, QoS)> = rules
             .iter()
@@ -301,10 +301,7 @@ impl Uplink {
             ("redelivered", get(&l.redelivered)),
             ("dropped/full", q.dropped_full.to_string()),
             ("dropped/expired", q.dropped_expired.to_string()),
-            (
-                "dropped/rejected",
-                (q.rejected + l.dropped_rejected.load(Ordering::Relaxed)).to_string(),
-            ),
+            ("dropped/rejected", q.rejected.to_string()),
             (
                 "dropped/write_error",
                 (q.failed_messages + l.dropped_write_error.load(Ordering::Relaxed)).to_string(),
@@ -383,13 +380,8 @@ impl Uplink {
         let n = to_queue.len() as u64;
         let rx = queue.append_wait(to_queue).await;
         match rx.await {
-            Ok(Ok(results)) => {
-                for r in &results {
-                    match r {
-                        Ok(_) => l.queued.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => l.dropped_rejected.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
+            // Stored or refused: the queue counts both (`appended`, `rejected`).
+            Ok(Ok(_)) => {
                 // On disk (or refused and counted): the local publishers may have their PUBACK.
                 for m in held {
                     m.ack();
@@ -397,11 +389,11 @@ impl Uplink {
             }
             Ok(Err(e)) => {
                 error!(uplink = %self.name(), error = %e, messages = n, "Cannot store messages for the uplink; they are dropped");
-                l.dropped_write_error.fetch_add(n, Ordering::Relaxed);
-                // Dropped without an ack: the broker tells MQTT 5 publishers (0x97).
+                // Counted by the queue as `failed_messages`. Dropped without an ack: the broker tells MQTT 5 publishers (0x97).
                 drop(held);
             }
             Err(_) => {
+                // The queue's thread is gone: nothing else counted these.
                 l.dropped_write_error.fetch_add(n, Ordering::Relaxed);
             }
         }
