@@ -328,12 +328,11 @@ async fn build(
             async move { listener.serve(stop).await.map_err(TaskError::Failed) }
         });
     }
-    for device in &config.devices {
-        let name = format!("device {}", device.name);
-        let device = device.clone();
+    for group in crate::drivers::groups(&config.devices) {
+        let name = group.key.clone();
         let b = broker.clone();
         supervisor.spawn(name, move |stop| {
-            crate::drivers::run(device.clone(), b.clone(), stop)
+            crate::drivers::run_group(group.clone(), b.clone(), stop)
         });
     }
     if !config.devices.is_empty() {

@@ -44,6 +44,57 @@ pub trait Driver: Send {
     fn default_type(&self, index: usize) -> DataType;
 }
 
+/// The devices one task runs: one device, except Modbus RTU devices on the same serial port,
+/// which share one bus task polled in turn. The app spawns one task per group and, when the
+/// config changes, restarts exactly the groups whose devices changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceGroup {
+    /// The task's name, stable across config changes: `device NAME` or `modbus bus PORT`.
+    pub key: String,
+    /// The group's devices, in config order.
+    pub devices: Vec<Device>,
+}
+
+/// Splits the configured devices into the groups their tasks run, in config order (a bus
+/// group where its first device stands).
+pub fn groups(devices: &[Device]) -> Vec<DeviceGroup> {
+    let mut out: Vec<DeviceGroup> = Vec::new();
+    for device in devices {
+        if device.driver == Kind::ModbusRtu {
+            let key = format!("modbus bus {}", device.port.as_deref().unwrap_or_default());
+            if let Some(group) = out.iter_mut().find(|g| g.key == key) {
+                group.devices.push(device.clone());
+                continue;
+            }
+            out.push(DeviceGroup {
+                key,
+                devices: vec![device.clone()],
+            });
+        } else {
+            out.push(DeviceGroup {
+                key: format!("device {}", device.name),
+                devices: vec![device.clone()],
+            });
+        }
+    }
+    out
+}
+
+/// Runs one group's task until `stop`.
+pub async fn run_group(
+    group: DeviceGroup,
+    broker: Broker,
+    stop: CancellationToken,
+) -> Result<(), TaskError> {
+    match group.devices.as_slice() {
+        [device] => run(device.clone(), broker, stop).await,
+        _ => Err(TaskError::Fatal(anyhow::anyhow!(
+            "{}: a shared Modbus RTU bus is not available in this version of tidegate",
+            group.key
+        ))),
+    }
+}
+
 /// Runs `device` with the driver its config names until `stop`.
 pub async fn run(device: Device, broker: Broker, stop: CancellationToken) -> Result<(), TaskError> {
     match device.driver {
@@ -340,5 +391,36 @@ mod tests {
         }
         stop.cancel();
         task.await.unwrap().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+
+    #[test]
+    fn rtu_devices_on_one_port_share_a_group() {
+        let config = crate::config::parse(
+            "devices:\n  - {name: a, driver: modbus_rtu, port: /dev/ttyUSB0, unit_id: 1, tags: [{name: t, register: holding, address: 0}]}\n  - {name: demo, driver: simulated, tags: [{name: s, signal: sine}]}\n  - {name: b, driver: modbus_rtu, port: /dev/ttyUSB0, unit_id: 2, tags: [{name: t, register: holding, address: 0}]}\n  - {name: c, driver: modbus_rtu, port: /dev/ttyUSB1, unit_id: 1, tags: [{name: t, register: holding, address: 0}]}\n",
+        )
+        .unwrap();
+        let groups = groups(&config.devices);
+        let summary: Vec<(&str, Vec<&str>)> = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.key.as_str(),
+                    g.devices.iter().map(|d| d.name.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("modbus bus /dev/ttyUSB0", vec!["a", "b"]),
+                ("device demo", vec!["demo"]),
+                ("modbus bus /dev/ttyUSB1", vec!["c"]),
+            ]
+        );
     }
 }
