@@ -332,6 +332,18 @@ impl Device {
             .unwrap_or(DEFAULT_MODBUS_TCP_PORT)
     }
 
+    /// The bytes that end a line from a serial sensor (default `\n`), escapes decoded.
+    pub fn delimiter_bytes(&self) -> Result<Vec<u8>, String> {
+        self.delimiter
+            .as_deref()
+            .map_or(Ok(b"\n".to_vec()), decode_escapes)
+    }
+
+    /// The bytes a query/response serial sensor is sent each poll, escapes decoded.
+    pub fn request_bytes(&self) -> Result<Option<Vec<u8>>, String> {
+        self.request.as_deref().map(decode_escapes).transpose()
+    }
+
     pub fn line_settings(&self) -> LineSettings {
         LineSettings {
             baud: self.baud.unwrap_or(DEFAULT_BAUD),
@@ -340,6 +352,42 @@ impl Device {
             stop_bits: self.stop_bits.unwrap_or(1),
         }
     }
+}
+
+/// Decodes the C-style escapes `\r \n \t \0 \\ \xHH` in a serial `delimiter` or `request`, so
+/// that `'\r\n'` in single quotes or plain YAML means the same as `"\r\n"` in double quotes
+/// (where YAML has already decoded them). A literal backslash is written `\\`.
+pub fn decode_escapes(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            let mut b = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push(b'\n'),
+            Some('r') => out.push(b'\r'),
+            Some('t') => out.push(b'\t'),
+            Some('0') => out.push(0),
+            Some('\\') => out.push(b'\\'),
+            Some('x') => {
+                let hex: String = chars.by_ref().take(2).collect();
+                match u8::from_str_radix(&hex, 16) {
+                    Ok(b) if hex.len() == 2 => out.push(b),
+                    _ => return Err(format!("`\\x{hex}` is not an escape: \\x takes two hex digits")),
+                }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "`\\{other}` is not an escape (\\r \\n \\t \\0 \\\\ \\xHH); write a backslash as \\\\"
+                ))
+            }
+            None => return Err("a lone `\\` at the end; write a backslash as \\\\".into()),
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

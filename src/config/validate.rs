@@ -529,6 +529,22 @@ fn serial(v: &mut V, p: &str, d: &Device, complete: bool) {
     if d.delimiter.as_deref() == Some("") {
         v.err(format!("{p}.delimiter"), "delimiter must not be empty");
     }
+    if let Err(e) = d.delimiter_bytes() {
+        v.err(format!("{p}.delimiter"), e);
+    }
+    match d.request_bytes() {
+        Err(e) => v.err(format!("{p}.request"), e),
+        Ok(Some(r)) if r.is_empty() => v.err(format!("{p}.request"), "request must not be empty"),
+        Ok(_) => {}
+    }
+    for (j, t) in d.tags.iter().enumerate() {
+        if t.writable {
+            v.err(
+                format!("{p}.tags[{j}].writable"),
+                "serial sensor tags are read-only: a line sensor takes no commands",
+            );
+        }
+    }
     if d.max_line.is_some_and(|m| m.0 == 0 || m.0 > 1 << 20) {
         v.err(format!("{p}.max_line"), "max_line must be 1 byte to 1MiB");
     }
@@ -797,6 +813,12 @@ fn gpio_tag(v: &mut V, p: &str, t: &Tag) {
                 }
             }
         }
+    }
+    if t.debounce.is_some() && t.edge.is_none_or(|e| e == Edge::None) {
+        v.err(
+            format!("{p}.debounce"),
+            "`debounce` applies to edge events: give `edge` (rising | falling | both)",
+        );
     }
     if t.debounce
         .is_some_and(|d| d.0 > std::time::Duration::from_secs(10))

@@ -13,6 +13,7 @@
 
 pub mod command;
 pub mod reading;
+pub mod serial;
 pub mod simulated;
 
 use crate::app::TaskError;
@@ -42,6 +43,20 @@ pub trait Driver: Send {
     ) -> impl Future<Output = Result<Value, String>> + Send;
     /// The type of tag `index` when the config gives none.
     fn default_type(&self, index: usize) -> DataType;
+    /// Readings the device pushes between polls (a line a streaming serial sensor sent, a
+    /// debounced GPIO edge), as `(tag index, read)` pairs. The device task awaits this
+    /// alongside its poll tick and commands, so it must be cancel-safe: dropped unfinished,
+    /// it loses nothing. The reads go through the same publishing rules as polled ones and
+    /// count as a successful poll for availability. Polled drivers keep the default, which
+    /// never resolves.
+    fn next_event(&mut self) -> impl Future<Output = Vec<(usize, TagRead)>> + Send {
+        std::future::pending()
+    }
+    /// Counters of the driver's own (lines received, lines dropped, ...), published by the
+    /// device task as retained `$SYS/tidegate/devices/<device>/<key>` when they change.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// The devices one task runs: one device, except Modbus RTU devices on the same serial port,
@@ -102,6 +117,12 @@ pub async fn run(device: Device, broker: Broker, stop: CancellationToken) -> Res
             let driver = simulated::Simulated::new(&device);
             run_device(device, driver, broker, stop).await
         }
+        Kind::Serial => {
+            let driver = serial::Serial::new(&device).map_err(|e| {
+                TaskError::Fatal(anyhow::anyhow!("device `{}`: {e}", device.name))
+            })?;
+            run_device(device, driver, broker, stop).await
+        }
         other => Err(TaskError::Fatal(anyhow::anyhow!(
             "the {other} driver is not available in this version of tidegate; device `{}` is not started",
             device.name
@@ -136,6 +157,7 @@ pub async fn run_device<D: Driver>(
     };
     let mut tick = tokio::time::interval(device.poll_interval.0);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut counters: Vec<(&'static str, u64)> = Vec::new();
     info!(device = %name, driver = %device.driver, tags = device.tags.len(), every = %device.poll_interval, "Device started");
     loop {
         tokio::select! {
@@ -167,6 +189,23 @@ pub async fn run_device<D: Driver>(
                         for i in 0..states.len() {
                             publish_reading(&broker, &device, &mut states, i, &bad, ts, false).await;
                         }
+                    }
+                }
+                publish_counters(&broker, &name, &mut counters, driver.counters()).await;
+            }
+            reads = driver.next_event() => {
+                if reads.is_empty() {
+                    continue;
+                }
+                let ts = now_ms();
+                avail.failures = 0;
+                if avail.online != Some(true) {
+                    avail.online = Some(true);
+                    publish_status(&broker, &name, true, None).await;
+                }
+                for (i, read) in &reads {
+                    if *i < states.len() {
+                        publish_reading(&broker, &device, &mut states, *i, read, ts, false).await;
                     }
                 }
             }
@@ -217,6 +256,25 @@ async fn publish_reading(
             warn!(%topic, error = %e, "Reading not kept");
         }
     }
+}
+
+/// Publishes the driver's counters that changed since the last call (retained, QoS 0).
+async fn publish_counters(
+    broker: &Broker,
+    device: &str,
+    last: &mut Vec<(&'static str, u64)>,
+    now: Vec<(&'static str, u64)>,
+) {
+    for (key, value) in &now {
+        if last.iter().any(|(k, v)| k == key && v == value) {
+            continue;
+        }
+        let topic = format!("$SYS/tidegate/devices/{device}/{key}");
+        let _ = broker
+            .publish(&topic, value.to_string(), QoS::AtMostOnce, true)
+            .await;
+    }
+    *last = now;
 }
 
 async fn publish_status(broker: &Broker, device: &str, online: bool, error: Option<&str>) {
