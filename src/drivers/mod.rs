@@ -8,10 +8,11 @@
 //! (offline after 3 failed polls in a row, online at the next success), and the command
 //! checks ([`command`]). A [`Driver`] only knows how to read its tags and write one.
 //!
-//! Drivers: [`simulated`]. Modbus TCP/RTU, serial-line sensors and GPIO come with the
-//! drivers issue; a device of those kinds is reported as not available and not started.
+//! Drivers: [`simulated`], [`serial`] line sensors, [`gpio`]. Push-based drivers (a streaming
+//! serial sensor, GPIO edges) also hand readings over between polls ([`Driver::next_event`]).
 
 pub mod command;
+pub mod gpio;
 pub mod reading;
 pub mod serial;
 pub mod simulated;
@@ -121,6 +122,10 @@ pub async fn run(device: Device, broker: Broker, stop: CancellationToken) -> Res
             let driver = serial::Serial::new(&device).map_err(|e| {
                 TaskError::Fatal(anyhow::anyhow!("device `{}`: {e}", device.name))
             })?;
+            run_device(device, driver, broker, stop).await
+        }
+        Kind::Gpio => {
+            let driver = gpio::real(&device);
             run_device(device, driver, broker, stop).await
         }
         other => Err(TaskError::Fatal(anyhow::anyhow!(
