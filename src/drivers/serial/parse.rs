@@ -513,3 +513,32 @@ mod tests {
         assert_eq!(from_text("0", &t("u64")), Ok(Value::UInt(0)));
     }
 }
+
+#[cfg(test)]
+mod escape_tests {
+    fn device(keys: &str) -> crate::config::Device {
+        crate::config::parse(&format!(
+            "devices:\n  - name: s\n    driver: serial\n    port: /dev/ttyUSB0\n{keys}    parse: {{format: json}}\n    tags: [{{name: t}}]\n"
+        ))
+        .unwrap()
+        .devices
+        .remove(0)
+    }
+
+    #[test]
+    fn escapes_mean_the_same_whatever_the_quoting() {
+        let single = device("    delimiter: '\\r\\n'\n    request: 'R\\x02\\\\'\n");
+        let double = device("    delimiter: \"\\r\\n\"\n    request: \"R\\x02\\\\\\\\\"\n");
+        for d in [&single, &double] {
+            assert_eq!(d.delimiter_bytes().unwrap(), b"\r\n");
+            assert_eq!(d.request_bytes().unwrap().unwrap(), b"R\x02\\");
+        }
+        let default = device("");
+        assert_eq!(default.delimiter_bytes().unwrap(), b"\n");
+        assert_eq!(default.request_bytes().unwrap(), None);
+        assert_eq!(
+            crate::config::decode_escapes("\\t\\0°").unwrap(),
+            "\t\0°".as_bytes()
+        );
+    }
+}
