@@ -340,7 +340,7 @@ async fn request_response_sensor() {
             while let Some(pos) = got.windows(3).position(|w| w == b"R\r\n") {
                 got.drain(..pos + 3);
                 n += 1;
-                let reply = if n % 5 == 0 {
+                let reply = if n.is_multiple_of(5) {
                     // Every fifth reply lacks humidity.
                     format!("T={n}.5\r\n")
                 } else {
