@@ -487,3 +487,135 @@ mod group_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::sync::mpsc;
+
+    /// A push driver: readings come from the test; polls fail while `silent`.
+    struct Pushed {
+        rx: mpsc::UnboundedReceiver<f64>,
+        silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Driver for Pushed {
+        async fn poll(&mut self) -> Result<Vec<TagRead>, String> {
+            if self.silent.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("no line from the sensor".into());
+            }
+            Ok(Vec::new())
+        }
+        async fn write(&mut self, _i: usize, _v: Value) -> Result<Value, String> {
+            Err("not writable".into())
+        }
+        fn default_type(&self, _i: usize) -> DataType {
+            DataType::F64
+        }
+        async fn next_event(&mut self) -> Vec<(usize, TagRead)> {
+            match self.rx.recv().await {
+                Some(x) => vec![(0, Ok(Value::Float(x)))],
+                None => std::future::pending().await,
+            }
+        }
+        fn counters(&self) -> Vec<(&'static str, u64)> {
+            vec![("lines/received", 7)]
+        }
+    }
+
+    /// Pushed readings go through deadband and publish_every like polled ones, count as
+    /// the device answering, and the driver's counters are published.
+    #[tokio::test(start_paused = true)]
+    async fn pushed_readings_follow_the_publishing_rules() {
+        let device = crate::config::parse(
+            "devices:\n  - name: s\n    driver: serial\n    port: /dev/ttyS0\n    poll_interval: 1s\n    parse: {format: kv}\n    tags: [{name: t, deadband: 0.5, publish_every: 10s}]\n",
+        )
+        .unwrap()
+        .devices
+        .remove(0);
+        let broker = Broker::new(crate::broker::Settings::from_config(
+            &crate::config::Broker::default(),
+        ));
+        let mut sub = broker.subscribe(
+            "test",
+            &[
+                ("devices/#", QoS::AtLeastOnce),
+                ("$SYS/tidegate/devices/#", QoS::AtLeastOnce),
+            ],
+            false,
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_device(
+            device,
+            Pushed {
+                rx,
+                silent: silent.clone(),
+            },
+            broker.clone(),
+            stop.clone(),
+        ));
+        let mut next = || {
+            let m = sub.try_recv().map(|m| {
+                let out = (
+                    m.topic().to_string(),
+                    String::from_utf8_lossy(m.payload()).into_owned(),
+                );
+                m.ack();
+                out
+            });
+            m
+        };
+        let value = |p: &str| -> serde_json::Value {
+            let v: serde_json::Value = serde_json::from_str(p).unwrap();
+            v["value"].clone()
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let start: Vec<String> = std::iter::from_fn(&mut next).map(|(t, _)| t).collect();
+        assert_eq!(
+            start,
+            [
+                "devices/s/$status",
+                "$SYS/tidegate/devices/s/lines/received"
+            ]
+        );
+        // First reading; within the deadband; beyond it.
+        for x in [20.0, 20.2, 20.6] {
+            tx.send(x).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got: Vec<serde_json::Value> = std::iter::from_fn(&mut next)
+            .map(|(_, p)| value(&p))
+            .collect();
+        assert_eq!(got, [json!(20.0), json!(20.6)]);
+        // Unchanged readings: out again once publish_every has passed.
+        for _ in 0..12 {
+            tx.send(20.6).unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let got: Vec<serde_json::Value> = std::iter::from_fn(&mut next)
+            .map(|(_, p)| value(&p))
+            .collect();
+        assert_eq!(got, [json!(20.6)]);
+        // Silent: bad, offline; one pushed reading brings it back online.
+        silent.store(true, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let got: Vec<(String, String)> = std::iter::from_fn(&mut next).collect();
+        assert!(got[0].1.contains("\"quality\":\"bad\""), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|(t, p)| t == "devices/s/$status" && p.contains("\"online\":false")),
+            "{got:?}"
+        );
+        tx.send(21.0).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let got: Vec<(String, String)> = std::iter::from_fn(&mut next).collect();
+        assert_eq!(got[0].0, "devices/s/$status");
+        assert!(got[0].1.contains("\"online\":true"), "{got:?}");
+        assert_eq!(value(&got[1].1), json!(21.0));
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+}
