@@ -57,17 +57,14 @@ async fn a_missing_or_wrong_chip_puts_the_device_offline_with_the_reason() {
     let s = status_of(addr, "door").await;
     let error = s["error"].as_str().unwrap();
     assert!(
-        error.starts_with(&format!(
-            "cannot request lines 17, 27 of {}:",
-            missing.display()
-        )),
+        error.starts_with(&format!("cannot request line 17 of {}:", missing.display())),
         "{s}"
     );
     let s = status_of(addr, "gate").await;
     let error = s["error"].as_str().unwrap();
     assert!(
         error.starts_with(&format!(
-            "cannot request lines 3 of {}:",
+            "cannot request line 3 of {}:",
             not_a_chip.display()
         )),
         "{s}"

@@ -29,11 +29,17 @@ impl Cdev {
 impl Chip for Cdev {
     type Lines = CdevLines;
 
+    /// One kernel request per line: uAPI v1 can only detect edges on single-line requests and
+    /// needs every line of a request configured alike, and v2 has room for at most 10
+    /// distinct line configurations per request. If one line cannot be had, the ones
+    /// already requested are released (dropped) with the error.
     fn request(&mut self, consumer: &str, lines: &[LineSpec]) -> Result<CdevLines, String> {
-        let mut b = Request::builder();
-        b.on_chip(&self.path).with_consumer(consumer);
+        let mut held = Vec::with_capacity(lines.len());
         for l in lines {
-            b.with_line(l.offset);
+            let mut b = Request::builder();
+            b.on_chip(&self.path)
+                .with_consumer(consumer)
+                .with_line(l.offset);
             match l.output {
                 Some(initial) => {
                     b.as_output(Value::from(initial));
@@ -53,18 +59,20 @@ impl Chip for Cdev {
             if l.active_low {
                 b.as_active_low();
             }
+            let req = b.request().map_err(|e| {
+                format!(
+                    "cannot request line {} of {}: {e}",
+                    l.offset,
+                    self.path.display()
+                )
+            })?;
+            held.push(Held {
+                offset: l.offset,
+                edges: l.edges,
+                req: AsyncRequest::new(req),
+            });
         }
-        let offsets: Vec<String> = lines.iter().map(|l| l.offset.to_string()).collect();
-        let req = b.request().map_err(|e| {
-            format!(
-                "cannot request lines {} of {}: {e}",
-                offsets.join(", "),
-                self.path.display()
-            )
-        })?;
-        Ok(CdevLines {
-            req: AsyncRequest::new(req),
-        })
+        Ok(CdevLines { held })
     }
 
     fn describe(&self) -> String {
@@ -72,30 +80,53 @@ impl Chip for Cdev {
     }
 }
 
-pub struct CdevLines {
+struct Held {
+    offset: u32,
+    edges: bool,
     req: AsyncRequest,
+}
+
+pub struct CdevLines {
+    held: Vec<Held>,
+}
+
+impl CdevLines {
+    fn req(&self, offset: u32) -> Result<&Request, String> {
+        self.held
+            .iter()
+            .find(|h| h.offset == offset)
+            .map(|h| h.req.as_ref())
+            .ok_or_else(|| format!("line {offset} is not requested"))
+    }
 }
 
 impl Lines for CdevLines {
     fn get(&mut self, offset: u32) -> Result<bool, String> {
-        let req: &Request = self.req.as_ref();
-        req.value(offset)
+        self.req(offset)?
+            .value(offset)
             .map(|v| v == Value::Active)
             .map_err(|e| e.to_string())
     }
 
     fn set(&mut self, offset: u32, active: bool) -> Result<(), String> {
-        let req: &Request = self.req.as_ref();
-        req.set_value(offset, Value::from(active))
+        self.req(offset)?
+            .set_value(offset, Value::from(active))
             .map_err(|e| e.to_string())
     }
 
     async fn next_edge(&mut self) -> Result<(u32, bool), String> {
-        let e = self
-            .req
-            .read_edge_event()
-            .await
-            .map_err(|e| e.to_string())?;
+        let waits: Vec<_> = self
+            .held
+            .iter()
+            .filter(|h| h.edges)
+            .map(|h| Box::pin(h.req.read_edge_event()))
+            .collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
+        // Each read is cancel-safe, so dropping the others loses no event.
+        let (e, _, _) = futures_util::future::select_all(waits).await;
+        let e = e.map_err(|e| e.to_string())?;
         Ok((e.offset, e.kind == EdgeKind::Rising))
     }
 }

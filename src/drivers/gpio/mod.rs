@@ -14,10 +14,10 @@
 //!   level) when the lines are requested, take commands when `writable` (`true`/`false`,
 //!   `1`/`0`, `"on"`/`"off"`), and the level is read back after each write and at each poll.
 //!
-//! All of a device's lines are one request, held for as long as the device runs (no other
-//! program can take them meanwhile). If the request fails (no such chip, a line used by
-//! another program, no permission) polls fail with the reason, so the device goes offline
-//! with it, and the request is retried with backoff, 1 s doubling to 10 s.
+//! A device's lines are requested together and held for as long as the device runs (no
+//! other program can take them meanwhile). If a line cannot be had (no such chip, a line used
+//! by another program, no permission) none is kept, polls fail with the reason, so the device
+//! goes offline with it, and the request is retried with backoff, 1 s doubling to 10 s.
 //!
 //! The hardware sits behind [`Chip`] and [`Lines`]; tests use the simulated chip in
 //! `sim` (compiled for tests only: there is no GPIO hardware where tidegate is built).

@@ -307,7 +307,7 @@ async fn inputs_and_outputs_over_mqtt() {
 async fn a_chip_that_refuses_goes_offline_with_the_reason_and_recovers() {
     let sim = SimChip::new();
     sim.refuse(Some(
-        "cannot request lines 17 of /dev/gpiochip0: Device or resource busy (os error 16)",
+        "cannot request line 17 of /dev/gpiochip0: Device or resource busy (os error 16)",
     ));
     let mut r = rig(
         &sim,
@@ -318,7 +318,7 @@ async fn a_chip_that_refuses_goes_offline_with_the_reason_and_recovers() {
     assert_eq!(s["online"], false);
     assert_eq!(
         s["error"],
-        "cannot request lines 17 of /dev/gpiochip0: Device or resource busy (os error 16)"
+        "cannot request line 17 of /dev/gpiochip0: Device or resource busy (os error 16)"
     );
     sim.refuse(None);
     let (_, s) = r.next(&["$status"]).await;
