@@ -129,6 +129,9 @@ impl Serial {
         }
         match self.builder.clone().open_native_async() {
             Ok(port) => {
+                // Bytes that came before the line settings took effect may be garbled; a
+                // partial line from before we listened is of no use either.
+                let _ = port.clear(tokio_serial::ClearBuffer::Input);
                 if self.was_open {
                     self.counts.reopened += 1;
                 }
