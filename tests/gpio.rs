@@ -47,9 +47,10 @@ async fn a_missing_or_wrong_chip_puts_the_device_offline_with_the_reason() {
         missing.display(),
         not_a_chip.display()
     ));
-    let mut daemon = spawn_run(&cfg.path);
-    let log = stderr_until(&mut daemon, "tidegate is running", Duration::from_secs(30));
-    if let Some(mut err) = daemon.stderr.take() {
+    let mut daemon = Daemon(Some(spawn_run(&cfg.path)));
+    let child = daemon.0.as_mut().unwrap();
+    let log = stderr_until(child, "tidegate is running", Duration::from_secs(30));
+    if let Some(mut err) = child.stderr.take() {
         std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     }
     let addr: SocketAddr = format!("127.0.0.1:{}", mqtt_port(&log)).parse().unwrap();
@@ -69,8 +70,21 @@ async fn a_missing_or_wrong_chip_puts_the_device_offline_with_the_reason() {
         )),
         "{s}"
     );
-    assert!(daemon.try_wait().unwrap().is_none(), "still serving");
-    signal(&daemon, "TERM");
-    let (status, _) = wait_exit(&mut daemon, Duration::from_secs(12));
+    let mut child = daemon.0.take().unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "still serving");
+    signal(&child, "TERM");
+    let (status, _) = wait_exit(&mut child, Duration::from_secs(12));
     assert_eq!(status.code(), Some(0));
+}
+
+/// The daemon under test; killed if the test fails before stopping it.
+struct Daemon(Option<std::process::Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

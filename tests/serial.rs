@@ -98,19 +98,38 @@ impl Drop for Pty {
     }
 }
 
-fn start_gateway(cfg: &TempConfig) -> (Child, SocketAddr) {
+/// The daemon under test; killed if the test fails before stopping it.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.as_mut().unwrap().try_wait()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_gateway(cfg: &TempConfig) -> (Daemon, SocketAddr) {
     let mut daemon = spawn_run(&cfg.path);
     let log = stderr_until(&mut daemon, "tidegate is running", Duration::from_secs(30));
     let addr: SocketAddr = format!("127.0.0.1:{}", mqtt_port(&log)).parse().unwrap();
     if let Some(mut err) = daemon.stderr.take() {
         std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     }
-    (daemon, addr)
+    (Daemon(Some(daemon)), addr)
 }
 
-fn stop(mut daemon: Child) {
-    signal(&daemon, "TERM");
-    let (status, _) = wait_exit(&mut daemon, Duration::from_secs(12));
+fn stop(mut daemon: Daemon) {
+    let mut child = daemon.0.take().unwrap();
+    signal(&child, "TERM");
+    let (status, _) = wait_exit(&mut child, Duration::from_secs(12));
     assert_eq!(status.code(), Some(0));
 }
 
