@@ -189,8 +189,8 @@ pub fn encode(value: &Value, spec: &TagSpec) -> Result<Encoded, String> {
         return match value {
             Value::Bool(b) => Ok(Encoded::Bit(*b)),
             other => match other.as_f64() {
-                Some(x) if x == 0.0 => Ok(Encoded::Bit(false)),
-                Some(x) if x == 1.0 => Ok(Encoded::Bit(true)),
+                Some(0.0) => Ok(Encoded::Bit(false)),
+                Some(1.0) => Ok(Encoded::Bit(true)),
                 _ => Err("invalid value: a coil takes true or false".into()),
             },
         };
@@ -427,8 +427,8 @@ impl Decodings {
         let rows = self.registers.as_deref().unwrap_or_default();
         let _ = writeln!(
             s,
-            "{:>7}  {:<6}  {:>5}  {:>6}  {:<5} {}",
-            "address", "hex", "u16", "i16", "ascii", "binary"
+            "{:>7}  {:<6}  {:>5}  {:>6}  {:<5} binary",
+            "address", "hex", "u16", "i16", "ascii"
         );
         for r in rows {
             let _ = writeln!(
@@ -449,8 +449,8 @@ impl Decodings {
             );
             let _ = writeln!(
                 s,
-                "{:>7}  {:<4} {:<13} {:>10}  {:>11}  {}",
-                "address", "", "order", "u32", "i32", "f32"
+                "{:>7}  {:<4} {:<13} {:>10}  {:>11}  f32",
+                "address", "", "byte/word", "u32", "i32"
             );
             for r in rows {
                 for (k, p) in r.pairs.iter().enumerate() {

@@ -21,6 +21,7 @@
 //! the link, so on a bus one dead unit costs the others one timeout per backoff period.
 
 pub mod codec;
+pub mod commission;
 pub mod link;
 pub mod plan;
 

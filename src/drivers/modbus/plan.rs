@@ -113,7 +113,9 @@ mod tests {
         }
     }
 
-    fn shape(blocks: &[Block]) -> Vec<(Register, u16, u16, Vec<usize>)> {
+    type Shape = Vec<(Register, u16, u16, Vec<usize>)>;
+
+    fn shape(blocks: &[Block]) -> Shape {
         blocks
             .iter()
             .map(|b| (b.register, b.start, b.count, b.tags.clone()))
@@ -133,7 +135,7 @@ mod tests {
 
     #[test]
     fn merging_and_splitting_table() {
-        let cases: Vec<(&str, Vec<TagSpec>, Vec<(Register, u16, u16, Vec<usize>)>)> = vec![
+        let cases: Vec<(&str, Vec<TagSpec>, Shape)> = vec![
             (
                 "types of different widths, out of order, small gap",
                 vec![t(Holding, 10, F32), t(Holding, 0, U16), t(Holding, 4, U64)],
