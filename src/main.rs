@@ -92,10 +92,14 @@ enum ModbusCommand {
 }
 
 #[derive(clap::Args)]
-#[group(id = "transport", required = true, multiple = false, args = ["tcp", "rtu"])]
 struct ModbusConn {
     /// Modbus TCP device: HOST or HOST:PORT (default port 502)
-    #[arg(long, value_name = "HOST[:PORT]")]
+    #[arg(
+        long,
+        value_name = "HOST[:PORT]",
+        conflicts_with = "rtu",
+        required_unless_present = "rtu"
+    )]
     tcp: Option<String>,
     /// Modbus RTU: the serial port, e.g. /dev/ttyUSB0
     #[arg(long, value_name = "PORT")]

@@ -486,3 +486,151 @@ async fn a_dead_tcp_device_is_retried_and_comes_back() {
         .await;
     assert_eq!(v["value"], 42);
 }
+
+/// Runs `tidegate ARGS` off the runtime (the test's Modbus server runs on it).
+async fn cli(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || bin().args(&args).output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commissioning_cli_reads_every_decoding_and_writes() {
+    let sim = Sim::new();
+    // 21.5f32 stored CDAB at 0..1, "AB" at 2.
+    let [hi, lo] = f32_words(21.5);
+    sim.set_holding(0, &[lo, hi, 0x4142]);
+    sim.with(|s| {
+        s.coils.insert(1, true);
+        s.missing.insert(9);
+    });
+    let addr = sim.serve_tcp(None).await;
+    let target = format!("--tcp {addr} --unit 1");
+
+    let out = cli(args(&format!(
+        "modbus read {target} --register holding --address 0 --count 3"
+    )))
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cdab = text
+        .lines()
+        .find(|l| l.contains("CDAB") && l.contains("big/little"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(cdab.trim_end().ends_with("21.5"), "{cdab}");
+    assert!(text.contains("ASCII: \"..A.AB\""), "{text}");
+    assert!(text.contains("0x4142"), "{text}");
+
+    let out = cli(args(&format!(
+        "modbus read {target} --register holding --address 0 --count 2 --json"
+    )))
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["registers"][0]["pairs"][2]["order"], "CDAB");
+    assert_eq!(v["registers"][0]["pairs"][2]["f32"], 21.5);
+    assert_eq!(v["registers"][1]["u16"], hi);
+
+    let out = cli(args(&format!(
+        "modbus read {target} --register coil --address 0 --count 2 --json"
+    )))
+    .await;
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["bits"],
+        json!([{"address": 0, "value": false}, {"address": 1, "value": true}])
+    );
+
+    // Writes: f32 in CDAB (FC 16), u16 (FC 6), coils (FC 5 and FC 15).
+    let out = cli(args(&format!(
+        "modbus write {target} --register holding --address 20 --type f32 --word-order little -- -1.25"
+    )))
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let [hi, lo] = f32_words(-1.25);
+    assert_eq!((sim.holding(20), sim.holding(21)), (lo, hi));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("function code 16") && said.contains("read back: -1.25"),
+        "{said}"
+    );
+    let out = cli(args(&format!(
+        "modbus write {target} --register holding --address 30 65535"
+    )))
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(sim.holding(30), 65535);
+    let out = cli(args(&format!(
+        "modbus write {target} --register coil --address 4 1,0,1"
+    )))
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("function code 15"));
+    assert_eq!(
+        sim.with(|s| [s.coils[&4], s.coils[&5], s.coils[&6]]),
+        [true, false, true]
+    );
+    let fcs: Vec<u8> = sim
+        .seen()
+        .iter()
+        .map(|s| s.function)
+        .filter(|f| *f > 4)
+        .collect();
+    assert_eq!(fcs, [16, 6, 15]);
+
+    // Bad input: a clear error, exit 1, nothing written.
+    let before = sim.seen().len();
+    for (cmd, error) in [
+        (
+            "modbus write {t} --register holding --address 30 70000",
+            "invalid value",
+        ),
+        (
+            "modbus write {t} --register holding --address 30 --type i16 abc",
+            "invalid value",
+        ),
+        (
+            "modbus write {t} --register input --address 30 1",
+            "only holding registers and coils",
+        ),
+        (
+            "modbus read {t} --register holding --address 0 --count 126",
+            "count must be 1 to 125",
+        ),
+        (
+            "modbus read {t} --register holding --address 65535 --count 2",
+            "runs past",
+        ),
+    ] {
+        let out = cli(args(&cmd.replace("{t}", &target))).await;
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(error), "{cmd}: {err}");
+    }
+    assert_eq!(sim.seen().len(), before, "bad input reached the device");
+    assert_eq!(sim.holding(30), 65535);
+
+    // The device's own refusal, and no device at all.
+    let out = cli(args(&format!(
+        "modbus read {target} --register holding --address 8 --count 2"
+    )))
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exception 2 (illegal data address)"));
+    let out = cli(args(
+        "modbus read --tcp 127.0.0.1:1 --register holding --address 0 --timeout 300ms",
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to 127.0.0.1:1"));
+    // --tcp and --rtu together: a usage error.
+    let out = cli(args(&format!(
+        "modbus read {target} --rtu /dev/null --register holding --address 0"
+    )))
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

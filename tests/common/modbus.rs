@@ -33,6 +33,8 @@ pub struct State {
     pub silent: bool,
     /// Every request, in order (answered or not).
     pub seen: Vec<Seen>,
+    /// A holding register that counts the reads of it (so every poll gives a new value).
+    pub tick: Option<u16>,
 }
 
 #[derive(Clone, Default)]
@@ -69,6 +71,16 @@ impl Sim {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.with(|s| s.seen.clone())
+    }
+
+    /// Serves Modbus RTU on the serial port (or pty) at `path`, until the port fails.
+    pub fn serve_rtu(&self, path: &str) -> tokio::task::JoinHandle<()> {
+        let port = tokio_serial::SerialStream::open(&tokio_serial::new(path, 19200)).unwrap();
+        let server = tokio_modbus::server::rtu::Server::new(port);
+        let sim = self.clone();
+        tokio::spawn(async move {
+            let _ = server.serve_forever(sim).await;
+        })
     }
 
     /// Serves Modbus TCP on 127.0.0.1:0 (or `at`); returns the address.
@@ -119,6 +131,12 @@ impl Sim {
             return Ok(None);
         }
         let range = u32::from(address)..u32::from(address) + u32::from(count);
+        if let (3, Some(t)) = (function, s.tick) {
+            if range.contains(&u32::from(t)) {
+                let v = s.holding.get(&t).copied().unwrap_or(0).wrapping_add(1);
+                s.holding.insert(t, v);
+            }
+        }
         if range
             .clone()
             .any(|a| a > 65535 || s.missing.contains(&(a as u16)))
