@@ -228,12 +228,16 @@ fn modbus(cmd: ModbusCommand) -> ExitCode {
                         serde_json::to_string_pretty(&table).map_err(|e| e.to_string())?
                     );
                 } else {
+                    let kind = match register {
+                        config::Register::Holding => "holding register(s)",
+                        config::Register::Input => "input register(s)",
+                        config::Register::Coil => "coil(s)",
+                        config::Register::Discrete => "discrete input(s)",
+                    };
                     println!(
-                        "{} unit {}: {} {register:?} {} from address {address}\n",
+                        "{} unit {}: {count} {kind} from address {address}\n",
                         target.endpoint.describe(),
                         target.unit,
-                        count,
-                        if codec::is_bits(register) { "bit(s)" } else { "register(s)" }
                     );
                     print!("{}", table.to_text());
                 }
@@ -268,9 +272,10 @@ fn modbus(cmd: ModbusCommand) -> ExitCode {
                 };
                 let w = commission::write(&target, &spec, &value).await?;
                 println!(
-                    "wrote {value} to {} unit {} {register:?} {address} with function code {} ({}); read back: {}",
+                    "wrote {value} to {} unit {} {} {address} with function code {} ({}); read back: {}",
                     target.endpoint.describe(),
                     target.unit,
+                    if register == config::Register::Coil { "coil" } else { "holding register" },
                     w.function_code,
                     w.wire,
                     w.read_back

@@ -461,7 +461,7 @@ impl Decodings {
                     };
                     let order =
                         format!("{}/{}", order_name(p.byte_order), order_name(p.word_order));
-                    let f = p.f32.map_or("NaN/inf".to_string(), |f| f.to_string());
+                    let f = p.f32.map_or("NaN/inf".to_string(), float_text);
                     let _ = writeln!(
                         s,
                         "{:>7}  {:<4} {:<13} {:>10}  {:>11}  {}",
@@ -474,6 +474,15 @@ impl Decodings {
             let _ = writeln!(s, "\nASCII: \"{a}\"");
         }
         s
+    }
+}
+
+/// A float as a technician reads it: plain, or in exponent form when very small or large.
+fn float_text(f: f64) -> String {
+    if f != 0.0 && !(1e-4..1e10).contains(&f.abs()) {
+        format!("{f:e}")
+    } else {
+        f.to_string()
     }
 }
 
