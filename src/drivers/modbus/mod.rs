@@ -487,3 +487,89 @@ pub async fn run(
         r = futures_util::future::try_join_all(device_tasks) => r.map(|_| ()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::codec::QoS;
+    use std::future::Ready;
+    use tokio_modbus::{ExceptionCode, Request, Response};
+
+    /// A device with holding registers 0..10 holding `10 * address`; other addresses refused.
+    #[derive(Clone)]
+    struct Tens;
+
+    impl tokio_modbus::server::Service for Tens {
+        type Request = Request<'static>;
+        type Response = Response;
+        type Exception = ExceptionCode;
+        type Future = Ready<Result<Response, ExceptionCode>>;
+
+        fn call(&self, req: Self::Request) -> Self::Future {
+            std::future::ready(match req {
+                Request::ReadHoldingRegisters(a, n) if u32::from(a) + u32::from(n) <= 10 => Ok(
+                    Response::ReadHoldingRegisters((a..a + n).map(|x| x * 10).collect()),
+                ),
+                _ => Err(ExceptionCode::IllegalDataAddress),
+            })
+        }
+    }
+
+    async fn serve() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio_modbus::server::tcp::Server::new(listener);
+        tokio::spawn(async move {
+            let on_connected = |stream, addr| async move {
+                tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, |_| Ok(Some(Tens)))
+            };
+            let _ = server.serve(&on_connected, |_| {}).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn registry_test_reads_go_through_the_running_link_task() {
+        let addr = serve().await;
+        let device = crate::config::parse(&format!(
+            "devices:\n  - {{name: meter, driver: modbus_tcp, host: 127.0.0.1, port: {}, poll_interval: 50ms, tags: [{{name: a, register: holding, address: 1}}]}}\n",
+            addr.port()
+        ))
+        .unwrap()
+        .devices
+        .remove(0);
+        let broker = Broker::new(crate::broker::Settings::from_config(
+            &crate::config::Broker::default(),
+        ));
+        let mut sub = broker.subscribe("t", &[("devices/meter/a", QoS::AtMostOnce)], false);
+        let registry = Registry::new();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(vec![device], broker.clone(), registry.clone(), stop.clone()));
+        // Polling runs: a reading arrives.
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.recv()).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(m.payload()).unwrap();
+        assert_eq!(v["value"], 10);
+        m.ack();
+
+        let t = registry.raw_read("meter", Register::Holding, 2, 3).await.unwrap();
+        let rows = t.registers.unwrap();
+        assert_eq!(rows.iter().map(|r| r.u16).collect::<Vec<_>>(), [20, 30, 40]);
+        assert_eq!(rows[0].pairs[0].u32, (20 << 16) | 30);
+        assert_eq!(
+            registry.raw_read("meter", Register::Holding, 9, 2).await,
+            Err("exception 2 (illegal data address)".into())
+        );
+        assert_eq!(
+            registry.raw_read("meter", Register::Holding, 0, 0).await,
+            Err("count must be 1 to 125 for holding reads".into())
+        );
+        assert_eq!(
+            registry.raw_read("boiler", Register::Holding, 0, 1).await,
+            Err("no running Modbus device named `boiler`".into())
+        );
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        // The stopped task left the registry.
+        assert!(registry.raw_read("meter", Register::Holding, 0, 1).await.is_err());
+    }
+}
