@@ -187,6 +187,16 @@ mod tests {
         for (t, c, want) in cases {
             assert_eq!(check(t, &c, now, DataType::U16), want, "{c:?}");
         }
+        // A scaled tag takes engineering values: 21.5 for an i16 of tenths.
+        let scaled = tag("{name: t, register: holding, address: 1, type: i16, scale: 0.1, writable: true, max: 90}");
+        assert_eq!(
+            check(&scaled, &cmd(json!(21.5), None), now, DataType::U16),
+            Ok(Value::Float(21.5))
+        );
+        assert_eq!(
+            check(&scaled, &cmd(json!(90.5), None), now, DataType::U16),
+            Err(Refusal::OutOfRange)
+        );
         let coil = tag("{name: c, register: coil, address: 0, writable: true}");
         assert_eq!(
             check(&coil, &cmd(json!("on"), None), now, DataType::Bool),

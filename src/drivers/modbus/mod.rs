@@ -544,14 +544,24 @@ mod tests {
         let mut sub = broker.subscribe("t", &[("devices/meter/a", QoS::AtMostOnce)], false);
         let registry = Registry::new();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(vec![device], broker.clone(), registry.clone(), stop.clone()));
+        let task = tokio::spawn(run(
+            vec![device],
+            broker.clone(),
+            registry.clone(),
+            stop.clone(),
+        ));
         // Polling runs: a reading arrives.
-        let m = tokio::time::timeout(Duration::from_secs(5), sub.recv()).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(m.payload()).unwrap();
         assert_eq!(v["value"], 10);
         m.ack();
 
-        let t = registry.raw_read("meter", Register::Holding, 2, 3).await.unwrap();
+        let t = registry
+            .raw_read("meter", Register::Holding, 2, 3)
+            .await
+            .unwrap();
         let rows = t.registers.unwrap();
         assert_eq!(rows.iter().map(|r| r.u16).collect::<Vec<_>>(), [20, 30, 40]);
         assert_eq!(rows[0].pairs[0].u32, (20 << 16) | 30);
@@ -570,6 +580,9 @@ mod tests {
         stop.cancel();
         task.await.unwrap().unwrap();
         // The stopped task left the registry.
-        assert!(registry.raw_read("meter", Register::Holding, 0, 1).await.is_err());
+        assert!(registry
+            .raw_read("meter", Register::Holding, 0, 1)
+            .await
+            .is_err());
     }
 }
