@@ -36,6 +36,7 @@ struct Opts {
     secs: u64,
     warmup: u64,
     changing: u16,
+    persistence: bool,
     tidegate: PathBuf,
 }
 
@@ -45,6 +46,7 @@ const HELP: &str =
   --secs N          measuring window in seconds (default 30)
   --warmup N        seconds before the window (default 5)
   --changing N      registers per device that change at every poll (default 100)
+  --no-persistence  broker.persistence: false (retained readings not kept in SQLite)
   --tidegate PATH   the tidegate binary (default target/release/tidegate)
 
 Needs `cargo build --release` first.";
@@ -54,6 +56,7 @@ fn parse_args() -> Result<Opts, String> {
         secs: 30,
         warmup: 5,
         changing: REGISTERS,
+        persistence: true,
         tidegate: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tidegate"),
     };
     let mut args = std::env::args().skip(1);
@@ -69,6 +72,7 @@ fn parse_args() -> Result<Opts, String> {
                 }
             }
             "--tidegate" => o.tidegate = value()?.into(),
+            "--no-persistence" => o.persistence = false,
             "--bench" => {}
             "--help" | "-h" => return Err(HELP.into()),
             other => return Err(format!("unknown option {other}\n\n{HELP}")),
@@ -209,8 +213,9 @@ async fn run(opts: Opts) -> ExitCode {
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = format!(
-        "gateway:\n  data_dir: {}\nbroker:\n  listeners: [{{bind: 127.0.0.1:0}}]\nweb:\n  enabled: false\nlog:\n  level: warn,tidegate::app=info\n  format: text\ndevices:\n",
-        dir.path().join("data").display()
+        "gateway:\n  data_dir: {}\nbroker:\n  listeners: [{{bind: 127.0.0.1:0}}]\n  persistence: {}\nweb:\n  enabled: false\nlog:\n  level: warn,tidegate::app=info\n  format: text\ndevices:\n",
+        dir.path().join("data").display(),
+        opts.persistence
     );
     for d in 1..=DEVICES {
         cfg.push_str(&format!(
@@ -334,7 +339,7 @@ async fn run(opts: Opts) -> ExitCode {
     lat.sort();
     let cpu = ticks as f64 / TICKS_PER_SECOND / window.as_secs_f64() * 100.0;
     let msgs = received.load(std::sync::atomic::Ordering::Relaxed) as f64 / window.as_secs_f64();
-    println!("modbus_load: {DEVICES} devices x {REGISTERS} registers every {} ms, {} changing per poll, window {:.1} s", POLL.as_millis(), opts.changing, window.as_secs_f64());
+    println!("modbus_load: {DEVICES} devices x {REGISTERS} registers every {} ms, {} changing per poll, broker persistence {}, window {:.1} s", POLL.as_millis(), opts.changing, if opts.persistence { "on" } else { "off" }, window.as_secs_f64());
     println!("  read requests per device per poll cycle: {per_cycle:.3} ({reads} requests in {cycles:.0} cycles x {DEVICES} devices)");
     println!("  request sizes (FC 3): {}", sizes.join(", "));
     println!("  readings received by the subscriber: {msgs:.0}/s");

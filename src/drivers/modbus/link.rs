@@ -26,8 +26,10 @@ pub enum Failure {
     Exception(u8),
     /// No answer within the timeout.
     Timeout,
-    /// The link could not be opened or was lost.
+    /// The link could not be opened (nothing was sent).
     Link(String),
+    /// The link failed during the request (connection reset, serial port gone).
+    Lost(String),
     /// An answer that is not a valid response to the request.
     Protocol(String),
 }
@@ -37,7 +39,7 @@ impl Failure {
         match self {
             Failure::Exception(code) => exception_message(*code),
             Failure::Timeout => "timeout".into(),
-            Failure::Link(e) => e.clone(),
+            Failure::Link(e) | Failure::Lost(e) => e.clone(),
             Failure::Protocol(e) => format!("protocol error: {e}"),
         }
     }
@@ -265,7 +267,7 @@ impl Link {
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 let why = format!("{}: {e}", self.endpoint.describe());
                 self.lost(why.clone());
-                Err(Failure::Link(why))
+                Err(Failure::Lost(why))
             }
             Ok(Err(tokio_modbus::Error::Protocol(e))) => {
                 if !is_rtu {

@@ -15,8 +15,9 @@
 //! Failures: an exception answer marks the tags of that request bad (`exception 2 (illegal
 //! data address)`) and the device stays online. When a merged request gets an exception, the
 //! link task retries it as one request per tag, so only the tags at fault go bad; the tags
-//! that answered are planned again without gaps and kept that way. A timeout or a garbled
-//! answer makes the unit back off: it is not asked again for 1 s, then 2, 4, ... up to 10 s
+//! that answered are planned again without gaps and kept that way. A timeout, a garbled
+//! answer or a link lost during the request makes the unit back off (a link that cannot be
+//! opened has its own backoff in [`link`]): it is not asked again for 1 s, then 2, 4, ... up to 10 s
 //! (TCP) or 60 s (RTU); polls in between fail at once with the last error, without touching
 //! the link, so on a bus one dead unit costs the others one timeout per backoff period.
 
@@ -272,6 +273,7 @@ impl Unit {
         match broken {
             Some(f) => {
                 let error = f.message();
+                // A link that cannot be opened backs off by itself; the rest is this unit's.
                 if !matches!(f, Failure::Link(_)) {
                     self.failed(error.clone());
                 }
