@@ -200,7 +200,7 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
 
     let shutdown = CancellationToken::new();
     let mut supervisor = Supervisor::new(shutdown.clone());
-    let (built, broker) = build(&config, &mut supervisor).await?;
+    let (built, broker, _registry) = build(&config, &mut supervisor).await?;
     for line in &built {
         info!("{line}");
     }
@@ -304,11 +304,12 @@ fn reread(origin: &Origin) {
 }
 
 /// Builds every subsystem from its config section, spawning its tasks on `supervisor`, and
-/// returns one line per subsystem saying what it serves.
+/// returns one line per subsystem saying what it serves, the broker, and the registry of
+/// running devices (for the web UI's test-reads).
 async fn build(
     config: &Config,
     supervisor: &mut Supervisor,
-) -> anyhow::Result<(Vec<String>, crate::broker::Broker)> {
+) -> anyhow::Result<(Vec<String>, crate::broker::Broker, crate::drivers::Registry)> {
     let mut lines = Vec::new();
     let settings = crate::broker::Settings::from_config(&config.broker);
     let broker = if config.broker.persistence {
@@ -328,11 +329,13 @@ async fn build(
             async move { listener.serve(stop).await.map_err(TaskError::Failed) }
         });
     }
+    let registry = crate::drivers::Registry::new();
     for group in crate::drivers::groups(&config.devices) {
         let name = group.key.clone();
         let b = broker.clone();
+        let r = registry.clone();
         supervisor.spawn(name, move |stop| {
-            crate::drivers::run_group(group.clone(), b.clone(), stop)
+            crate::drivers::run_group(group.clone(), b.clone(), r.clone(), stop)
         });
     }
     if !config.devices.is_empty() {
@@ -399,7 +402,7 @@ async fn build(
             file.display()
         ));
     }
-    Ok((lines, broker))
+    Ok((lines, broker, registry))
 }
 
 /// The broker's database under `data_dir`.

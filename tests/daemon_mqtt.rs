@@ -139,17 +139,24 @@ fn simulated_device_readings_flow_at_once() {
 }
 
 #[test]
-fn a_driver_this_version_lacks_is_reported_and_the_rest_runs() {
-    let cfg = TempConfig::new(
-        "devices:\n  - {name: meter, driver: modbus_tcp, host: 127.0.0.1, tags: [{name: e, register: input, address: 0}]}\n",
-    );
+fn an_unreachable_modbus_device_is_retried_and_the_rest_runs() {
+    // A port nothing listens on.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let cfg = TempConfig::new(&format!(
+        "devices:\n  - {{name: meter, driver: modbus_tcp, host: 127.0.0.1, port: {port}, tags: [{{name: e, register: input, address: 0}}]}}\n",
+    ));
     let mut daemon = spawn_run(&cfg.path);
     let log = stderr_until(
         &mut daemon,
-        "not available in this version",
+        "Modbus link is down; retrying with backoff",
         Duration::from_secs(20),
     );
-    assert!(log.contains("device `meter` is not started"), "{log}");
+    assert!(
+        log.contains(&format!("cannot connect to 127.0.0.1:{port}")),
+        "{log}"
+    );
     // Still serving.
     assert!(daemon.try_wait().unwrap().is_none());
     signal(&daemon, "TERM");

@@ -72,7 +72,12 @@ pub fn check(tag: &Tag, cmd: &Command, now: u64, default_type: DataType) -> Resu
     if cmd.expires.is_some_and(|e| e <= now) {
         return Err(Refusal::Expired);
     }
-    let ty = tag.data_type.unwrap_or(default_type);
+    let mut ty = tag.data_type.unwrap_or(default_type);
+    if ty.is_numeric() && (tag.scale.is_some() || tag.offset.is_some()) {
+        // A scaled tag takes engineering values (21.5 °C for a register of tenths); the
+        // driver checks that the raw value fits its register.
+        ty = DataType::F64;
+    }
     let value = convert(&cmd.value, ty).ok_or(Refusal::InvalidValue)?;
     if let Some(x) = value.as_f64() {
         if tag.min.is_some_and(|m| x < m) || tag.max.is_some_and(|m| x > m) {
@@ -182,6 +187,16 @@ mod tests {
         for (t, c, want) in cases {
             assert_eq!(check(t, &c, now, DataType::U16), want, "{c:?}");
         }
+        // A scaled tag takes engineering values: 21.5 for an i16 of tenths.
+        let scaled = tag("{name: t, register: holding, address: 1, type: i16, scale: 0.1, writable: true, max: 90}");
+        assert_eq!(
+            check(&scaled, &cmd(json!(21.5), None), now, DataType::U16),
+            Ok(Value::Float(21.5))
+        );
+        assert_eq!(
+            check(&scaled, &cmd(json!(90.5), None), now, DataType::U16),
+            Err(Refusal::OutOfRange)
+        );
         let coil = tag("{name: c, register: coil, address: 0, writable: true}");
         assert_eq!(
             check(&coil, &cmd(json!("on"), None), now, DataType::Bool),

@@ -8,11 +8,17 @@
 //! (offline after 3 failed polls in a row, online at the next success), and the command
 //! checks ([`command`]). A [`Driver`] only knows how to read its tags and write one.
 //!
-//! Drivers: [`simulated`], [`serial`] line sensors, [`gpio`]. Push-based drivers (a streaming
-//! serial sensor, GPIO edges) also hand readings over between polls ([`Driver::next_event`]).
+//! Drivers: [`simulated`], [`modbus`] (TCP and RTU: one link task per TCP device or RTU
+//! port, each device still in its own device task, see `modbus/mod.rs`), [`serial`] line
+//! sensors, [`gpio`]. Push-based drivers (a streaming serial sensor, GPIO edges) also hand
+//! readings over between polls ([`Driver::next_event`]).
+//!
+//! [`Registry`] names the running Modbus devices' link tasks, so that the web UI's test-read
+//! goes through the running device, serialized with its polling.
 
 pub mod command;
 pub mod gpio;
+pub mod modbus;
 pub mod reading;
 pub mod serial;
 pub mod simulated;
@@ -23,7 +29,9 @@ use crate::broker::Broker;
 use crate::config::{DataType, Device, Driver as Kind};
 use reading::{now_ms, TagRead, TagState, Value};
 use serde_json::json;
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -96,42 +104,124 @@ pub fn groups(devices: &[Device]) -> Vec<DeviceGroup> {
     out
 }
 
+/// The running devices that take test-reads (`POST /api/devices/{name}/read`): cheap to
+/// clone, shared by the app, the device tasks (which enter and leave it) and the web server.
+#[derive(Clone, Default)]
+pub struct Registry {
+    modbus: Arc<Mutex<HashMap<String, modbus::Handle>>>,
+}
+
+/// Removes a link task's devices from the registry when the task ends.
+pub struct Registered {
+    registry: Registry,
+    names: Vec<(String, tokio::sync::mpsc::Sender<modbus::Job>)>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // A std Mutex: held for a map operation, never across an await.
+        let mut map = self
+            .registry
+            .modbus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (name, tx) in &self.names {
+            // Only if a newer task has not taken the name over meanwhile.
+            if map.get(name).is_some_and(|h| h.tx.same_channel(tx)) {
+                map.remove(name);
+            }
+        }
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Enters Modbus devices; they leave when the returned guard is dropped.
+    pub fn register(&self, handles: &[(String, modbus::Handle)]) -> Registered {
+        let mut map = self.modbus.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, h) in handles {
+            map.insert(name.clone(), h.clone());
+        }
+        Registered {
+            registry: self.clone(),
+            names: handles
+                .iter()
+                .map(|(n, h)| (n.clone(), h.tx.clone()))
+                .collect(),
+        }
+    }
+
+    /// Reads `count` registers (or bits) of kind `register` from `address` of the running
+    /// Modbus device `device`, through its link task (so serialized with its polling, and on
+    /// an RTU bus with the other units), and returns every decoding side by side.
+    ///
+    /// Fails when no Modbus device of that name is running, when `count` is out of the
+    /// protocol's limits, or with the device's error (`timeout`, `exception 2 (illegal data
+    /// address)`, ...).
+    pub async fn raw_read(
+        &self,
+        device: &str,
+        register: crate::config::Register,
+        address: u16,
+        count: u16,
+    ) -> Result<modbus::codec::Decodings, String> {
+        let handle = self
+            .modbus
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(device)
+            .cloned()
+            .ok_or_else(|| format!("no running Modbus device named `{device}`"))?;
+        handle.raw_read(register, address, count).await
+    }
+}
+
 /// Runs one group's task until `stop`.
 pub async fn run_group(
     group: DeviceGroup,
     broker: Broker,
+    registry: Registry,
     stop: CancellationToken,
 ) -> Result<(), TaskError> {
     match group.devices.as_slice() {
-        [device] => run(device.clone(), broker, stop).await,
+        [device] => run(device.clone(), broker, registry, stop).await,
+        devices if devices.iter().all(|d| d.driver == Kind::ModbusRtu) => {
+            modbus::run(group.devices, broker, registry, stop).await
+        }
         _ => Err(TaskError::Fatal(anyhow::anyhow!(
-            "{}: a shared Modbus RTU bus is not available in this version of tidegate",
+            "{}: only Modbus RTU devices can share a task",
             group.key
         ))),
     }
 }
 
 /// Runs `device` with the driver its config names until `stop`.
-pub async fn run(device: Device, broker: Broker, stop: CancellationToken) -> Result<(), TaskError> {
+pub async fn run(
+    device: Device,
+    broker: Broker,
+    registry: Registry,
+    stop: CancellationToken,
+) -> Result<(), TaskError> {
     match device.driver {
         Kind::Simulated => {
             let driver = simulated::Simulated::new(&device);
             run_device(device, driver, broker, stop).await
         }
         Kind::Serial => {
-            let driver = serial::Serial::new(&device).map_err(|e| {
-                TaskError::Fatal(anyhow::anyhow!("device `{}`: {e}", device.name))
-            })?;
+            let driver = serial::Serial::new(&device)
+                .map_err(|e| TaskError::Fatal(anyhow::anyhow!("device `{}`: {e}", device.name)))?;
             run_device(device, driver, broker, stop).await
         }
         Kind::Gpio => {
             let driver = gpio::real(&device);
             run_device(device, driver, broker, stop).await
         }
-        other => Err(TaskError::Fatal(anyhow::anyhow!(
-            "the {other} driver is not available in this version of tidegate; device `{}` is not started",
-            device.name
-        ))),
+        Kind::ModbusTcp | Kind::ModbusRtu => {
+            modbus::run(vec![device], broker, registry, stop).await
+        }
     }
 }
 
