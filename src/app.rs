@@ -346,8 +346,15 @@ async fn build(
                 .join(", ")
         ));
     }
+    // Every uplink's ledger, for the web UI and /metrics (`uplinks.snapshot()`).
+    let uplinks = crate::uplink::Registry::default();
     for uplink in &config.uplinks {
-        let ledger = std::sync::Arc::new(crate::uplink::Ledger::default());
+        let ledger = std::sync::Arc::new(crate::uplink::Ledger::new(
+            &uplink.name,
+            &uplink.url,
+            uplink.buffer.drain_rate,
+        ));
+        uplinks.add(ledger.clone());
         lines.push(format!("Uplink {} to {}", uplink.name, uplink.url));
         let (cfg, gateway, data_dir, b) = (
             uplink.clone(),
