@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Unacknowledged messages toward the cloud at once.
 const WINDOW: usize = 100;
@@ -159,7 +159,7 @@ impl Uplink {
             ),
             window: WINDOW as u16,
         };
-        let path = self.data_dir.join(format!("uplink-{name}.db"));
+        let path = super::inspect::queue_path(&self.data_dir, &name);
         let bounds = Bounds {
             max_bytes: cfg.buffer.max_bytes.0,
             max_age: cfg.buffer.max_age.0,
@@ -201,6 +201,9 @@ impl Uplink {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let stall_after = cfg.keepalive.0 * 2;
         let mut last_expire = Instant::now();
+        // Often enough that nothing outlives max_age by more than a tenth of it.
+        let expire_every = (cfg.buffer.max_age.0 / 10)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut last_ledger: Option<Instant> = None;
         let mut ack_rate = AckRate::default();
 
@@ -230,7 +233,14 @@ impl Uplink {
                             None => break,
                         }
                     }
-                    self.ingest(batch, &rules, &queue, link.as_mut()).await;
+                    if let Err(e) = self.ingest(batch, &rules, &queue, link.as_mut()).await {
+                        // Damaged under us: end this run; the supervisor starts the uplink
+                        // again, and opening the queue moves the damaged file aside.
+                        error!(uplink = %name, error = %e, "The uplink queue database is damaged; restarting the uplink to replace it");
+                        self.ledger.set_queue(None);
+                        let _ = tokio::task::spawn_blocking(move || queue.close()).await;
+                        return Err(TaskError::Failed(anyhow::anyhow!("uplink queue damaged: {e}")));
+                    }
                 }
                 ev = next_event(&mut link), if link.is_some() => {
                     let result = match ev {
@@ -239,7 +249,14 @@ impl Uplink {
                     };
                     if let Err(e) = result {
                         let was_up = link.as_ref().is_some_and(|l| l.connected);
-                        self.ledger.set_state(LinkState::Disconnected, Some(format!("{e:#}")));
+                        if was_up && client::is_keepalive_timeout(&e) {
+                            // Up, but the broker stopped answering: a stall, not a close.
+                            warn!(uplink = %name, "Uplink stalled: no answer to the keep-alive ping; recycling the connection");
+                            self.ledger.stalls.fetch_add(1, Ordering::Relaxed);
+                            self.ledger.set_state(LinkState::Stalled, Some(format!("stalled: {e:#}")));
+                        } else {
+                            self.ledger.set_state(LinkState::Disconnected, Some(format!("{e:#}")));
+                        }
                         if was_up {
                             warn!(uplink = %name, error = %format!("{e:#}"), "Uplink connection lost");
                             backoff = cfg.reconnect.min.0;
@@ -290,7 +307,7 @@ impl Uplink {
                             retry_at = Instant::now();
                         }
                     }
-                    if last_expire.elapsed() > Duration::from_secs(60) {
+                    if last_expire.elapsed() >= expire_every {
                         queue.expire(now_ms());
                         last_expire = Instant::now();
                     }
@@ -321,7 +338,7 @@ impl Uplink {
         rules: &[Rule],
         queue: &Queue,
         link: Option<&mut Link>,
-    ) {
+    ) -> Result<(), super::queue::QueueError> {
         let l = &self.ledger;
         let connected = link.as_ref().is_some_and(|l| l.connected);
         let mut to_queue = Vec::new();
@@ -368,28 +385,38 @@ impl Uplink {
             }
         }
         if to_queue.is_empty() {
-            return;
+            return Ok(());
         }
         let n = to_queue.len() as u64;
         let rx = queue.append_wait(to_queue).await;
         match rx.await {
             // Stored or refused: the queue counts both (`appended`, `rejected`).
-            Ok(Ok(_)) => {
-                // On disk (or refused and counted): the local publishers may have their PUBACK.
-                for m in held {
-                    m.ack();
+            Ok(Ok(results)) => {
+                for (m, r) in held.into_iter().zip(results) {
+                    match r {
+                        // On disk: the local publisher may have its PUBACK.
+                        Ok(_) => m.ack(),
+                        // Refused (reject_new, too large) and counted: not acknowledged, so
+                        // an MQTT 5 publisher is told (0x97 quota exceeded).
+                        Err(_) => drop(m),
+                    }
                 }
             }
             Ok(Err(e)) => {
-                error!(uplink = %self.name(), error = %e, messages = n, "Cannot store messages for the uplink; they are dropped");
+                // The writer logs the failure itself (loudly the first time of a run).
+                debug!(uplink = %self.name(), error = %e, kind = %e.kind(), messages = n, "Cannot store messages for the uplink; they are dropped (dropped/write_error)");
                 // Counted by the queue as `failed_messages`. Dropped without an ack: the broker tells MQTT 5 publishers (0x97).
                 drop(held);
+                if e.kind() == super::queue::ErrorKind::Corrupt {
+                    return Err(e);
+                }
             }
             Err(_) => {
                 // The queue's thread is gone: nothing else counted these.
                 l.dropped_write_error.fetch_add(n, Ordering::Relaxed);
             }
         }
+        Ok(())
     }
 
     /// Fills the in-flight window from the queue, in id order; while a drain runs, each
