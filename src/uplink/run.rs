@@ -33,7 +33,7 @@ use super::tracker::Tracker;
 use super::{Ledger, LinkState};
 use crate::app::TaskError;
 use crate::broker::codec::QoS;
-use crate::broker::Broker;
+use crate::broker::{Broker, LocalSubscription};
 use crate::config::{self, Qos0Policy};
 use crate::drivers::reading::now_ms;
 use bytes::Bytes;
@@ -80,10 +80,34 @@ struct Link {
 
 pub struct Uplink {
     pub cfg: config::Uplink,
+    /// The durable local subscription ([`local_subscription`]), made by the app before the
+    /// broker accepts clients and kept across restarts of this task.
+    pub local: Arc<tokio::sync::Mutex<LocalSubscription>>,
     pub gateway: String,
     pub data_dir: PathBuf,
     pub broker: Broker,
     pub ledger: Arc<Ledger>,
+}
+
+/// The uplink's *durable* in-process subscription to the local topics of its `out` rules
+/// (with No Local, so commands it delivers locally never go back out). Made before the
+/// broker accepts clients: a message a device saw acknowledged must already have this
+/// consumer, or it would be acknowledged with nobody to store it. Lives as long as the
+/// uplink, across restarts of its task; messages wait in it (their publishers' PUBACKs held)
+/// while the task opens the queue.
+pub fn local_subscription(broker: &Broker, cfg: &config::Uplink) -> LocalSubscription {
+    let filters: Vec<String> = cfg
+        .topics
+        .iter()
+        .map(Rule::from_config)
+        .filter(|r| r.out)
+        .map(|r| r.local_filter())
+        .collect();
+    let filters: Vec<(&str, QoS)> = filters
+        .iter()
+        .map(|f| (f.as_str(), QoS::AtLeastOnce))
+        .collect();
+    broker.subscribe_with(&format!("uplink/{}", cfg.name), &filters, true, true)
 }
 
 impl Uplink {
@@ -183,17 +207,8 @@ impl Uplink {
         }
         info!(uplink = %name, url = %cfg.url, queued = opened.depth, "Uplink started");
 
-        let local_filters: Vec<(String, QoS)> = rules
-            .iter()
-            .filter(|r| r.out)
-            .map(|r| (r.local_filter(), QoS::AtLeastOnce))
-            .collect();
-        let filters: Vec<(&str, QoS)> = local_filters
-            .iter()
-            .map(|(f, q)| (f.as_str(), *q))
-            .collect();
-        let me = format!("uplink/{name}");
-        let mut local = self.broker.subscribe_with(&me, &filters, true, true);
+        let local_cell = self.local.clone();
+        let mut local = local_cell.lock().await;
 
         let mut link: Option<Link> = None;
         let mut backoff = cfg.reconnect.min.0;

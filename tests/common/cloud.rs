@@ -108,7 +108,11 @@ async fn pump(
             _ = state.wait_for(|s| s.1 != generation) => return,
         };
         // Hold the chunk while stalled.
-        let Ok(s) = state.wait_for(|s| s.0 != STALLED || s.1 != generation).await else {
+        let Ok(s) = state
+            .wait_for(|s| s.0 != STALLED || s.1 != generation)
+            .await
+            .map(|r| *r)
+        else {
             return;
         };
         if s.0 == CUT || s.1 != generation {
@@ -140,13 +144,12 @@ impl Proxy {
                 }
                 tokio::spawn(async move {
                     // Accepted while stalled: hold it until the link is restored (or cut).
-                    let Ok(s) = rx.wait_for(|s| s.0 != STALLED).await else {
+                    let Ok(s) = rx.wait_for(|s| s.0 != STALLED).await.map(|r| *r) else {
                         return;
                     };
                     if s.0 == CUT || s.1 != generation {
                         return;
                     }
-                    drop(s);
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
@@ -212,24 +215,29 @@ impl Gateway {
 
     /// Starts from a prepared command (stdout/stderr piped).
     pub fn start_cmd(mut child: Child) -> Gateway {
-        let log = stderr_until(&mut child, "tidegate is running", Duration::from_secs(30));
-        let addr: SocketAddr = format!("127.0.0.1:{}", mqtt_port(&log)).parse().unwrap();
-        let log = Arc::new(std::sync::Mutex::new(log));
-        // Keep reading stderr so the daemon never blocks on a full pipe; keep it for asserts.
-        if let Some(mut err) = child.stderr.take() {
-            let l = log.clone();
-            std::thread::spawn(move || {
-                use std::io::Read;
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = err.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    l.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        // Read stderr for the whole life of the daemon (it never blocks on a full pipe) and
+        // keep it for asserts.
+        let mut err = child.stderr.take().expect("stderr piped");
+        let l = log.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
                 }
-            });
-        }
-        Gateway { child, addr, log }
+                l.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut gw = Gateway {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            log,
+        };
+        gw.wait_log("tidegate is running", Duration::from_secs(30));
+        gw.addr = format!("127.0.0.1:{}", mqtt_port(&gw.log())).parse().unwrap();
+        gw
     }
 
     pub fn log(&self) -> String {
@@ -278,12 +286,24 @@ pub async fn cloud_subscriber(cloud: SocketAddr, id: &str, filter: &str) -> Clie
     c
 }
 
+/// Connects again to an existing persistent session (its subscription is kept; no new
+/// SUBSCRIBE, so messages queued for it while away are not missed before a SUBACK).
+pub async fn cloud_resume(cloud: SocketAddr, id: &str) -> Client {
+    let mut o = options(cloud, id);
+    o.set_clean_session(false);
+    let (c, ack) = Client::connect(o).await;
+    assert!(ack.session_present, "the persistent session {id} is gone");
+    c
+}
+
 /// What a subscriber saw of numbered payloads on one topic.
 #[derive(Debug, Default)]
 pub struct Seen {
     /// First sightings, in arrival order.
     pub order: Vec<usize>,
     pub duplicates: usize,
+    /// The numbers seen more than once (first 20).
+    pub duplicated: Vec<usize>,
     seen: Vec<bool>,
 }
 
@@ -327,6 +347,9 @@ pub async fn collect(sub: &mut Client, topic: &str, want: &[usize], within: Dura
             }
             if s.seen[i] {
                 s.duplicates += 1;
+                if s.duplicated.len() < 20 {
+                    s.duplicated.push(i);
+                }
             } else {
                 s.seen[i] = true;
                 s.order.push(i);
@@ -388,9 +411,10 @@ pub async fn ledger_until(
         match tokio::time::timeout(rest, s.events.recv()).await {
             Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
                 let key = p.topic.trim_start_matches("$SYS/tidegate/uplinks/cloud/").to_string();
+                let last = key == "drain/eta_seconds";
                 seen.insert(key, String::from_utf8_lossy(&p.payload).into_owned());
-                // A full set (25 topics) each time before judging it.
-                if seen.len() >= 25 && ready(&seen) {
+                // Judge whole rounds only: `drain/eta_seconds` is published last.
+                if last && seen.len() >= 25 && ready(&seen) {
                     return seen;
                 }
             }

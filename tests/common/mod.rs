@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod cloud;
 pub mod mqtt;
 
 use std::io::Read;
