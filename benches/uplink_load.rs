@@ -285,7 +285,10 @@ fn main() {
         "(a) the same publisher → mosquitto → subscriber (direct)".into(),
         format!("{direct:.0} msg/s"),
     ));
-    rows.push(("(a) ratio tidegate ÷ direct (target ≥ 0.8)".into(), format!("{:.2}", via / direct)));
+    rows.push((
+        "(a) ratio tidegate ÷ direct (target ≥ 0.8)".into(),
+        format!("{:.2}", via / direct),
+    ));
     drop(gw);
 
     // (b) enqueue during an outage: the uplink points at a closed port.
@@ -294,9 +297,15 @@ fn main() {
     let config = gateway_config(dir.path(), dead, port);
     let gw = start_gateway(&config, port);
     let pid = gw.0.id();
-    let io0 = (proc_field(pid, "io", "write_bytes"), proc_field(pid, "io", "wchar"));
+    let io0 = (
+        proc_field(pid, "io", "write_bytes"),
+        proc_field(pid, "io", "wchar"),
+    );
     let took = rt.block_on(publish(local, "bench/backlog", backlog));
-    let io1 = (proc_field(pid, "io", "write_bytes"), proc_field(pid, "io", "wchar"));
+    let io1 = (
+        proc_field(pid, "io", "write_bytes"),
+        proc_field(pid, "io", "wchar"),
+    );
     let enqueue = backlog as f64 / took.as_secs_f64();
     eprintln!("(b) enqueued {backlog} in {took:?}: {enqueue:.0} msg/s");
     std::thread::sleep(Duration::from_secs(2));
@@ -308,7 +317,11 @@ fn main() {
     ));
     rows.push((
         format!("(d) RSS with {backlog} messages queued (peak VmHWM)"),
-        format!("{:.1} MiB ({:.1} MiB)", rss as f64 / 1024.0, hwm as f64 / 1024.0),
+        format!(
+            "{:.1} MiB ({:.1} MiB)",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ),
     ));
     rows.push((
         "(e) bytes written per message while enqueuing: to the block device / via write(2)".into(),
@@ -334,7 +347,11 @@ fn main() {
         let gw = start_gateway(&config, port);
         let k = sub.await.unwrap();
         drop(gw);
-        let secs = k.last.unwrap().duration_since(k.first.unwrap()).as_secs_f64();
+        let secs = k
+            .last
+            .unwrap()
+            .duration_since(k.first.unwrap())
+            .as_secs_f64();
         (k.unique as f64 / secs, k)
     });
     eprintln!(
@@ -342,7 +359,9 @@ fn main() {
         k.unique, k.duplicates, k.reordered
     );
     rows.push((
-        format!("(c) drain of the {backlog}-message backlog after a restart (first to last received)"),
+        format!(
+            "(c) drain of the {backlog}-message backlog after a restart (first to last received)"
+        ),
         format!("{drain:.0} msg/s"),
     ));
     rows.push((

@@ -43,7 +43,11 @@ fn outage_loses_nothing_and_keeps_order() {
         tokio::time::sleep(Duration::from_secs(4)).await;
         proxy.restore();
         let acked = publisher.await.unwrap();
-        assert_eq!(acked.len(), 500, "the local broker acknowledged every message");
+        assert_eq!(
+            acked.len(),
+            500,
+            "the local broker acknowledged every message"
+        );
         let seen = collect(&mut sub, CLOUD_SEQ, &all(500), Duration::from_secs(60)).await;
         eprintln!(
             "outage (4 s cut, 500 msgs at 100/s): lost {}, duplicated {}, reordered {}",
@@ -51,13 +55,23 @@ fn outage_loses_nothing_and_keeps_order() {
             seen.duplicates,
             seen.reordered()
         );
-        assert_eq!(seen.missing(500), Vec::<usize>::new(), "lost messages; log:\n{}", gw.log());
+        assert_eq!(
+            seen.missing(500),
+            Vec::<usize>::new(),
+            "lost messages; log:\n{}",
+            gw.log()
+        );
         assert_eq!(seen.order, all(500), "out of order");
         // The ledger agrees: everything queued was acknowledged, nothing dropped.
         let l = ledger_until(gw.addr, |l| num(l, "acked") == 500, Duration::from_secs(30)).await;
         assert_eq!(num(&l, "queued"), 500, "{l:?}");
         assert_eq!(num(&l, "queue/messages"), 0, "{l:?}");
-        for k in ["dropped/full", "dropped/expired", "dropped/rejected", "dropped/write_error"] {
+        for k in [
+            "dropped/full",
+            "dropped/expired",
+            "dropped/rejected",
+            "dropped/write_error",
+        ] {
             assert_eq!(l[k], "0", "{k}: {l:?}");
         }
         assert!(num(&l, "connections") >= 2, "{l:?}");
@@ -77,7 +91,9 @@ fn kill_9_with_messages_queued_then_restart_delivers_all() {
     let gw = Gateway::start(&cfg);
     rt.block_on(async {
         // The persistent session exists before; this connection ends (no takeover later).
-        cloud_subscriber(m.addr, "cloud-sub2", "sites/t/devices/#").await.crash();
+        cloud_subscriber(m.addr, "cloud-sub2", "sites/t/devices/#")
+            .await
+            .crash();
         proxy.cut();
         // Every PUBACK here means "in the uplink's queue on disk".
         let acked = publish_seq(gw.addr, SEQ, 0..200, Duration::ZERO).await;
@@ -98,7 +114,12 @@ fn kill_9_with_messages_queued_then_restart_delivers_all() {
         assert_eq!(seen.order, all(200), "gateway log:\n{}", gw.log());
         // The loss ledger in $SYS: every fate counted, nothing dropped.
         let l = ledger_until(gw.addr, |l| num(l, "acked") == 200, Duration::from_secs(30)).await;
-        for key in ["dropped/full", "dropped/expired", "dropped/write_error", "dropped/rejected"] {
+        for key in [
+            "dropped/full",
+            "dropped/expired",
+            "dropped/write_error",
+            "dropped/rejected",
+        ] {
             assert_eq!(l[key], "0", "{key}: {l:?}");
         }
         assert_eq!(l["state"], "connected");
@@ -125,7 +146,12 @@ fn kill_9_mid_drain_and_mid_stream_loses_no_acknowledged_message() {
         assert_eq!(acked.len(), 2000);
         proxy.restore();
         // A publisher mid-stream while the drain runs.
-        let live = tokio::spawn(publish_seq(gw.addr, SEQ, 2000..4000, Duration::from_millis(2)));
+        let live = tokio::spawn(publish_seq(
+            gw.addr,
+            SEQ,
+            2000..4000,
+            Duration::from_millis(2),
+        ));
         // Wait until the drain is well under way, then kill -9.
         let early = collect(&mut sub, CLOUD_SEQ, &all(300), Duration::from_secs(30)).await;
         assert!(early.missing(300).is_empty());
@@ -133,7 +159,10 @@ fn kill_9_mid_drain_and_mid_stream_loses_no_acknowledged_message() {
     });
     gw.kill9();
     let acked_live = rt.block_on(acked_live).unwrap();
-    eprintln!("kill -9 mid-drain: the live publisher had {} of 2000 acknowledged", acked_live.len());
+    eprintln!(
+        "kill -9 mid-drain: the live publisher had {} of 2000 acknowledged",
+        acked_live.len()
+    );
     assert!(acked_live.len() < 2000, "the kill did not land mid-stream");
     let gw = Gateway::start(&cfg);
     rt.block_on(async {
@@ -168,7 +197,12 @@ fn drain_rate_caps_the_catch_up() {
     rt.block_on(async {
         let mut sub = cloud_subscriber(m.addr, "cloud-sub4", "sites/t/devices/#").await;
         proxy.cut();
-        assert_eq!(publish_seq(gw.addr, SEQ, 0..300, Duration::ZERO).await.len(), 300);
+        assert_eq!(
+            publish_seq(gw.addr, SEQ, 0..300, Duration::ZERO)
+                .await
+                .len(),
+            300
+        );
         proxy.restore();
         let start = std::time::Instant::now();
         let seen = collect(&mut sub, CLOUD_SEQ, &all(300), Duration::from_secs(60)).await;
@@ -177,7 +211,10 @@ fn drain_rate_caps_the_catch_up() {
         assert_eq!(seen.order, all(300));
         // A cap can only make it slower: 300 messages at 100/s with a burst of 10 take at
         // least 2.9 s (a lower bound, which a slow machine cannot break).
-        assert!(took >= Duration::from_millis(2900), "drain_rate not applied: {took:?}");
+        assert!(
+            took >= Duration::from_millis(2900),
+            "drain_rate not applied: {took:?}"
+        );
     });
     gw.wait_log("Uplink caught up with its backlog", Duration::from_secs(10));
     gw.stop();
@@ -190,7 +227,10 @@ async fn publish_big(addr: SocketAddr, range: std::ops::Range<usize>) -> usize {
     for i in range {
         let mut payload = format!("{i:05}").into_bytes();
         payload.resize(634, b'x');
-        p.client.publish(SEQ, QoS::AtLeastOnce, false, payload).await.unwrap();
+        p.client
+            .publish(SEQ, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
     }
     let mut acked = 0;
     while acked < n {
@@ -242,10 +282,16 @@ fn bounds_drop_oldest_and_reject_new_are_counted() {
         );
         let gw = Gateway::start(&cfg);
         rt.block_on(async {
-            let mut sub = cloud_subscriber(m.addr, &format!("bounds-{policy}"), "sites/t/devices/#").await;
+            let mut sub =
+                cloud_subscriber(m.addr, &format!("bounds-{policy}"), "sites/t/devices/#").await;
             proxy.cut();
             let acked = publish_big(gw.addr, 0..500).await;
-            let l = ledger_until(gw.addr, |l| num(l, "received") == 500, Duration::from_secs(30)).await;
+            let l = ledger_until(
+                gw.addr,
+                |l| num(l, "received") == 500,
+                Duration::from_secs(30),
+            )
+            .await;
             eprintln!("{policy}: publisher got {acked} PUBACKs; ledger {l:?}");
             assert_eq!(num(&l, counter), 400, "{l:?}");
             assert_eq!(num(&l, "queue/messages"), 100, "{l:?}");
@@ -256,9 +302,14 @@ fn bounds_drop_oldest_and_reject_new_are_counted() {
             let want: Vec<usize> = kept.clone().collect();
             let got = collect_big(&mut sub, &want, Duration::from_secs(30)).await;
             assert_eq!(got, want, "{policy}: the cloud got the wrong messages");
-            let l = ledger_until(gw.addr, |l| num(l, "acked") == 100, Duration::from_secs(30)).await;
+            let l =
+                ledger_until(gw.addr, |l| num(l, "acked") == 100, Duration::from_secs(30)).await;
             // received = acked + dropped by reason: every message's fate is counted.
-            assert_eq!(num(&l, "received"), num(&l, "acked") + num(&l, counter), "{l:?}");
+            assert_eq!(
+                num(&l, "received"),
+                num(&l, "acked") + num(&l, counter),
+                "{l:?}"
+            );
         });
         gw.stop();
     }
@@ -277,13 +328,36 @@ fn max_age_expires_and_counts() {
     rt.block_on(async {
         let mut sub = cloud_subscriber(m.addr, "age-sub", "sites/t/devices/#").await;
         proxy.cut();
-        assert_eq!(publish_seq(gw.addr, SEQ, 0..50, Duration::ZERO).await.len(), 50);
-        let l = ledger_until(gw.addr, |l| num(l, "dropped/expired") == 50, Duration::from_secs(40)).await;
+        assert_eq!(
+            publish_seq(gw.addr, SEQ, 0..50, Duration::ZERO).await.len(),
+            50
+        );
+        let l = ledger_until(
+            gw.addr,
+            |l| num(l, "dropped/expired") == 50,
+            Duration::from_secs(40),
+        )
+        .await;
         assert_eq!(num(&l, "queue/messages"), 0, "{l:?}");
-        assert_eq!(publish_seq(gw.addr, SEQ, 50..60, Duration::ZERO).await.len(), 10);
+        assert_eq!(
+            publish_seq(gw.addr, SEQ, 50..60, Duration::ZERO)
+                .await
+                .len(),
+            10
+        );
         proxy.restore();
-        let seen = collect(&mut sub, CLOUD_SEQ, &(50..60).collect::<Vec<_>>(), Duration::from_secs(30)).await;
-        assert_eq!(seen.order, (50..60).collect::<Vec<_>>(), "expired messages were sent");
+        let seen = collect(
+            &mut sub,
+            CLOUD_SEQ,
+            &(50..60).collect::<Vec<_>>(),
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(
+            seen.order,
+            (50..60).collect::<Vec<_>>(),
+            "expired messages were sent"
+        );
     });
     gw.stop();
 }
@@ -309,22 +383,30 @@ fn corrupt_queue_is_moved_aside_and_a_new_one_started() {
         .filter(|n| n.starts_with("uplink-cloud.db.corrupt-"))
         .collect();
     assert_eq!(aside.len(), 1, "{aside:?}");
-    assert_eq!(std::fs::read(data.join(&aside[0])).unwrap(), garbage, "the damaged file is kept as it was");
+    assert_eq!(
+        std::fs::read(data.join(&aside[0])).unwrap(),
+        garbage,
+        "the damaged file is kept as it was"
+    );
     rt.block_on(async {
         let mut sub = cloud_subscriber(m.addr, "corrupt-sub", "sites/t/devices/#").await;
-        assert_eq!(publish_seq(gw.addr, SEQ, 0..20, Duration::ZERO).await.len(), 20);
+        assert_eq!(
+            publish_seq(gw.addr, SEQ, 0..20, Duration::ZERO).await.len(),
+            20
+        );
         let seen = collect(&mut sub, CLOUD_SEQ, &all(20), Duration::from_secs(30)).await;
         assert_eq!(seen.order, all(20));
     });
     gw.stop();
 }
 
-/// Starts the gateway with RLIMIT_FSIZE (a file-size limit, `ulimit -f`) and SIGXFSZ
-/// ignored, so a write past the limit fails with EFBIG like a full disk.
+/// Starts the gateway with a soft RLIMIT_FSIZE (a file-size limit, `ulimit -S -f`) and
+/// SIGXFSZ ignored, so a write past the limit fails with EFBIG like a full disk; the test
+/// lifts the limit later with `prlimit` (the hard limit stays unlimited): space returns.
 fn start_with_file_limit(cfg: &TempConfig, kib: u64) -> Gateway {
     let cmd = format!(
-        "trap '' XFSZ; ulimit -f {}; exec \"$0\" run -c \"$1\"",
-        kib * 2 // 512-byte blocks
+        "trap '' XFSZ; ulimit -S -f {}; exec \"$0\" run -c \"$1\"",
+        kib * 2 // 512-byte blocks in dash
     );
     let child = std::process::Command::new("/bin/sh")
         .arg("-c")
@@ -351,35 +433,83 @@ fn full_disk_drops_counted_and_recovers() {
     let proxy = rt.block_on(Proxy::start(m.addr));
     let cfg = gateway_config(proxy.addr, "");
     // No broker persistence: only the uplink queue writes files.
-    let text = std::fs::read_to_string(&cfg.path).unwrap().replace("broker:\n", "broker:\n  persistence: false\n");
+    let text = std::fs::read_to_string(&cfg.path)
+        .unwrap()
+        .replace("broker:\n", "broker:\n  persistence: false\n");
     std::fs::write(&cfg.path, text).unwrap();
     let gw = start_with_file_limit(&cfg, 512);
-    let n = 6000;
-    let acked = rt.block_on(async {
-        cloud_subscriber(m.addr, "full-sub", "sites/t/devices/#").await.crash();
+    let n = 3000;
+    let mut sub = rt.block_on(async {
+        let sub = cloud_subscriber(m.addr, "full-sub", "sites/t/devices/#").await;
+        ledger_until(
+            gw.addr,
+            |l| l["state"] == "connected",
+            Duration::from_secs(20),
+        )
+        .await;
         proxy.cut();
-        // Big messages fill 512 KiB fast.
-        publish_big(gw.addr, 0..n).await
+        // 655-byte messages fill 512 KiB fast.
+        publish_big(gw.addr, 0..n).await;
+        sub
     });
     gw.wait_log("Uplink queue transaction failed", Duration::from_secs(20));
-    let l = rt.block_on(ledger_until(gw.addr, |l| num(l, "received") == n as u64, Duration::from_secs(30)));
+    let l = rt.block_on(ledger_until(
+        gw.addr,
+        |l| num(l, "received") == n as u64,
+        Duration::from_secs(30),
+    ));
     let dropped = num(&l, "dropped/write_error");
-    eprintln!("file-size limit: {acked} PUBACKs, ledger {l:?}");
+    let queued = num(&l, "queued");
+    eprintln!("file-size limit: {queued} queued, {dropped} dropped (write_error) of {n}; then 100 more after space returned");
     assert!(dropped > 0, "{l:?}");
-    assert_eq!(num(&l, "queued") + dropped, n as u64, "every message stored or counted: {l:?}");
-    // Space returns as the cloud comes back and the queue drains: new messages are stored
-    // and delivered again.
-    proxy.restore();
+    assert_eq!(
+        queued + dropped,
+        n as u64,
+        "every message stored or counted: {l:?}"
+    );
+    // Space returns: the limit is lifted. New messages are stored, and everything stored
+    // is delivered once the cloud is back.
+    let ok = std::process::Command::new("prlimit")
+        .args(["--pid", &gw.child.id().to_string(), "--fsize=unlimited"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "prlimit failed");
     rt.block_on(async {
-        let l = ledger_until(gw.addr, |l| num(l, "queue/messages") == 0, Duration::from_secs(60)).await;
-        assert_eq!(num(&l, "acked"), num(&l, "queued"), "{l:?}");
-        let mut sub = cloud_subscriber(m.addr, "full-sub2", "sites/t/devices/#").await;
-        let acked = publish_seq(gw.addr, SEQ, 0..100, Duration::ZERO).await;
+        let acked = publish_seq(gw.addr, SEQ, 10_000..10_100, Duration::ZERO).await;
         assert_eq!(acked.len(), 100);
-        let seen = collect(&mut sub, CLOUD_SEQ, &all(100), Duration::from_secs(30)).await;
-        assert_eq!(seen.order, all(100), "not recovered after space returned");
+        proxy.restore();
+        let l = ledger_until(
+            gw.addr,
+            |l| num(l, "queue/messages") == 0 && num(l, "acked") == queued + 100,
+            Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(num(&l, "dropped/write_error"), dropped, "{l:?}");
+        let seen = collect(
+            &mut sub,
+            CLOUD_SEQ,
+            &(10_000..10_100).collect::<Vec<_>>(),
+            Duration::from_secs(30),
+        )
+        .await;
+        let missing = seen.missing(10_100);
+        assert!(
+            missing.iter().all(|i| *i < 10_000),
+            "messages stored after space returned were not delivered: {missing:?}"
+        );
+        // The stored big ones arrived first, in order.
+        assert_eq!(seen.reordered(), 0);
+        assert_eq!(
+            seen.order.iter().filter(|i| **i < 10_000).count() as u64,
+            queued
+        );
     });
-    assert!(gw.log().contains("Uplink queue writes succeed again"), "{}", gw.log());
+    assert!(
+        gw.log().contains("Uplink queue writes succeed again"),
+        "{}",
+        gw.log()
+    );
     gw.stop();
 }
 
@@ -395,11 +525,26 @@ fn stall_is_detected_recycled_and_delivery_resumes() {
     let gw = Gateway::start(&cfg);
     rt.block_on(async {
         let mut sub = cloud_subscriber(m.addr, "stall-sub", "sites/t/devices/#").await;
-        ledger_until(gw.addr, |l| l["state"] == "connected", Duration::from_secs(20)).await;
+        ledger_until(
+            gw.addr,
+            |l| l["state"] == "connected",
+            Duration::from_secs(20),
+        )
+        .await;
         proxy.stall();
         // Messages in flight into a link that is up but forwards nothing.
-        assert_eq!(publish_seq(gw.addr, SEQ, 0..100, Duration::ZERO).await.len(), 100);
-        let l = ledger_until(gw.addr, |l| l["state"] == "stalled", Duration::from_secs(40)).await;
+        assert_eq!(
+            publish_seq(gw.addr, SEQ, 0..100, Duration::ZERO)
+                .await
+                .len(),
+            100
+        );
+        let l = ledger_until(
+            gw.addr,
+            |l| l["state"] == "stalled",
+            Duration::from_secs(40),
+        )
+        .await;
         eprintln!("stalled: {l:?}");
         assert!(num(&l, "stalls") >= 1);
         assert!(gw.log().contains("Uplink stalled"));
@@ -412,7 +557,12 @@ fn stall_is_detected_recycled_and_delivery_resumes() {
             seen.reordered()
         );
         assert!(seen.missing(100).is_empty());
-        let l = ledger_until(gw.addr, |l| l["state"] == "connected", Duration::from_secs(40)).await;
+        let l = ledger_until(
+            gw.addr,
+            |l| l["state"] == "connected",
+            Duration::from_secs(40),
+        )
+        .await;
         assert_eq!(l["error"], "none");
     });
     gw.stop();
@@ -425,7 +575,8 @@ fn a_second_tidegate_as_the_cloud_over_mqtt_5() {
     let cloud_cfg = TempConfig::new("");
     let cloud = Gateway::start(&cloud_cfg);
     let proxy = rt.block_on(Proxy::start(cloud.addr));
-    let cfg = TempConfig::new(&uplink_body(proxy.addr, "").replace("protocol: \"3.1.1\"", "protocol: 5"));
+    let cfg =
+        TempConfig::new(&uplink_body(proxy.addr, "").replace("protocol: \"3.1.1\"", "protocol: 5"));
     let gw = Gateway::start(&cfg);
     rt.block_on(async {
         let mut sub = cloud_subscriber(cloud.addr, "tg-cloud-sub", "sites/t/devices/#").await;
@@ -442,7 +593,14 @@ fn a_second_tidegate_as_the_cloud_over_mqtt_5() {
             seen.duplicates,
             seen.reordered()
         );
-        assert_eq!(seen.order, all(300), "missing {:?}, duplicated {:?}; log:\n{}", seen.missing(300), seen.duplicated, gw.log());
+        assert_eq!(
+            seen.order,
+            all(300),
+            "missing {:?}, duplicated {:?}; log:\n{}",
+            seen.missing(300),
+            seen.duplicated,
+            gw.log()
+        );
         // Birth on the cloud tidegate, retained.
         let mut st = cloud_subscriber(cloud.addr, "tg-status", "sites/t/status").await;
         let v: serde_json::Value = serde_json::from_slice(&st.publish_msg().await.payload).unwrap();
@@ -497,7 +655,10 @@ fn status_birth_will_and_shutdown() {
                 break;
             }
         }
-        eprintln!("the Will arrived {:?} after kill -9 (keepalive 5 s)", killed.elapsed());
+        eprintln!(
+            "the Will arrived {:?} after kill -9 (keepalive 5 s)",
+            killed.elapsed()
+        );
     });
     // Graceful stop: "shutdown".
     let gw = Gateway::start(&cfg);

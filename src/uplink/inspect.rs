@@ -43,7 +43,9 @@ pub fn queue_path(data_dir: &Path, name: &str) -> PathBuf {
 pub enum InspectError {
     #[error("no uplink named `{name}` in the config, and no queue file {path}")]
     UnknownUplink { name: String, path: PathBuf },
-    #[error("no queue file {0} (nothing was ever queued for this uplink, or the data_dir differs)")]
+    #[error(
+        "no queue file {0} (nothing was ever queued for this uplink, or the data_dir differs)"
+    )]
     Missing(PathBuf),
     #[error("{path}: {source}")]
     Sqlite {
@@ -234,7 +236,16 @@ pub fn summary(
             "SELECT count(*), coalesce(sum(size), 0), min(id), max(id),
                     min(received_at_ms), max(received_at_ms) FROM messages",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
         )
         .map_err(sqlite(path))?;
     s.messages = to_u64(r.0);
@@ -331,7 +342,8 @@ pub fn purge(path: &Path) -> Result<u64, InspectError> {
     let Some(high) = high else { return Ok(0) };
     let mut deleted = 0u64;
     loop {
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite(path))?;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(sqlite(path))?;
         let result = conn.execute(
             "DELETE FROM messages WHERE id IN
                 (SELECT id FROM messages WHERE id <= ?1 ORDER BY id LIMIT ?2)",
@@ -407,7 +419,11 @@ pub fn run_cli(
                 let v = serde_json::json!({ "uplinks": all });
                 writeln!(out, "{v}")?;
             } else if all.is_empty() {
-                writeln!(out, "no uplinks configured and no queue files in {}", config.gateway.data_dir.display())?;
+                writeln!(
+                    out,
+                    "no uplinks configured and no queue files in {}",
+                    config.gateway.data_dir.display()
+                )?;
             } else {
                 for s in &all {
                     write_summary(out, s)?;
@@ -455,7 +471,11 @@ pub fn run_cli(
                     if msgs.is_empty() {
                         continue;
                     }
-                    writeln!(out, "{:>10}  {:>3}  {:>7}  {:>9}  {:<32}  PAYLOAD", "SEQ", "QOS", "SIZE", "AGE", "TOPIC")?;
+                    writeln!(
+                        out,
+                        "{:>10}  {:>3}  {:>7}  {:>9}  {:<32}  PAYLOAD",
+                        "SEQ", "QOS", "SIZE", "AGE", "TOPIC"
+                    )?;
                     for m in msgs {
                         writeln!(
                             out,
@@ -531,7 +551,11 @@ fn bytes(b: u64) -> String {
 }
 
 fn write_summary(out: &mut dyn std::io::Write, s: &QueueSummary) -> std::io::Result<()> {
-    let note = if s.configured { "" } else { " (not in the config)" };
+    let note = if s.configured {
+        ""
+    } else {
+        " (not in the config)"
+    };
     writeln!(out, "uplink {}{note}", s.uplink)?;
     writeln!(out, "  file:     {}", s.path.display())?;
     if !s.exists {

@@ -293,7 +293,10 @@ impl LedgerSnapshot {
             ("dropped/purged", d.purged.to_string()),
             ("queue/messages", q.messages.to_string()),
             ("queue/bytes", q.bytes.to_string()),
-            ("queue/oldest_age_seconds", q.oldest_age_seconds.unwrap_or(0).to_string()),
+            (
+                "queue/oldest_age_seconds",
+                q.oldest_age_seconds.unwrap_or(0).to_string(),
+            ),
             ("queue/file_bytes", q.file_bytes.to_string()),
             ("drain/active", self.drain.active.to_string()),
             ("drain/rate_limit", self.drain.rate_limit.to_string()),
@@ -330,7 +333,10 @@ impl Registry {
 
     /// The ledgers, in the config's order.
     pub fn ledgers(&self) -> Vec<Arc<Ledger>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// One snapshot per uplink, in the config's order.

@@ -217,8 +217,8 @@ impl Uplink {
         let stall_after = cfg.keepalive.0 * 2;
         let mut last_expire = Instant::now();
         // Often enough that nothing outlives max_age by more than a tenth of it.
-        let expire_every = (cfg.buffer.max_age.0 / 10)
-            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let expire_every =
+            (cfg.buffer.max_age.0 / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut last_ledger: Option<Instant> = None;
         let mut ack_rate = AckRate::default();
 

@@ -227,7 +227,9 @@ impl Gateway {
                 if n == 0 {
                     break;
                 }
-                l.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                l.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let mut gw = Gateway {
@@ -236,7 +238,9 @@ impl Gateway {
             log,
         };
         gw.wait_log("tidegate is running", Duration::from_secs(30));
-        gw.addr = format!("127.0.0.1:{}", mqtt_port(&gw.log())).parse().unwrap();
+        gw.addr = format!("127.0.0.1:{}", mqtt_port(&gw.log()))
+            .parse()
+            .unwrap();
         gw
     }
 
@@ -309,7 +313,9 @@ pub struct Seen {
 
 impl Seen {
     pub fn missing(&self, n: usize) -> Vec<usize> {
-        (0..n).filter(|i| !self.seen.get(*i).copied().unwrap_or(false)).collect()
+        (0..n)
+            .filter(|i| !self.seen.get(*i).copied().unwrap_or(false))
+            .collect()
     }
 
     /// First sightings that came after a higher number.
@@ -341,7 +347,12 @@ pub async fn collect(sub: &mut Client, topic: &str, want: &[usize], within: Dura
             if p.topic != topic {
                 continue;
             }
-            let i: usize = String::from_utf8_lossy(&p.payload).parse().unwrap();
+            // "<digits>" or "<digits>xxxx..." (padded payloads).
+            let digits: String = String::from_utf8_lossy(&p.payload)
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            let i: usize = digits.parse().unwrap();
             if s.seen.len() <= i {
                 s.seen.resize(i + 1, false);
             }
@@ -368,14 +379,21 @@ pub async fn publish_seq(
     range: std::ops::Range<usize>,
     pace: Duration,
 ) -> Vec<usize> {
-    let (mut p, _) = Client::connect(options(addr, &format!("dev-{}-{}", range.start, free_port()))).await;
+    let (mut p, _) = Client::connect(options(
+        addr,
+        &format!("dev-{}-{}", range.start, free_port()),
+    ))
+    .await;
     let n = range.len();
     let c = p.client.clone();
     let topic = topic.to_string();
     let start = range.start;
     tokio::spawn(async move {
         for i in range {
-            if c.publish(&topic, QoS::AtLeastOnce, false, i.to_string()).await.is_err() {
+            if c.publish(&topic, QoS::AtLeastOnce, false, i.to_string())
+                .await
+                .is_err()
+            {
                 return;
             }
             if !pace.is_zero() {
@@ -403,14 +421,18 @@ pub async fn ledger_until(
     within: Duration,
 ) -> std::collections::HashMap<String, String> {
     let (mut s, _) = Client::connect(options(local, &format!("ledger-{}", free_port()))).await;
-    s.subscribe("$SYS/tidegate/uplinks/cloud/#", QoS::AtMostOnce).await;
+    s.subscribe("$SYS/tidegate/uplinks/cloud/#", QoS::AtMostOnce)
+        .await;
     let mut seen = std::collections::HashMap::new();
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let rest = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(rest, s.events.recv()).await {
             Ok(Some(Ok(Event::Incoming(Packet::Publish(p))))) => {
-                let key = p.topic.trim_start_matches("$SYS/tidegate/uplinks/cloud/").to_string();
+                let key = p
+                    .topic
+                    .trim_start_matches("$SYS/tidegate/uplinks/cloud/")
+                    .to_string();
                 let last = key == "drain/eta_seconds";
                 seen.insert(key, String::from_utf8_lossy(&p.payload).into_owned());
                 // Judge whole rounds only: `drain/eta_seconds` is published last.
