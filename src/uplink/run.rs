@@ -49,8 +49,14 @@ use tracing::{debug, error, info, warn};
 
 /// Unacknowledged messages toward the cloud at once.
 const WINDOW: usize = 100;
-/// Messages read from the queue at a time.
-const READ_BATCH: usize = 200;
+/// Messages read from the queue at a time (read ahead of the window, so a freed slot never
+/// waits for a read).
+const READ_BATCH: usize = 500;
+/// The acknowledged prefix is deleted from the queue once it has advanced this far (or the
+/// window is empty, or a second passed, or the connection ends): one transaction per
+/// PUBACK would make every send wait for an fsync. A prefix acknowledged by the cloud but
+/// not yet deleted when power is lost is sent again at restart (a duplicate, never a loss).
+const ACK_EVERY: u64 = 256;
 
 /// What a publish handed to rumqttc was, so its `Outgoing::Publish` event can be matched.
 enum Handed {
@@ -76,6 +82,35 @@ struct Link {
     pacer: Pacer,
     /// No token until then.
     pace_at: Option<Instant>,
+    queue: Queue,
+    /// Acknowledged through this id, not yet passed to `Queue::ack_through`.
+    ack_pending: Option<u64>,
+    ack_flushed: u64,
+}
+
+impl Link {
+    /// The acknowledged prefix advanced to `through`; deletes it in batches (see
+    /// [`ACK_EVERY`]).
+    fn acked_through(&mut self, through: u64) {
+        self.ack_pending = Some(through);
+        if through.saturating_sub(self.ack_flushed) >= ACK_EVERY || self.tracker.in_flight() == 0 {
+            self.flush_acks();
+        }
+    }
+
+    fn flush_acks(&mut self) {
+        if let Some(through) = self.ack_pending.take() {
+            self.queue.ack_through(through);
+            self.ack_flushed = through;
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The cloud acknowledged these: delete them whatever ends the connection.
+        self.flush_acks();
+    }
 }
 
 pub struct Uplink {
@@ -221,6 +256,7 @@ impl Uplink {
             (cfg.buffer.max_age.0 / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut last_ledger: Option<Instant> = None;
         let mut ack_rate = AckRate::default();
+        let (damaged_tx, mut damaged_rx) = tokio::sync::mpsc::unbounded_channel();
 
         loop {
             // Keep the window full while connected.
@@ -234,7 +270,8 @@ impl Uplink {
             let pace = pace_at(&link);
             tokio::select! {
                 _ = stop.cancelled() => {
-                    if let Some(l) = link.take().filter(|l| l.connected) {
+                    if let Some(mut l) = link.take().filter(|l| l.connected) {
+                        l.flush_acks();
                         self.shut_down(l, &status_topic).await;
                     }
                     let _ = tokio::task::spawn_blocking(move || queue.close()).await;
@@ -248,14 +285,16 @@ impl Uplink {
                             None => break,
                         }
                     }
-                    if let Err(e) = self.ingest(batch, &rules, &queue, link.as_mut()).await {
-                        // Damaged under us: end this run; the supervisor starts the uplink
-                        // again, and opening the queue moves the damaged file aside.
-                        error!(uplink = %name, error = %e, "The uplink queue database is damaged; restarting the uplink to replace it");
-                        self.ledger.set_queue(None);
-                        let _ = tokio::task::spawn_blocking(move || queue.close()).await;
-                        return Err(TaskError::Failed(anyhow::anyhow!("uplink queue damaged: {e}")));
-                    }
+                    self.ingest(batch, &rules, &queue, link.as_mut(), &damaged_tx).await;
+                }
+                Some(e) = damaged_rx.recv() => {
+                    // Damaged under us: end this run; the supervisor starts the uplink
+                    // again, and opening the queue moves the damaged file aside.
+                    error!(uplink = %name, error = %e, "The uplink queue database is damaged; restarting the uplink to replace it");
+                    drop(link.take());
+                    self.ledger.set_queue(None);
+                    let _ = tokio::task::spawn_blocking(move || queue.close()).await;
+                    return Err(TaskError::Failed(anyhow::anyhow!("uplink queue damaged: {e}")));
                 }
                 ev = next_event(&mut link), if link.is_some() => {
                     let result = match ev {
@@ -298,6 +337,9 @@ impl Uplink {
                         draining: false,
                         pacer: Pacer::new(cfg.buffer.drain_rate, Instant::now().into_std()),
                         pace_at: None,
+                        queue: queue.clone(),
+                        ack_pending: None,
+                        ack_flushed: 0,
                     });
                 }
                 _ = tokio::time::sleep_until(pace), if pace != far_future() => {
@@ -308,6 +350,9 @@ impl Uplink {
                 }
                 _ = housekeeping.tick() => {
                     queue.refresh();
+                    if let Some(l) = link.as_mut() {
+                        l.flush_acks();
+                    }
                     ack_rate.sample(Instant::now().into_std(), queue.stats().acked);
                     self.ledger.set_ack_rate(ack_rate.per_second());
                     if let Some(l) = &link {
@@ -353,7 +398,8 @@ impl Uplink {
         rules: &[Rule],
         queue: &Queue,
         link: Option<&mut Link>,
-    ) -> Result<(), super::queue::QueueError> {
+        damaged: &tokio::sync::mpsc::UnboundedSender<super::queue::QueueError>,
+    ) {
         let l = &self.ledger;
         let connected = link.as_ref().is_some_and(|l| l.connected);
         let mut to_queue = Vec::new();
@@ -400,38 +446,48 @@ impl Uplink {
             }
         }
         if to_queue.is_empty() {
-            return Ok(());
+            return;
         }
         let n = to_queue.len() as u64;
+        // Queued in order now; the commit is awaited in a task of its own, so the uplink
+        // goes on sending and taking messages meanwhile (and the next append joins the
+        // same group commit).
         let rx = queue.append_wait(to_queue).await;
-        match rx.await {
-            // Stored or refused: the queue counts both (`appended`, `rejected`).
-            Ok(Ok(results)) => {
-                for (m, r) in held.into_iter().zip(results) {
-                    match r {
-                        // On disk: the local publisher may have its PUBACK.
-                        Ok(_) => m.ack(),
-                        // Refused (reject_new, too large) and counted: not acknowledged, so
-                        // an MQTT 5 publisher is told (0x97 quota exceeded).
-                        Err(_) => drop(m),
+        let (ledger, damaged, name) = (
+            self.ledger.clone(),
+            damaged.clone(),
+            self.name().to_string(),
+        );
+        tokio::spawn(async move {
+            let l = &ledger;
+            match rx.await {
+                // Stored or refused: the queue counts both (`appended`, `rejected`).
+                Ok(Ok(results)) => {
+                    for (m, r) in held.into_iter().zip(results) {
+                        match r {
+                            // On disk: the local publisher may have its PUBACK.
+                            Ok(_) => m.ack(),
+                            // Refused (reject_new, too large) and counted: not acknowledged, so
+                            // an MQTT 5 publisher is told (0x97 quota exceeded).
+                            Err(_) => drop(m),
+                        }
                     }
                 }
-            }
-            Ok(Err(e)) => {
-                // The writer logs the failure itself (loudly the first time of a run).
-                debug!(uplink = %self.name(), error = %e, kind = %e.kind(), messages = n, "Cannot store messages for the uplink; they are dropped (dropped/write_error)");
-                // Counted by the queue as `failed_messages`. Dropped without an ack: the broker tells MQTT 5 publishers (0x97).
-                drop(held);
-                if e.kind() == super::queue::ErrorKind::Corrupt {
-                    return Err(e);
+                Ok(Err(e)) => {
+                    // The writer logs the failure itself (loudly the first time of a run).
+                    debug!(uplink = %name, error = %e, kind = %e.kind(), messages = n, "Cannot store messages for the uplink; they are dropped (dropped/write_error)");
+                    // Counted by the queue as `failed_messages`. Dropped without an ack: the broker tells MQTT 5 publishers (0x97).
+                    drop(held);
+                    if e.kind() == super::queue::ErrorKind::Corrupt {
+                        let _ = damaged.send(e);
+                    }
+                }
+                Err(_) => {
+                    // The queue's thread is gone: nothing else counted these.
+                    l.dropped_write_error.fetch_add(n, Ordering::Relaxed);
                 }
             }
-            Err(_) => {
-                // The queue's thread is gone: nothing else counted these.
-                l.dropped_write_error.fetch_add(n, Ordering::Relaxed);
-            }
-        }
-        Ok(())
+        });
     }
 
     /// Fills the in-flight window from the queue, in id order; while a drain runs, each
@@ -445,7 +501,7 @@ impl Uplink {
         }
         while l.tracker.can_send() {
             if l.ready.is_empty() {
-                let want = READ_BATCH.min(WINDOW - l.tracker.in_flight()).max(1);
+                let want = READ_BATCH;
                 let after = l.tracker.last_sent().unwrap_or(l.after);
                 let batch = queue.read_after(after, want).await?;
                 if batch.is_empty() {
@@ -519,7 +575,7 @@ impl Uplink {
             Up::Sent(pkid) => match l.handed.pop_front() {
                 Some(Handed::Queued) => {
                     if let Some(through) = l.tracker.assigned(pkid)? {
-                        queue.ack_through(through);
+                        l.acked_through(through);
                     }
                 }
                 Some(Handed::Status) => {
@@ -533,7 +589,7 @@ impl Uplink {
                 }
                 l.last_progress = Instant::now();
                 if let Some(through) = l.tracker.acked(pkid)? {
-                    queue.ack_through(through);
+                    l.acked_through(through);
                 }
             }
             Up::Message(m) => {
