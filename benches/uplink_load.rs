@@ -223,7 +223,7 @@ async fn subscriber(
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => panic!("subscriber: {e}"),
                 Err(_) => {
-                    eprintln!("subscriber {}: stuck at {} of {n}", "cloud", k.unique);
+                    eprintln!("subscriber: stuck at {} of {n}", k.unique);
                     break;
                 }
             }
