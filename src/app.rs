@@ -319,6 +319,16 @@ async fn build(
     } else {
         crate::broker::Broker::new(settings)
     };
+    // The uplinks' durable local subscriptions exist before any client can publish.
+    let uplink_subscriptions: Vec<_> = config
+        .uplinks
+        .iter()
+        .map(|u| {
+            std::sync::Arc::new(tokio::sync::Mutex::new(
+                crate::uplink::run::local_subscription(&broker, u),
+            ))
+        })
+        .collect();
     for listener in broker.bind(&config.broker).await? {
         let addr = listener.local_addr();
         lines.push(format!(
@@ -349,8 +359,15 @@ async fn build(
                 .join(", ")
         ));
     }
-    for uplink in &config.uplinks {
-        let ledger = std::sync::Arc::new(crate::uplink::Ledger::default());
+    // Every uplink's ledger, for the web UI and /metrics (`uplinks.snapshot()`).
+    let uplinks = crate::uplink::Registry::default();
+    for (uplink, local) in config.uplinks.iter().zip(uplink_subscriptions) {
+        let ledger = std::sync::Arc::new(crate::uplink::Ledger::new(
+            &uplink.name,
+            &uplink.url,
+            uplink.buffer.drain_rate,
+        ));
+        uplinks.add(ledger.clone());
         lines.push(format!("Uplink {} to {}", uplink.name, uplink.url));
         let (cfg, gateway, data_dir, b) = (
             uplink.clone(),
@@ -361,6 +378,7 @@ async fn build(
         supervisor.spawn(format!("uplink {}", uplink.name), move |stop| {
             let u = crate::uplink::run::Uplink {
                 cfg: cfg.clone(),
+                local: local.clone(),
                 gateway: gateway.clone(),
                 data_dir: data_dir.clone(),
                 broker: b.clone(),
