@@ -289,6 +289,7 @@ pub fn router(state: Arc<State>) -> axum::Router {
         .fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn(close_after_refused_body))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
@@ -349,6 +350,39 @@ async fn json_errors(response: Response) -> Response {
         HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, axum::body::Body::from(body))
+}
+
+/// Refuses a body whose declared length is over [`BODY_LIMIT`] at once (413). A request refused
+/// with its body unread (401, 403, 413, ...) leaves the connection unusable: such answers say
+/// `Connection: close`, so the client does not send its next request into it.
+async fn close_after_refused_body(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let h = request.headers();
+    let length = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let has_body = length.is_some_and(|n| n > 0) || h.contains_key(header::TRANSFER_ENCODING);
+    let mut response = if length.is_some_and(|n| n > BODY_LIMIT as u64) {
+        // Refused by its declared length, without waiting for it.
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is over the {} KiB limit",
+                BODY_LIMIT / 1024
+            ),
+        )
+    } else {
+        next.run(request).await
+    };
+    if has_body && response.status().is_client_error() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Headers every answer carries: no sniffing, no framing, no referrer leaks.
