@@ -1017,6 +1017,8 @@ fn ui_files_are_served_with_types_etags_and_gzip() {
     let r = h.get("/");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let csp = r.header("content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
     assert_eq!(r.body, std::fs::read_to_string(&index).unwrap());
     let etag = r.header("etag").unwrap().to_string();
     let again = h.call("GET", "/", None, &[("if-none-match", &etag)]);
