@@ -286,7 +286,7 @@ fn kill_9_with_messages_queued_then_restart_delivers_all() {
         s.subscribe("$SYS/tidegate/uplinks/cloud/#", QoS::AtMostOnce)
             .await;
         let mut seen = std::collections::HashMap::new();
-        while seen.len() < 17 {
+        while seen.len() < 25 {
             let p = s.publish_msg().await;
             let key = p
                 .topic

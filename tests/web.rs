@@ -915,7 +915,15 @@ fn metrics_parse_as_prometheus_text_and_healthz_answers() {
     assert_eq!(
         reasons,
         HashSet::from(
-            ["full", "expired", "rejected", "write_error", "qos0_offline"].map(String::from)
+            [
+                "full",
+                "expired",
+                "rejected",
+                "write_error",
+                "qos0_offline",
+                "purged"
+            ]
+            .map(String::from)
         )
     );
     // The uplink (nobody listens on port 9) is disconnected, which status says too.

@@ -28,7 +28,6 @@ use crate::config::{self, Config, ConfigError, Origin};
 use crate::drivers::DeviceGroup;
 use crate::uplink::Ledger;
 use anyhow::Context;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -524,19 +523,21 @@ impl Controller {
             );
         }
 
-        // Uplinks, by name. A restarted uplink keeps its ledger (the counters go on).
+        // Uplinks, by name. A restarted uplink gets a new ledger (its URL or drain rate may
+        // have changed); the queue's own counters go on.
         let mut kept = Vec::new();
-        let mut ledgers = BTreeMap::new();
+        let mut restarted = std::collections::BTreeSet::new();
         for (cfg, ledger, handle) in std::mem::take(&mut self.run.uplinks) {
             if new.uplinks.contains(&cfg) {
                 kept.push((cfg, ledger, handle));
                 continue;
             }
             handle.stop().await;
-            if !new.uplinks.iter().any(|u| u.name == cfg.name) {
+            if new.uplinks.iter().any(|u| u.name == cfg.name) {
+                restarted.insert(cfg.name.clone());
+            } else {
                 done.push(format!("uplink {} stopped", cfg.name));
             }
-            ledgers.insert(cfg.name.clone(), ledger);
         }
         let mut uplinks = Vec::new();
         for u in &new.uplinks {
@@ -544,18 +545,12 @@ impl Controller {
                 uplinks.push(kept.remove(i));
                 continue;
             }
-            let ledger = match ledgers.remove(&u.name) {
-                Some(l) => {
-                    done.push(format!("uplink {} restarted", u.name));
-                    l
-                }
-                None => {
-                    if !rebuild {
-                        done.push(format!("uplink {} started", u.name));
-                    }
-                    Arc::new(Ledger::default())
-                }
-            };
+            if restarted.contains(&u.name) {
+                done.push(format!("uplink {} restarted", u.name));
+            } else if !rebuild {
+                done.push(format!("uplink {} started", u.name));
+            }
+            let ledger = Arc::new(Ledger::new(&u.name, &u.url, u.buffer.drain_rate));
             info!("Uplink {} to {}", u.name, u.url);
             let handle = self.spawn_uplink(u, new, ledger.clone());
             uplinks.push((u.clone(), ledger, handle));
@@ -828,7 +823,10 @@ pub fn save_history(data_dir: &Path, text: &str) -> anyhow::Result<()> {
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let v = version(text);
-    if list_history(data_dir)?.first().is_some_and(|e| e.version == v) {
+    if list_history(data_dir)?
+        .first()
+        .is_some_and(|e| e.version == v)
+    {
         // Already the newest kept version (a retry after a failed apply).
         return Ok(());
     }

@@ -318,3 +318,19 @@ impl Connection {
         }
     }
 }
+
+/// Whether a connection ended because the broker stopped answering keep-alive pings: the
+/// link was up but stalled (rumqttc's `AwaitPingResp`), not refused or closed.
+pub fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<rumqttc::ConnectionError>(),
+        Some(rumqttc::ConnectionError::MqttState(
+            rumqttc::StateError::AwaitPingResp
+        ))
+    ) || matches!(
+        e.downcast_ref::<rumqttc::v5::ConnectionError>(),
+        Some(rumqttc::v5::ConnectionError::MqttState(
+            rumqttc::v5::StateError::AwaitPingResp
+        ))
+    )
+}

@@ -19,13 +19,18 @@
 //!   retained, QoS 1); once connected, the birth message (`online: true`, ...) is published
 //!   retained; a graceful stop publishes `online: false`, "shutdown" before DISCONNECT.
 //! - **stall**: messages in flight and no acknowledgement for 2 × keepalive: the connection
-//!   is recycled (HiveMQ Edge #1290: "connected" but stalled).
+//!   is recycled (HiveMQ Edge #1290: "connected" but stalled), and the ledger's state says
+//!   `stalled` until the next successful connect.
+//! - **drain**: a connect that finds a backlog starts a drain, paced by `buffer.drain_rate`
+//!   until the sender has caught up (see [`super::drain`]); the ledger shows it with an ETA.
 
 use super::client::{self, Client, Connection, Up};
+use super::drain::{AckRate, Pacer};
+use super::queue::Stored;
 use super::queue::{Bounds, NewMessage, Queue, WhenFull};
 use super::rules::{self, Rule};
 use super::tracker::Tracker;
-use super::Ledger;
+use super::{Ledger, LinkState};
 use crate::app::TaskError;
 use crate::broker::codec::QoS;
 use crate::broker::Broker;
@@ -40,7 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Unacknowledged messages toward the cloud at once.
 const WINDOW: usize = 100;
@@ -64,6 +69,13 @@ struct Link {
     /// Sending continues after this queue id.
     after: u64,
     last_progress: Instant,
+    /// Read from the queue, not yet sent (waiting for a drain token).
+    ready: VecDeque<Stored>,
+    /// Catching up on a backlog: sends take a token from `pacer`.
+    draining: bool,
+    pacer: Pacer,
+    /// No token until then.
+    pace_at: Option<Instant>,
 }
 
 pub struct Uplink {
@@ -147,7 +159,7 @@ impl Uplink {
             ),
             window: WINDOW as u16,
         };
-        let path = self.data_dir.join(format!("uplink-{name}.db"));
+        let path = super::inspect::queue_path(&self.data_dir, &name);
         let bounds = Bounds {
             max_bytes: cfg.buffer.max_bytes.0,
             max_age: cfg.buffer.max_age.0,
@@ -165,6 +177,7 @@ impl Uplink {
                     TaskError::Failed(anyhow::anyhow!("cannot open {}: {e}", path.display()))
                 })?
         };
+        self.ledger.set_queue(Some(queue.clone()));
         if let Some(moved) = &opened.moved_aside {
             error!(uplink = %name, moved_to = %moved.display(), "The uplink queue was corrupt; moved it aside and started a new one");
         }
@@ -188,7 +201,11 @@ impl Uplink {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         let stall_after = cfg.keepalive.0 * 2;
         let mut last_expire = Instant::now();
+        // Often enough that nothing outlives max_age by more than a tenth of it.
+        let expire_every =
+            (cfg.buffer.max_age.0 / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut last_ledger: Option<Instant> = None;
+        let mut ack_rate = AckRate::default();
 
         loop {
             // Keep the window full while connected.
@@ -199,6 +216,7 @@ impl Uplink {
                     retry_at = Instant::now() + backoff;
                 }
             }
+            let pace = pace_at(&link);
             tokio::select! {
                 _ = stop.cancelled() => {
                     if let Some(l) = link.take().filter(|l| l.connected) {
@@ -215,7 +233,14 @@ impl Uplink {
                             None => break,
                         }
                     }
-                    self.ingest(batch, &rules, &queue, link.as_mut()).await;
+                    if let Err(e) = self.ingest(batch, &rules, &queue, link.as_mut()).await {
+                        // Damaged under us: end this run; the supervisor starts the uplink
+                        // again, and opening the queue moves the damaged file aside.
+                        error!(uplink = %name, error = %e, "The uplink queue database is damaged; restarting the uplink to replace it");
+                        self.ledger.set_queue(None);
+                        let _ = tokio::task::spawn_blocking(move || queue.close()).await;
+                        return Err(TaskError::Failed(anyhow::anyhow!("uplink queue damaged: {e}")));
+                    }
                 }
                 ev = next_event(&mut link), if link.is_some() => {
                     let result = match ev {
@@ -224,7 +249,14 @@ impl Uplink {
                     };
                     if let Err(e) = result {
                         let was_up = link.as_ref().is_some_and(|l| l.connected);
-                        self.ledger.set_state(false, Some(format!("{e:#}")));
+                        if was_up && client::is_keepalive_timeout(&e) {
+                            // Up, but the broker stopped answering: a stall, not a close.
+                            warn!(uplink = %name, "Uplink stalled: no answer to the keep-alive ping; recycling the connection");
+                            self.ledger.stalls.fetch_add(1, Ordering::Relaxed);
+                            self.ledger.set_state(LinkState::Stalled, Some(format!("stalled: {e:#}")));
+                        } else {
+                            self.ledger.set_state(LinkState::Disconnected, Some(format!("{e:#}")));
+                        }
                         if was_up {
                             warn!(uplink = %name, error = %format!("{e:#}"), "Uplink connection lost");
                             backoff = cfg.reconnect.min.0;
@@ -247,24 +279,40 @@ impl Uplink {
                         status_pkids: HashSet::new(),
                         after: 0,
                         last_progress: Instant::now(),
+                        ready: VecDeque::new(),
+                        draining: false,
+                        pacer: Pacer::new(cfg.buffer.drain_rate, Instant::now().into_std()),
+                        pace_at: None,
                     });
                 }
+                _ = tokio::time::sleep_until(pace), if pace != far_future() => {
+                    // A drain token is due: the loop's top sends again.
+                    if let Some(l) = link.as_mut() {
+                        l.pace_at = None;
+                    }
+                }
                 _ = housekeeping.tick() => {
+                    queue.refresh();
+                    ack_rate.sample(Instant::now().into_std(), queue.stats().acked);
+                    self.ledger.set_ack_rate(ack_rate.per_second());
                     if let Some(l) = &link {
                         if l.connected && l.tracker.in_flight() > 0 && l.last_progress.elapsed() > stall_after {
                             warn!(uplink = %name, in_flight = l.tracker.in_flight(), "Uplink stalled: no acknowledgement; recycling the connection");
                             self.ledger.stalls.fetch_add(1, Ordering::Relaxed);
-                            self.ledger.set_state(false, Some("stalled: no acknowledgement".into()));
+                            self.ledger.set_state(
+                                LinkState::Stalled,
+                                Some(format!("stalled: no acknowledgement for {stall_after:?} with {} in flight", l.tracker.in_flight())),
+                            );
                             link = None;
                             retry_at = Instant::now();
                         }
                     }
-                    if last_expire.elapsed() > Duration::from_secs(60) {
+                    if last_expire.elapsed() >= expire_every {
                         queue.expire(now_ms());
                         last_expire = Instant::now();
                     }
                     if last_ledger.is_none_or(|t| t.elapsed() >= crate::broker::sys::INTERVAL) {
-                        self.publish_ledger(&queue).await;
+                        self.publish_ledger().await;
                         last_ledger = Some(Instant::now());
                     }
                 }
@@ -272,48 +320,10 @@ impl Uplink {
         }
     }
 
-    /// The loss ledger as retained `$SYS/tidegate/uplinks/<name>/...` topics, one value each.
-    async fn publish_ledger(&self, queue: &Queue) {
-        let l = &self.ledger;
-        let q = queue.stats();
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
-        let (since, error) = l.state.lock().map(|s| s.clone()).unwrap_or_default();
-        let oldest_age_s = q
-            .oldest_received_at_ms
-            .map(|t| now_ms().saturating_sub(t) / 1000)
-            .unwrap_or(0);
-        let values = [
-            (
-                "state",
-                if l.connected.load(Ordering::Relaxed) {
-                    "connected".to_string()
-                } else {
-                    "disconnected".to_string()
-                },
-            ),
-            ("since", since.to_string()),
-            // An empty retained payload would delete the topic.
-            ("error", error.unwrap_or_else(|| "none".into())),
-            ("received", get(&l.received)),
-            ("queued", q.appended.to_string()),
-            ("sent", get(&l.sent)),
-            ("acked", q.acked.to_string()),
-            ("redelivered", get(&l.redelivered)),
-            ("dropped/full", q.dropped_full.to_string()),
-            ("dropped/expired", q.dropped_expired.to_string()),
-            ("dropped/rejected", q.rejected.to_string()),
-            (
-                "dropped/write_error",
-                (q.failed_messages + l.dropped_write_error.load(Ordering::Relaxed)).to_string(),
-            ),
-            ("dropped/qos0_offline", get(&l.dropped_qos0_offline)),
-            ("queue/messages", q.depth.to_string()),
-            ("queue/bytes", q.bytes.to_string()),
-            ("queue/oldest_age_seconds", oldest_age_s.to_string()),
-            ("commands", get(&l.commands)),
-        ];
-        for (key, value) in values {
-            let topic = format!("$SYS/tidegate/uplinks/{}/{key}", self.name());
+    /// The loss ledger as retained `$SYS/tidegate/uplinks/<name>/...` topics, one value each
+    /// (see [`super::LedgerSnapshot::sys_topics`]).
+    async fn publish_ledger(&self) {
+        for (topic, value) in self.ledger.snapshot().sys_topics() {
             let _ = self
                 .broker
                 .publish(&topic, value, QoS::AtMostOnce, true)
@@ -328,7 +338,7 @@ impl Uplink {
         rules: &[Rule],
         queue: &Queue,
         link: Option<&mut Link>,
-    ) {
+    ) -> Result<(), super::queue::QueueError> {
         let l = &self.ledger;
         let connected = link.as_ref().is_some_and(|l| l.connected);
         let mut to_queue = Vec::new();
@@ -375,51 +385,81 @@ impl Uplink {
             }
         }
         if to_queue.is_empty() {
-            return;
+            return Ok(());
         }
         let n = to_queue.len() as u64;
         let rx = queue.append_wait(to_queue).await;
         match rx.await {
             // Stored or refused: the queue counts both (`appended`, `rejected`).
-            Ok(Ok(_)) => {
-                // On disk (or refused and counted): the local publishers may have their PUBACK.
-                for m in held {
-                    m.ack();
+            Ok(Ok(results)) => {
+                for (m, r) in held.into_iter().zip(results) {
+                    match r {
+                        // On disk: the local publisher may have its PUBACK.
+                        Ok(_) => m.ack(),
+                        // Refused (reject_new, too large) and counted: not acknowledged, so
+                        // an MQTT 5 publisher is told (0x97 quota exceeded).
+                        Err(_) => drop(m),
+                    }
                 }
             }
             Ok(Err(e)) => {
-                error!(uplink = %self.name(), error = %e, messages = n, "Cannot store messages for the uplink; they are dropped");
+                // The writer logs the failure itself (loudly the first time of a run).
+                debug!(uplink = %self.name(), error = %e, kind = %e.kind(), messages = n, "Cannot store messages for the uplink; they are dropped (dropped/write_error)");
                 // Counted by the queue as `failed_messages`. Dropped without an ack: the broker tells MQTT 5 publishers (0x97).
                 drop(held);
+                if e.kind() == super::queue::ErrorKind::Corrupt {
+                    return Err(e);
+                }
             }
             Err(_) => {
                 // The queue's thread is gone: nothing else counted these.
                 l.dropped_write_error.fetch_add(n, Ordering::Relaxed);
             }
         }
+        Ok(())
     }
 
+    /// Fills the in-flight window from the queue, in id order; while a drain runs, each
+    /// message waits for a token of the `drain_rate` pacer.
     async fn send_more(&self, l: &mut Link, queue: &Queue) -> anyhow::Result<()> {
-        while l.tracker.can_send() {
-            let want = READ_BATCH.min(WINDOW - l.tracker.in_flight()).max(1);
-            let after = l.tracker.last_sent().unwrap_or(l.after);
-            let batch = queue.read_after(after, want).await?;
-            if batch.is_empty() {
+        if let Some(at) = l.pace_at {
+            if at > Instant::now() {
                 return Ok(());
             }
-            for m in batch {
-                if !l.tracker.can_send() {
-                    break;
+            l.pace_at = None;
+        }
+        while l.tracker.can_send() {
+            if l.ready.is_empty() {
+                let want = READ_BATCH.min(WINDOW - l.tracker.in_flight()).max(1);
+                let after = l.tracker.last_sent().unwrap_or(l.after);
+                let batch = queue.read_after(after, want).await?;
+                if batch.is_empty() {
+                    if l.draining {
+                        l.draining = false;
+                        self.ledger.draining.store(false, Ordering::Relaxed);
+                        info!(uplink = %self.name(), "Uplink caught up with its backlog");
+                    }
+                    return Ok(());
                 }
-                let qos = QoS::from_u8(m.qos).unwrap_or(QoS::AtLeastOnce);
-                l.tracker.sent(m.id, m.qos)?;
-                l.handed.push_back(Handed::Queued);
-                l.client.publish(&m.topic, qos, m.retain, m.payload).await?;
-                self.ledger.sent.fetch_add(1, Ordering::Relaxed);
-                if self.ledger.max_sent_id.fetch_max(m.id, Ordering::Relaxed) >= m.id {
-                    // Sent before, on a connection that dropped before its acknowledgement.
-                    self.ledger.redelivered.fetch_add(1, Ordering::Relaxed);
+                l.ready.extend(batch);
+            }
+            if l.draining {
+                if let Err(at) = l.pacer.take(Instant::now().into_std()) {
+                    l.pace_at = Some(at.into());
+                    return Ok(());
                 }
+            }
+            let Some(m) = l.ready.pop_front() else {
+                continue;
+            };
+            let qos = QoS::from_u8(m.qos).unwrap_or(QoS::AtLeastOnce);
+            l.tracker.sent(m.id, m.qos)?;
+            l.handed.push_back(Handed::Queued);
+            l.client.publish(&m.topic, qos, m.retain, m.payload).await?;
+            self.ledger.sent.fetch_add(1, Ordering::Relaxed);
+            if self.ledger.max_sent_id.fetch_max(m.id, Ordering::Relaxed) >= m.id {
+                // Sent before, on a connection that dropped before its acknowledgement.
+                self.ledger.redelivered.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())
@@ -440,9 +480,14 @@ impl Uplink {
                 l.last_progress = Instant::now();
                 // Everything not acknowledged goes again, in order.
                 l.after = 0;
+                l.ready.clear();
+                let depth = queue.stats().depth;
+                l.draining = depth > 0;
+                l.pacer.reset(Instant::now().into_std());
+                self.ledger.draining.store(l.draining, Ordering::Relaxed);
                 self.ledger.connections.fetch_add(1, Ordering::Relaxed);
-                self.ledger.set_state(true, None);
-                info!(uplink = %self.name(), session_present, queued = queue.stats().depth, "Uplink connected");
+                self.ledger.set_state(LinkState::Connected, None);
+                info!(uplink = %self.name(), session_present, queued = depth, drain_rate = self.cfg.buffer.drain_rate, "Uplink connected");
                 l.handed.push_back(Handed::Status);
                 l.client
                     .publish(
@@ -531,6 +576,19 @@ impl Uplink {
         .await;
         info!(uplink = %self.name(), "Uplink disconnected (shutdown)");
     }
+}
+
+fn far_future() -> Instant {
+    // Far enough never to fire, near enough not to overflow.
+    static FAR: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *FAR.get_or_init(|| Instant::now() + Duration::from_secs(86_400 * 365))
+}
+
+/// When the next drain token is due, if the sender waits for one.
+fn pace_at(link: &Option<Link>) -> Instant {
+    link.as_ref()
+        .and_then(|l| l.pace_at)
+        .unwrap_or_else(far_future)
 }
 
 async fn next_event(link: &mut Option<Link>) -> anyhow::Result<Up> {

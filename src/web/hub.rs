@@ -72,9 +72,7 @@ pub struct Hub {
     devices: Mutex<BTreeMap<String, DeviceSeen>>,
     events: broadcast::Sender<Event>,
     rates: Mutex<Rates>,
-    uplinks: Mutex<HashMap<String, bool>>,
-    /// Per uplink, (when, messages sent) once a second over the last 10 s: the drain rate.
-    sent: Mutex<HashMap<String, std::collections::VecDeque<(tokio::time::Instant, u64)>>>,
+    uplinks: Mutex<HashMap<String, &'static str>>,
 }
 
 impl Default for Hub {
@@ -91,7 +89,6 @@ impl Hub {
             events: broadcast::channel(EVENT_BUFFER).0,
             rates: Mutex::default(),
             uplinks: Mutex::default(),
-            sent: Mutex::default(),
         }
     }
 
@@ -113,15 +110,6 @@ impl Hub {
     pub fn rates(&self) -> (f64, f64) {
         let r = lock(&self.rates);
         (r.in_per_s, r.out_per_s)
-    }
-
-    /// Messages per second an uplink sent over the last 10 s; `None` before two samples.
-    pub fn drain_rate(&self, uplink: &str) -> Option<f64> {
-        let sent = lock(&self.sent);
-        let w = sent.get(uplink)?;
-        let (&(t0, n0), &(t1, n1)) = (w.front()?, w.back()?);
-        let secs = (t1 - t0).as_secs_f64();
-        (secs > 0.0).then(|| n1.saturating_sub(n0) as f64 / secs)
     }
 
     fn emit(&self, kind: &'static str, data: &impl Serialize) {
@@ -253,27 +241,14 @@ impl Hub {
         let mut changed = Vec::new();
         let ledgers = gw.uplinks();
         {
-            let mut sent = lock(&self.sent);
-            sent.retain(|name, _| ledgers.iter().any(|(n, _)| n == name));
-            for (name, ledger) in &ledgers {
-                let w = sent.entry(name.clone()).or_default();
-                w.push_back((now, ledger.sent.load(Ordering::Relaxed)));
-                while w.len() > 11 {
-                    w.pop_front();
-                }
-            }
-        }
-        {
             let mut seen = lock(&self.uplinks);
             seen.retain(|name, _| ledgers.iter().any(|(n, _)| n == name));
             for (name, ledger) in ledgers {
-                let connected = ledger.connected.load(Ordering::Relaxed);
-                if seen.insert(name.clone(), connected) != Some(connected) {
-                    let (since, error) = ledger.state.lock().map(|s| s.clone()).unwrap_or_default();
+                let snap = ledger.snapshot();
+                if seen.insert(name.clone(), snap.state) != Some(snap.state) {
                     changed.push(serde_json::json!({
-                        "kind": "uplink", "name": name,
-                        "state": if connected { "connected" } else { "disconnected" },
-                        "since": since, "error": error,
+                        "kind": "uplink", "name": name, "state": snap.state,
+                        "since": snap.since_ms, "error": snap.error,
                     }));
                 }
             }

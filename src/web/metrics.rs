@@ -3,13 +3,10 @@
 //! [`crate::drivers::stats`], the uplinks' [`crate::uplink::Ledger`] and queue figures) to what
 //! both show.
 //!
-//! Uplink queue figures (depth, bytes, oldest age, queued, acknowledged, dropped by reason)
-//! live in the uplink task's queue; the task publishes them as retained
-//! `$SYS/tidegate/uplinks/<name>/...` every 10 s, and [`uplink_view`] reads them from there —
-//! the one place to change when the uplink exposes them directly.
+//! Uplinks are read through [`crate::uplink::Ledger::snapshot`]; [`uplink_view`] is the one
+//! place that maps a snapshot to what the API and `/metrics` show.
 
 use super::{error, State};
-use crate::uplink::Ledger;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -24,15 +21,22 @@ use std::sync::Arc;
 pub struct UplinkView {
     pub name: String,
     pub url: String,
-    /// `connected` or `disconnected`.
+    /// `connected`, `disconnected` or `stalled` (acknowledgements stopped coming; the
+    /// connection was recycled).
     pub state: &'static str,
     /// Unix ms of the last state change.
     pub since: Option<u64>,
     pub last_error: Option<String>,
     pub queue: QueueView,
     pub counters: Counters,
-    /// Seconds until the queue is empty at the rate it drained over the last 10 s; `None`
-    /// when it is empty or not draining.
+    /// A backlog is being drained after a reconnect.
+    pub draining: bool,
+    /// Acknowledgements per second over the last 10 s.
+    pub ack_rate: f64,
+    /// `buffer.drain_rate` (0 = as fast as the broker acknowledges).
+    pub drain_rate_limit: u32,
+    /// Seconds until the backlog is drained at the current acknowledgement rate; `None` when
+    /// not draining.
     pub drain_eta_s: Option<u64>,
 }
 
@@ -41,6 +45,8 @@ pub struct QueueView {
     pub depth: u64,
     pub bytes: u64,
     pub oldest_age_s: u64,
+    /// The queue database's size on disk (file plus WAL).
+    pub file_bytes: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -52,91 +58,67 @@ pub struct Counters {
     pub redelivered: u64,
     pub commands: u64,
     pub connections: u64,
+    pub stalls: u64,
     pub dropped: HashMap<&'static str, u64>,
 }
 
 /// Reasons a message bound for an uplink was dropped, as the ledger names them.
-pub const DROP_REASONS: [&str; 5] = ["full", "expired", "rejected", "write_error", "qos0_offline"];
+pub const DROP_REASONS: [&str; 6] = [
+    "full",
+    "expired",
+    "rejected",
+    "write_error",
+    "qos0_offline",
+    "purged",
+];
 
-/// Maps one uplink's ledger and its retained `$SYS` queue figures to the view.
-pub fn uplink_view(
-    name: &str,
-    url: &str,
-    ledger: &Ledger,
-    broker: &crate::broker::Broker,
-    drain_per_s: Option<f64>,
-) -> UplinkView {
-    let prefix = format!("$SYS/tidegate/uplinks/{name}/");
-    let sys: HashMap<String, u64> = broker
-        .retained(&format!("{prefix}#"))
-        .into_iter()
-        .filter_map(|(t, p)| {
-            let key = t.strip_prefix(&prefix)?.to_string();
-            let v = std::str::from_utf8(&p).ok()?.trim().parse().ok()?;
-            Some((key, v))
-        })
-        .collect();
-    let get = |k: &str| sys.get(k).copied().unwrap_or(0);
-    let (since, error) = ledger.state.lock().map(|s| s.clone()).unwrap_or_default();
-    let connected = ledger.connected.load(Ordering::Relaxed);
-    let depth = get("queue/messages");
-    let mut dropped = HashMap::new();
-    for r in DROP_REASONS {
-        dropped.insert(r, get(&format!("dropped/{r}")));
-    }
-    dropped.insert(
-        "qos0_offline",
-        ledger.dropped_qos0_offline.load(Ordering::Relaxed),
-    );
+/// Maps one uplink's ledger snapshot to the view.
+pub fn uplink_view(s: &crate::uplink::LedgerSnapshot) -> UplinkView {
+    let d = &s.dropped;
+    let dropped = HashMap::from([
+        ("full", d.full),
+        ("expired", d.expired),
+        ("rejected", d.rejected),
+        ("write_error", d.write_error),
+        ("qos0_offline", d.qos0_offline),
+        ("purged", d.purged),
+    ]);
     UplinkView {
-        name: name.to_string(),
-        url: url.to_string(),
-        state: if connected {
-            "connected"
-        } else {
-            "disconnected"
-        },
-        since: (since > 0).then_some(since),
-        last_error: error,
+        name: s.name.clone(),
+        url: s.url.clone(),
+        state: s.state,
+        since: (s.since_ms > 0).then_some(s.since_ms),
+        last_error: s.error.clone(),
         queue: QueueView {
-            depth,
-            bytes: get("queue/bytes"),
-            oldest_age_s: get("queue/oldest_age_seconds"),
+            depth: s.queue.messages,
+            bytes: s.queue.bytes,
+            oldest_age_s: s.queue.oldest_age_seconds.unwrap_or(0),
+            file_bytes: s.queue.file_bytes,
         },
         counters: Counters {
-            received: ledger.received.load(Ordering::Relaxed),
-            queued: get("queued"),
-            sent: ledger.sent.load(Ordering::Relaxed),
-            acked: get("acked"),
-            redelivered: ledger.redelivered.load(Ordering::Relaxed),
-            commands: ledger.commands.load(Ordering::Relaxed),
-            connections: ledger.connections.load(Ordering::Relaxed),
+            received: s.received,
+            queued: s.queued,
+            sent: s.sent,
+            acked: s.acked,
+            redelivered: s.redelivered,
+            commands: s.commands,
+            connections: s.connections,
+            stalls: s.stalls,
             dropped,
         },
-        drain_eta_s: match drain_per_s {
-            Some(rate) if depth > 0 && rate > 0.0 => Some((depth as f64 / rate).ceil() as u64),
-            _ => None,
-        },
+        draining: s.drain.active,
+        ack_rate: s.drain.ack_rate,
+        drain_rate_limit: s.drain.rate_limit,
+        drain_eta_s: s.drain.eta_seconds,
     }
 }
 
 /// Every uplink's view, in config order.
 pub fn uplinks(st: &State) -> Vec<UplinkView> {
-    let config = st.gw.config();
-    let broker = st.gw.broker();
     st.gw
         .uplinks()
         .iter()
-        .map(|(name, ledger)| {
-            let url = config
-                .uplinks
-                .iter()
-                .find(|u| u.name == *name)
-                .map(|u| u.url.clone())
-                .unwrap_or_default();
-            let rate = st.hub.drain_rate(name);
-            uplink_view(name, &url, ledger, &broker, rate)
-        })
+        .map(|(_, ledger)| uplink_view(&ledger.snapshot()))
         .collect()
 }
 
@@ -408,7 +390,7 @@ pub fn render(st: &State) -> String {
 
     let ups = uplinks(st);
     type Pick = fn(&UplinkView) -> u64;
-    let families: [(&str, &str, &str, Pick); 13] = [
+    let families: [(&str, &str, &str, Pick); 15] = [
         ("tidegate_uplink_connected", "gauge", "1 when the uplink is connected to its broker.", |u| u64::from(u.state == "connected")),
         ("tidegate_uplink_state_since_timestamp_seconds", "gauge", "Unix time of the uplink's last connect or disconnect.", |u| u.since.unwrap_or(0) / 1000),
         ("tidegate_uplink_messages_received_total", "counter", "Local messages that matched an out rule.", |u| u.counters.received),
@@ -418,10 +400,12 @@ pub fn render(st: &State) -> String {
         ("tidegate_uplink_messages_redelivered_total", "counter", "Messages sent again after a reconnect.", |u| u.counters.redelivered),
         ("tidegate_uplink_commands_total", "counter", "Messages received from the remote broker (in rules).", |u| u.counters.commands),
         ("tidegate_uplink_connections_total", "counter", "Connections made to the remote broker.", |u| u.counters.connections),
+        ("tidegate_uplink_stalls_total", "counter", "Connections recycled because acknowledgements stopped coming.", |u| u.counters.stalls),
+        ("tidegate_uplink_queue_file_bytes", "gauge", "Size of the queue database on disk (file plus WAL).", |u| u.queue.file_bytes),
         ("tidegate_uplink_queue_messages", "gauge", "Messages waiting in the queue.", |u| u.queue.depth),
         ("tidegate_uplink_queue_bytes", "gauge", "Bytes waiting in the queue.", |u| u.queue.bytes),
         ("tidegate_uplink_queue_oldest_age_seconds", "gauge", "Age of the oldest queued message.", |u| u.queue.oldest_age_s),
-        ("tidegate_uplink_drain_eta_seconds", "gauge", "Seconds until the queue is empty at the current drain rate (0: empty or not draining).", |u| u.drain_eta_s.unwrap_or(0)),
+        ("tidegate_uplink_drain_eta_seconds", "gauge", "Seconds until the backlog is drained at the current acknowledgement rate (0: not draining).", |u| u.drain_eta_s.unwrap_or(0)),
     ];
     for (name, kind, help, pick) in families {
         o.family(name, kind, help);

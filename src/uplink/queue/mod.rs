@@ -279,6 +279,9 @@ pub struct QueueStats {
     pub dropped_full: u64,
     /// Messages deleted for being older than `max_age`.
     pub dropped_expired: u64,
+    /// Messages that another process deleted (`tidegate queue purge` beside the daemon),
+    /// noticed by the writer through `PRAGMA data_version`.
+    pub purged: u64,
     /// Messages refused with a [`Rejected`] reason.
     pub rejected: u64,
     /// Appends refused with [`QueueError::Overloaded`].
@@ -509,6 +512,13 @@ impl Queue {
         }
     }
 
+    /// Looks for changes made by another process (`tidegate queue purge`) and, if there were
+    /// any, counts the queue again (the difference is counted as `purged`). Cheap when nothing
+    /// changed (one pragma). Returns at once; served with the next batch.
+    pub fn refresh(&self) {
+        let _ = self.tx.send(Cmd::Refresh);
+    }
+
     /// Gauges and counters; see [`QueueStats`].
     pub fn stats(&self) -> QueueStats {
         let c = &self.shared.counters;
@@ -522,6 +532,7 @@ impl Queue {
             acked: get(&c.acked),
             dropped_full: get(&c.dropped_full),
             dropped_expired: get(&c.dropped_expired),
+            purged: get(&c.purged),
             rejected: get(&c.rejected),
             overloaded: get(&c.overloaded),
             write_failures: get(&c.write_failures),

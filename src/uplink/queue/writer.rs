@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tracing::{debug, error, info, warn};
 
-use super::error::QueueError;
+use super::error::{ErrorKind, QueueError};
 use super::schema::{self, Totals};
 use super::{AppendResult, Bounds, NewMessage, Rejected, Stored, WhenFull};
 
@@ -38,6 +38,8 @@ pub(super) enum Cmd {
     Expire {
         now_ms: u64,
     },
+    /// Count again if another process changed the database.
+    Refresh,
     /// Everything queued before this has been handled when it is answered.
     Close {
         reply: SyncSender<Result<(), QueueError>>,
@@ -63,6 +65,7 @@ pub(super) struct Counters {
     pub acked: AtomicU64,
     pub dropped_full: AtomicU64,
     pub dropped_expired: AtomicU64,
+    pub purged: AtomicU64,
     pub rejected: AtomicU64,
     pub overloaded: AtomicU64,
     pub write_failures: AtomicU64,
@@ -111,6 +114,8 @@ struct Tally {
     acked: u64,
     dropped_full: u64,
     dropped_expired: u64,
+    /// Rows another process deleted before this transaction.
+    purged: u64,
     rejected: u64,
     /// Rows were deleted, so `oldest_received_at_ms` must be looked up again.
     deleted: bool,
@@ -212,6 +217,7 @@ impl Writer {
             let mut writes = Vec::new();
             let mut reads = Vec::new();
             let mut close_reply = None;
+            let mut refresh = false;
             let mut messages = 0usize;
             let started = Instant::now();
             let mut next = Some(first);
@@ -242,6 +248,7 @@ impl Writer {
                         limit,
                         reply,
                     } => reads.push((after, limit, reply)),
+                    Cmd::Refresh => refresh = true,
                     #[cfg(test)]
                     Cmd::QueryInt { sql, reply } => {
                         let r = self
@@ -266,7 +273,10 @@ impl Writer {
             }
 
             if !writes.is_empty() {
+                // A transaction looks at `data_version` anyway.
                 self.commit(writes);
+            } else if refresh {
+                self.refresh();
             }
             // After the commit, so a read never returns a row that might still roll back.
             for (after, limit, reply) in reads {
@@ -309,6 +319,7 @@ impl Writer {
                 c.dropped_expired
                     .fetch_add(tally.dropped_expired, Ordering::Relaxed);
                 c.rejected.fetch_add(tally.rejected, Ordering::Relaxed);
+                c.purged.fetch_add(tally.purged, Ordering::Relaxed);
                 c.commits.fetch_add(1, Ordering::Relaxed);
                 c.last_commit_latency_us.store(
                     u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
@@ -389,6 +400,18 @@ impl Writer {
                         let _ = reply.send(Err(e.clone()));
                     }
                 }
+                if matches!(e.kind(), ErrorKind::DiskFull | ErrorKind::Io) {
+                    // A WAL that cannot grow blocks every later transaction, the deletes that
+                    // would free space included, until a checkpoint lets SQLite restart it
+                    // from the beginning; TRUNCATE also gives its disk space back. Best
+                    // effort: with the database itself unable to grow this fails too.
+                    if let Err(ck) =
+                        self.conn
+                            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    {
+                        debug!(error = %ck, "Uplink queue checkpoint after a failed write failed");
+                    }
+                }
                 self.update_file_bytes();
             }
         }
@@ -405,10 +428,12 @@ impl Writer {
         if version != self.data_version {
             // A full scan, but only after an operator's `tidegate queue purge` or the like.
             tally.totals = schema::count(&self.conn)?;
+            tally.purged = self.totals.depth.saturating_sub(tally.totals.depth);
             info!(
                 path = %self.db_path.display(),
                 depth = tally.totals.depth,
-                "Uplink queue was changed by another process; counted it again"
+                removed = tally.purged,
+                "Uplink queue was changed by another process (tidegate queue purge); counted it again"
             );
         }
         for w in writes {
@@ -538,6 +563,36 @@ impl Writer {
         Ok(())
     }
 
+    /// Outside a transaction: counts the queue again when another process committed since
+    /// the last look (`PRAGMA data_version`), so the gauges follow a purge even while idle.
+    fn refresh(&mut self) {
+        let result = (|| -> rusqlite::Result<Option<(i64, Totals)>> {
+            let version = data_version(&self.conn)?;
+            if version == self.data_version {
+                return Ok(None);
+            }
+            Ok(Some((version, schema::count(&self.conn)?)))
+        })();
+        match result {
+            Ok(Some((version, totals))) => {
+                let purged = self.totals.depth.saturating_sub(totals.depth);
+                info!(
+                    path = %self.db_path.display(),
+                    depth = totals.depth,
+                    removed = purged,
+                    "Uplink queue was changed by another process (tidegate queue purge); counted it again"
+                );
+                self.data_version = version;
+                self.totals = totals;
+                self.counters.store_totals(&totals);
+                self.counters.purged.fetch_add(purged, Ordering::Relaxed);
+                self.update_file_bytes();
+            }
+            Ok(None) => {}
+            Err(e) => debug!(error = %e, "Uplink queue refresh failed"),
+        }
+    }
+
     fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Stored>, QueueError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, topic, payload, qos, retain, properties, received_at_ms
@@ -583,7 +638,7 @@ impl Writer {
                 Cmd::Read { reply, .. } => {
                     let _ = reply.send(Err(QueueError::Closed));
                 }
-                Cmd::Ack { .. } | Cmd::Expire { .. } => {}
+                Cmd::Ack { .. } | Cmd::Expire { .. } | Cmd::Refresh => {}
                 Cmd::Close { reply } => {
                     let _ = reply.send(Ok(()));
                 }
