@@ -823,22 +823,14 @@ pub fn save_history(data_dir: &Path, text: &str) -> anyhow::Result<()> {
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let v = version(text);
-    if list_history(data_dir)?
-        .first()
-        .is_some_and(|e| e.version == v)
-    {
+    let newest = list_history(data_dir)?.into_iter().next();
+    if newest.as_ref().is_some_and(|e| e.version == v) {
         // Already the newest kept version (a retry after a failed apply).
         return Ok(());
     }
-    let mut now = crate::drivers::reading::now_ms();
-    // Two saves in the same millisecond get distinct, still ordered, ids.
-    let id = loop {
-        let id = format!("{now:013}-{}", &v[..12]);
-        if !dir.join(format!("{id}.yaml")).exists() {
-            break id;
-        }
-        now += 1;
-    };
+    // Ids sort in the order they were saved, even within one millisecond.
+    let now = crate::drivers::reading::now_ms().max(newest.map_or(0, |e| e.saved + 1));
+    let id = format!("{now:013}-{}", &v[..12]);
     write_atomic(&dir.join(format!("{id}.yaml")), text)?;
     let entries = list_history(data_dir)?;
     for old in entries.iter().skip(HISTORY_KEEP) {
