@@ -22,6 +22,7 @@ pub mod modbus;
 pub mod reading;
 pub mod serial;
 pub mod simulated;
+pub mod stats;
 
 use crate::app::TaskError;
 use crate::broker::codec::QoS;
@@ -262,6 +263,7 @@ pub async fn run_device<D: Driver>(
                 let result = driver.poll().await;
                 let ts = now_ms();
                 debug!(device = %name, took = ?started.elapsed(), ok = result.is_ok(), "Polled");
+                stats::record(&name, started.elapsed(), result.is_ok());
                 match result {
                     Ok(reads) => {
                         avail.failures = 0;
