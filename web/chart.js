@@ -48,7 +48,7 @@ export function sparkline(svg, points, label, { w = 120, h = 28 } = {}) {
 /** A time chart with a filled area, the max on the y axis and the time span below. */
 export function areaChart(points, label, { w = 320, h = 90, span = 0 } = {}) {
   const pad = 4;
-  const svg = s('svg', { class: 'chart', viewBox: `0 0 ${w} ${h}`, role: 'img', preserveAspectRatio: 'none' });
+  const svg = s('svg', { class: 'chart', viewBox: `0 0 ${w} ${h}`, role: 'img' });
   if (points.length < 2) {
     svg.setAttribute('aria-label', `${label}: collecting samples`);
     svg.append(s('title', {}, `${label}: collecting samples`),
@@ -66,11 +66,15 @@ export function areaChart(points, label, { w = 320, h = 90, span = 0 } = {}) {
   const cur = points[points.length - 1][1];
   const text = `${label}: now ${fmtNumber(cur)}, peak ${fmtNumber(top)} over the last ${mins} min`;
   svg.setAttribute('aria-label', text);
+  const spanMin = Math.round((sc.t1 - sc.t0) / 60000);
   svg.append(
     s('title', {}, text),
     s('line', { class: 'grid', x1: pad, x2: w - pad, y1: pad, y2: pad }),
     s('polygon', { class: 'area', points: `${first} ${line} ${last}` }),
     s('polyline', { class: 'line', points: line }),
+    s('text', { class: 'label', x: pad + 2, y: pad + 11 }, `peak ${fmtNumber(top)}`),
+    s('text', { class: 'label', x: pad + 2, y: h - pad - 3 }, spanMin >= 1 ? `−${spanMin} min` : '−1 min'),
+    s('text', { class: 'label', x: w - pad - 2, y: h - pad - 3, 'text-anchor': 'end' }, `now ${fmtNumber(cur)}`),
   );
   return svg;
 }

@@ -305,7 +305,8 @@ export function mount(main) {
     const slot = row.querySelector('.row-confirm');
     const yes = h('button', { type: 'button', class: 'danger small' }, 'Restore now');
     const no = h('button', { type: 'button', class: 'ghost small' }, 'Cancel');
-    replace(slot, h('span', {}, `Restore ${entry.ts ? fmtTime(entry.ts) : entry.id} and apply it now?`), ' ', yes, ' ', no);
+    const lose = hasUnsavedEdits() ? ' Your unsaved edits in the editor are replaced.' : '';
+    replace(slot, h('span', {}, `Restore ${entry.ts ? fmtTime(entry.ts) : entry.id} and apply it now?${lose}`), ' ', yes, ' ', no);
     no.addEventListener('click', () => replace(slot));
     yes.addEventListener('click', async () => {
       yes.disabled = true;
