@@ -6,7 +6,7 @@
 import { h, replace, setText } from './dom.js';
 import { api, get, seg } from './api.js';
 import { fmtTime, fmtBytes, fmtAgo } from './format.js';
-import { asMs, refreshStatus } from './live.js';
+import { asMs, refreshStatus, loadValues } from './live.js';
 
 export const title = 'Config';
 
@@ -55,7 +55,7 @@ function historyList(data) {
   const list = Array.isArray(data) ? data : (data && (data.history || data.versions || data.entries)) || [];
   return list.map((e) => (typeof e === 'string' ? { id: e } : e)).map((e) => ({
     id: String(e.id ?? e.name ?? e.file ?? ''),
-    ts: asMs(e.ts ?? e.time ?? e.saved_at ?? e.timestamp ?? e.created ?? e.modified),
+    ts: asMs(e.saved ?? e.ts ?? e.time ?? e.saved_at ?? e.timestamp),
     size: e.size ?? e.bytes,
     version: e.version ?? e.sha256,
     note: e.reason ?? e.note ?? e.source,
@@ -179,10 +179,17 @@ export function mount(main) {
         setText(status, `Valid · +${d.add} −${d.del} lines`);
         status.className = 'v-status good';
         replace(diffSlot, d.pre);
-        applyBtn.disabled = false;
+        applyBtn.disabled = !!readOnly;
       }
     }
     markErrors();
+  }
+
+  function noteWritable(data) {
+    readOnly = data && data.writable === false
+      ? 'This gateway runs on its built-in defaults, without a config file, so changes cannot be applied from here. Start tidegate with `-c FILE` (the package does) to edit its config in the browser. You can still check a config below.'
+      : null;
+    if (readOnly) showBanner('warn', readOnly);
   }
 
   async function validate() {
@@ -215,8 +222,11 @@ export function mount(main) {
     timer = setTimeout(validate, VALIDATE_DELAY_MS);
   }
 
+  let readOnly = null; // why the config cannot be changed here, when it cannot
+
   async function load(keepDraft) {
     const { data } = await get('/api/config');
+    noteWritable(data);
     const base = { yaml: data.yaml, version: data.version };
     if (keepDraft && draft) draft.base = base;
     else draft = { text: base.yaml, base };
@@ -235,18 +245,21 @@ export function mount(main) {
       const headers = draft && draft.base && draft.base.version ? { 'If-Match': draft.base.version } : {};
       const { data } = await api('PUT', '/api/config', { text, type: 'application/yaml', headers });
       replace(confirmSlot);
-      const what = data && typeof data === 'object' ? (data.applied || data.changed || data.restarted) : null;
+      const what = data && typeof data === 'object' ? (data.changes || data.applied) : null;
       showBanner('ok', `Applied at ${fmtTime(Date.now())} without a restart.`,
-        Array.isArray(what) && what.length ? ` Rebuilt: ${what.join(', ')}.` : '');
+        Array.isArray(what) && what.length ? h('ul', { class: 'changes' }, what.map((c) => h('li', {}, String(c)))) : ' Nothing needed a restart.');
       await load(false);
       loadHistory();
       refreshStatus();
+      loadValues().catch(() => {});
     } catch (e) {
       replace(confirmSlot);
       if (e.status === 422 && e.body && e.body.errors) {
         result = { ok: false, errors: e.body.errors };
         renderResult();
         showBanner('error', 'Not applied: the gateway found errors. The running config is unchanged.');
+      } else if (e.status === 409 && !(e.body && e.body.version)) {
+        showBanner('error', `Not applied: ${e.message}`);
       } else if (e.status === 409) {
         showBanner('error', h('strong', {}, 'Conflict: not applied. '),
           'The config file changed on the gateway since you loaded it (edited by hand, reloaded with SIGHUP, or applied from another browser). ',
@@ -289,11 +302,15 @@ export function mount(main) {
     try {
       const { data } = await get(`/api/config/history/${seg(entry.id)}`);
       const yaml = typeof data === 'string' ? data : (data.yaml ?? data.text ?? JSON.stringify(data, null, 2));
+      const diff = data && typeof data === 'object' && typeof data.diff === 'string' ? data.diff : null;
       const close = h('button', { type: 'button', class: 'ghost' }, 'Close');
       close.addEventListener('click', () => replace(viewSlot));
       replace(viewSlot, h('div', { class: 'card' },
         h('div', { class: 'toolbar' }, h('h3', {}, `Version ${entry.id}`), h('span', { class: 'grow' }), close),
-        entry.ts ? h('p', { class: 'muted' }, `kept ${fmtTime(entry.ts)}`) : null,
+        entry.ts ? h('p', { class: 'muted' }, `In use until ${fmtTime(entry.ts)}.`) : null,
+        diff !== null ? h('h4', {}, 'What restoring it would change') : null,
+        diff !== null ? (diff.trim() ? diffView(diff).pre : h('p', { class: 'muted' }, 'Nothing: it is the running config.')) : null,
+        h('h4', {}, 'The file'),
         h('pre', { class: 'code-view', tabindex: 0, 'aria-label': `Config version ${entry.id}` }, yaml)));
       close.focus();
     } catch (e) {
@@ -316,6 +333,7 @@ export function mount(main) {
         await load(false);
         await loadHistory();
         refreshStatus();
+        loadValues().catch(() => {});
       } catch (e) {
         replace(slot);
         if (e.status === 422 && e.body && e.body.errors) {
@@ -338,7 +356,7 @@ export function mount(main) {
       }
       replace(histSlot, h('div', { class: 'table-wrap' }, h('table', { class: 'hist' },
         h('caption', { class: 'sr-only' }, 'Kept config versions, newest first'),
-        h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'kept'), h('th', { scope: 'col' }, 'version'), h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'actions')))),
+        h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'replaced'), h('th', { scope: 'col' }, 'version'), h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'actions')))),
         h('tbody', {}, list.map((e) => {
           const view = h('button', { type: 'button', class: 'small ghost', 'aria-label': `View version ${e.id}` }, 'View');
           const rest = h('button', { type: 'button', class: 'small', 'aria-label': `Restore version ${e.id}` }, 'Restore…');
@@ -368,6 +386,7 @@ export function mount(main) {
     ta.disabled = false;
     renderGutter();
     get('/api/config').then(({ data }) => {
+      noteWritable(data);
       if (draft.base && data.version !== draft.base.version) {
         showBanner('warn', 'The config changed on the gateway since you started editing. Your draft is kept; the diff compares it with the running config.');
       }

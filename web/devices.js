@@ -33,10 +33,18 @@ function tagMeta(d, tag) {
   return d.tags.find((t) => String(t.name ?? t.tag) === tag) || {};
 }
 
+/** Whether the gateway says which tags are writable (per tag in the status, or per value). */
+function writabilityKnown(d) {
+  return d.tags.some((t) => typeof t.writable === 'boolean') ||
+    d.tagNames.some((n) => typeof live.values.get(`${d.name}/${n}`)?.writable === 'boolean');
+}
+
+/** A tag gets a write form when it is writable, or when the gateway does not say (then the
+ *  gateway's own check answers: "not writable"). */
 function writableOf(d, tag) {
+  if (!writabilityKnown(d)) return true;
   const v = live.values.get(`${d.name}/${tag}`);
-  const m = tagMeta(d, tag);
-  return (v && v.writable === true) || m.writable === true;
+  return (v && v.writable === true) || tagMeta(d, tag).writable === true;
 }
 
 function availability(d) {
@@ -121,7 +129,8 @@ function writePanel(d, tag) {
   const v = live.values.get(`${d.name}/${tag}`);
   if (v && v.value !== undefined) input.value = typeof v.value === 'string' ? v.value : JSON.stringify(v.value);
   const m = tagMeta(d, tag);
-  const range = m.min !== undefined || m.max !== undefined ? `allowed ${m.min ?? '−∞'} … ${m.max ?? '∞'}` : 'a number, true/false, or text';
+  const range = m.min !== undefined || m.max !== undefined ? `allowed ${m.min ?? '−∞'} … ${m.max ?? '∞'}`
+    : `a number, true/false, or text${writabilityKnown(d) ? '' : '; only tags with writable: true accept it'}`;
   const review = h('button', { type: 'submit' }, 'Review write…');
   const cancel = h('button', { type: 'button', class: 'ghost' }, 'Close');
   const step = h('div', { class: 'confirm', 'aria-live': 'polite' });

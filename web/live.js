@@ -121,9 +121,12 @@ function readingsOf(data) {
   return out.filter(Boolean);
 }
 
+/** Takes the latest value of every tag; tags the gateway no longer has are forgotten. */
 export async function loadValues() {
   const { data } = await get('/api/values');
-  for (const r of readingsOf(data)) putReading(r);
+  const seen = new Set();
+  for (const r of readingsOf(data)) seen.add(`${putReading(r).device}/${r.tag}`);
+  for (const k of [...values.keys()]) if (!seen.has(k)) values.delete(k);
   emit('values', null);
 }
 
@@ -167,7 +170,7 @@ function normUplink(u) {
     oldestS: oldestMs !== undefined && pick(q, 'oldest_age_ms') !== undefined ? oldestMs / 1000 : oldestMs,
     etaS: num(pick(u, 'drain_eta_s', 'drain_eta_secs', 'drain_eta')) ?? num(pick(q, 'drain_eta_s', 'drain_eta')),
     counters,
-    dropped: Object.fromEntries(Object.entries(dropped).map(([k, v]) => [k, num(v) ?? 0])),
+    dropped: Object.fromEntries(Object.entries(dropped).map(([k, v]) => [k, num(v) ?? 0]).sort(([a], [b]) => a.localeCompare(b))),
   };
 }
 
@@ -184,7 +187,8 @@ function normDevice(d) {
     latencyMs: num(pick(d, 'poll_latency_ms', 'latency_ms', 'last_poll_latency_ms')) ??
       (num(pick(d, 'poll_latency_us')) !== undefined ? num(pick(d, 'poll_latency_us')) / 1000 : undefined) ??
       (num(pick(d, 'poll_latency_s', 'poll_latency')) !== undefined ? num(pick(d, 'poll_latency_s', 'poll_latency')) * 1000 : undefined),
-    errors: num(pick(d, 'errors', 'poll_errors', 'failed_polls')),
+    errors: num(pick(d, 'failed_polls', 'errors', 'poll_errors')),
+    tagCount: num(pick(d, 'tags')),
     polls: num(pick(d, 'polls')),
     tags: listOf(pick(d, 'tags')).map((t) => (typeof t === 'string' ? { name: t } : t)),
   };
@@ -287,6 +291,14 @@ function normLog(l) {
   };
 }
 
+const logKey = (l) => `${l.ts}|${l.level}|${l.target}|${l.message}`;
+
+function pushLog(l) {
+  logs.push(l);
+  if (logs.length > LOG_LINES) logs.splice(0, logs.length - LOG_LINES);
+  emit('log', l);
+}
+
 let statusSoon = null;
 function refreshStatusSoon() {
   if (statusSoon) return;
@@ -297,6 +309,9 @@ function connect() {
   clearTimeout(retryTimer);
   if (source) source.close();
   source = new EventSource('/api/events', { withCredentials: true });
+  // The stream starts with the gateway's recent log lines: after a reconnect, skip those this
+  // browser already has.
+  let known = new Set(logs.slice(-300).map(logKey));
   source.addEventListener('open', () => {
     retryDelay = 1000;
     setConn(true);
@@ -318,11 +333,20 @@ function connect() {
     const d = parse(ev) ?? ev.data;
     const l = normLog(d);
     if (!l) return;
-    logs.push(l);
-    if (logs.length > LOG_LINES) logs.splice(0, logs.length - LOG_LINES);
-    emit('log', l);
+    if (known) {
+      if (known.has(logKey(l))) return;
+      known = null;
+    }
+    pushLog(l);
+  });
+  source.addEventListener('lagged', (ev) => {
+    // The browser fell behind the gateway: say what was lost, and take the values again.
+    const d = parse(ev) || {};
+    if (d.lost_logs) pushLog({ ts: Date.now(), level: 'WARN', target: 'web UI', message: `${d.lost_logs} log lines were skipped: this browser fell behind`, fields: null });
+    if (d.lost) loadValues().catch(() => {});
   });
   source.addEventListener('error', () => {
+
     setConn(false);
     if (source && source.readyState === EventSource.CLOSED) {
       // The browser gave up (e.g. a 401): check the session, then retry with backoff.
