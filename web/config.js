@@ -265,6 +265,7 @@ export function mount(main) {
           'The config file changed on the gateway since you loaded it (edited by hand, reloaded with SIGHUP, or applied from another browser). ',
           'Your text is kept; the changes below now compare it with the new running config. Review them and apply again, or reload the gateway\'s version.');
         try { await load(true); } catch { /* keep the text */ }
+        loadHistory();
       } else {
         showBanner('error', `Not applied: ${e.message}. The gateway keeps its previous config.`);
         applyBtn.disabled = false;

@@ -290,9 +290,24 @@ export function mount(main) {
 
   build();
   const offStatus = live.subscribe('status', build);
+  // Values can arrive by the thousand per second: rows are updated once per frame.
+  const pending = new Set();
+  let frame = 0;
+  let rebuild = false;
+  const flush = () => {
+    frame = 0;
+    if (rebuild) { rebuild = false; pending.clear(); build(); return; }
+    for (const k of pending) { const r = rows.get(k); if (r) updateRow(r); }
+    pending.clear();
+  };
   const offValues = live.subscribe('values', (changed) => {
-    if (!changed || changed.some((v) => !rows.has(`${v.device}/${v.tag}`))) { build(); return; }
-    for (const v of changed) updateRow(rows.get(`${v.device}/${v.tag}`));
+    if (!changed) rebuild = true;
+    else for (const v of changed) {
+      const k = `${v.device}/${v.tag}`;
+      if (!rows.has(k)) rebuild = true;
+      pending.add(k);
+    }
+    if (!frame) frame = requestAnimationFrame(flush);
   });
   const ages = setInterval(() => {
     for (const r of rows.values()) {
@@ -300,5 +315,5 @@ export function mount(main) {
       if (v) setText(r.age, fmtAgo(v.ts));
     }
   }, 1000);
-  return { destroy() { offStatus(); offValues(); clearInterval(ages); } };
+  return { destroy() { offStatus(); offValues(); clearInterval(ages); cancelAnimationFrame(frame); } };
 }

@@ -370,7 +370,8 @@ export function start() {
   connect();
   loadValues().catch(() => {});
   refreshStatus();
-  statusTimer = setInterval(() => refreshStatus(), STATUS_EVERY_MS);
+  // Not while the tab is hidden: a Pi should not answer for a browser nobody looks at.
+  statusTimer = setInterval(() => { if (!document.hidden) refreshStatus(); }, STATUS_EVERY_MS);
 }
 
 export function stop() {
