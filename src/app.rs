@@ -16,6 +16,8 @@
 //! `WATCHDOG_USEC` — from a task on the runtime, so a wedged runtime stops the pings and
 //! systemd restarts the daemon.
 
+pub mod live;
+
 use crate::config::{Config, Origin};
 use anyhow::Context;
 use std::future::Future;
@@ -71,15 +73,29 @@ impl Supervisor {
     /// Runs `make(token)` as a supervised task named `name`. Each call of `make` is one run; a
     /// run that returns `Ok` while the gateway is not shutting down is treated as a failure
     /// (long-lived tasks are not meant to end on their own) and restarted.
-    pub fn spawn<F, Fut>(&mut self, name: impl Into<String>, mut make: F)
+    ///
+    /// The returned [`TaskHandle`] stops this one task (a config change); shutdown stops all.
+    pub fn spawn<F, Fut>(&mut self, name: impl Into<String>, mut make: F) -> TaskHandle
     where
         F: FnMut(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
     {
+        // Forget the tasks that have ended (stopped by a config change), so restarts do not
+        // pile up names.
+        while let Some(done) = self.tasks.try_join_next_with_id() {
+            let id = match done {
+                Ok((id, ())) => id,
+                Err(e) => e.id(),
+            };
+            self.names.retain(|(i, _)| *i != id);
+        }
         let name: Arc<str> = name.into().into();
-        let shutdown = self.shutdown.clone();
+        let shutdown = self.shutdown.child_token();
+        let stop_token = shutdown.clone();
+        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let task_name = name.clone();
         let handle = self.tasks.spawn(async move {
+            let _done = DoneOnDrop(done_tx);
             let name = task_name;
             let mut backoff = BACKOFF_MIN;
             loop {
@@ -117,7 +133,12 @@ impl Supervisor {
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         });
-        self.names.push((handle.id(), name));
+        self.names.push((handle.id(), name.clone()));
+        TaskHandle {
+            name,
+            stop: stop_token,
+            done: done_rx,
+        }
     }
 
     /// Cancels every task and waits up to `grace` for them to finish. Returns the names of the
@@ -141,6 +162,42 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+/// One supervised task, to stop on its own when its part of the config changes.
+#[derive(Debug)]
+pub struct TaskHandle {
+    name: Arc<str>,
+    stop: CancellationToken,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl TaskHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Cancels the task and waits (up to [`GRACE`]) until it has finished. Returns false when
+    /// it did not finish in time (it is left to end on its own).
+    pub async fn stop(mut self) -> bool {
+        self.stop.cancel();
+        let finished = tokio::time::timeout(GRACE, self.done.wait_for(|d| *d))
+            .await
+            .is_ok();
+        if !finished {
+            warn!(task = %self.name, grace = ?GRACE, "Task did not stop in time for a config change");
+        }
+        finished
+    }
+}
+
+/// Marks a task finished however its wrapper ends (returned, aborted, panicked).
+struct DoneOnDrop(tokio::sync::watch::Sender<bool>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
 }
 
@@ -179,6 +236,9 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
 
 /// Runs the gateway until SIGTERM or SIGINT. Returns once everything has stopped (or the grace
 /// period ran out); a second signal during shutdown returns [`Stop::Forced`] at once.
+///
+/// SIGHUP re-reads the config file and applies what changed, like `PUT /api/config` (see
+/// [`live`]).
 pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
@@ -197,10 +257,17 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
         );
     }
     prepare_data_dir(&config.gateway.data_dir)?;
+    // The running config's text: what the web UI shows and diffs against.
+    let text = match &origin {
+        Origin::File(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?,
+        Origin::BuiltIn => crate::config::BUILTIN_YAML.to_string(),
+    };
 
     let shutdown = CancellationToken::new();
-    let mut supervisor = Supervisor::new(shutdown.clone());
-    let (built, broker) = build(&config, &mut supervisor).await?;
+    let supervisor = Supervisor::new(shutdown.clone());
+    let (mut ctl, built, mut control) =
+        live::Controller::start(config, text, origin, supervisor).await?;
     for line in &built {
         info!("{line}");
     }
@@ -209,7 +276,7 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
     if let Some(interval) = sd_notify::watchdog_enabled() {
         let period = interval / 2;
         info!(every = ?period, "Pinging the systemd watchdog");
-        supervisor.spawn("watchdog", move |stop| async move {
+        ctl.supervisor().spawn("watchdog", move |stop| async move {
             let mut tick = tokio::time::interval(period);
             loop {
                 tokio::select! {
@@ -225,7 +292,8 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
         tokio::select! {
             _ = term.recv() => { info!(signal = "SIGTERM", "Shutting down"); break; }
             _ = int.recv() => { info!(signal = "SIGINT", "Shutting down"); break; }
-            _ = hup.recv() => reread(&origin),
+            _ = hup.recv() => ctl.reload_file().await,
+            Some(request) = control.recv() => ctl.handle(request).await,
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -235,6 +303,7 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
             _ = int.recv() => "SIGINT",
         }
     };
+    let (supervisor, broker) = ctl.into_parts();
     let stop = finish(supervisor.stop(GRACE), second).await;
     if stop != Stop::Forced {
         // Everything that wrote to the broker store has stopped: commit the rest.
@@ -275,131 +344,6 @@ pub enum Stop {
     Unfinished,
     /// A second signal cut shutdown short: exit 1.
     Forced,
-}
-
-/// SIGHUP: re-reads and checks the config file, so `systemctl reload` says at once whether an
-/// edit is valid. Applying a changed config to the running subsystems is the web UI issue's
-/// config lifecycle; until then a valid change needs a restart, and the log says so.
-fn reread(origin: &Origin) {
-    let Origin::File(path) = origin else {
-        info!("SIGHUP: running on built-in defaults, there is no config file to re-read");
-        return;
-    };
-    match crate::config::load(path) {
-        Ok(_) => warn!(
-            config = %path.display(),
-            "SIGHUP: the config file is valid, but this version applies changes only at restart"
-        ),
-        Err(crate::config::LoadError::Invalid { errors, .. }) => {
-            for e in &errors {
-                error!(config = %path.display(), "SIGHUP: config error at {e}");
-            }
-            error!(
-                errors = errors.len(),
-                "SIGHUP: the config file is invalid; keeping the running config"
-            );
-        }
-        Err(e) => error!(error = %e, "SIGHUP: cannot re-read the config"),
-    }
-}
-
-/// Builds every subsystem from its config section, spawning its tasks on `supervisor`, and
-/// returns one line per subsystem saying what it serves.
-async fn build(
-    config: &Config,
-    supervisor: &mut Supervisor,
-) -> anyhow::Result<(Vec<String>, crate::broker::Broker)> {
-    let mut lines = Vec::new();
-    let settings = crate::broker::Settings::from_config(&config.broker);
-    let broker = if config.broker.persistence {
-        let path = config.gateway.data_dir.join(BROKER_DB);
-        lines.push(format!("Broker state persisted in {}", path.display()));
-        crate::broker::Broker::open(settings, &path)?
-    } else {
-        crate::broker::Broker::new(settings)
-    };
-    for listener in broker.bind(&config.broker).await? {
-        let addr = listener.local_addr();
-        lines.push(format!(
-            "MQTT broker listening on {addr} (MQTT 3.1, 3.1.1 and 5.0)"
-        ));
-        supervisor.spawn(format!("mqtt listener {addr}"), move |stop| {
-            let listener = listener.clone();
-            async move { listener.serve(stop).await.map_err(TaskError::Failed) }
-        });
-    }
-    for group in crate::drivers::groups(&config.devices) {
-        let name = group.key.clone();
-        let b = broker.clone();
-        supervisor.spawn(name, move |stop| {
-            crate::drivers::run_group(group.clone(), b.clone(), stop)
-        });
-    }
-    if !config.devices.is_empty() {
-        lines.push(format!(
-            "Devices: {}",
-            config
-                .devices
-                .iter()
-                .map(|d| format!("{} ({})", d.name, d.driver))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    for uplink in &config.uplinks {
-        let ledger = std::sync::Arc::new(crate::uplink::Ledger::default());
-        lines.push(format!("Uplink {} to {}", uplink.name, uplink.url));
-        let (cfg, gateway, data_dir, b) = (
-            uplink.clone(),
-            config.gateway.id.clone(),
-            config.gateway.data_dir.clone(),
-            broker.clone(),
-        );
-        supervisor.spawn(format!("uplink {}", uplink.name), move |stop| {
-            let u = crate::uplink::run::Uplink {
-                cfg: cfg.clone(),
-                gateway: gateway.clone(),
-                data_dir: data_dir.clone(),
-                broker: b.clone(),
-                ledger: ledger.clone(),
-            };
-            u.run(stop)
-        });
-    }
-    let sys = broker.clone();
-    supervisor.spawn("broker $SYS", move |stop| {
-        let sys = sys.clone();
-        async move {
-            crate::broker::sys::run(sys, stop).await;
-            Ok(())
-        }
-    });
-    if config.broker.allow_anonymous {
-        warn!("The broker accepts anonymous clients (broker.allow_anonymous); add users and an ACL before exposing it");
-    }
-    lines.push(format!(
-        "Config: {} device(s), {} uplink(s), {} broker listener(s); data in {}",
-        config.devices.len(),
-        config.uplinks.len(),
-        config.broker.listeners.len(),
-        config.gateway.data_dir.display()
-    ));
-    if config.web.enabled && config.web.users.is_empty() {
-        let dir = &config.gateway.data_dir;
-        let (_, created) = crate::auth::initial_admin_password(dir).with_context(|| {
-            format!(
-                "cannot keep the initial admin password in {}",
-                dir.display()
-            )
-        })?;
-        let file = dir.join(crate::auth::INITIAL_ADMIN_PASSWORD_FILE);
-        lines.push(format!(
-            "No web user is configured: {} the initial `admin` password in {}",
-            if created { "generated" } else { "keeping" },
-            file.display()
-        ));
-    }
-    Ok((lines, broker))
 }
 
 /// The broker's database under `data_dir`.

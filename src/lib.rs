@@ -14,6 +14,8 @@
 //! - [`auth`] — argon2id password hashes for broker and web users (`tidegate passwd`).
 //! - [`broker`] — the embedded MQTT broker; [`broker::codec`] is its strict MQTT 3.1/3.1.1/5.0
 //!   packet codec (pure: bytes in, typed packets out, every malformation with its reason code).
+//! - [`web`] — the web UI and HTTP API (axum): sessions, status, live values over SSE, config
+//!   validate / apply / history, `/metrics`, `/healthz`.
 //! - `main.rs` — the command line (SPEC §1): `run`, `check`, `passwd`.
 //!
 //! # Who talks to whom
@@ -36,3 +38,4 @@ pub mod config;
 pub mod drivers;
 pub mod logging;
 pub mod uplink;
+pub mod web;

@@ -14,6 +14,7 @@
 pub mod command;
 pub mod reading;
 pub mod simulated;
+pub mod stats;
 
 use crate::app::TaskError;
 use crate::broker::codec::QoS;
@@ -145,6 +146,7 @@ pub async fn run_device<D: Driver>(
                 let result = driver.poll().await;
                 let ts = now_ms();
                 debug!(device = %name, took = ?started.elapsed(), ok = result.is_ok(), "Polled");
+                stats::record(&name, started.elapsed(), result.is_ok());
                 match result {
                     Ok(reads) => {
                         avail.failures = 0;

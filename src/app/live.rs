@@ -1,0 +1,948 @@
+//! The running gateway and its config lifecycle: build every subsystem from the config, and
+//! later move the running system to a new config by rebuilding only what changed.
+//!
+//! The YAML file stays the single source of truth. A change comes from `PUT /api/config`, a
+//! history restore, or SIGHUP (the file edited by hand); all go through the one
+//! [`Controller`], which runs in the daemon's main loop, so changes never overlap.
+//!
+//! What a change restarts, section by section:
+//! - `devices`: the device groups ([`crate::drivers::groups`]) whose devices changed are
+//!   restarted, added ones started, removed ones stopped; the others keep polling.
+//! - `uplinks`: an uplink whose settings changed is restarted (its queue database stays, so
+//!   nothing queued is lost), added ones start, removed ones stop.
+//! - `broker` or `gateway`: the broker is rebuilt — every listener rebinds and its MQTT clients
+//!   are disconnected (they reconnect; persistent sessions and retained messages survive when
+//!   `broker.persistence` is on), and the devices and uplinks that publish into it restart.
+//!   When neither section changed, MQTT clients stay connected.
+//! - `web`: a new `bind` or `tls` restarts the web server (sessions survive); `users` and
+//!   `metrics` apply at once (sessions of removed users, or users whose password changed, end).
+//! - `log.level`: applied at once; `log.format` needs a restart (logged).
+//!
+//! If applying fails (a port that cannot be bound, a TLS file that cannot be loaded), the
+//! previous config is restored: the file gets its previous text back and the running system is
+//! moved back to the previous config; the error is returned.
+
+use super::{prepare_data_dir, Supervisor, TaskError, TaskHandle, BROKER_DB};
+use crate::broker::Broker;
+use crate::config::{self, Config, ConfigError, Origin};
+use crate::drivers::DeviceGroup;
+use crate::uplink::Ledger;
+use anyhow::Context;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+/// How many previous versions `data_dir/config-history/` keeps.
+pub const HISTORY_KEEP: usize = 50;
+/// The history directory under `data_dir`.
+pub const HISTORY_DIR: &str = "config-history";
+
+/// The config's version: the hex SHA-256 of its text (the web API's `version` and `If-Match`).
+pub fn version(text: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the running gateway shows to observers (the web server): its config, broker, uplink
+/// ledgers, and the way to ask for a config change.
+pub struct Gateway {
+    pub origin: Origin,
+    /// When the daemon started (for uptime).
+    pub started: std::time::Instant,
+    pub started_ms: u64,
+    live: RwLock<Live>,
+    control: mpsc::Sender<Request>,
+}
+
+#[derive(Clone)]
+struct Live {
+    config: Arc<Config>,
+    text: Arc<str>,
+    broker: Broker,
+    mqtt: Vec<SocketAddr>,
+    uplinks: Vec<(String, Arc<Ledger>)>,
+    /// Bumped each time the broker is rebuilt: in-process consumers must subscribe again.
+    broker_epoch: u64,
+}
+
+impl Gateway {
+    fn live(&self) -> Live {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The running config.
+    pub fn config(&self) -> Arc<Config> {
+        self.live().config
+    }
+
+    /// The running config's text (the file as it was when it was applied).
+    pub fn config_text(&self) -> Arc<str> {
+        self.live().text
+    }
+
+    /// The running broker. It changes when the `broker` section changes; see
+    /// [`Gateway::broker_epoch`].
+    pub fn broker(&self) -> Broker {
+        self.live().broker
+    }
+
+    /// Increases each time the broker is rebuilt.
+    pub fn broker_epoch(&self) -> u64 {
+        self.live().broker_epoch
+    }
+
+    /// The addresses the MQTT listeners are bound to.
+    pub fn mqtt_addrs(&self) -> Vec<SocketAddr> {
+        self.live().mqtt
+    }
+
+    /// Every configured uplink's ledger, in config order.
+    pub fn uplinks(&self) -> Vec<(String, Arc<Ledger>)> {
+        self.live().uplinks
+    }
+
+    /// The config file, when there is one.
+    pub fn config_path(&self) -> Option<&Path> {
+        match &self.origin {
+            Origin::File(p) => Some(p),
+            Origin::BuiltIn => None,
+        }
+    }
+
+    /// Asks the controller to validate, write and apply `change`. Returns once it is applied
+    /// (or refused, or rolled back).
+    pub async fn reconfigure(&self, change: Change) -> Result<Applied, ApplyError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Request::Apply { change, reply })
+            .await
+            .map_err(|_| ApplyError::Failed("the gateway is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| ApplyError::Failed("the gateway is shutting down".into()))?
+    }
+}
+
+/// A requested config change.
+#[derive(Debug)]
+pub struct Change {
+    /// The new config text.
+    pub text: String,
+    /// The version the client saw; the change is refused when the file is no longer that.
+    pub if_match: Option<String>,
+    /// Who asked, for the log: "web UI (admin)", "history restore of ... (admin)".
+    pub by: String,
+}
+
+/// A change that was applied.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Applied {
+    /// The new version (SHA-256 of the text now in the file).
+    pub version: String,
+    /// What was restarted, started or stopped; empty when nothing changed.
+    pub changes: Vec<String>,
+}
+
+/// Why a change was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("running on the built-in defaults, there is no config file to change; start tidegate with `-c FILE` (or create {}) to change the config from the web UI", config::DEFAULT_CONFIG_PATH)]
+    NoFile,
+    #[error("the config file changed meanwhile (it is now version {current}); reload it and apply your change again")]
+    Conflict { current: String },
+    #[error("the config has {} error(s)", .0.len())]
+    Invalid(Vec<ConfigError>),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A message to the controller.
+pub enum Request {
+    Apply {
+        change: Change,
+        reply: oneshot::Sender<Result<Applied, ApplyError>>,
+    },
+}
+
+/// What runs now, per section.
+struct Running {
+    config: Config,
+    text: Arc<str>,
+    broker: Broker,
+    /// False after a broker rebuild failed half-way: the next change rebuilds it.
+    core_up: bool,
+    /// The MQTT listeners and the `$SYS` task.
+    core: Vec<TaskHandle>,
+    mqtt: Vec<SocketAddr>,
+    groups: Vec<(DeviceGroup, TaskHandle)>,
+    uplinks: Vec<(config::Uplink, Arc<Ledger>, TaskHandle)>,
+    /// The web server's bound settings and task, and the state hub's task.
+    web: Option<(config::Web, TaskHandle)>,
+    hub: Option<TaskHandle>,
+    broker_epoch: u64,
+}
+
+/// Owns the running system and moves it from one config to the next.
+pub struct Controller {
+    sup: Supervisor,
+    run: Running,
+    gw: Arc<Gateway>,
+    web: Arc<crate::web::State>,
+}
+
+impl Controller {
+    /// Builds every subsystem from `config`. Returns the controller, one line per subsystem
+    /// saying what it serves, and the queue of change requests (for the main loop).
+    ///
+    /// Fails when a listener cannot be bound or a store cannot be opened.
+    pub async fn start(
+        config: Config,
+        text: String,
+        origin: Origin,
+        mut sup: Supervisor,
+    ) -> anyhow::Result<(Self, Vec<String>, mpsc::Receiver<Request>)> {
+        let mut lines = Vec::new();
+        let (broker, core, mqtt) = build_core(&config, &mut sup, &mut lines).await?;
+        let (control, requests) = mpsc::channel(8);
+        let gw = Arc::new(Gateway {
+            origin,
+            started: std::time::Instant::now(),
+            started_ms: crate::drivers::reading::now_ms(),
+            live: RwLock::new(Live {
+                config: Arc::new(config.clone()),
+                text: text.clone().into(),
+                broker: broker.clone(),
+                mqtt: mqtt.clone(),
+                uplinks: Vec::new(),
+                broker_epoch: 0,
+            }),
+            control,
+        });
+        let web = crate::web::State::new(gw.clone());
+        let mut ctl = Controller {
+            sup,
+            run: Running {
+                config: Config {
+                    devices: Vec::new(),
+                    uplinks: Vec::new(),
+                    web: config::Web {
+                        enabled: false,
+                        ..config.web.clone()
+                    },
+                    ..config.clone()
+                },
+                text: text.into(),
+                broker,
+                core_up: true,
+                core,
+                mqtt,
+                groups: Vec::new(),
+                uplinks: Vec::new(),
+                web: None,
+                hub: None,
+                broker_epoch: 0,
+            },
+            gw,
+            web,
+        };
+        // Everything else is a transition from "only the broker" to the config.
+        lines.extend(ctl.apply(&config).await?);
+        ctl.run.config = config;
+        ctl.publish_live();
+        if ctl.run.config.broker.allow_anonymous {
+            warn!("The broker accepts anonymous clients (broker.allow_anonymous); add users and an ACL before exposing it");
+        }
+        let c = &ctl.run.config;
+        lines.push(format!(
+            "Config: {} device(s), {} uplink(s), {} broker listener(s); data in {}",
+            c.devices.len(),
+            c.uplinks.len(),
+            c.broker.listeners.len(),
+            c.gateway.data_dir.display()
+        ));
+        Ok((ctl, lines, requests))
+    }
+
+    pub fn supervisor(&mut self) -> &mut Supervisor {
+        &mut self.sup
+    }
+
+    /// The supervisor (to stop everything) and the broker (to close its store after).
+    pub fn into_parts(self) -> (Supervisor, Broker) {
+        (self.sup, self.run.broker)
+    }
+
+    /// Handles one request from the web server.
+    pub async fn handle(&mut self, request: Request) {
+        match request {
+            Request::Apply { change, reply } => {
+                let by = change.by.clone();
+                let result = self.change(change).await;
+                match &result {
+                    Ok(a) if a.changes.is_empty() => info!(by, "Config unchanged"),
+                    Ok(a) => {
+                        info!(by, version = %a.version, changes = ?a.changes, "Config applied")
+                    }
+                    Err(ApplyError::Invalid(errors)) => {
+                        warn!(by, errors = errors.len(), "Config change refused: invalid")
+                    }
+                    Err(e) => warn!(by, error = %e, "Config change not applied"),
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// A change from the web server: check, keep the old file in the history, write the new
+    /// one atomically, apply; on failure put everything back.
+    async fn change(&mut self, change: Change) -> Result<Applied, ApplyError> {
+        let Some(path) = self.gw.config_path().map(Path::to_path_buf) else {
+            return Err(ApplyError::NoFile);
+        };
+        let current = std::fs::read_to_string(&path).map_err(|e| {
+            ApplyError::Failed(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let current_version = version(&current);
+        if let Some(want) = &change.if_match {
+            if want.trim_matches('"') != current_version {
+                return Err(ApplyError::Conflict {
+                    current: current_version,
+                });
+            }
+        }
+        let new =
+            config::parse_in(&change.text, config_base(&path)).map_err(ApplyError::Invalid)?;
+        if change.text == current && change.text == *self.run.text {
+            return Ok(Applied {
+                version: current_version,
+                changes: Vec::new(),
+            });
+        }
+        let data_dir = self.run.config.gateway.data_dir.clone();
+        save_history(&data_dir, &current).map_err(|e| {
+            ApplyError::Failed(format!(
+                "cannot keep the previous config in the history: {e:#}"
+            ))
+        })?;
+        write_atomic(&path, &change.text)
+            .map_err(|e| ApplyError::Failed(format!("cannot write {}: {e:#}", path.display())))?;
+        let old = self.run.config.clone();
+        match self.apply(&new).await {
+            Ok(changes) => {
+                self.run.config = new;
+                self.run.text = change.text.as_str().into();
+                self.publish_live();
+                Ok(Applied {
+                    version: version(&change.text),
+                    changes,
+                })
+            }
+            Err(e) => {
+                error!(
+                    error = format!("{e:#}"),
+                    "Applying the new config failed; restoring the previous one"
+                );
+                let restored = write_atomic(&path, &current);
+                self.roll_back(&old).await;
+                let mut msg = format!("{e:#}; the previous config was restored");
+                if let Err(w) = restored {
+                    msg = format!("{e:#}; the previous config runs again, but the file could not be put back: {w:#}");
+                }
+                Err(ApplyError::Failed(msg))
+            }
+        }
+    }
+
+    /// SIGHUP: re-reads the config file and applies it; an invalid file is refused (the
+    /// running config stays) and a failed apply is rolled back (the file is left as edited).
+    pub async fn reload_file(&mut self) {
+        let Some(path) = self.gw.config_path().map(Path::to_path_buf) else {
+            info!("SIGHUP: running on built-in defaults, there is no config file to re-read");
+            return;
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                error!(config = %path.display(), error = %e, "SIGHUP: cannot re-read the config; keeping the running config");
+                return;
+            }
+        };
+        let new = match config::parse_in(&text, config_base(&path)) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors {
+                    error!(config = %path.display(), "SIGHUP: config error at {e}");
+                }
+                error!(
+                    errors = errors.len(),
+                    "SIGHUP: the config file is invalid; keeping the running config"
+                );
+                return;
+            }
+        };
+        if text == *self.run.text {
+            info!(config = %path.display(), "SIGHUP: the config file is unchanged");
+            return;
+        }
+        if let Err(e) = save_history(&self.run.config.gateway.data_dir, &self.run.text) {
+            warn!(
+                error = format!("{e:#}"),
+                "SIGHUP: cannot keep the previous config in the history"
+            );
+        }
+        let old = self.run.config.clone();
+        match self.apply(&new).await {
+            Ok(changes) => {
+                self.run.config = new;
+                self.run.text = text.as_str().into();
+                self.publish_live();
+                info!(config = %path.display(), version = %version(&text), changes = ?changes, "SIGHUP: config reloaded");
+            }
+            Err(e) => {
+                error!(error = format!("{e:#}"), "SIGHUP: applying the config failed; the previous config runs again (the file is left as it is)");
+                self.roll_back(&old).await;
+            }
+        }
+    }
+
+    async fn roll_back(&mut self, old: &Config) {
+        match self.apply(old).await {
+            Ok(_) => {
+                self.run.config = old.clone();
+                self.publish_live();
+            }
+            Err(e) => {
+                error!(
+                    error = format!("{e:#}"),
+                    "Restoring the previous config failed too; some subsystems are not running"
+                )
+            }
+        }
+    }
+
+    /// Tells observers what runs now.
+    fn publish_live(&self) {
+        let r = &self.run;
+        let live = Live {
+            config: Arc::new(r.config.clone()),
+            text: r.text.clone(),
+            broker: r.broker.clone(),
+            mqtt: r.mqtt.clone(),
+            uplinks: r
+                .uplinks
+                .iter()
+                .map(|(u, l, _)| (u.name.clone(), l.clone()))
+                .collect(),
+            broker_epoch: r.broker_epoch,
+        };
+        *self.gw.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+        self.web.config_changed(&r.config);
+    }
+
+    /// Moves the running system from `self.run.config` to `new`, section by section, and
+    /// returns what it did. `self.run.config` is left for the caller to set (only on success).
+    ///
+    /// Fails when something of `new` cannot start (a port, a TLS file, a store).
+    async fn apply(&mut self, new: &Config) -> anyhow::Result<Vec<String>> {
+        let mut done = Vec::new();
+        let old = self.run.config.clone();
+        let rebuild = !self.run.core_up || old.broker != new.broker || old.gateway != new.gateway;
+        if rebuild {
+            // Everything that holds the broker stops first, then the broker itself.
+            if let Some(hub) = self.run.hub.take() {
+                hub.stop().await;
+            }
+            for (_, h) in self.run.groups.drain(..) {
+                h.stop().await;
+            }
+            for (_, _, h) in self.run.uplinks.drain(..) {
+                h.stop().await;
+            }
+            for h in self.run.core.drain(..) {
+                h.stop().await;
+            }
+            self.run.core_up = false;
+            let b = self.run.broker.clone();
+            let _ = tokio::task::spawn_blocking(move || b.close_store()).await;
+            prepare_data_dir(&new.gateway.data_dir)?;
+            let mut lines = Vec::new();
+            let (broker, core, mqtt) = build_core(new, &mut self.sup, &mut lines).await?;
+            for line in &lines {
+                info!("{line}");
+            }
+            self.run.broker = broker;
+            self.run.core = core;
+            self.run.mqtt = mqtt;
+            self.run.core_up = true;
+            self.run.broker_epoch += 1;
+            done.push("broker rebuilt (listeners rebound, MQTT clients reconnect)".to_string());
+        }
+
+        // Devices, by group.
+        let wanted = crate::drivers::groups(&new.devices);
+        let mut kept = Vec::new();
+        let mut restarted = Vec::new();
+        for (group, handle) in std::mem::take(&mut self.run.groups) {
+            match wanted.iter().find(|g| g.key == group.key) {
+                Some(g) if *g == group => kept.push((group, handle)),
+                Some(_) => {
+                    handle.stop().await;
+                    restarted.push(group.key.clone());
+                }
+                None => {
+                    handle.stop().await;
+                    done.push(format!("{} stopped", group.key));
+                }
+            }
+        }
+        let mut groups = Vec::new();
+        for group in wanted {
+            if let Some(i) = kept.iter().position(|(g, _)| g.key == group.key) {
+                groups.push(kept.remove(i));
+                continue;
+            }
+            if restarted.contains(&group.key) {
+                done.push(format!("{} restarted", group.key));
+            } else if !rebuild {
+                done.push(format!("{} started", group.key));
+            }
+            let handle = self.spawn_group(group.clone());
+            groups.push((group, handle));
+        }
+        self.run.groups = groups;
+        if !new.devices.is_empty() && (old.devices != new.devices || rebuild) {
+            info!(
+                "Devices: {}",
+                new.devices
+                    .iter()
+                    .map(|d| format!("{} ({})", d.name, d.driver))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+
+        // Uplinks, by name. A restarted uplink keeps its ledger (the counters go on).
+        let mut kept = Vec::new();
+        let mut ledgers = BTreeMap::new();
+        for (cfg, ledger, handle) in std::mem::take(&mut self.run.uplinks) {
+            if new.uplinks.contains(&cfg) {
+                kept.push((cfg, ledger, handle));
+                continue;
+            }
+            handle.stop().await;
+            if !new.uplinks.iter().any(|u| u.name == cfg.name) {
+                done.push(format!("uplink {} stopped", cfg.name));
+            }
+            ledgers.insert(cfg.name.clone(), ledger);
+        }
+        let mut uplinks = Vec::new();
+        for u in &new.uplinks {
+            if let Some(i) = kept.iter().position(|(c, _, _)| c.name == u.name) {
+                uplinks.push(kept.remove(i));
+                continue;
+            }
+            let ledger = match ledgers.remove(&u.name) {
+                Some(l) => {
+                    done.push(format!("uplink {} restarted", u.name));
+                    l
+                }
+                None => {
+                    if !rebuild {
+                        done.push(format!("uplink {} started", u.name));
+                    }
+                    Arc::new(Ledger::default())
+                }
+            };
+            info!("Uplink {} to {}", u.name, u.url);
+            let handle = self.spawn_uplink(u, new, ledger.clone());
+            uplinks.push((u.clone(), ledger, handle));
+        }
+        self.run.uplinks = uplinks;
+
+        // Logging.
+        if old.log.level != new.log.level {
+            crate::logging::set_level(&new.log.level).context("log.level")?;
+            done.push(format!("log level now {}", new.log.level));
+        }
+        if old.log.format != new.log.format {
+            warn!("log.format changed; it applies at the next restart");
+        }
+
+        // The web server and its state hub.
+        self.apply_web(&old, new, rebuild, &mut done).await?;
+        Ok(done)
+    }
+
+    async fn apply_web(
+        &mut self,
+        old: &Config,
+        new: &Config,
+        rebuild: bool,
+        done: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let want = new.web.enabled.then_some(&new.web);
+        let server_same = match (&self.run.web, want) {
+            (Some((w, _)), Some(n)) => w.bind == n.bind && w.tls == n.tls,
+            (None, None) => true,
+            _ => false,
+        };
+        if want.is_some() {
+            self.web
+                .set_users(new, &new.gateway.data_dir)
+                .await
+                .context("web.users")?;
+        }
+        if !server_same {
+            let different_addr = match (&self.run.web, want) {
+                (Some((w, _)), Some(n)) => w.bind != n.bind,
+                _ => true,
+            };
+            // A new address is bound before the old server stops (so a bind error leaves it
+            // running); the same address only after.
+            let mut old_server = self.run.web.take();
+            if !different_addr {
+                if let Some((_, h)) = old_server.take() {
+                    h.stop().await;
+                }
+            }
+            if let Some(w) = want {
+                let bound = crate::web::bind(w).await;
+                let bound = match bound {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Keep the old server (if it still runs) for the roll-back to find.
+                        self.run.web = old_server;
+                        return Err(e);
+                    }
+                };
+                info!(
+                    "Web UI listening on {} ({})",
+                    bound.local_addr(),
+                    bound.scheme()
+                );
+                let state = self.web.clone();
+                let handle = self.sup.spawn("web server", move |stop| {
+                    let (bound, state) = (bound.clone(), state.clone());
+                    async move { bound.serve(state, stop).await.map_err(TaskError::Failed) }
+                });
+                if let Some((_, h)) = old_server.take() {
+                    h.stop().await;
+                }
+                self.run.web = Some((w.clone(), handle));
+                if old.web.enabled {
+                    done.push("web server restarted".into());
+                }
+            } else if let Some((_, h)) = old_server.take() {
+                h.stop().await;
+                done.push("web server stopped".into());
+            }
+        } else if let (Some((w, _)), Some(n)) = (&mut self.run.web, want) {
+            if *w != *n {
+                *w = n.clone();
+                done.push("web users/metrics updated".into());
+            }
+        }
+        // The hub follows the web server and the broker.
+        match (want.is_some(), self.run.hub.is_some()) {
+            (true, true) if rebuild => {
+                if let Some(h) = self.run.hub.take() {
+                    h.stop().await;
+                }
+                self.run.hub = Some(self.spawn_hub());
+            }
+            (true, false) => self.run.hub = Some(self.spawn_hub()),
+            (false, true) => {
+                if let Some(h) = self.run.hub.take() {
+                    h.stop().await;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn spawn_hub(&mut self) -> TaskHandle {
+        let (state, broker) = (self.web.clone(), self.run.broker.clone());
+        self.sup.spawn("web state hub", move |stop| {
+            let (state, broker) = (state.clone(), broker.clone());
+            async move {
+                crate::web::hub::run(state, broker, stop).await;
+                Ok(())
+            }
+        })
+    }
+
+    fn spawn_group(&mut self, group: DeviceGroup) -> TaskHandle {
+        let b = self.run.broker.clone();
+        let name = group.key.clone();
+        self.sup.spawn(name, move |stop| {
+            crate::drivers::run_group(group.clone(), b.clone(), stop)
+        })
+    }
+
+    fn spawn_uplink(
+        &mut self,
+        uplink: &config::Uplink,
+        config: &Config,
+        ledger: Arc<Ledger>,
+    ) -> TaskHandle {
+        let (cfg, gateway, data_dir, b) = (
+            uplink.clone(),
+            config.gateway.id.clone(),
+            config.gateway.data_dir.clone(),
+            self.run.broker.clone(),
+        );
+        self.sup
+            .spawn(format!("uplink {}", uplink.name), move |stop| {
+                let u = crate::uplink::run::Uplink {
+                    cfg: cfg.clone(),
+                    gateway: gateway.clone(),
+                    data_dir: data_dir.clone(),
+                    broker: b.clone(),
+                    ledger: ledger.clone(),
+                };
+                u.run(stop)
+            })
+    }
+}
+
+/// Builds the broker, binds its listeners and starts them and the `$SYS` task.
+async fn build_core(
+    config: &Config,
+    sup: &mut Supervisor,
+    lines: &mut Vec<String>,
+) -> anyhow::Result<(Broker, Vec<TaskHandle>, Vec<SocketAddr>)> {
+    let settings = crate::broker::Settings::from_config(&config.broker);
+    let broker = if config.broker.persistence {
+        let path = config.gateway.data_dir.join(BROKER_DB);
+        lines.push(format!("Broker state persisted in {}", path.display()));
+        Broker::open(settings, &path)?
+    } else {
+        Broker::new(settings)
+    };
+    let listeners = match broker.bind(&config.broker).await {
+        Ok(l) => l,
+        Err(e) => {
+            let b = broker.clone();
+            let _ = tokio::task::spawn_blocking(move || b.close_store()).await;
+            return Err(e);
+        }
+    };
+    let mut core = Vec::new();
+    let mut addrs = Vec::new();
+    for listener in listeners {
+        let addr = listener.local_addr();
+        addrs.push(addr);
+        lines.push(format!(
+            "MQTT broker listening on {addr} (MQTT 3.1, 3.1.1 and 5.0)"
+        ));
+        core.push(sup.spawn(format!("mqtt listener {addr}"), move |stop| {
+            let listener = listener.clone();
+            async move { listener.serve(stop).await.map_err(TaskError::Failed) }
+        }));
+    }
+    let sys = broker.clone();
+    core.push(sup.spawn("broker $SYS", move |stop| {
+        let sys = sys.clone();
+        async move {
+            crate::broker::sys::run(sys, stop).await;
+            Ok(())
+        }
+    }));
+    Ok((broker, core, addrs))
+}
+
+/// The directory relative file names in the config are taken from.
+pub fn config_base(path: &Path) -> Option<&Path> {
+    path.parent().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Writes `text` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
+/// directory. Keeps the file's permissions when it exists.
+pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = config_base(path).unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".into());
+    let tmp = dir.join(format!(".{name}.tidegate-tmp"));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = f.set_permissions(meta.permissions());
+    }
+    let written = f
+        .write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    drop(f);
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot replace {}", path.display()));
+    }
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// One kept version.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HistoryEntry {
+    /// `<unix ms>-<first 12 hex digits of the version>`.
+    pub id: String,
+    /// When it was replaced, Unix ms.
+    pub saved: u64,
+    pub version: String,
+    pub bytes: u64,
+}
+
+fn history_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(HISTORY_DIR)
+}
+
+/// Keeps `text` (the version being replaced) in the history, dropping the oldest beyond
+/// [`HISTORY_KEEP`].
+pub fn save_history(data_dir: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = history_dir(data_dir);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let v = version(text);
+    let mut now = crate::drivers::reading::now_ms();
+    // Two saves in the same millisecond get distinct, still ordered, ids.
+    let id = loop {
+        let id = format!("{now:013}-{}", &v[..12]);
+        if !dir.join(format!("{id}.yaml")).exists() {
+            break id;
+        }
+        now += 1;
+    };
+    write_atomic(&dir.join(format!("{id}.yaml")), text)?;
+    let entries = list_history(data_dir)?;
+    for old in entries.iter().skip(HISTORY_KEEP) {
+        let _ = std::fs::remove_file(dir.join(format!("{}.yaml", old.id)));
+    }
+    Ok(())
+}
+
+/// The kept versions, newest first.
+pub fn list_history(data_dir: &Path) -> anyhow::Result<Vec<HistoryEntry>> {
+    let dir = history_dir(data_dir);
+    let read = match std::fs::read_dir(&dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let mut out = Vec::new();
+    for entry in read.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".yaml") else {
+            continue;
+        };
+        if !valid_history_id(id) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        out.push(HistoryEntry {
+            id: id.to_string(),
+            saved: id
+                .split('-')
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0),
+            version: version(&text),
+            bytes: text.len() as u64,
+        });
+    }
+    out.sort_by(|a, b| b.id.cmp(&a.id));
+    Ok(out)
+}
+
+/// A history id as [`save_history`] makes them: digits, a dash, hex digits.
+pub fn valid_history_id(id: &str) -> bool {
+    let Some((t, h)) = id.split_once('-') else {
+        return false;
+    };
+    !t.is_empty()
+        && t.len() <= 20
+        && t.bytes().all(|b| b.is_ascii_digit())
+        && h.len() == 12
+        && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The text of one kept version; `None` when there is no such id.
+pub fn read_history(data_dir: &Path, id: &str) -> anyhow::Result<Option<String>> {
+    if !valid_history_id(id) {
+        return Ok(None);
+    }
+    let path = history_dir(data_dir).join(format!("{id}.yaml"));
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_is_bounded_and_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..(HISTORY_KEEP + 5) {
+            save_history(dir.path(), &format!("# version {i}\n")).unwrap();
+        }
+        let list = list_history(dir.path()).unwrap();
+        assert_eq!(list.len(), HISTORY_KEEP);
+        let newest = read_history(dir.path(), &list[0].id).unwrap().unwrap();
+        assert_eq!(newest, format!("# version {}\n", HISTORY_KEEP + 4));
+        assert_eq!(list[0].version, version(&newest));
+        let oldest = read_history(dir.path(), &list[HISTORY_KEEP - 1].id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(oldest, "# version 5\n");
+        assert!(read_history(dir.path(), "../../etc/passwd")
+            .unwrap()
+            .is_none());
+        assert!(read_history(dir.path(), "1-abcdefabcdef")
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_keeps_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "a").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&p, "b").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "b");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn version_is_sha256_hex() {
+        assert_eq!(
+            version(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

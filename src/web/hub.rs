@@ -1,0 +1,346 @@
+//! The state hub: what the web UI shows live, gathered from the broker without touching any
+//! driver. One in-process subscription to `devices/#` keeps the latest value of every tag
+//! (`devices/<d>/<t>`) and every device's availability (`devices/<d>/$status`); each change is
+//! also sent to the SSE streams. Once a second it samples the broker's counters (messages per
+//! second) and the uplinks' state (a connect or disconnect is a `status` event).
+
+use super::State;
+use crate::broker::codec::QoS;
+use crate::broker::Broker;
+use crate::config::Config;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Events buffered per SSE stream before a slow one starts losing the oldest.
+pub const EVENT_BUFFER: usize = 8192;
+
+/// The latest reading of one tag.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TagValue {
+    pub device: String,
+    pub tag: String,
+    pub value: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    pub ts: Option<u64>,
+    pub quality: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A device's availability and readings as seen on the broker.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeviceSeen {
+    /// From `devices/<d>/$status`; `None` before the first poll.
+    pub online: Option<bool>,
+    pub since: Option<u64>,
+    pub error: Option<String>,
+    /// Readings published, and those with quality `bad`.
+    pub readings: u64,
+    pub bad_readings: u64,
+}
+
+/// One SSE event: its name (`value`, `status`, `log`) and JSON data.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub kind: &'static str,
+    pub data: Arc<str>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Rates {
+    at: Option<tokio::time::Instant>,
+    received: u64,
+    sent: u64,
+    in_per_s: f64,
+    out_per_s: f64,
+}
+
+/// See the module docs.
+pub struct Hub {
+    values: Mutex<BTreeMap<(String, String), TagValue>>,
+    devices: Mutex<BTreeMap<String, DeviceSeen>>,
+    events: broadcast::Sender<Event>,
+    rates: Mutex<Rates>,
+    uplinks: Mutex<HashMap<String, bool>>,
+    /// Per uplink, (when, messages sent) once a second over the last 10 s: the drain rate.
+    sent: Mutex<HashMap<String, std::collections::VecDeque<(tokio::time::Instant, u64)>>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Hub {
+            values: Mutex::default(),
+            devices: Mutex::default(),
+            events: broadcast::channel(EVENT_BUFFER).0,
+            rates: Mutex::default(),
+            uplinks: Mutex::default(),
+            sent: Mutex::default(),
+        }
+    }
+
+    /// Every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The latest value of every tag, by device then tag.
+    pub fn values(&self) -> Vec<TagValue> {
+        lock(&self.values).values().cloned().collect()
+    }
+
+    pub fn device(&self, name: &str) -> DeviceSeen {
+        lock(&self.devices).get(name).cloned().unwrap_or_default()
+    }
+
+    /// Broker messages per second (in, out) over the last second.
+    pub fn rates(&self) -> (f64, f64) {
+        let r = lock(&self.rates);
+        (r.in_per_s, r.out_per_s)
+    }
+
+    /// Messages per second an uplink sent over the last 10 s; `None` before two samples.
+    pub fn drain_rate(&self, uplink: &str) -> Option<f64> {
+        let sent = lock(&self.sent);
+        let w = sent.get(uplink)?;
+        let (&(t0, n0), &(t1, n1)) = (w.front()?, w.back()?);
+        let secs = (t1 - t0).as_secs_f64();
+        (secs > 0.0).then(|| n1.saturating_sub(n0) as f64 / secs)
+    }
+
+    fn emit(&self, kind: &'static str, data: &impl Serialize) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        if let Ok(json) = serde_json::to_string(data) {
+            let _ = self.events.send(Event {
+                kind,
+                data: json.into(),
+            });
+        }
+    }
+
+    /// Takes one message from `devices/#`.
+    pub fn ingest(&self, topic: &str, payload: &[u8]) {
+        let mut parts = topic.split('/');
+        let (Some("devices"), Some(device), Some(tag), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        if payload.is_empty() {
+            // A cleared retained message: the tag or status is gone.
+            if tag == "$status" {
+                lock(&self.devices).remove(device);
+            } else {
+                lock(&self.values).remove(&(device.to_string(), tag.to_string()));
+            }
+            return;
+        }
+        let json: Option<serde_json::Map<String, Value>> = serde_json::from_slice(payload).ok();
+        if tag == "$status" {
+            let Some(obj) = json else { return };
+            let online = obj.get("online").and_then(Value::as_bool);
+            let since = obj.get("since").and_then(Value::as_u64);
+            let error = obj.get("error").and_then(Value::as_str).map(str::to_string);
+            {
+                let mut devices = lock(&self.devices);
+                let d = devices.entry(device.to_string()).or_default();
+                d.online = online;
+                d.since = since;
+                d.error = error.clone();
+            }
+            self.emit(
+                "status",
+                &serde_json::json!({
+                    "kind": "device", "name": device, "online": online,
+                    "since": since, "error": error,
+                }),
+            );
+            return;
+        }
+        if tag.starts_with('$') {
+            return;
+        }
+        let v = match json {
+            Some(obj) if obj.contains_key("value") => TagValue {
+                device: device.to_string(),
+                tag: tag.to_string(),
+                value: obj.get("value").cloned().unwrap_or(Value::Null),
+                unit: obj.get("unit").and_then(Value::as_str).map(str::to_string),
+                ts: obj.get("ts").and_then(Value::as_u64),
+                quality: obj
+                    .get("quality")
+                    .and_then(Value::as_str)
+                    .unwrap_or("good")
+                    .to_string(),
+                error: obj.get("error").and_then(Value::as_str).map(str::to_string),
+            },
+            // Not a tidegate reading (someone published by hand): shown as it is.
+            _ => TagValue {
+                device: device.to_string(),
+                tag: tag.to_string(),
+                value: serde_json::from_slice(payload).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(payload).into_owned())
+                }),
+                unit: None,
+                ts: Some(crate::drivers::reading::now_ms()),
+                quality: "good".into(),
+                error: None,
+            },
+        };
+        {
+            let mut devices = lock(&self.devices);
+            let d = devices.entry(device.to_string()).or_default();
+            d.readings += 1;
+            if v.quality != "good" {
+                d.bad_readings += 1;
+            }
+        }
+        self.emit("value", &v);
+        lock(&self.values).insert((v.device.clone(), v.tag.clone()), v);
+    }
+
+    /// Once a second: broker rates and uplink state changes.
+    fn tick(&self, broker: &Broker, gw: &crate::app::live::Gateway) {
+        let stats = broker.stats();
+        let received = stats.messages_received.load(Ordering::Relaxed);
+        let sent = stats.messages_sent.load(Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        {
+            let mut r = lock(&self.rates);
+            if let Some(at) = r.at {
+                let secs = (now - at).as_secs_f64().max(0.001);
+                r.in_per_s = received.saturating_sub(r.received) as f64 / secs;
+                r.out_per_s = sent.saturating_sub(r.sent) as f64 / secs;
+            }
+            *r = Rates {
+                at: Some(now),
+                received,
+                sent,
+                ..*r
+            };
+        }
+        let mut changed = Vec::new();
+        let ledgers = gw.uplinks();
+        {
+            let mut sent = lock(&self.sent);
+            sent.retain(|name, _| ledgers.iter().any(|(n, _)| n == name));
+            for (name, ledger) in &ledgers {
+                let w = sent.entry(name.clone()).or_default();
+                w.push_back((now, ledger.sent.load(Ordering::Relaxed)));
+                while w.len() > 11 {
+                    w.pop_front();
+                }
+            }
+        }
+        {
+            let mut seen = lock(&self.uplinks);
+            seen.retain(|name, _| ledgers.iter().any(|(n, _)| n == name));
+            for (name, ledger) in ledgers {
+                let connected = ledger.connected.load(Ordering::Relaxed);
+                if seen.insert(name.clone(), connected) != Some(connected) {
+                    let (since, error) = ledger.state.lock().map(|s| s.clone()).unwrap_or_default();
+                    changed.push(serde_json::json!({
+                        "kind": "uplink", "name": name,
+                        "state": if connected { "connected" } else { "disconnected" },
+                        "since": since, "error": error,
+                    }));
+                }
+            }
+        }
+        for c in changed {
+            self.emit("status", &c);
+        }
+    }
+
+    /// Forgets devices (and their tags) no longer in the config.
+    pub fn retain_devices(&self, config: &Config) {
+        let known = |d: &str| config.devices.iter().any(|c| c.name == d);
+        lock(&self.values).retain(|(d, t), _| {
+            known(d)
+                && config
+                    .devices
+                    .iter()
+                    .any(|c| c.name == *d && c.tags.iter().any(|x| x.name == *t))
+        });
+        lock(&self.devices).retain(|d, _| known(d));
+        crate::drivers::stats::retain(known);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The hub's task: follows `broker` until `stop` (restarted when the broker is rebuilt).
+pub async fn run(state: Arc<State>, broker: Broker, stop: CancellationToken) {
+    let mut sub = broker.subscribe("web", &[("devices/#", QoS::AtMostOnce)], false);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            m = sub.recv() => {
+                state.hub.ingest(m.topic(), m.payload());
+                // Drain what else is queued without going back to the scheduler each time.
+                for _ in 0..256 {
+                    let Some(m) = sub.try_recv() else { break };
+                    state.hub.ingest(m.topic(), m.payload());
+                }
+            }
+            _ = tick.tick() => state.hub.tick(&broker, &state.gw),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readings_and_status_are_kept_and_sent() {
+        let hub = Hub::new();
+        let mut rx = hub.subscribe();
+        hub.ingest(
+            "devices/boiler/temp",
+            br#"{"value":21.5,"unit":"C","ts":5,"quality":"good"}"#,
+        );
+        hub.ingest(
+            "devices/boiler/temp",
+            br#"{"value":21.5,"ts":6,"quality":"bad","error":"timeout"}"#,
+        );
+        hub.ingest(
+            "devices/boiler/$status",
+            br#"{"online":false,"since":7,"error":"x"}"#,
+        );
+        hub.ingest("devices/boiler/temp/set/result", br#"{"id":"a","ok":true}"#);
+        hub.ingest("devices/boiler/raw", b"hello");
+        let v = hub.values();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[1].tag, "temp");
+        assert_eq!(v[1].quality, "bad");
+        assert_eq!(v[1].error.as_deref(), Some("timeout"));
+        assert_eq!(v[0].value, Value::String("hello".into()));
+        let d = hub.device("boiler");
+        assert_eq!((d.online, d.readings, d.bad_readings), (Some(false), 3, 1));
+        let kinds: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["value", "value", "status", "value"]);
+        hub.ingest("devices/boiler/raw", b"");
+        assert_eq!(hub.values().len(), 1);
+    }
+}

@@ -1,0 +1,495 @@
+//! `/api/status`, `/metrics` (Prometheus text format 0.0.4) and `/healthz`: one mapping from
+//! the daemon's counters (broker [`crate::broker::state::Stats`], the hub's device figures,
+//! [`crate::drivers::stats`], the uplinks' [`crate::uplink::Ledger`] and queue figures) to what
+//! both show.
+//!
+//! Uplink queue figures (depth, bytes, oldest age, queued, acknowledged, dropped by reason)
+//! live in the uplink task's queue; the task publishes them as retained
+//! `$SYS/tidegate/uplinks/<name>/...` every 10 s, and [`uplink_view`] reads them from there —
+//! the one place to change when the uplink exposes them directly.
+
+use super::{error, State};
+use crate::uplink::Ledger;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// One uplink as the status page and `/metrics` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UplinkView {
+    pub name: String,
+    pub url: String,
+    /// `connected` or `disconnected`.
+    pub state: &'static str,
+    /// Unix ms of the last state change.
+    pub since: Option<u64>,
+    pub last_error: Option<String>,
+    pub queue: QueueView,
+    pub counters: Counters,
+    /// Seconds until the queue is empty at the rate it drained over the last 10 s; `None`
+    /// when it is empty or not draining.
+    pub drain_eta_s: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueView {
+    pub depth: u64,
+    pub bytes: u64,
+    pub oldest_age_s: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counters {
+    pub received: u64,
+    pub queued: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub redelivered: u64,
+    pub commands: u64,
+    pub connections: u64,
+    pub dropped: HashMap<&'static str, u64>,
+}
+
+/// Reasons a message bound for an uplink was dropped, as the ledger names them.
+pub const DROP_REASONS: [&str; 5] = ["full", "expired", "rejected", "write_error", "qos0_offline"];
+
+/// Maps one uplink's ledger and its retained `$SYS` queue figures to the view.
+pub fn uplink_view(
+    name: &str,
+    url: &str,
+    ledger: &Ledger,
+    broker: &crate::broker::Broker,
+    drain_per_s: Option<f64>,
+) -> UplinkView {
+    let prefix = format!("$SYS/tidegate/uplinks/{name}/");
+    let sys: HashMap<String, u64> = broker
+        .retained(&format!("{prefix}#"))
+        .into_iter()
+        .filter_map(|(t, p)| {
+            let key = t.strip_prefix(&prefix)?.to_string();
+            let v = std::str::from_utf8(&p).ok()?.trim().parse().ok()?;
+            Some((key, v))
+        })
+        .collect();
+    let get = |k: &str| sys.get(k).copied().unwrap_or(0);
+    let (since, error) = ledger.state.lock().map(|s| s.clone()).unwrap_or_default();
+    let connected = ledger.connected.load(Ordering::Relaxed);
+    let depth = get("queue/messages");
+    let mut dropped = HashMap::new();
+    for r in DROP_REASONS {
+        dropped.insert(r, get(&format!("dropped/{r}")));
+    }
+    dropped.insert(
+        "qos0_offline",
+        ledger.dropped_qos0_offline.load(Ordering::Relaxed),
+    );
+    UplinkView {
+        name: name.to_string(),
+        url: url.to_string(),
+        state: if connected {
+            "connected"
+        } else {
+            "disconnected"
+        },
+        since: (since > 0).then_some(since),
+        last_error: error,
+        queue: QueueView {
+            depth,
+            bytes: get("queue/bytes"),
+            oldest_age_s: get("queue/oldest_age_seconds"),
+        },
+        counters: Counters {
+            received: ledger.received.load(Ordering::Relaxed),
+            queued: get("queued"),
+            sent: ledger.sent.load(Ordering::Relaxed),
+            acked: get("acked"),
+            redelivered: ledger.redelivered.load(Ordering::Relaxed),
+            commands: ledger.commands.load(Ordering::Relaxed),
+            connections: ledger.connections.load(Ordering::Relaxed),
+            dropped,
+        },
+        drain_eta_s: match drain_per_s {
+            Some(rate) if depth > 0 && rate > 0.0 => Some((depth as f64 / rate).ceil() as u64),
+            _ => None,
+        },
+    }
+}
+
+/// Every uplink's view, in config order.
+pub fn uplinks(st: &State) -> Vec<UplinkView> {
+    let config = st.gw.config();
+    let broker = st.gw.broker();
+    st.gw
+        .uplinks()
+        .iter()
+        .map(|(name, ledger)| {
+            let url = config
+                .uplinks
+                .iter()
+                .find(|u| u.name == *name)
+                .map(|u| u.url.clone())
+                .unwrap_or_default();
+            let rate = st.hub.drain_rate(name);
+            uplink_view(name, &url, ledger, &broker, rate)
+        })
+        .collect()
+}
+
+/// The body of `GET /api/status`.
+pub fn status(st: &State) -> Value {
+    let config = st.gw.config();
+    let broker = st.gw.broker();
+    let s = broker.stats();
+    let (in_rate, out_rate) = st.hub.rates();
+    let devices: Vec<Value> = config
+        .devices
+        .iter()
+        .map(|d| {
+            let seen = st.hub.device(&d.name);
+            let polls = crate::drivers::stats::get(&d.name);
+            json!({
+                "name": d.name,
+                "driver": d.driver.to_string(),
+                "tags": d.tags.len(),
+                "poll_interval_ms": d.poll_interval.0.as_millis() as u64,
+                "online": seen.online,
+                "since": seen.since,
+                "error": seen.error,
+                "last_poll": polls.map(|p| p.last_poll),
+                "poll_latency_ms": polls.map(|p| (p.last_latency_ms * 1000.0).round() / 1000.0),
+                "polls": polls.map(|p| p.polls).unwrap_or(0),
+                "failed_polls": polls.map(|p| p.failed_polls).unwrap_or(0),
+                "readings": seen.readings,
+                "bad_readings": seen.bad_readings,
+            })
+        })
+        .collect();
+    json!({
+        "gateway": {
+            "id": config.gateway.id,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": st.gw.started.elapsed().as_secs(),
+            "started": st.gw.started_ms,
+            "config": st.gw.origin.to_string(),
+        },
+        "broker": {
+            "clients": s.clients_connected.load(Ordering::Relaxed),
+            "messages_per_s": { "in": round2(in_rate), "out": round2(out_rate) },
+            "messages_received": s.messages_received.load(Ordering::Relaxed),
+            "messages_sent": s.messages_sent.load(Ordering::Relaxed),
+            "bytes_received": s.bytes_received.load(Ordering::Relaxed),
+            "bytes_sent": s.bytes_sent.load(Ordering::Relaxed),
+            "publishes_dropped": s.publishes_dropped.load(Ordering::Relaxed),
+            "listeners": st.gw.mqtt_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        },
+        "uplinks": uplinks(st),
+        "devices": devices,
+    })
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Prometheus label value escaping (backslash, quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", label(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+/// The Prometheus text exposition.
+pub fn render(st: &State) -> String {
+    let config = st.gw.config();
+    let broker = st.gw.broker();
+    let s = broker.stats();
+    let g = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut o = Out(String::with_capacity(8192));
+    o.family(
+        "tidegate_build_info",
+        "gauge",
+        "Version of the running daemon.",
+    );
+    o.sample(
+        "tidegate_build_info",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("gateway", &config.gateway.id),
+        ],
+        1,
+    );
+    o.one(
+        "tidegate_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        st.gw.started.elapsed().as_secs(),
+    );
+    o.one(
+        "tidegate_broker_clients_connected",
+        "gauge",
+        "MQTT clients connected to the local broker.",
+        s.clients_connected.load(Ordering::Relaxed),
+    );
+    o.one(
+        "tidegate_broker_messages_received_total",
+        "counter",
+        "PUBLISH messages received by the broker (network and in-process).",
+        g(&s.messages_received),
+    );
+    o.one(
+        "tidegate_broker_messages_sent_total",
+        "counter",
+        "PUBLISH messages sent to network clients.",
+        g(&s.messages_sent),
+    );
+    o.one(
+        "tidegate_broker_bytes_received_total",
+        "counter",
+        "Bytes received from network clients.",
+        g(&s.bytes_received),
+    );
+    o.one(
+        "tidegate_broker_bytes_sent_total",
+        "counter",
+        "Bytes sent to network clients.",
+        g(&s.bytes_sent),
+    );
+    o.one(
+        "tidegate_broker_publishes_dropped_total",
+        "counter",
+        "Messages dropped because a client's queue was full.",
+        g(&s.publishes_dropped),
+    );
+    o.one(
+        "tidegate_broker_publishes_expired_total",
+        "counter",
+        "Messages dropped because their message expiry passed.",
+        g(&s.publishes_expired),
+    );
+    o.one(
+        "tidegate_broker_connections_refused_total",
+        "counter",
+        "CONNECTs refused (authentication, limits, protocol).",
+        g(&s.connections_refused),
+    );
+    o.one(
+        "tidegate_broker_malformed_packets_total",
+        "counter",
+        "Malformed packets received.",
+        g(&s.malformed_packets),
+    );
+
+    let devices: Vec<_> = config
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d,
+                st.hub.device(&d.name),
+                crate::drivers::stats::get(&d.name),
+            )
+        })
+        .collect();
+    o.family(
+        "tidegate_device_online",
+        "gauge",
+        "1 when the device answers, 0 when it is offline, absent before its first poll.",
+    );
+    for (d, seen, _) in &devices {
+        if let Some(on) = seen.online {
+            o.sample(
+                "tidegate_device_online",
+                &[("device", &d.name)],
+                u8::from(on),
+            );
+        }
+    }
+    o.family(
+        "tidegate_device_polls_total",
+        "counter",
+        "Polls of the device.",
+    );
+    for (d, _, p) in &devices {
+        o.sample(
+            "tidegate_device_polls_total",
+            &[("device", &d.name)],
+            p.map(|p| p.polls).unwrap_or(0),
+        );
+    }
+    o.family(
+        "tidegate_device_poll_failures_total",
+        "counter",
+        "Polls the device did not answer.",
+    );
+    for (d, _, p) in &devices {
+        o.sample(
+            "tidegate_device_poll_failures_total",
+            &[("device", &d.name)],
+            p.map(|p| p.failed_polls).unwrap_or(0),
+        );
+    }
+    o.family(
+        "tidegate_device_poll_latency_seconds",
+        "gauge",
+        "Duration of the device's last poll.",
+    );
+    for (d, _, p) in &devices {
+        if let Some(p) = p {
+            o.sample(
+                "tidegate_device_poll_latency_seconds",
+                &[("device", &d.name)],
+                p.last_latency_ms / 1000.0,
+            );
+        }
+    }
+    o.family(
+        "tidegate_device_last_poll_timestamp_seconds",
+        "gauge",
+        "Unix time of the device's last poll.",
+    );
+    for (d, _, p) in &devices {
+        if let Some(p) = p {
+            o.sample(
+                "tidegate_device_last_poll_timestamp_seconds",
+                &[("device", &d.name)],
+                p.last_poll as f64 / 1000.0,
+            );
+        }
+    }
+    o.family(
+        "tidegate_device_readings_total",
+        "counter",
+        "Readings the device published, by quality.",
+    );
+    for (d, seen, _) in &devices {
+        o.sample(
+            "tidegate_device_readings_total",
+            &[("device", &d.name), ("quality", "good")],
+            seen.readings - seen.bad_readings.min(seen.readings),
+        );
+        o.sample(
+            "tidegate_device_readings_total",
+            &[("device", &d.name), ("quality", "bad")],
+            seen.bad_readings,
+        );
+    }
+
+    let ups = uplinks(st);
+    type Pick = fn(&UplinkView) -> u64;
+    let families: [(&str, &str, &str, Pick); 13] = [
+        ("tidegate_uplink_connected", "gauge", "1 when the uplink is connected to its broker.", |u| u64::from(u.state == "connected")),
+        ("tidegate_uplink_state_since_timestamp_seconds", "gauge", "Unix time of the uplink's last connect or disconnect.", |u| u.since.unwrap_or(0) / 1000),
+        ("tidegate_uplink_messages_received_total", "counter", "Local messages that matched an out rule.", |u| u.counters.received),
+        ("tidegate_uplink_messages_queued_total", "counter", "Messages committed to the store-and-forward queue.", |u| u.counters.queued),
+        ("tidegate_uplink_messages_sent_total", "counter", "Messages sent to the remote broker.", |u| u.counters.sent),
+        ("tidegate_uplink_messages_acked_total", "counter", "Messages the remote broker acknowledged (deleted from the queue).", |u| u.counters.acked),
+        ("tidegate_uplink_messages_redelivered_total", "counter", "Messages sent again after a reconnect.", |u| u.counters.redelivered),
+        ("tidegate_uplink_commands_total", "counter", "Messages received from the remote broker (in rules).", |u| u.counters.commands),
+        ("tidegate_uplink_connections_total", "counter", "Connections made to the remote broker.", |u| u.counters.connections),
+        ("tidegate_uplink_queue_messages", "gauge", "Messages waiting in the queue.", |u| u.queue.depth),
+        ("tidegate_uplink_queue_bytes", "gauge", "Bytes waiting in the queue.", |u| u.queue.bytes),
+        ("tidegate_uplink_queue_oldest_age_seconds", "gauge", "Age of the oldest queued message.", |u| u.queue.oldest_age_s),
+        ("tidegate_uplink_drain_eta_seconds", "gauge", "Seconds until the queue is empty at the current drain rate (0: empty or not draining).", |u| u.drain_eta_s.unwrap_or(0)),
+    ];
+    for (name, kind, help, pick) in families {
+        o.family(name, kind, help);
+        for u in &ups {
+            o.sample(name, &[("uplink", &u.name)], pick(u));
+        }
+    }
+    o.family(
+        "tidegate_uplink_messages_dropped_total",
+        "counter",
+        "Messages dropped, by reason (the loss ledger).",
+    );
+    for u in &ups {
+        for r in DROP_REASONS {
+            o.sample(
+                "tidegate_uplink_messages_dropped_total",
+                &[("uplink", &u.name), ("reason", r)],
+                u.counters.dropped.get(r).copied().unwrap_or(0),
+            );
+        }
+    }
+    o.0
+}
+
+/// `GET /metrics` (no login; 404 with `web.metrics: false`).
+pub async fn metrics(axum::extract::State(st): axum::extract::State<Arc<State>>) -> Response {
+    if !st.metrics_enabled() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "metrics are turned off (web.metrics: false)",
+        );
+    }
+    let mut r = render(&st).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// `GET /healthz` (no login): 200 when a TCP connection to the first MQTT listener succeeds.
+pub async fn healthz(axum::extract::State(st): axum::extract::State<Arc<State>>) -> Response {
+    let Some(mut addr) = st.gw.mqtt_addrs().first().copied() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the broker has no listener",
+        );
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let connect = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(addr),
+    )
+    .await;
+    match connect {
+        Ok(Ok(_)) => axum::Json(json!({ "ok": true, "broker": addr.to_string() })).into_response(),
+        Ok(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the broker does not accept connections on {addr}: {e}"),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the broker did not accept a connection on {addr} within 2 s"),
+        ),
+    }
+}
