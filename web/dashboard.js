@@ -23,6 +23,12 @@ function badge(text, cls) {
   return h('span', { class: ['badge', cls] }, text);
 }
 
+function drainEta(u) {
+  if (!u.depth) return u.depth === 0 ? 'nothing queued' : '—';
+  if (u.etaS !== undefined && u.etaS !== null) return fmtDuration(u.etaS);
+  return stateClass(u.state) === 'good' ? 'not draining yet' : 'when the link is back';
+}
+
 function uplinkCard(u) {
   const dropped = Object.entries(u.dropped);
   const totalDropped = dropped.reduce((a, [, n]) => a + n, 0);
@@ -38,7 +44,7 @@ function uplinkCard(u) {
       ['Last error', u.error ? h('span', { class: 'err' }, String(u.error)) : h('span', { class: 'muted' }, 'none')],
       ['Queue', u.depth === undefined ? '—' : `${fmtNumber(u.depth)} messages${u.bytes !== undefined ? `, ${fmtBytes(u.bytes)}` : ''}`],
       ['Oldest queued', u.oldestS ? fmtDuration(u.oldestS) : '—'],
-      ['Drain ETA', u.etaS === undefined || u.etaS === null ? (u.depth ? 'unknown' : '—') : (u.depth ? fmtDuration(u.etaS) : 'drained')],
+      ['Drain ETA', drainEta(u)],
     ]),
     h('figure', { class: 'chart-box' },
       areaChart(history, `Queue depth of ${u.name}`, { span: 60000 }),
@@ -74,6 +80,8 @@ function render(root) {
     replace(root, err ? h('p', { class: 'banner error', role: 'alert' }, `Status unavailable: ${err.message}`) : h('p', { class: 'loading' }, 'Loading status…'));
     return;
   }
+  // For measuring the page's load (User Timing; tests/e2e/bench.mjs reads it).
+  if (!performance.getEntriesByName('tidegate:status-shown').length) performance.mark('tidegate:status-shown');
   const { gateway: g, broker: b, uplinks, devices } = st;
   const online = devices.filter((d) => d.online === true).length;
   const offline = devices.filter((d) => d.online === false).length;

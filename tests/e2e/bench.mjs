@@ -39,7 +39,7 @@ await ctx0.close();
 // Timing of one load: the navigation entry, plus when the dashboard showed the status.
 async function measure(page, nav) {
   await nav();
-  await page.waitForFunction(() => document.querySelector('.tile dd') && document.querySelector('.tile dd').textContent.trim() !== '');
+  await page.waitForFunction(() => performance.getEntriesByName('tidegate:status-shown').length > 0 && performance.getEntriesByType('navigation')[0].loadEventEnd > 0);
   return page.evaluate(() => {
     const n = performance.getEntriesByType('navigation')[0];
     const res = performance.getEntriesByType('resource');
@@ -47,7 +47,10 @@ async function measure(page, nav) {
       ttfb: n.responseStart - n.startTime,
       dcl: n.domContentLoadedEventEnd - n.startTime,
       load: n.loadEventEnd - n.startTime,
-      ready: performance.now(),
+      ready: performance.getEntriesByName('tidegate:status-shown')[0].startTime,
+      session: (res.find((r) => r.name.endsWith('/api/session')) || {}).duration,
+      status: (res.find((r) => r.name.endsWith('/api/status')) || {}).duration,
+      statusStart: (res.find((r) => r.name.endsWith('/api/status')) || {}).startTime,
       bytes: n.transferSize + res.reduce((a, r) => a + (r.transferSize || 0), 0),
       requests: 1 + res.length,
     };
@@ -81,3 +84,6 @@ console.log('| load | TTFB | DOMContentLoaded | load event | status shown | requ
 console.log('| --- | --- | --- | --- | --- | --- | --- |');
 console.log(row('cold (new context, empty cache)', cold));
 console.log(row('warm (reload, ETag revalidation)', warm));
+for (const [name, xs] of [['cold', cold], ['warm', warm]]) {
+  console.log(`${name}: GET /api/session ${q(xs, 'session', 0.5).toFixed(1)} ms, GET /api/status ${q(xs, 'status', 0.5).toFixed(1)} ms (asked at ${q(xs, 'statusStart', 0.5).toFixed(1)} ms), median`);
+}

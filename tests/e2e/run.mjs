@@ -64,9 +64,8 @@ try {
     await page.locator('.kv dd').first().filter({ hasText: /\S/ }).waitFor();
     await page.locator('.chip.good', { hasText: 'demo' }).waitFor();
     await page.locator('section.uplink', { hasText: 'cloud' }).locator('.badge').first().waitFor();
-    // A few queue samples so the chart has a line.
+    // Two queue samples make the chart's first line.
     await page.waitForFunction(() => document.querySelectorAll('svg.chart polyline.line').length > 0, null, { timeout: T });
-    await shot('dashboard', { fullPage: true });
   });
 
   await step('a live value changes on Devices', async () => {
@@ -181,6 +180,15 @@ try {
     await page.getByRole('button', { name: 'Resume' }).waitFor();
     await page.getByRole('button', { name: 'Resume' }).click();
     await shot('logs');
+  });
+
+  await step('dashboard again: the queue chart kept its samples across pages', async () => {
+    await page.getByRole('link', { name: 'Dashboard' }).click();
+    const caption = page.locator('section.uplink figcaption');
+    await caption.waitFor();
+    const n = Number((/\((\d+) samples/.exec(await caption.textContent()) || [])[1]);
+    if (!(n >= 3)) throw new Error(`the chart has ${n} samples after the whole scenario`);
+    await shot('dashboard', { fullPage: true });
   });
 
   await step('phone width: no sideways scrolling, pages usable', async () => {
