@@ -62,18 +62,18 @@ export function areaChart(points, label, { w = 320, h = 90, span = 0 } = {}) {
   const line = points.map(sc.xy).join(' ');
   const first = sc.xy([points[0][0], 0]);
   const last = sc.xy([points[points.length - 1][0], 0]);
-  const mins = Math.max(1, Math.round((points[points.length - 1][0] - points[0][0]) / 60000));
+  const spanS = Math.round((sc.t1 - sc.t0) / 1000);
+  const spanText = spanS < 120 ? `${spanS} s` : `${Math.round(spanS / 60)} min`;
   const cur = points[points.length - 1][1];
-  const text = `${label}: now ${fmtNumber(cur)}, peak ${fmtNumber(top)} over the last ${mins} min`;
+  const text = `${label}: now ${fmtNumber(cur)}, peak ${fmtNumber(top)} over the last ${spanText}`;
   svg.setAttribute('aria-label', text);
-  const spanMin = Math.round((sc.t1 - sc.t0) / 60000);
   svg.append(
     s('title', {}, text),
     s('line', { class: 'grid', x1: pad, x2: w - pad, y1: pad, y2: pad }),
     s('polygon', { class: 'area', points: `${first} ${line} ${last}` }),
     s('polyline', { class: 'line', points: line }),
     s('text', { class: 'label', x: pad + 2, y: pad + 11 }, `peak ${fmtNumber(top)}`),
-    s('text', { class: 'label', x: pad + 2, y: h - pad - 3 }, spanMin >= 1 ? `−${spanMin} min` : '−1 min'),
+    s('text', { class: 'label', x: pad + 2, y: h - pad - 3 }, `−${spanText}`),
     s('text', { class: 'label', x: w - pad - 2, y: h - pad - 3, 'text-anchor': 'end' }, `now ${fmtNumber(cur)}`),
   );
   return svg;

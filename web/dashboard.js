@@ -47,7 +47,7 @@ function uplinkCard(u) {
       ['Drain ETA', drainEta(u)],
     ]),
     h('figure', { class: 'chart-box' },
-      areaChart(history, `Queue depth of ${u.name}`, { span: 60000 }),
+      areaChart(history, `Queue depth of ${u.name}`),
       h('figcaption', { class: 'muted' }, `Queue depth, sampled every 3 s (${history.length} samples kept in this browser)`)),
     h('h4', {}, 'Dropped', totalDropped ? badge(fmtNumber(totalDropped), 'bad') : badge('0', 'good')),
     dropped.length

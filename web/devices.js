@@ -204,7 +204,7 @@ function deviceCard(d, rows) {
       h('caption', { class: 'sr-only' }, `Tags of ${d.name}`),
       h('thead', {}, h('tr', {},
         h('th', { scope: 'col' }, 'tag'), h('th', { scope: 'col', class: 'num' }, 'value'), h('th', { scope: 'col' }, 'quality'),
-        h('th', { scope: 'col' }, 'last 10 min'), h('th', { scope: 'col' }, 'updated'), anyWritable ? h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'actions')) : null)),
+        h('th', { scope: 'col' }, 'last 10 min'), h('th', { scope: 'col', class: 'age' }, 'updated'), anyWritable ? h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'actions')) : null)),
       tbody))
     : h('p', { class: 'muted' }, 'No readings yet.');
   const card = h('section', { class: 'card device', 'aria-labelledby': `dev-${d.name}`, dataset: { device: d.name } },
@@ -310,6 +310,7 @@ export function mount(main) {
     if (!frame) frame = requestAnimationFrame(flush);
   });
   const ages = setInterval(() => {
+    for (const entry of cards.values()) updateMeta(entry, entry.d);
     for (const r of rows.values()) {
       const v = live.values.get(`${r.device}/${r.tag}`);
       if (v) setText(r.age, fmtAgo(v.ts));

@@ -23,6 +23,16 @@ const T = 30_000; // the longest any single wait may take
 
 const browser = await launch();
 const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+// The UI must run under a strict Content-Security-Policy (no inline script, style or handler):
+// the page is served with one unless the daemon already sends its own, and any violation
+// fails the test (see the console listener below).
+const CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+await context.route((u) => u.pathname === '/' || u.pathname === '/index.html', async (route) => {
+  const response = await route.fetch();
+  const headers = response.headers();
+  if (!headers['content-security-policy']) headers['content-security-policy'] = CSP;
+  await route.fulfill({ response, headers });
+});
 const page = await context.newPage();
 page.setDefaultTimeout(T);
 const pageErrors = [];
@@ -57,6 +67,8 @@ try {
 
   await step('log in with the generated admin password', async () => {
     await login(page, url, 'admin', password);
+    const csp = await page.evaluate(async () => (await fetch('/')).headers.get('content-security-policy'));
+    if (!csp) throw new Error('the page is not served with a Content-Security-Policy');
     await page.locator('#conn.ok').waitFor(); // the event stream is connected
   });
 
