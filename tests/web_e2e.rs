@@ -146,9 +146,10 @@ impl Drop for Daemon {
     }
 }
 
-/// A simulated device (writable setpoint), and an uplink toward a port nobody listens on, so
-/// the dashboard shows a disconnected uplink with its error and a growing queue. `devices` is
-/// last: the browser test appends a device at the end of the file.
+/// A simulated device (writable setpoint), a Modbus TCP device and an uplink both toward a port
+/// nobody listens on, so the dashboard shows a disconnected uplink with its error and a growing
+/// queue, and the Modbus test-read answers with an error. `devices` is last: the browser test
+/// appends a device at the end of the file.
 fn config_body() -> String {
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -169,6 +170,14 @@ devices:
       - {{ name: temperature, signal: sine, min: 18, max: 24, period: 20s, unit: "°C", qos: 1 }}
       - {{ name: counter, signal: counter, min: 0, max: 1000000, type: u32 }}
       - {{ name: setpoint, signal: random, min: 0, max: 100, type: u16, writable: true }}
+  - name: plc
+    driver: modbus_tcp
+    host: 127.0.0.1
+    port: {closed}
+    poll_interval: 1s
+    timeout: 200ms
+    tags:
+      - {{ name: pressure, register: holding, address: 100, type: f32 }}
 "#
     )
 }

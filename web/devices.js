@@ -51,6 +51,7 @@ function availability(d) {
   if (d.online === true) return ['online', 'good'];
   if (d.online === false) return ['offline', 'bad'];
   if (d.running === false) return ['not running', 'bad'];
+  if (!d.polls && !d.lastPoll) return ['not polled yet', 'unknown'];
   return ['unknown', 'unknown'];
 }
 
@@ -88,12 +89,14 @@ function testReadForm(d) {
     ['holding', 'input', 'coil', 'discrete'].map((r) => h('option', { value: r }, r)));
   const address = h('input', { name: 'address', type: 'number', min: 0, max: 65535, value: '0', required: true, inputmode: 'numeric' });
   const count = h('input', { name: 'count', type: 'number', min: 1, max: 125, value: '2', required: true, inputmode: 'numeric' });
+  // One Modbus request reads at most 125 registers or 2000 coils / discrete inputs.
+  register.addEventListener('change', () => { count.max = ['coil', 'discrete'].includes(register.value) ? 2000 : 125; });
   const submit = h('button', { type: 'submit' }, 'Read');
   const out = h('div', { class: 'read-out', 'aria-live': 'polite' });
   const form = h('form', { class: 'inline-form', 'aria-label': `Test-read registers of ${d.name}` },
     field('Register', register).wrap,
     field('Address', address, '0-based').wrap,
-    field('Count', count).wrap,
+    field('Count', count, '≤ 125 registers, ≤ 2000 bits').wrap,
     submit);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
@@ -206,7 +209,7 @@ function deviceCard(d, rows) {
         h('th', { scope: 'col' }, 'tag'), h('th', { scope: 'col', class: 'num' }, 'value'), h('th', { scope: 'col' }, 'quality'),
         h('th', { scope: 'col' }, 'last 10 min'), h('th', { scope: 'col', class: 'age' }, 'updated'), anyWritable ? h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'actions')) : null)),
       tbody))
-    : h('p', { class: 'muted' }, 'No readings yet.');
+    : h('p', { class: 'muted' }, d.tagCount ? `No readings yet of its ${d.tagCount} tag${d.tagCount === 1 ? '' : 's'}.` : 'No readings yet.');
   const card = h('section', { class: 'card device', 'aria-labelledby': `dev-${d.name}`, dataset: { device: d.name } },
     head, meta, table, writes, MODBUS.has(d.driver) ? testReadForm(d) : null);
   return { card, badge: head.querySelector('.badge'), meta, d };
@@ -220,7 +223,7 @@ function updateMeta(entry, d) {
   if (d.latencyMs !== undefined) parts.push(`last poll ${fmtMs(d.latencyMs)}`);
   if (d.lastPoll) parts.push(`polled ${fmtAgo(d.lastPoll)}`);
   if (d.since) parts.push(`${word} since ${fmtTime(d.since)}`);
-  if (d.errors !== undefined) parts.push(`${d.errors} failed polls`);
+  if (d.polls) parts.push(`${d.errors || 0} of ${d.polls} polls failed`);
   replace(entry.meta, parts.join(' · '), d.error ? h('span', { class: 'err' }, `${parts.length ? ' · ' : ''}error: ${d.error}`) : null);
 }
 

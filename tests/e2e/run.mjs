@@ -110,6 +110,35 @@ try {
     await page.locator('.write-panel .form-msg.error', { hasText: 'out of range' }).waitFor();
   });
 
+  await step('a tag that is not writable: no write, or the gateway refuses it', async () => {
+    // The UI offers a write only for writable tags when the gateway says which ones are; when
+    // it does not, the gateway's own check must answer.
+    const button = page.getByRole('button', { name: 'Write demo/temperature' });
+    if (await button.count()) {
+      await button.click();
+      await page.getByLabel('New value of temperature').fill('20');
+      await page.getByRole('button', { name: 'Review write…' }).last().click();
+      await page.getByRole('button', { name: 'Confirm write' }).click();
+      await page.locator('.write-panel[data-tag="temperature"] .form-msg.error', { hasText: 'not writable' }).waitFor();
+    }
+  });
+
+  await step('a Modbus test-read shows the gateway\'s answer', async () => {
+    const card = page.locator('section[data-device="plc"]');
+    await card.locator('summary', { hasText: 'Test read' }).click();
+    await card.getByLabel('Register', { exact: true }).selectOption('holding');
+    await card.getByLabel('Address', { exact: true }).fill('100');
+    await card.getByLabel('Count', { exact: true }).fill('2');
+    await card.getByRole('button', { name: 'Read' }).click();
+    // Nothing listens on the device's port: a clear error, not a table.
+    await card.locator('.read-out .banner.error', { hasText: /Read failed: \S/ }).waitFor();
+    // A count the protocol cannot read in one request is stopped in the form.
+    await card.getByLabel('Count', { exact: true }).fill('126');
+    if (await card.getByLabel('Count', { exact: true }).evaluate((el) => el.validity.valid)) throw new Error('126 holding registers accepted');
+    await card.getByLabel('Register', { exact: true }).selectOption('coil');
+    if (!(await card.getByLabel('Count', { exact: true }).evaluate((el) => el.validity.valid))) throw new Error('126 coils refused');
+  });
+
   let original = '';
   await step('an invalid config is marked at its line', async () => {
     await page.getByRole('link', { name: 'Config' }).click();
