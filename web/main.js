@@ -79,7 +79,7 @@ function showLogin(message) {
     try {
       const { data } = await api('POST', '/api/login', { json: { username: username.value, password: password.value } });
       setText(msg, '');
-      enter({ username: username.value, csrf_token: data && data.csrf_token });
+      enter({ username: (data && data.username) || username.value, csrf_token: data && data.csrf_token });
       return;
     } catch (e) {
       msg.className = 'form-msg error';
