@@ -609,7 +609,15 @@ impl Controller {
                 }
             }
             if let Some(w) = want {
-                let bound = crate::web::bind(w).await;
+                let mut bound = crate::web::bind(w).await;
+                if bound.is_err() && old_server.is_some() {
+                    // The same port under another address (0.0.0.0:8080 → 127.0.0.1:8080):
+                    // free it first.
+                    if let Some((_, h)) = old_server.take() {
+                        h.stop().await;
+                    }
+                    bound = crate::web::bind(w).await;
+                }
                 let bound = match bound {
                     Ok(b) => b,
                     Err(e) => {

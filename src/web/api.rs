@@ -2,7 +2,7 @@
 //! [`super::auth::require_session`].
 
 use super::auth::{self, Caller};
-use super::{error, valid_name, Served, State};
+use super::{error, valid_name, ApiError, Served, State};
 use crate::app::live::{self, ApplyError, Change};
 use crate::broker::codec::QoS;
 use crate::config::{Device, Driver};
@@ -24,9 +24,9 @@ pub async fn not_found(uri: axum::http::Uri) -> Response {
 }
 
 /// Parses a JSON body whatever its Content-Type says (curl sends form types by default).
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Response> {
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        error(
+        ApiError::from_parts(
             StatusCode::BAD_REQUEST,
             format!("expected JSON {shape}: {e}"),
         )
@@ -47,7 +47,7 @@ pub async fn login(
 ) -> Response {
     let login: Login = match json_body(&body, "{\"username\", \"password\"}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if login.username.len() > 256 || login.password.len() > 1024 {
         return error(StatusCode::BAD_REQUEST, "username or password too long");
@@ -197,10 +197,10 @@ pub async fn events(
     r
 }
 
-fn config_text(st: &State) -> Result<String, Response> {
+fn config_text(st: &State) -> Result<String, ApiError> {
     match st.gw.config_path() {
         Some(path) => std::fs::read_to_string(path).map_err(|e| {
-            error(
+            ApiError::from_parts(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot read config file {}: {e}", path.display()),
             )
@@ -214,7 +214,7 @@ fn config_text(st: &State) -> Result<String, Response> {
 pub async fn get_config(axum::extract::State(st): St) -> Response {
     let text = match config_text(&st) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let path = st.gw.config_path().map(|p| p.display().to_string());
     let mut r = Json(json!({
@@ -230,9 +230,9 @@ pub async fn get_config(axum::extract::State(st): St) -> Response {
     r
 }
 
-fn body_text(body: axum::body::Bytes) -> Result<String, Response> {
+fn body_text(body: axum::body::Bytes) -> Result<String, ApiError> {
     String::from_utf8(body.to_vec())
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "the config must be UTF-8 text"))
+        .map_err(|_| ApiError::from_parts(StatusCode::BAD_REQUEST, "the config must be UTF-8 text"))
 }
 
 /// `POST /api/config/validate` (the YAML as the body) → `{"ok":false,"errors":[...]}` or
@@ -240,7 +240,7 @@ fn body_text(body: axum::body::Bytes) -> Result<String, Response> {
 pub async fn validate_config(axum::extract::State(st): St, body: axum::body::Bytes) -> Response {
     let text = match body_text(body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let base = st.gw.config_path().and_then(live::config_base);
     let parsed = {
@@ -308,7 +308,7 @@ pub async fn put_config(
 ) -> Response {
     let text = match body_text(body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let if_match = headers
         .get(header::IF_MATCH)
@@ -338,20 +338,23 @@ pub async fn history(axum::extract::State(st): St) -> Response {
     }
 }
 
-fn history_text(st: &State, id: &str) -> Result<String, Response> {
+fn history_text(st: &State, id: &str) -> Result<String, ApiError> {
     if !live::valid_history_id(id) {
-        return Err(error(
+        return Err(ApiError::from_parts(
             StatusCode::NOT_FOUND,
             format!("no kept config `{id}`"),
         ));
     }
     match live::read_history(&data_dir(st), id) {
         Ok(Some(t)) => Ok(t),
-        Ok(None) => Err(error(
+        Ok(None) => Err(ApiError::from_parts(
             StatusCode::NOT_FOUND,
             format!("no kept config `{id}`"),
         )),
-        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))),
+        Err(e) => Err(ApiError::from_parts(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{e:#}"),
+        )),
     }
 }
 
@@ -366,7 +369,7 @@ pub async fn history_entry(axum::extract::State(st): St, Path(id): Path<String>)
             "yaml": text,
         }))
         .into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -378,7 +381,7 @@ pub async fn history_restore(
 ) -> Response {
     let text = match history_text(&st, &id) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     apply(
         &st,
@@ -391,9 +394,9 @@ pub async fn history_restore(
     .await
 }
 
-fn find_device(st: &State, name: &str) -> Result<Device, Response> {
+fn find_device(st: &State, name: &str) -> Result<Device, ApiError> {
     if !valid_name(name) {
-        return Err(error(
+        return Err(ApiError::from_parts(
             StatusCode::NOT_FOUND,
             format!("`{name}` is not a device name ([a-z0-9_-]+)"),
         ));
@@ -404,7 +407,7 @@ fn find_device(st: &State, name: &str) -> Result<Device, Response> {
         .iter()
         .find(|d| d.name == name)
         .cloned()
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no device `{name}`")))
+        .ok_or_else(|| ApiError::from_parts(StatusCode::NOT_FOUND, format!("no device `{name}`")))
 }
 
 #[derive(Deserialize)]
@@ -424,7 +427,7 @@ pub async fn write_tag(
 ) -> Response {
     let device = match find_device(&st, &name) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if !valid_name(&tag) {
         return error(StatusCode::NOT_FOUND, format!("`{tag}` is not a tag name"));
@@ -443,7 +446,7 @@ pub async fn write_tag(
     }
     let body: WriteBody = match json_body(&body, "{\"value\": ...}") {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let wait = Duration::from_secs(5).max(device.timeout().0 * 3);
     let id = format!("web-{:016x}", rand_u64());
@@ -539,7 +542,7 @@ pub async fn test_read(
 ) -> Response {
     let device = match find_device(&st, &name) {
         Ok(d) => d,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if !matches!(device.driver, Driver::ModbusTcp | Driver::ModbusRtu) {
         return error(
@@ -555,7 +558,7 @@ pub async fn test_read(
         "{\"register\": \"holding|input|coil|discrete\", \"address\": 0-65535, \"count\": n}",
     ) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let bits = matches!(
         req.register,

@@ -302,6 +302,22 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// An error answer not yet made: small enough to return in a `Result`.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn from_parts(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError(status, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 /// Rewrites plain-text (or empty) error answers — axum's 405, an extractor's 400/413/415 —
 /// as `{"error": "..."}`, keeping the status and headers.
 async fn json_errors(response: Response) -> Response {

@@ -1,0 +1,908 @@
+//! The web API over real HTTP against the real `tidegate run` binary (SPEC §6): auth, CSRF,
+//! lockout, config validate / put / history / restore applied without a restart, SIGHUP
+//! reload, SSE, `/metrics` as strict Prometheus text, `/healthz`, error bodies and limits.
+
+mod common;
+
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, Read};
+use std::net::SocketAddr;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The daemon with its log collected in the background.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    cfg: TempConfig,
+    web: u16,
+    mqtt: u16,
+}
+
+fn port_after(log: &str, marker: &str) -> u16 {
+    let line = log
+        .lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no `{marker}` in the log:\n{log}"));
+    let rest = line.split(marker).nth(1).unwrap();
+    let addr = rest.split_whitespace().next().unwrap();
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+impl Daemon {
+    fn start(body: &str) -> Daemon {
+        let cfg = TempConfig::new(body);
+        let mut child = spawn_run(&cfg.path);
+        let mut err = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut d = Daemon {
+            child,
+            log,
+            cfg,
+            web: 0,
+            mqtt: 0,
+        };
+        d.wait_log("tidegate is running", 0);
+        let log = d.log();
+        d.web = port_after(&log, "Web UI listening on ");
+        d.mqtt = mqtt_port(&log);
+        d
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `needle` appears in the log after byte `from`; returns where it ends.
+    fn wait_log(&self, needle: &str, from: usize) -> usize {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if let Some(i) = log.get(from..).and_then(|l| l.find(needle)) {
+                return from + i + needle.len();
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                panic!("`{needle}` not in the log within 20 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn mqtt_addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.mqtt).parse().unwrap()
+    }
+
+    fn password(&self) -> String {
+        std::fs::read_to_string(self.cfg.data_dir().join("initial-admin-password"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    fn http(&self) -> Http {
+        Http {
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(30)))
+                .build()
+                .into(),
+            base: format!("http://127.0.0.1:{}", self.web),
+            cookie: None,
+            csrf: None,
+        }
+    }
+
+    /// An HTTP client logged in as `admin`.
+    fn login(&self) -> Http {
+        let mut h = self.http();
+        let r = h.call(
+            "POST",
+            "/api/login",
+            Some(&format!(
+                r#"{{"username":"admin","password":"{}"}}"#,
+                self.password()
+            )),
+            &[("content-type", "application/json")],
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let cookie = r.header("set-cookie").expect("a session cookie");
+        assert!(cookie.contains("HttpOnly"), "{cookie}");
+        assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+        assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+        h.cookie = Some(cookie.split(';').next().unwrap().to_string());
+        h.csrf = Some(r.json()["csrf_token"].as_str().unwrap().to_string());
+        h
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Http {
+    agent: ureq::Agent,
+    base: String,
+    cookie: Option<String>,
+    csrf: Option<String>,
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// An error answer: the status, JSON `{"error": "..."}`; returns the message.
+    fn error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "{}",
+            self.body
+        );
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error message: {}", self.body))
+            .to_string()
+    }
+}
+
+impl Http {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> ureq::http::request::Builder {
+        let mut b = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(c) = &self.cookie {
+            b = b.header("cookie", c);
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let req = self.request(method, path, headers);
+        let resp = match body {
+            Some(b) => self.agent.run(req.body(b.to_string()).unwrap()),
+            None => self.agent.run(req.body(()).unwrap()),
+        };
+        let mut resp = resp.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        Reply {
+            status: resp.status().as_u16(),
+            headers,
+            body,
+        }
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, None, &[])
+    }
+
+    /// A state-changing request with the session's CSRF token.
+    fn send(&self, method: &str, path: &str, body: &str) -> Reply {
+        let token = self.csrf.clone().unwrap_or_default();
+        self.call(method, path, Some(body), &[("x-csrf-token", &token)])
+    }
+
+    fn send_if_match(&self, path: &str, body: &str, version: &str) -> Reply {
+        let token = self.csrf.clone().unwrap_or_default();
+        self.call(
+            "PUT",
+            path,
+            Some(body),
+            &[("x-csrf-token", &token), ("if-match", version)],
+        )
+    }
+}
+
+const DEMO: &str = "\
+devices:
+  - name: demo
+    driver: simulated
+    poll_interval: 100ms
+    tags:
+      - { name: temperature, signal: sine, min: 18, max: 24, period: 60s, unit: \"°C\" }
+      - { name: setpoint, signal: sine, min: 0, max: 100, writable: true }
+";
+
+const EXTRA: &str = concat!(
+    "  - name: extra\n",
+    "    driver: simulated\n",
+    "    poll_interval: 100ms\n",
+    "    tags:\n",
+    "      - { name: count, signal: counter, min: 0, max: 1000000 }\n",
+);
+
+#[test]
+fn auth_needs_a_session_then_the_csrf_token() {
+    let d = Daemon::start(DEMO);
+    let anon = d.http();
+    // No session: 401 on every API route but login, before anything else is checked.
+    for (method, path) in [
+        ("GET", "/api/status"),
+        ("GET", "/api/values"),
+        ("GET", "/api/events"),
+        ("GET", "/api/config"),
+        ("GET", "/api/session"),
+        ("PUT", "/api/config"),
+        ("POST", "/api/config/validate"),
+        ("POST", "/api/logout"),
+        ("POST", "/api/devices/demo/tags/setpoint/write"),
+    ] {
+        let r = anon.call(method, path, Some("x"), &[("x-csrf-token", "nope")]);
+        assert_eq!(r.error(401), "not logged in", "{method} {path}");
+    }
+    // A wrong password.
+    let r = anon.call(
+        "POST",
+        "/api/login",
+        Some(r#"{"username":"admin","password":"wrong"}"#),
+        &[],
+    );
+    assert_eq!(r.error(401), "wrong username or password");
+    assert!(r.header("set-cookie").is_none());
+    let r = anon.call("POST", "/api/login", Some("not json"), &[]);
+    assert!(r.error(400).contains("expected JSON"));
+
+    let h = d.login();
+    let s = h.get("/api/session").json();
+    assert_eq!(s["username"], "admin");
+    assert_eq!(s["csrf_token"].as_str(), h.csrf.as_deref());
+    // With a session, a state-changing request needs the token: 403 without, 403 wrong.
+    let r = h.call("POST", "/api/config/validate", Some("gateway: {}\n"), &[]);
+    assert_eq!(r.error(403), "missing X-CSRF-Token header");
+    let r = h.call(
+        "POST",
+        "/api/config/validate",
+        Some("gateway: {}\n"),
+        &[("x-csrf-token", "0123")],
+    );
+    assert_eq!(r.error(403), "wrong X-CSRF-Token");
+    assert_eq!(
+        h.send("POST", "/api/config/validate", "gateway: {}\n")
+            .json()["ok"],
+        true
+    );
+    // GETs need no token.
+    assert_eq!(h.get("/api/status").status, 200);
+
+    // Logout ends the session.
+    let r = h.send("POST", "/api/logout", "");
+    assert_eq!(r.status, 200);
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(h.get("/api/status").error(401), "not logged in");
+}
+
+#[test]
+fn five_failed_logins_lock_the_user_for_a_minute() {
+    let d = Daemon::start("");
+    let h = d.http();
+    let attempt = |user: &str, pw: &str| {
+        h.call(
+            "POST",
+            "/api/login",
+            Some(&format!(r#"{{"username":"{user}","password":"{pw}"}}"#)),
+            &[],
+        )
+    };
+    for _ in 0..4 {
+        assert_eq!(attempt("admin", "guess").status, 401);
+    }
+    let r = attempt("admin", "guess");
+    assert!(r.error(429).contains("too many failed logins"));
+    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&after), "{after}");
+    // The right password does not get in while locked.
+    let r = attempt("admin", &d.password());
+    r.error(429);
+    assert!(r.header("retry-after").is_some());
+    // Another username is not locked.
+    assert_eq!(attempt("someone", "guess").status, 401);
+    assert!(d
+        .log()
+        .contains("failed web logins within a minute; locked"));
+}
+
+#[test]
+fn errors_are_json_with_limits_and_names_checked() {
+    let d = Daemon::start(DEMO);
+    let h = d.login();
+    h.get("/api/nothing-here").error(404);
+    h.get("/no-such-file.js").error(404);
+    let token = h.csrf.clone().unwrap();
+    assert_eq!(
+        h.call("DELETE", "/api/status", None, &[("x-csrf-token", &token)])
+            .error(405),
+        "method not allowed"
+    );
+    assert_eq!(
+        h.call("DELETE", "/healthz", None, &[]).error(405),
+        "method not allowed"
+    );
+    // 2 MiB body: 413 before it is parsed.
+    let big = "#".repeat(2 << 20);
+    h.send("POST", "/api/config/validate", &big).error(413);
+    // Names in paths.
+    h.send(
+        "POST",
+        "/api/devices/..%2Fetc/tags/x/write",
+        r#"{"value":1}"#,
+    )
+    .error(404);
+    h.send("POST", "/api/devices/Demo/tags/x/write", r#"{"value":1}"#)
+        .error(404);
+    h.send(
+        "POST",
+        "/api/devices/demo/tags/nope/write",
+        r#"{"value":1}"#,
+    )
+    .error(404);
+    h.get("/api/config/history/..%2F..%2Fetc%2Fpasswd")
+        .error(404);
+    h.send("POST", "/api/config/history/1-abc/restore", "")
+        .error(404);
+    // Test-read is for Modbus devices only.
+    let m = h
+        .send(
+            "POST",
+            "/api/devices/demo/read",
+            r#"{"register":"holding","address":0,"count":2}"#,
+        )
+        .error(422);
+    assert!(m.contains("only for Modbus devices"), "{m}");
+    // A YAML alias bomb is refused by the parser, with a located error, and quickly.
+    let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n";
+    let v = h.send("POST", "/api/config/validate", bomb).json();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(v["errors"][0]["line"].as_u64().is_some(), "{v}");
+}
+
+#[test]
+fn confirmed_write_answers_with_the_device_result() {
+    let d = Daemon::start(DEMO);
+    let h = d.login();
+    let r = h.send(
+        "POST",
+        "/api/devices/demo/tags/setpoint/write",
+        r#"{"value": 42}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["ok"], true);
+    assert_eq!(j["value"], 42.0);
+    assert!(j["id"].as_str().unwrap().starts_with("web-"));
+    let m = h
+        .send(
+            "POST",
+            "/api/devices/demo/tags/setpoint/write",
+            r#"{"value": 1000}"#,
+        )
+        .error(422);
+    assert_eq!(m, "out of range");
+    let m = h
+        .send(
+            "POST",
+            "/api/devices/demo/tags/temperature/write",
+            r#"{"value": 1}"#,
+        )
+        .error(422);
+    assert!(m.starts_with("not writable"), "{m}");
+}
+
+#[test]
+fn invalid_config_is_refused_with_lines_and_nothing_changes() {
+    let d = Daemon::start(DEMO);
+    let h = d.login();
+    let before = h.get("/api/config").json();
+    let file_before = std::fs::read_to_string(&d.cfg.path).unwrap();
+    assert_eq!(before["yaml"], file_before.as_str());
+    assert_eq!(before["writable"], true);
+
+    let bad = format!("{file_before}  - name: Bad Name\n    driver: simulated\n    colour: red\n");
+    let v = h.send("POST", "/api/config/validate", &bad).json();
+    assert_eq!(v["ok"], false);
+    let errors = v["errors"].as_array().unwrap();
+    assert!(errors.len() >= 2, "{v}");
+    let bad_line = file_before.lines().count() as u64 + 1;
+    for e in errors {
+        assert!(e["line"].as_u64().unwrap() >= bad_line, "{e}");
+        assert!(e["column"].as_u64().is_some(), "{e}");
+        assert!(e["path"].as_str().unwrap().starts_with("devices[1]"), "{e}");
+        assert!(!e["message"].as_str().unwrap().is_empty());
+    }
+
+    let r = h.send("PUT", "/api/config", &bad);
+    assert!(r.error(422).contains("nothing was changed"));
+    assert_eq!(r.json()["errors"], v["errors"], "same errors as validate");
+    assert_eq!(
+        std::fs::read_to_string(&d.cfg.path).unwrap(),
+        file_before,
+        "file untouched"
+    );
+    assert_eq!(h.get("/api/config").json()["version"], before["version"]);
+    assert_eq!(
+        h.get("/api/config/history").json()["history"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    let s = h.get("/api/status").json();
+    assert_eq!(s["devices"].as_array().unwrap().len(), 1);
+    // A syntax error is located too.
+    let v = h
+        .send(
+            "POST",
+            "/api/config/validate",
+            "devices:\n  - name: [oops\n",
+        )
+        .json();
+    assert_eq!(v["ok"], false);
+    assert!(v["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("YAML syntax error"));
+}
+
+/// Waits for a message on `topic` (others, like `$status`, are skipped).
+fn until_topic(rt: &tokio::runtime::Runtime, sub: &mut mqtt::Client, topic: &str) {
+    rt.block_on(async {
+        loop {
+            if sub.publish_msg().await.topic == topic {
+                return;
+            }
+        }
+    })
+}
+
+/// True when the client saw anything but a live connection (an error or a DISCONNECT).
+fn dropped(c: &mut mqtt::Client) -> Option<String> {
+    while let Ok(e) = c.events.try_recv() {
+        match e {
+            Err(e) => return Some(format!("{e}")),
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::Disconnect)) => {
+                return Some("DISCONNECT".into())
+            }
+            Ok(_) => {}
+        }
+    }
+    None
+}
+
+#[test]
+fn valid_config_applies_without_restart_and_history_restores() {
+    let d = Daemon::start(DEMO);
+    let h = d.login();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A client connected before the change, subscribed to the device that does not exist yet.
+    let (mut sub, _) = rt.block_on(mqtt::Client::connect(mqtt::options(
+        d.mqtt_addr(),
+        "watcher",
+    )));
+    rt.block_on(sub.subscribe("devices/extra/#", rumqttc::QoS::AtMostOnce));
+
+    let got = h.get("/api/config").json();
+    let original = got["yaml"].as_str().unwrap().to_string();
+    let v1 = got["version"].as_str().unwrap().to_string();
+    let new = format!("{original}{EXTRA}");
+    let check = h.send("POST", "/api/config/validate", &new).json();
+    assert_eq!(check["ok"], true);
+    let diff = check["diff"].as_str().unwrap();
+    assert!(diff.contains("+  - name: extra"), "{diff}");
+    assert!(diff.starts_with("--- running\n+++ new\n"), "{diff}");
+
+    let r = h.send_if_match("/api/config", &new, &v1);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert_eq!(j["changes"], serde_json::json!(["device extra started"]));
+    let v2 = j["version"].as_str().unwrap().to_string();
+    assert_ne!(v1, v2);
+    assert_eq!(std::fs::read_to_string(&d.cfg.path).unwrap(), new);
+
+    // The new device's readings reach the subscriber that was connected all along.
+    until_topic(&rt, &mut sub, "devices/extra/count");
+    assert_eq!(dropped(&mut sub), None);
+    let s = h.get("/api/status").json();
+    assert_eq!(s["devices"].as_array().unwrap().len(), 2);
+    assert_eq!(s["broker"]["clients"], 1);
+
+    // If-Match with the old version: 409, nothing written.
+    let r = h.send_if_match("/api/config", &original, &v1);
+    assert!(r.error(409).contains("changed meanwhile"));
+    assert_eq!(r.json()["version"], v2.as_str());
+    assert_eq!(std::fs::read_to_string(&d.cfg.path).unwrap(), new);
+
+    // The history kept the original.
+    let list = h.get("/api/config/history").json();
+    let list = list["history"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["version"], v1.as_str());
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let kept = h.get(&format!("/api/config/history/{id}")).json();
+    assert_eq!(kept["yaml"], original.as_str());
+    assert!(kept["diff"].as_str().unwrap().contains("-  - name: extra"));
+
+    // Restore it: the extra device stops, the file is the original again.
+    let r = h.send("POST", &format!("/api/config/history/{id}/restore"), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["changes"],
+        serde_json::json!(["device extra stopped"])
+    );
+    assert_eq!(std::fs::read_to_string(&d.cfg.path).unwrap(), original);
+    assert_eq!(h.get("/api/config").json()["version"], v1.as_str());
+    let list = h.get("/api/config/history").json();
+    assert_eq!(list["history"].as_array().unwrap().len(), 2);
+
+    // Turning metrics off applies at once, and still no MQTT client was disconnected.
+    assert_eq!(h.get("/metrics").status, 200);
+    let off = original.replace(
+        "web:\n  bind: 127.0.0.1:0\n",
+        "web:\n  bind: 127.0.0.1:0\n  metrics: false\n",
+    );
+    assert_ne!(off, original);
+    let r = h.send("PUT", "/api/config", &off);
+    assert_eq!(r.status, 200, "{}", r.body);
+    h.get("/metrics").error(404);
+    // The client still works: a round trip through the broker.
+    rt.block_on(async {
+        sub.subscribe("check/#", rumqttc::QoS::AtLeastOnce).await;
+        sub.client
+            .publish("check/1", rumqttc::QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+        loop {
+            let p = sub.publish_msg().await;
+            if p.topic == "check/1" {
+                break;
+            }
+        }
+    });
+    assert_eq!(dropped(&mut sub), None);
+    assert_eq!(
+        d.log().matches("Broker state restored").count(),
+        1,
+        "the broker was not rebuilt"
+    );
+}
+
+#[test]
+fn a_config_that_cannot_be_applied_is_rolled_back() {
+    let d = Daemon::start(DEMO);
+    let h = d.login();
+    let original = std::fs::read_to_string(&d.cfg.path).unwrap();
+    // A port someone else holds: the new broker listener cannot bind.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let new = original.replace(
+        "listeners: [{bind: 127.0.0.1:0}]",
+        &format!("listeners: [{{bind: 127.0.0.1:{port}}}]"),
+    );
+    assert_ne!(new, original);
+    let m = h.send("PUT", "/api/config", &new).error(500);
+    assert!(m.contains(&format!("127.0.0.1:{port}")), "{m}");
+    assert!(m.contains("the previous config was restored"), "{m}");
+    assert_eq!(std::fs::read_to_string(&d.cfg.path).unwrap(), original);
+    // The previous config runs: the broker is back (on a new port 0 listener) and healthy,
+    // and the device publishes again.
+    let r = h.get("/healthz");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let log = d.log();
+    let from = log.find("Applying the new config failed").unwrap();
+    d.wait_log("Device started device=demo", from);
+    let s = h.get("/api/status").json();
+    let port_now: SocketAddr = s["broker"]["listeners"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut sub, _) = rt.block_on(mqtt::Client::connect(mqtt::options(port_now, "after")));
+    rt.block_on(sub.subscribe("devices/demo/#", rumqttc::QoS::AtMostOnce));
+    let p = rt.block_on(sub.publish_msg());
+    assert!(p.topic.starts_with("devices/demo/"), "{}", p.topic);
+}
+
+#[test]
+fn sighup_reloads_the_file() {
+    let d = Daemon::start(DEMO);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut sub, _) = rt.block_on(mqtt::Client::connect(mqtt::options(
+        d.mqtt_addr(),
+        "hup-watcher",
+    )));
+    rt.block_on(sub.subscribe("devices/extra/#", rumqttc::QoS::AtMostOnce));
+    let original = std::fs::read_to_string(&d.cfg.path).unwrap();
+
+    // Invalid: refused, every error logged, nothing changes.
+    std::fs::write(
+        &d.cfg.path,
+        format!("{original}  - name: x\n    driver: warp\n"),
+    )
+    .unwrap();
+    let at = d.log().len();
+    signal(&d.child, "HUP");
+    let end = d.wait_log("the config file is invalid; keeping the running config", at);
+    assert!(d.log()[at..end].contains("SIGHUP: config error at"));
+
+    // Valid: applied, the new device publishes, the client stays connected.
+    std::fs::write(&d.cfg.path, format!("{original}{EXTRA}")).unwrap();
+    let at = d.log().len();
+    signal(&d.child, "HUP");
+    let end = d.wait_log("SIGHUP: config reloaded", at);
+    assert!(
+        d.log()[at..].contains("device extra started"),
+        "{}",
+        &d.log()[at..]
+    );
+    let _ = end;
+    until_topic(&rt, &mut sub, "devices/extra/count");
+    assert_eq!(dropped(&mut sub), None);
+    // The running version before the reload is in the history.
+    let h = d.login();
+    let list = h.get("/api/config/history").json();
+    let list = list["history"].as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let id = list[0]["id"].as_str().unwrap();
+    assert_eq!(
+        h.get(&format!("/api/config/history/{id}")).json()["yaml"],
+        original.as_str()
+    );
+}
+
+#[test]
+fn sse_streams_value_events() {
+    let d = Daemon::start(DEMO);
+    let h = d.login();
+    let req = h
+        .request("GET", "/api/events", &[("accept", "text/event-stream")])
+        .body(())
+        .unwrap();
+    let resp = h.agent.run(req).unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    let mut lines = std::io::BufReader::new(resp.into_body().into_reader()).lines();
+    let mut kinds = HashSet::new();
+    let mut event = String::new();
+    let mut value = None;
+    while value.is_none() {
+        let line = lines.next().expect("the stream goes on").unwrap();
+        if let Some(e) = line.strip_prefix("event: ") {
+            event = e.to_string();
+            kinds.insert(event.clone());
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let j: serde_json::Value = serde_json::from_str(data).unwrap();
+            if event == "value" {
+                value = Some(j);
+            } else if event == "log" {
+                assert!(j["level"].is_string() && j["message"].is_string(), "{j}");
+            }
+        }
+    }
+    let v = value.unwrap();
+    assert_eq!(v["device"], "demo");
+    assert!(v["value"].is_number(), "{v}");
+    assert!(v["ts"].is_u64());
+    assert_eq!(v["quality"], "good");
+    assert!(
+        kinds.contains("log"),
+        "the recent log lines come first: {kinds:?}"
+    );
+    // The values endpoint has every tag.
+    let vals = h.get("/api/values").json();
+    let tags: HashSet<_> = vals["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["tag"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        tags,
+        HashSet::from(["temperature".to_string(), "setpoint".to_string()])
+    );
+}
+
+/// One sample: (metric name, labels, value).
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// A strict parser for the Prometheus text format 0.0.4: every line a HELP, a TYPE or a
+/// sample; every sample of a declared family, declared once, with valid names, quoted and
+/// escaped label values and a float value. Returns (family → type, samples).
+fn parse_prometheus(text: &str) -> (HashMap<String, String>, Vec<Sample>) {
+    fn name_ok(n: &str) -> bool {
+        let mut c = n.chars();
+        c.next()
+            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+            && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || x == ':')
+    }
+    assert!(text.ends_with('\n'), "must end with a newline");
+    let mut types = HashMap::new();
+    let mut helps = HashSet::new();
+    let mut samples = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, _) = rest.split_once(' ').unwrap_or((rest, ""));
+            assert!(name_ok(name), "line {n}: bad name {name}");
+            assert!(helps.insert(name.to_string()), "line {n}: HELP twice");
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(name_ok(name), "line {n}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "line {n}: kind {kind}"
+            );
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "line {n}: TYPE twice"
+            );
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "line {n}: {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').expect("a value");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("line {n}: value {value:?}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series, Vec::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let mut labels = Vec::new();
+                let mut chars = body.chars().peekable();
+                while chars.peek().is_some() {
+                    let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+                    assert!(name_ok(&key), "line {n}: label {key:?}");
+                    assert_eq!(chars.next(), Some('"'), "line {n}: quote");
+                    let mut val = String::new();
+                    loop {
+                        match chars.next().expect("unterminated label value") {
+                            '\\' => match chars.next() {
+                                Some('\\') => val.push('\\'),
+                                Some('"') => val.push('"'),
+                                Some('n') => val.push('\n'),
+                                other => panic!("line {n}: escape {other:?}"),
+                            },
+                            '"' => break,
+                            c => val.push(c),
+                        }
+                    }
+                    labels.push((key, val));
+                    match chars.next() {
+                        None => break,
+                        Some(',') => {}
+                        other => panic!("line {n}: after label {other:?}"),
+                    }
+                }
+                (name, labels)
+            }
+        };
+        assert!(name_ok(name), "line {n}: {name}");
+        assert!(
+            types.contains_key(name),
+            "line {n}: {name} has no TYPE before it"
+        );
+        if types[name] == "counter" {
+            assert!(name.ends_with("_total"), "line {n}: counter {name}");
+            assert!(value >= 0.0);
+        }
+        samples.push((name.to_string(), labels, value));
+    }
+    (types, samples)
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_healthz_answers() {
+    let d = Daemon::start(&format!(
+        "{DEMO}uplinks:\n  - name: cloud\n    url: mqtt://127.0.0.1:9\n    topics: [{{filter: \"devices/#\"}}]\n    reconnect: {{min: 1s, max: 2s}}\n"
+    ));
+    let h = d.http();
+    // No login needed; and the daemon's own answer once a reading came through.
+    let start = Instant::now();
+    let (types, samples) = loop {
+        let r = h.get("/metrics");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        let parsed = parse_prometheus(&r.body);
+        let polled = parsed
+            .1
+            .iter()
+            .any(|(n, l, v)| n == "tidegate_device_polls_total" && l[0].1 == "demo" && *v > 0.0);
+        if polled {
+            break parsed;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", r.body);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for family in [
+        "tidegate_broker_clients_connected",
+        "tidegate_broker_messages_received_total",
+        "tidegate_device_online",
+        "tidegate_device_poll_latency_seconds",
+        "tidegate_uplink_connected",
+        "tidegate_uplink_queue_messages",
+        "tidegate_uplink_messages_dropped_total",
+    ] {
+        assert!(types.contains_key(family), "{family} missing");
+    }
+    let reasons: HashSet<_> = samples
+        .iter()
+        .filter(|(n, _, _)| n == "tidegate_uplink_messages_dropped_total")
+        .map(|(_, l, _)| {
+            assert_eq!(l[0], ("uplink".to_string(), "cloud".to_string()));
+            l[1].1.clone()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        HashSet::from(
+            ["full", "expired", "rejected", "write_error", "qos0_offline"].map(String::from)
+        )
+    );
+    // The uplink (nobody listens on port 9) is disconnected, which status says too.
+    let s = d.login().get("/api/status").json();
+    assert_eq!(s["uplinks"][0]["name"], "cloud");
+    assert_eq!(s["uplinks"][0]["state"], "disconnected");
+    assert_eq!(s["gateway"]["version"], env!("CARGO_PKG_VERSION"));
+
+    let r = h.get("/healthz");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["ok"], true);
+}
