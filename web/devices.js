@@ -55,8 +55,46 @@ function availability(d) {
   return ['unknown', 'unknown'];
 }
 
+/**
+ * The decodings of a test read (the shape `tidegate modbus read` prints): registers with u16,
+ * i16, hex, binary, ASCII, and the 32-bit values starting at each in the four byte/word
+ * orders (with the config keys that select each); or bits. Returns null for other shapes.
+ */
+function decodingsView(data, caption) {
+  const d = data && typeof data === 'object' && data.decodings && typeof data.decodings === 'object' ? data.decodings : data;
+  if (!d || typeof d !== 'object') return null;
+  // Raw figures as the device's documentation writes them: no digit grouping, full precision.
+  const cell = (v, cls) => h('td', { class: cls }, v === null || v === undefined ? '—' : typeof v === 'object' ? JSON.stringify(v) : String(v));
+  const NUM = new Set(['address', 'u16', 'i16', 'u32', 'i32', 'f32']);
+  const head = (cols) => h('thead', {}, h('tr', {}, cols.map((c) => h('th', { scope: 'col', class: NUM.has(c) ? 'num' : null }, c))));
+  if (Array.isArray(d.bits)) {
+    return h('div', { class: 'table-wrap' }, h('table', { class: 'decodings' }, h('caption', {}, caption),
+      head(['address', 'value']),
+      h('tbody', {}, d.bits.map((b) => h('tr', {}, cell(b.address, 'num'), cell(b.value === true ? '1 (on)' : b.value === false ? '0 (off)' : b.value))))));
+  }
+  if (!Array.isArray(d.registers)) return null;
+  const regs = d.registers;
+  const words = h('table', { class: 'decodings' }, h('caption', {}, caption),
+    head(['address', 'hex', 'u16', 'i16', 'binary', 'ASCII']),
+    h('tbody', {}, regs.map((r) => h('tr', {}, cell(r.address, 'num'), cell(r.hex), cell(r.u16, 'num'), cell(r.i16, 'num'), cell(r.binary, 'mono'), cell(r.ascii, 'mono')))));
+  const withPairs = regs.filter((r) => Array.isArray(r.pairs) && r.pairs.length);
+  const pairs = withPairs.length ? h('table', { class: 'decodings pairs' },
+    h('caption', {}, '32-bit values starting at each register, in every byte and word order'),
+    head(['address', 'order', 'config', 'u32', 'i32', 'f32']),
+    h('tbody', {}, withPairs.flatMap((r) => r.pairs.map((p, i) => h('tr', { class: i === 0 ? 'group' : null },
+      i === 0 ? h('th', { scope: 'rowgroup', rowspan: r.pairs.length, class: 'num' }, String(r.address)) : null,
+      cell(p.order), h('td', {}, h('code', {}, `byte_order: ${p.byte_order}, word_order: ${p.word_order}`)),
+      cell(p.u32, 'num'), cell(p.i32, 'num'), cell(p.f32, 'num')))))) : null;
+  return h('div', { class: 'decoded' },
+    h('div', { class: 'table-wrap' }, words),
+    pairs ? h('div', { class: 'table-wrap' }, pairs) : null,
+    typeof d.ascii === 'string' ? h('p', {}, 'As text: ', h('code', { class: 'ascii' }, d.ascii)) : null);
+}
+
 /** A table of any JSON answer: rows of objects side by side, or key/value pairs. */
 function resultTable(data, caption) {
+  const known = decodingsView(data, caption);
+  if (known) return known;
   const rowsOf = (x) => {
     if (Array.isArray(x) && x.length && x.every((r) => r && typeof r === 'object' && !Array.isArray(r))) return x;
     if (x && typeof x === 'object' && !Array.isArray(x)) {
