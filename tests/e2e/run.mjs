@@ -10,7 +10,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { launch, login } from './lib.mjs';
+import { launch } from './lib.mjs';
 
 const [url, password, shotDir] = process.argv.slice(2);
 if (!url || !password) {
@@ -67,8 +67,15 @@ try {
     await page.getByRole('alert').filter({ hasText: 'Wrong username or password' }).waitFor();
   });
 
-  await step('log in with the generated admin password', async () => {
-    await login(page, url, 'admin', password);
+  await step('log in with the generated admin password, from the keyboard alone', async () => {
+    await page.goto(url);
+    await page.getByLabel('Username').waitFor();
+    // The username field has the focus; Tab moves to the password; Enter submits.
+    await page.keyboard.type('admin');
+    await page.keyboard.press('Tab');
+    await page.keyboard.type(password);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { level: 1, name: 'Dashboard' }).waitFor();
     const csp = await page.evaluate(async () => (await fetch('/')).headers.get('content-security-policy'));
     if (!csp) throw new Error('the page is not served with a Content-Security-Policy');
     await page.locator('#conn.ok').waitFor(); // the event stream is connected
@@ -156,7 +163,8 @@ try {
     await page.locator(`.err-item[data-line="${line}"]`).waitFor();
     await page.locator(`.gutter .ln.bad >> nth=0`).filter({ hasText: String(line) }).waitFor();
     if (!(await page.getByRole('button', { name: 'Apply…' }).isDisabled())) throw new Error('Apply is enabled with errors');
-    await page.locator(`.err-item[data-line="${line}"]`).click();
+    await page.locator(`.err-item[data-line="${line}"]`).focus();
+    await page.keyboard.press('Enter');
     const caretLine = await editor().evaluate((ta) => ta.value.slice(0, ta.selectionStart).split('\n').length);
     if (caretLine !== line) throw new Error(`clicking the error put the caret on line ${caretLine}, not ${line}`);
     await shot('config-error', { fullPage: true });
