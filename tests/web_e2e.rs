@@ -231,7 +231,11 @@ fn browser_scenario() {
         return;
     }
     let daemon = Daemon::start(&config_body());
-    let shots = std::env::var("TIDEGATE_SCREENSHOTS").unwrap_or_default();
+    // A relative path is taken from where `cargo test` runs (node runs in tests/e2e).
+    let shots = std::env::var_os("TIDEGATE_SCREENSHOTS")
+        .filter(|p| !p.is_empty())
+        .map(|p| std::path::absolute(p).unwrap().display().to_string())
+        .unwrap_or_default();
     let mut args = vec![daemon.url.as_str(), daemon.password.as_str()];
     if !shots.is_empty() {
         args.push(&shots);

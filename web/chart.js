@@ -45,7 +45,8 @@ export function sparkline(svg, points, label, { w = 120, h = 28 } = {}) {
   return svg;
 }
 
-/** A time chart with a filled area, the max on the y axis and the time span below. */
+/** A time chart with a filled area, labelled with the peak and the latest value; returns
+ *  {svg, span} (span: the time it covers, as text). */
 export function areaChart(points, label, { w = 320, h = 90, span = 0 } = {}) {
   const pad = 4;
   const svg = s('svg', { class: 'chart', viewBox: `0 0 ${w} ${h}`, role: 'img' });
@@ -53,7 +54,7 @@ export function areaChart(points, label, { w = 320, h = 90, span = 0 } = {}) {
     svg.setAttribute('aria-label', `${label}: collecting samples`);
     svg.append(s('title', {}, `${label}: collecting samples`),
       s('text', { x: w / 2, y: h / 2, 'text-anchor': 'middle', class: 'empty' }, 'collecting samples…'));
-    return svg;
+    return { svg, span: '' };
   }
   const data = points.map(([t, y]) => [t, Math.max(0, y)]);
   data.push([data[data.length - 1][0], 0]);
@@ -73,8 +74,7 @@ export function areaChart(points, label, { w = 320, h = 90, span = 0 } = {}) {
     s('polygon', { class: 'area', points: `${first} ${line} ${last}` }),
     s('polyline', { class: 'line', points: line }),
     s('text', { class: 'label', x: pad + 2, y: pad + 11 }, `peak ${fmtNumber(top)}`),
-    s('text', { class: 'label', x: pad + 2, y: h - pad - 3 }, `−${spanText}`),
-    s('text', { class: 'label', x: w - pad - 2, y: h - pad - 3, 'text-anchor': 'end' }, `now ${fmtNumber(cur)}`),
+    s('text', { class: 'label', x: w - pad - 2, y: pad + 11, 'text-anchor': 'end' }, `now ${fmtNumber(cur)}`),
   );
-  return svg;
+  return { svg, span: spanText };
 }

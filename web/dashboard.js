@@ -34,6 +34,7 @@ function uplinkCard(u) {
   const totalDropped = dropped.reduce((a, [, n]) => a + n, 0);
   const history = live.queueHistory.get(u.name) || [];
   const counters = Object.entries(u.counters);
+  const chart = areaChart(history, `Queue depth of ${u.name}`);
   return h('section', { class: 'card uplink', 'aria-labelledby': `uplink-${u.name}` },
     h('header', {},
       h('h3', { id: `uplink-${u.name}` }, u.name),
@@ -47,8 +48,8 @@ function uplinkCard(u) {
       ['Drain ETA', drainEta(u)],
     ]),
     h('figure', { class: 'chart-box' },
-      areaChart(history, `Queue depth of ${u.name}`),
-      h('figcaption', { class: 'muted' }, `Queue depth, sampled every 3 s (${history.length} samples kept in this browser)`)),
+      chart.svg,
+      h('figcaption', { class: 'muted' }, `Queue depth${chart.span ? ` over the last ${chart.span}` : ''}, sampled every 3 s (${history.length} samples kept in this browser)`)),
     h('h4', {}, 'Dropped', totalDropped ? badge(fmtNumber(totalDropped), 'bad') : badge('0', 'good')),
     dropped.length
       ? h('table', { class: 'small' },
