@@ -1,10 +1,11 @@
 //! Browser end-to-end test of the web UI: the real daemon with a simulated device and an uplink
 //! whose cloud broker is down, driven by headless Debian chromium through playwright-core
-//! (`tests/e2e/run.mjs`): login, live values, a confirmed write, config validation at the
-//! line, apply, conflict, history restore, logs, phone width, logout and lockout.
+//! (`tests/e2e/run.mjs`): login, live values, a bad reading, a confirmed write, config
+//! validation at the line, apply, conflict, history restore, logs, phone width, logout and
+//! lockout.
 //!
-//! Needs `node` and `/usr/bin/chromium`, and `npm ci` run in `tests/e2e` (`.ci/run` does all
-//! three). Outside CI the test is skipped, loudly, when node or chromium is missing; under
+//! Needs `node`, `/usr/bin/chromium`, `mosquitto_pub` (to publish a bad reading), and `npm ci`
+//! run in `tests/e2e` (`.ci/run` does all of it). Outside CI the test is skipped, loudly, when node or chromium is missing; under
 //! `CI=true` that is a failure.
 //!
 //! `TIDEGATE_SCREENSHOTS=docs/screenshots cargo test --test web_e2e` refreshes the README's
@@ -42,6 +43,15 @@ fn browser_ready() -> bool {
         .is_ok_and(|s| s.success())
     {
         missing.push("node (Debian: apt install nodejs npm)".to_string());
+    }
+    if !Command::new("mosquitto_pub")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+    {
+        missing.push("mosquitto_pub (Debian: apt install mosquitto-clients)".to_string());
     }
     if !chromium().exists() {
         missing.push(format!(
@@ -134,6 +144,17 @@ impl Daemon {
 
     fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Publishes a retained message into the daemon's broker with Mosquitto's client.
+    fn publish(&self, topic: &str, payload: &str) {
+        let port = common::mqtt_port(&self.log()).to_string();
+        let ok = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-r"])
+            .args(["-t", topic, "-m", payload])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mosquitto_pub to {topic} failed");
     }
 }
 
@@ -231,6 +252,18 @@ fn browser_scenario() {
         return;
     }
     let daemon = Daemon::start(&config_body());
+    // A bad reading, as a driver publishes one when a poll fails (SPEC §4.1): the UI must show
+    // it as bad, with its error and the last good value.
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    daemon.publish(
+        "devices/demo/probe",
+        &format!(
+            r#"{{"value": 3.25, "unit": "bar", "ts": {ts}, "quality": "bad", "error": "timeout"}}"#
+        ),
+    );
     // A relative path is taken from where `cargo test` runs (node runs in tests/e2e).
     let shots = std::env::var_os("TIDEGATE_SCREENSHOTS")
         .filter(|p| !p.is_empty())

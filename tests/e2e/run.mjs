@@ -103,6 +103,11 @@ try {
       const l = document.querySelector('section[data-device="demo"] tr[data-tag="temperature"] svg.spark polyline');
       return l && l.getAttribute('points').split(' ').length >= 3;
     }, null, { timeout: T });
+    // The bad reading the test published: marked bad, with its error and the last value.
+    const bad = page.locator('section[data-device="demo"] tr.bad-row[data-tag="probe"]');
+    await bad.locator('.badge.bad', { hasText: 'bad' }).waitFor();
+    await bad.locator('.err', { hasText: 'timeout' }).waitFor();
+    await bad.locator('td.value', { hasText: '3.25 bar' }).waitFor();
     await shot('devices', { fullPage: true });
   });
 
