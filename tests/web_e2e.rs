@@ -5,8 +5,8 @@
 //! lockout.
 //!
 //! Needs `node`, `/usr/bin/chromium`, `mosquitto_pub` (to publish a bad reading), and `npm ci`
-//! run in `tests/e2e` (`.ci/run` does all of it). Outside CI the test is skipped, loudly, when node or chromium is missing; under
-//! `CI=true` that is a failure.
+//! run in `tests/e2e` (`.ci/run` does all of it). Outside CI the test is skipped, loudly, when
+//! one of the programs is missing; under `CI=true` that is a failure.
 //!
 //! `TIDEGATE_SCREENSHOTS=docs/screenshots cargo test --test web_e2e` refreshes the README's
 //! screenshots; by default they go to a temp dir.
