@@ -366,9 +366,31 @@ fn errors_are_json_with_limits_and_names_checked() {
         h.call("DELETE", "/healthz", None, &[]).error(405),
         "method not allowed"
     );
-    // 2 MiB body: 413 before it is parsed.
-    let big = "#".repeat(2 << 20);
-    h.send("POST", "/api/config/validate", &big).error(413);
+    // A 2 MiB body: 413 as soon as its length is known, without reading it.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", d.web)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "POST /api/config/validate HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nX-CSRF-Token: {}\r\nContent-Length: {}\r\n\r\n{}",
+            h.cookie.as_deref().unwrap(),
+            h.csrf.as_deref().unwrap(),
+            2 << 20,
+            "#".repeat(1000)
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        let body: serde_json::Value =
+            serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert!(body["error"].is_string(), "{body}");
+    }
     // Names in paths.
     h.send(
         "POST",
@@ -905,4 +927,145 @@ fn metrics_parse_as_prometheus_text_and_healthz_answers() {
     let r = h.get("/healthz");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["ok"], true);
+}
+
+#[test]
+fn tls_serves_the_api_with_secure_cookies() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("web.key"), key.serialize_pem()).unwrap();
+    let d = Daemon::start(DEMO);
+    // Switch the running daemon to TLS through the API itself (the web server restarts).
+    let h = d.login();
+    let text = std::fs::read_to_string(&d.cfg.path).unwrap().replace(
+        "web:\n  bind: 127.0.0.1:0\n",
+        &format!(
+            "web:\n  bind: 127.0.0.1:0\n  tls: {{cert: {}, key: {}}}\n",
+            dir.path().join("web.crt").display(),
+            dir.path().join("web.key").display()
+        ),
+    );
+    let at = d.log().len();
+    let r = h.send("PUT", "/api/config", &text);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["changes"],
+        serde_json::json!(["web server restarted"])
+    );
+    let end = d.wait_log("(https)", at);
+    let port = port_after(&d.log()[at..end + 1], "Web UI listening on ");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let answer = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let body = format!(
+            r#"{{"username":"admin","password":"{}"}}"#,
+            d.password()
+        );
+        let req = format!(
+            "POST /api/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        let _ = tls.read_to_string(&mut out).await;
+        out
+    });
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let cookie = answer
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+}
+
+#[test]
+fn ui_files_are_served_with_types_etags_and_gzip() {
+    let d = Daemon::start("");
+    let h = d.http();
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+    let index = web.join("index.html");
+    if !index.exists() {
+        // No UI built into this binary: `/` is a JSON 404, not a crash.
+        h.get("/").error(404);
+        return;
+    }
+    let r = h.get("/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let csp = r.header("content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(r.body, std::fs::read_to_string(&index).unwrap());
+    let etag = r.header("etag").unwrap().to_string();
+    let again = h.call("GET", "/", None, &[("if-none-match", &etag)]);
+    assert_eq!(again.status, 304);
+    assert!(again.body.is_empty());
+    // Every file under web/ (but tooling) is served as it is on disk.
+    let mut stack = vec![web.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.')
+                || ["node_modules", "tests", "package.json", "package-lock.json"]
+                    .contains(&name.as_str())
+            {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(&web).unwrap().to_string_lossy().into_owned();
+            let req = h.request("GET", &format!("/{rel}"), &[]).body(()).unwrap();
+            let mut resp = h.agent.run(req).unwrap();
+            assert_eq!(resp.status().as_u16(), 200, "/{rel}");
+            assert!(resp.headers().get("etag").is_some(), "/{rel}");
+            let body = resp.body_mut().read_to_vec().unwrap();
+            assert_eq!(body, std::fs::read(&p).unwrap(), "/{rel}");
+            // With gzip accepted, big text files come compressed and decompress to the same.
+            if rel.ends_with(".js") || rel.ends_with(".css") || rel.ends_with(".html") {
+                let req = h
+                    .request("GET", &format!("/{rel}"), &[("accept-encoding", "gzip")])
+                    .body(())
+                    .unwrap();
+                let mut resp = h.agent.run(req).unwrap();
+                let gz = resp.headers().get("content-encoding").is_some();
+                let bytes = resp.body_mut().read_to_vec().unwrap();
+                if gz {
+                    let mut plain = Vec::new();
+                    flate2::read::GzDecoder::new(&bytes[..])
+                        .read_to_end(&mut plain)
+                        .unwrap();
+                    assert_eq!(plain, std::fs::read(&p).unwrap(), "/{rel} gzip");
+                } else {
+                    assert!(bytes.len() <= 1024, "/{rel} over 1 KiB sent uncompressed");
+                }
+            }
+        }
+    }
 }

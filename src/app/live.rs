@@ -828,6 +828,10 @@ pub fn save_history(data_dir: &Path, text: &str) -> anyhow::Result<()> {
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let v = version(text);
+    if list_history(data_dir)?.first().is_some_and(|e| e.version == v) {
+        // Already the newest kept version (a retry after a failed apply).
+        return Ok(());
+    }
     let mut now = crate::drivers::reading::now_ms();
     // Two saves in the same millisecond get distinct, still ordered, ids.
     let id = loop {
@@ -915,6 +919,8 @@ mod tests {
         for i in 0..(HISTORY_KEEP + 5) {
             save_history(dir.path(), &format!("# version {i}\n")).unwrap();
         }
+        // The same text twice in a row is kept once.
+        save_history(dir.path(), &format!("# version {}\n", HISTORY_KEEP + 4)).unwrap();
         let list = list_history(dir.path()).unwrap();
         assert_eq!(list.len(), HISTORY_KEEP);
         let newest = read_history(dir.path(), &list[0].id).unwrap().unwrap();

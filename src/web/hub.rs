@@ -17,6 +17,10 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+/// Tags and devices the hub keeps at most: anything can be published under `devices/`, and a
+/// LAN client must not grow the daemon's memory without bound.
+pub const MAX_ENTRIES: usize = 10_000;
+
 /// Events buffered per SSE stream before a slow one starts losing the oldest.
 pub const EVENT_BUFFER: usize = 8192;
 
@@ -157,6 +161,9 @@ impl Hub {
             let error = obj.get("error").and_then(Value::as_str).map(str::to_string);
             {
                 let mut devices = lock(&self.devices);
+                if devices.len() >= MAX_ENTRIES && !devices.contains_key(device) {
+                    return;
+                }
                 let d = devices.entry(device.to_string()).or_default();
                 d.online = online;
                 d.since = since;
@@ -201,8 +208,18 @@ impl Hub {
                 error: None,
             },
         };
+        let key = (v.device.clone(), v.tag.clone());
+        {
+            let values = lock(&self.values);
+            if values.len() >= MAX_ENTRIES && !values.contains_key(&key) {
+                return;
+            }
+        }
         {
             let mut devices = lock(&self.devices);
+            if devices.len() >= MAX_ENTRIES && !devices.contains_key(device) {
+                return;
+            }
             let d = devices.entry(device.to_string()).or_default();
             d.readings += 1;
             if v.quality != "good" {
@@ -210,7 +227,7 @@ impl Hub {
             }
         }
         self.emit("value", &v);
-        lock(&self.values).insert((v.device.clone(), v.tag.clone()), v);
+        lock(&self.values).insert(key, v);
     }
 
     /// Once a second: broker rates and uplink state changes.
