@@ -69,7 +69,12 @@ fn main() {
     while err.read_line(&mut line).unwrap() > 0 {
         let port = |marker: &str| -> Option<u16> {
             let rest = line.split(marker).nth(1)?;
-            rest.split_whitespace().next()?.rsplit(':').next()?.parse().ok()
+            rest.split_whitespace()
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
         };
         if let Some(p) = port("Web UI listening on ") {
             web = p;
@@ -108,7 +113,10 @@ fn main() {
     for attr in ["src=\"", "href=\""] {
         for part in index.split(attr).skip(1) {
             let url = part.split('"').next().unwrap();
-            if !url.starts_with("http") && !url.starts_with('#') && !assets.contains(&url.to_string()) {
+            if !url.starts_with("http")
+                && !url.starts_with('#')
+                && !assets.contains(&url.to_string())
+            {
                 assets.push(url.to_string());
             }
         }
@@ -118,23 +126,38 @@ fn main() {
     while i < assets.len() {
         if assets[i].ends_with(".js") {
             let text = agent
-                .get(&format!("{base}/{}", assets[i].trim_start_matches(['.', '/'])))
+                .get(&format!(
+                    "{base}/{}",
+                    assets[i].trim_start_matches(['.', '/'])
+                ))
                 .call()
                 .unwrap()
                 .body_mut()
                 .read_to_string()
                 .unwrap_or_default();
-            for part in text.split("from '").skip(1).chain(text.split("from \"").skip(1)) {
+            for part in text
+                .split("from '")
+                .skip(1)
+                .chain(text.split("from \"").skip(1))
+            {
                 let url = part.split(['\'', '"']).next().unwrap().to_string();
                 let url = url.trim_start_matches("./").to_string();
-                if url.ends_with(".js") && !assets.iter().any(|a| a.trim_start_matches(['.', '/']) == url) {
+                if url.ends_with(".js")
+                    && !assets
+                        .iter()
+                        .any(|a| a.trim_start_matches(['.', '/']) == url)
+                {
                     assets.push(url);
                 }
             }
         }
         i += 1;
     }
-    println!("dashboard: / + {} assets: {}", assets.len(), assets.join(" "));
+    println!(
+        "dashboard: / + {} assets: {}",
+        assets.len(),
+        assets.join(" ")
+    );
     for gzip in [false, true] {
         let (mut ttfb, mut full, mut bytes) = (Vec::new(), Vec::new(), 0usize);
         for _ in 0..ROUNDS {

@@ -9,7 +9,7 @@
 //! one of the programs is missing; under `CI=true` that is a failure.
 //!
 //! `TIDEGATE_SCREENSHOTS=docs/screenshots cargo test --test web_e2e` refreshes the README's
-//! screenshots; by default they go to a temp dir.
+//! screenshots; by default they go to `target/tmp/web_e2e-screenshots/`.
 //!
 //! `cargo test --test web_e2e -- --ignored --nocapture dashboard_load` measures the dashboard's
 //! load in the browser (docs/BENCHMARKS.md).
@@ -264,15 +264,21 @@ fn browser_scenario() {
             r#"{{"value": 3.25, "unit": "bar", "ts": {ts}, "quality": "bad", "error": "timeout"}}"#
         ),
     );
-    // A relative path is taken from where `cargo test` runs (node runs in tests/e2e).
+    // Screenshots (and failure.png when a step fails) go to target/tmp unless asked elsewhere; a
+    // relative path is taken from where `cargo test` runs (node runs in tests/e2e).
     let shots = std::env::var_os("TIDEGATE_SCREENSHOTS")
         .filter(|p| !p.is_empty())
-        .map(|p| std::path::absolute(p).unwrap().display().to_string())
-        .unwrap_or_default();
-    let mut args = vec![daemon.url.as_str(), daemon.password.as_str()];
-    if !shots.is_empty() {
-        args.push(&shots);
-    }
+        .map_or_else(
+            || Path::new(env!("CARGO_TARGET_TMPDIR")).join("web_e2e-screenshots"),
+            |p| std::path::absolute(p).unwrap(),
+        )
+        .display()
+        .to_string();
+    let args = [
+        daemon.url.as_str(),
+        daemon.password.as_str(),
+        shots.as_str(),
+    ];
     let (ok, out) = node("run.mjs", &args, Duration::from_secs(300));
     println!("{out}");
     assert!(

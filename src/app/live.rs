@@ -828,7 +828,10 @@ pub fn save_history(data_dir: &Path, text: &str) -> anyhow::Result<()> {
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let v = version(text);
-    if list_history(data_dir)?.first().is_some_and(|e| e.version == v) {
+    if list_history(data_dir)?
+        .first()
+        .is_some_and(|e| e.version == v)
+    {
         // Already the newest kept version (a retry after a failed apply).
         return Ok(());
     }

@@ -19,6 +19,7 @@ if (!url || !password) {
 }
 const outDir = shotDir || fs.mkdtempSync('/tmp/tidegate-e2e-');
 fs.mkdirSync(outDir, { recursive: true });
+fs.rmSync(path.join(outDir, 'failure.png'), { force: true });
 const T = 30_000; // the longest any single wait may take
 
 const browser = await launch();
