@@ -258,6 +258,21 @@ try {
     await page.setViewportSize({ width: 1280, height: 860 });
   });
 
+  await step('a session ended elsewhere sends the page back to the login', async () => {
+    // End this session behind the page's back (as an idle expiry or a password change does).
+    await page.evaluate(async () => {
+      const s = await (await fetch('/api/session')).json();
+      await fetch('/api/logout', { method: 'POST', headers: { 'X-CSRF-Token': s.csrf_token } });
+    });
+    await page.getByRole('alert').filter({ hasText: 'Your session ended' }).waitFor();
+    await page.getByLabel('Username').fill('admin');
+    await page.getByLabel('Password').fill(password);
+    await page.getByRole('button', { name: 'Log in' }).click();
+    // Back on the page the user was on.
+    await page.getByRole('heading', { level: 1, name: 'Devices' }).waitFor();
+    await page.locator('#conn.ok').waitFor();
+  });
+
   await step('logging out returns to the login page; the API refuses the old session', async () => {
     await page.getByRole('button', { name: 'Log out' }).click();
     await page.getByRole('heading', { name: /tidegate/ }).waitFor();
