@@ -44,12 +44,13 @@ fn browser_ready() -> bool {
     {
         missing.push("node (Debian: apt install nodejs npm)".to_string());
     }
-    if !Command::new("mosquitto_pub")
+    // `mosquitto_pub --help` exits non-zero; only whether it runs at all matters.
+    if Command::new("mosquitto_pub")
         .arg("--help")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok()
+        .is_err()
     {
         missing.push("mosquitto_pub (Debian: apt install mosquitto-clients)".to_string());
     }
