@@ -114,7 +114,7 @@ build_args=(build --locked --profile "$profile" "${target_args[@]}")
 if [ "$arch" = armhf ]; then
     # Debian ships no armhf std for rustc-web 1.96 that works here: build it from rust-web-src.
     export RUSTC_BOOTSTRAP=1
-    build_args+=(-Zbuild-std=std,panic_unwind)
+    build_args+=('-Zbuild-std=std,panic_unwind')
 fi
 start=$(date +%s)
 "${cargo[@]}" "${build_args[@]}"
