@@ -128,6 +128,15 @@ deb_args=(--no-build --no-strip --profile "$profile" --output "$out")
 [ "$arch" = amd64 ] || deb_args+=(--target "$target")
 deb=$(CARGO_TARGET_DIR="$target_dir" cargo deb "${deb_args[@]}" | tail -n1)
 [ -f "$deb" ] || die "cargo deb made no package"
+# cargo-deb writes no DEBIAN/md5sums; add it so `dpkg --verify tidegate` and debsums can check
+# the installed files. Repacked with the same owner (root) and compression.
+repack=$(mktemp -d)
+dpkg-deb -R "$deb" "$repack/pkg"
+(cd "$repack/pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z \
+    | xargs -0 md5sum >DEBIAN/md5sums)
+chmod 0644 "$repack/pkg/DEBIAN/md5sums"
+dpkg-deb --root-owner-group -Zxz -b "$repack/pkg" "$deb" >/dev/null
+rm -rf "$repack"
 got_arch=$(dpkg-deb -f "$deb" Architecture)
 [ "$got_arch" = "$arch" ] || die "$deb is for $got_arch, not $arch"
 
