@@ -120,6 +120,13 @@ start=$(date +%s)
 "${cargo[@]}" "${build_args[@]}"
 build_s=$(( $(date +%s) - start ))
 [ -x "$bin" ] || die "no binary at $bin"
+# What dh_strip also drops: the toolchains' version strings (the profile strips the symbols).
+case "$arch" in
+    amd64) objcopy=objcopy ;;
+    arm64) objcopy=aarch64-linux-gnu-objcopy ;;
+    armhf) objcopy=arm-linux-gnueabihf-objcopy ;;
+esac
+"$objcopy" --remove-section=.comment "$bin"
 
 # The .deb from the binary just built (--no-build: cargo-deb would build with other flags).
 # --no-strip: the profile already strips (strip = "symbols"), with the right toolchain.
