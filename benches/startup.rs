@@ -62,7 +62,11 @@ fn main() -> Result<()> {
         bail!("mosquitto is not installed: `apt-get update && apt-get install -y mosquitto`");
     }
     let packaged = std::fs::read_to_string(root.join("config/tidegate.yaml"))?;
-    println!("binary: {} ({} bytes)", bin.display(), std::fs::metadata(&bin)?.len());
+    println!(
+        "binary: {} ({} bytes)",
+        bin.display(),
+        std::fs::metadata(&bin)?.len()
+    );
     println!("runs: {runs} of each, alternating\n");
 
     let mut cold = Samples::default();
@@ -117,9 +121,20 @@ fn main() -> Result<()> {
 
     println!("| start | to READY=1 (median, min–max) | to first CONNACK (median, min–max) |");
     println!("| --- | --- | --- |");
-    println!("| tidegate, cold (fresh data_dir) | {} | {} |", cold.ready(), cold.connack());
-    println!("| tidegate, warm (existing data_dir) | {} | {} |", warm.ready(), warm.connack());
-    println!("| Mosquitto (reference) | — (Debian's build sends none) | {} |", mosq.connack());
+    println!(
+        "| tidegate, cold (fresh data_dir) | {} | {} |",
+        cold.ready(),
+        cold.connack()
+    );
+    println!(
+        "| tidegate, warm (existing data_dir) | {} | {} |",
+        warm.ready(),
+        warm.connack()
+    );
+    println!(
+        "| Mosquitto (reference) | — (Debian's build sends none) | {} |",
+        mosq.connack()
+    );
     Ok(())
 }
 
@@ -172,7 +187,8 @@ fn loopback_config(packaged: &str, port: u16, data: &Path) -> Result<String> {
             "data_dir: /var/lib/tidegate",
             &format!("data_dir: {}", data.display()),
         );
-    if replaced.contains("0.0.0.0") || !replaced.contains(&format!("data_dir: {}", data.display())) {
+    if replaced.contains("0.0.0.0") || !replaced.contains(&format!("data_dir: {}", data.display()))
+    {
         bail!("config/tidegate.yaml changed shape: cannot move it to loopback ports");
     }
     Ok(replaced)
