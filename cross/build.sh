@@ -114,12 +114,19 @@ build_args=(build --locked --profile "$profile" "${target_args[@]}")
 if [ "$arch" = armhf ]; then
     # Debian ships no armhf std for rustc-web 1.96 that works here: build it from rust-web-src.
     export RUSTC_BOOTSTRAP=1
-    build_args+=(-Zbuild-std=std,panic_unwind)
+    build_args+=('-Zbuild-std=std,panic_unwind')
 fi
 start=$(date +%s)
 "${cargo[@]}" "${build_args[@]}"
 build_s=$(( $(date +%s) - start ))
 [ -x "$bin" ] || die "no binary at $bin"
+# What dh_strip also drops: the toolchains' version strings (the profile strips the symbols).
+case "$arch" in
+    amd64) objcopy=objcopy ;;
+    arm64) objcopy=aarch64-linux-gnu-objcopy ;;
+    armhf) objcopy=arm-linux-gnueabihf-objcopy ;;
+esac
+"$objcopy" --remove-section=.comment "$bin"
 
 # The .deb from the binary just built (--no-build: cargo-deb would build with other flags).
 # --no-strip: the profile already strips (strip = "symbols"), with the right toolchain.
@@ -128,6 +135,18 @@ deb_args=(--no-build --no-strip --profile "$profile" --output "$out")
 [ "$arch" = amd64 ] || deb_args+=(--target "$target")
 deb=$(CARGO_TARGET_DIR="$target_dir" cargo deb "${deb_args[@]}" | tail -n1)
 [ -f "$deb" ] || die "cargo deb made no package"
+# cargo-deb writes no DEBIAN/md5sums; add it so `dpkg --verify tidegate` and debsums can check
+# the installed files. Repacked with the same owner (root) and compression.
+repack=$(mktemp -d)
+dpkg-deb -R "$deb" "$repack/pkg"
+(cd "$repack/pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z \
+    | xargs -0 md5sum >DEBIAN/md5sums)
+chmod 0644 "$repack/pkg/DEBIAN/md5sums"
+# With no armhf dpkg architecture here, cargo-deb's dependency scan names the C library
+# `libc6:armhf`; a package depends on its own architecture's libc6 without a qualifier.
+sed -i -E '/^Depends:/ s/\blibc6:[a-z0-9]+/libc6/' "$repack/pkg/DEBIAN/control"
+dpkg-deb --root-owner-group -Zxz -b "$repack/pkg" "$deb" >/dev/null
+rm -rf "$repack"
 got_arch=$(dpkg-deb -f "$deb" Architecture)
 [ "$got_arch" = "$arch" ] || die "$deb is for $got_arch, not $arch"
 
