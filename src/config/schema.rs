@@ -562,6 +562,7 @@ pub enum Signal {
     Ramp,
     Random,
     Counter,
+    Square,
 }
 
 /// One value of a device. As for [`Device`], the keys that apply depend on the driver:

@@ -831,7 +831,7 @@ fn simulated_tag(v: &mut V, p: &str, t: &Tag) {
     if t.signal.is_none() {
         v.err(
             p.to_string(),
-            "a simulated tag needs `signal` (sine | ramp | random | counter)",
+            "a simulated tag needs `signal` (sine | ramp | random | counter | square)",
         );
     }
     if let Some(ty) = t.data_type {
@@ -841,10 +841,10 @@ fn simulated_tag(v: &mut V, p: &str, t: &Tag) {
     }
     if let Some(period) = t.period {
         positive(v, format!("{p}.period"), period, "period");
-        if !matches!(t.signal, Some(Signal::Sine | Signal::Ramp)) {
+        if !matches!(t.signal, Some(Signal::Sine | Signal::Ramp | Signal::Square)) {
             v.err(
                 format!("{p}.period"),
-                "`period` is only for sine and ramp signals",
+                "`period` is only for sine, ramp and square signals",
             );
         }
     }

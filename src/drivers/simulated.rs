@@ -2,8 +2,10 @@
 //!
 //! - `sine`: between `min` and `max` (default 0..100) over `period` (default 60 s);
 //! - `ramp`: from `min` to `max` over `period`, then again;
-//! - `random`: uniform between `min` and `max` at each poll;
-//! - `counter`: `min`, `min + 1`, ... each poll, back to `min` after `max`.
+//! - `random`: a random walk from the middle of `min`..`max`, each poll a step of up to a
+//!   twentieth of the range either way, reflected at the bounds (like a real, noisy sensor);
+//! - `counter`: `min`, `min + 1`, ... each poll, back to `min` after `max`;
+//! - `square`: `min` for the first half of `period`, `max` for the second.
 //!
 //! Integer types round the value. A writable tag takes commands: the value written is what the
 //! tag reports from then on (a counter continues counting from it).
@@ -23,6 +25,8 @@ struct SimTag {
     /// Set by a command: the value reported instead of the signal.
     held: Option<f64>,
     count: f64,
+    /// Where the random walk is.
+    walk: f64,
 }
 
 pub struct Simulated {
@@ -39,14 +43,16 @@ impl Simulated {
             .iter()
             .map(|t| {
                 let min = t.min.unwrap_or(0.0);
+                let max = t.max.unwrap_or(100.0);
                 SimTag {
                     signal: t.signal.unwrap_or(Signal::Sine),
                     min,
-                    max: t.max.unwrap_or(100.0),
+                    max,
                     period: t.period.map_or(Duration::from_secs(60), |p| p.0),
                     ty: t.data_type.unwrap_or(DataType::F64),
                     held: None,
                     count: min,
+                    walk: min + (max - min) / 2.0,
                 }
             })
             .collect();
@@ -99,7 +105,24 @@ impl Driver for Simulated {
                     tag.min + span * (0.5 + 0.5 * (phase * std::f64::consts::TAU).sin())
                 }
                 (None, Signal::Ramp) => tag.min + span * phase,
-                (None, Signal::Random) => tag.min + span * r,
+                (None, Signal::Random) => {
+                    let mut x = tag.walk + span * (r - 0.5) / 10.0;
+                    if x > tag.max {
+                        x = 2.0 * tag.max - x;
+                    }
+                    if x < tag.min {
+                        x = 2.0 * tag.min - x;
+                    }
+                    tag.walk = x.clamp(tag.min, tag.max);
+                    tag.walk
+                }
+                (None, Signal::Square) => {
+                    if phase < 0.5 {
+                        tag.min
+                    } else {
+                        tag.max
+                    }
+                }
                 (None, Signal::Counter) => {
                     let v = tag.count;
                     tag.count = if tag.count + 1.0 > tag.max {
@@ -143,6 +166,25 @@ mod tests {
         .remove(0)
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn square_switches_at_half_period() {
+        let mut sim = Simulated::new(&device(
+            "{name: s, signal: square, min: 1, max: 3, period: 10s}",
+        ));
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(
+                sim.poll().await.unwrap()[0]
+                    .clone()
+                    .unwrap()
+                    .as_f64()
+                    .unwrap(),
+            );
+            tokio::time::advance(Duration::from_millis(2500)).await;
+        }
+        assert_eq!(seen, [1.0, 1.0, 3.0, 3.0]);
+    }
+
     #[tokio::test]
     async fn signals_stay_in_range_and_counters_count() {
         let d = device(
@@ -162,6 +204,24 @@ mod tests {
             assert!((0.0..=10.0).contains(&v[3]), "{v:?}");
             counts.push(reads[2].clone().unwrap());
         }
+        // The random walk moves at most a twentieth of the range a poll.
+        let mut walk = Simulated::new(&device("{name: w, signal: random, min: 0, max: 100}"));
+        let mut last = 50.0;
+        let mut moved = false;
+        for _ in 0..200 {
+            let v = walk.poll().await.unwrap()[0]
+                .clone()
+                .unwrap()
+                .as_f64()
+                .unwrap();
+            assert!(
+                (0.0..=100.0).contains(&v) && (v - last).abs() <= 5.0 + 1e-9,
+                "{last} -> {v}"
+            );
+            moved |= v != last;
+            last = v;
+        }
+        assert!(moved);
         let want: Vec<Value> = [5, 6, 7, 5, 6].into_iter().map(Value::UInt).collect();
         assert_eq!(counts, want);
         // A write holds the value; a counter continues from it.
