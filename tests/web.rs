@@ -430,6 +430,28 @@ fn errors_are_json_with_limits_and_names_checked() {
 fn confirmed_write_answers_with_the_device_result() {
     let d = Daemon::start(DEMO);
     let h = d.login();
+    // The status names each tag and says which take writes, for the UI's write forms.
+    let s = h.get("/api/status").json();
+    let tags = &s["devices"][0]["tags"];
+    let setpoint = tags
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "setpoint")
+        .unwrap_or_else(|| panic!("no setpoint in {tags}"));
+    assert_eq!(
+        (&setpoint["writable"], &setpoint["min"], &setpoint["max"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(0.0),
+            &serde_json::json!(100.0)
+        )
+    );
+    assert!(tags
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["writable"] == false));
     let r = h.send(
         "POST",
         "/api/devices/demo/tags/setpoint/write",

@@ -188,7 +188,7 @@ function normDevice(d) {
       (num(pick(d, 'poll_latency_us')) !== undefined ? num(pick(d, 'poll_latency_us')) / 1000 : undefined) ??
       (num(pick(d, 'poll_latency_s', 'poll_latency')) !== undefined ? num(pick(d, 'poll_latency_s', 'poll_latency')) * 1000 : undefined),
     errors: num(pick(d, 'failed_polls', 'errors', 'poll_errors')),
-    tagCount: num(pick(d, 'tags')),
+    tagCount: num(pick(d, 'tags')) ?? listOf(pick(d, 'tags')).length,
     polls: num(pick(d, 'polls')),
     tags: listOf(pick(d, 'tags')).map((t) => (typeof t === 'string' ? { name: t } : t)),
   };

@@ -137,7 +137,13 @@ pub fn status(st: &State) -> Value {
             json!({
                 "name": d.name,
                 "driver": d.driver.to_string(),
-                "tags": d.tags.len(),
+                "tags": d.tags.iter().map(|t| json!({
+                    "name": t.name,
+                    "unit": t.unit,
+                    "writable": t.writable,
+                    "min": t.min,
+                    "max": t.max,
+                })).collect::<Vec<_>>(),
                 "poll_interval_ms": d.poll_interval.0.as_millis() as u64,
                 "online": seen.online,
                 "since": seen.since,
