@@ -76,8 +76,6 @@ pub const INITIAL_ADMIN_PASSWORD_FILE: &str = "initial-admin-password";
 /// Fails when the file cannot be read or written, or the system's random source fails.
 pub fn initial_admin_password(data_dir: &std::path::Path) -> std::io::Result<(String, bool)> {
     use password_hash::rand_core::RngCore;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join(INITIAL_ADMIN_PASSWORD_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => return Ok((text.trim().to_string(), false)),
@@ -95,6 +93,56 @@ pub fn initial_admin_password(data_dir: &std::path::Path) -> std::io::Result<(St
             password.push(ALPHABET[byte % ALPHABET.len()] as char);
         }
     }
+    write_private(&path, &password)?;
+    Ok((password, true))
+}
+
+/// The file under `data_dir` holding the argon2 hash of the admin password set in the web UI,
+/// which replaces the generated one while `web.users` is empty.
+pub const ADMIN_PASSWORD_FILE: &str = "admin-password";
+
+/// The admin password hash set in the web UI (`<data_dir>/admin-password`), if there is one.
+///
+/// Fails when the file cannot be read, or does not hold a password hash (a hand-edited or
+/// damaged file must not silently bring back the generated password).
+pub fn stored_admin_hash(data_dir: &std::path::Path) -> std::io::Result<Option<String>> {
+    let path = data_dir.join(ADMIN_PASSWORD_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let hash = text.trim();
+            check_hash_format(hash).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: {e}; delete the file to go back to a generated password",
+                        path.display()
+                    ),
+                )
+            })?;
+            Ok(Some(hash.to_string()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Keeps `hash` as the admin password set in the web UI, then removes the generated password's
+/// file, which no longer logs anyone in.
+///
+/// Fails when the file cannot be written; the previous password stays in force then.
+pub fn store_admin_hash(data_dir: &std::path::Path, hash: &str) -> std::io::Result<()> {
+    write_private(&data_dir.join(ADMIN_PASSWORD_FILE), hash)?;
+    match std::fs::remove_file(data_dir.join(INITIAL_ADMIN_PASSWORD_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `text` and a newline to `path` with mode 0600: a temporary file, fsync, rename, then
+/// fsync of the directory, so a power cut leaves the old file or the new one.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -102,10 +150,14 @@ pub fn initial_admin_password(data_dir: &std::path::Path) -> std::io::Result<(St
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    writeln!(f, "{password}")?;
+    writeln!(f, "{text}")?;
     f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok((password, true))
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -126,5 +178,23 @@ mod initial_password_tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_stored_admin_hash_replaces_the_generated_password() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(stored_admin_hash(dir.path()).unwrap(), None);
+        initial_admin_password(dir.path()).unwrap();
+        let hash = hash_password("chosen in the UI").unwrap();
+        store_admin_hash(dir.path(), &hash).unwrap();
+        assert_eq!(stored_admin_hash(dir.path()).unwrap(), Some(hash));
+        assert!(!dir.path().join(INITIAL_ADMIN_PASSWORD_FILE).exists());
+        let file = dir.path().join(ADMIN_PASSWORD_FILE);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A damaged file is an error, not a silent return to a generated password.
+        std::fs::write(&file, "plaintext\n").unwrap();
+        let e = stored_admin_hash(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("delete the file"), "{e}");
     }
 }

@@ -33,7 +33,23 @@ fn port_after(log: &str, marker: &str) -> u16 {
 
 impl Daemon {
     fn start(body: &str) -> Daemon {
-        let cfg = TempConfig::new(body);
+        Daemon::start_with(TempConfig::new(body))
+    }
+
+    fn start_with(cfg: TempConfig) -> Daemon {
+        let (child, log) = Daemon::spawn(&cfg);
+        let mut d = Daemon {
+            child,
+            log,
+            cfg,
+            web: 0,
+            mqtt: 0,
+        };
+        d.ready();
+        d
+    }
+
+    fn spawn(cfg: &TempConfig) -> (Child, Arc<Mutex<String>>) {
         let mut child = spawn_run(&cfg.path);
         let mut err = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
@@ -49,18 +65,23 @@ impl Daemon {
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let mut d = Daemon {
-            child,
-            log,
-            cfg,
-            web: 0,
-            mqtt: 0,
-        };
-        d.wait_log("tidegate is running", 0);
-        let log = d.log();
-        d.web = port_after(&log, "Web UI listening on ");
-        d.mqtt = mqtt_port(&log);
-        d
+        (child, log)
+    }
+
+    fn ready(&mut self) {
+        self.wait_log("tidegate is running", 0);
+        let log = self.log();
+        self.web = port_after(&log, "Web UI listening on ");
+        self.mqtt = mqtt_port(&log);
+    }
+
+    /// Stops the daemon (SIGTERM) and starts it again on the same config and data_dir.
+    fn restart(&mut self) {
+        signal(&self.child, "TERM");
+        let (status, _) = wait_exit(&mut self.child, Duration::from_secs(20));
+        assert!(status.success(), "{status}\n{}", self.log());
+        (self.child, self.log) = Daemon::spawn(&self.cfg);
+        self.ready();
     }
 
     fn log(&self) -> String {
@@ -106,18 +127,15 @@ impl Daemon {
         }
     }
 
-    /// An HTTP client logged in as `admin`.
+    /// An HTTP client logged in as `admin` with the generated password.
     fn login(&self) -> Http {
+        self.login_as("admin", &self.password())
+    }
+
+    /// An HTTP client logged in as `user`.
+    fn login_as(&self, user: &str, password: &str) -> Http {
         let mut h = self.http();
-        let r = h.call(
-            "POST",
-            "/api/login",
-            Some(&format!(
-                r#"{{"username":"admin","password":"{}"}}"#,
-                self.password()
-            )),
-            &[("content-type", "application/json")],
-        );
+        let r = self.try_login(user, password);
         assert_eq!(r.status, 200, "{}", r.body);
         let cookie = r.header("set-cookie").expect("a session cookie");
         assert!(cookie.contains("HttpOnly"), "{cookie}");
@@ -126,6 +144,16 @@ impl Daemon {
         h.cookie = Some(cookie.split(';').next().unwrap().to_string());
         h.csrf = Some(r.json()["csrf_token"].as_str().unwrap().to_string());
         h
+    }
+
+    fn try_login(&self, user: &str, password: &str) -> Reply {
+        let body = serde_json::json!({ "username": user, "password": password }).to_string();
+        self.http().call(
+            "POST",
+            "/api/login",
+            Some(&body),
+            &[("content-type", "application/json")],
+        )
     }
 }
 
@@ -275,6 +303,7 @@ fn auth_needs_a_session_then_the_csrf_token() {
         ("POST", "/api/config/validate"),
         ("POST", "/api/logout"),
         ("POST", "/api/devices/demo/tags/setpoint/write"),
+        ("POST", "/api/account/password"),
     ] {
         let r = anon.call(method, path, Some("x"), &[("x-csrf-token", "nope")]);
         assert_eq!(r.error(401), "not logged in", "{method} {path}");
@@ -348,6 +377,164 @@ fn five_failed_logins_lock_the_user_for_a_minute() {
     assert!(d
         .log()
         .contains("failed web logins within a minute; locked"));
+}
+
+fn password_change(h: &Http, current: &str, new: &str) -> Reply {
+    let body = serde_json::json!({ "current": current, "new": new }).to_string();
+    h.send("POST", "/api/account/password", &body)
+}
+
+/// Takes the session a password change answered with.
+fn follow(h: &mut Http, r: &Reply) {
+    assert_eq!(r.status, 200, "{}", r.body);
+    let cookie = r.header("set-cookie").expect("a new session cookie");
+    h.cookie = Some(cookie.split(';').next().unwrap().to_string());
+    h.csrf = Some(r.json()["csrf_token"].as_str().unwrap().to_string());
+}
+
+#[test]
+fn the_generated_admin_password_is_changed_in_the_ui_and_kept() {
+    let mut d = Daemon::start(DEMO);
+    let config_before = std::fs::read(&d.cfg.path).unwrap();
+    let generated = d.password();
+    let mut h = d.login();
+    let other = d.login(); // a second browser
+    assert_eq!(h.get("/api/session").json()["generated_password"], true);
+
+    // CSRF, then the checks on the passwords, each refused with nothing changed.
+    let r = h.call(
+        "POST",
+        "/api/account/password",
+        Some(r#"{"current":"x","new":"y"}"#),
+        &[],
+    );
+    assert_eq!(r.error(403), "missing X-CSRF-Token header");
+    assert!(password_change(&h, &generated, "short")
+        .error(400)
+        .contains("too short"));
+    assert!(password_change(&h, &generated, &generated)
+        .error(400)
+        .contains("same"));
+    assert!(h
+        .send("POST", "/api/account/password", "{}")
+        .error(400)
+        .contains("expected JSON"));
+    assert_eq!(
+        password_change(&h, "not the password", "a new long password").error(403),
+        "the current password is wrong"
+    );
+    assert!(d.cfg.data_dir().join("initial-admin-password").exists());
+
+    let r = password_change(&h, &generated, "harbour lights 42");
+    let old_cookie = h.cookie.clone();
+    follow(&mut h, &r);
+    assert_ne!(h.cookie, old_cookie, "a new session id");
+    let file = d.cfg.data_dir().join("admin-password");
+    assert_eq!(r.json()["stored_in"], file.display().to_string());
+    // The hash is kept privately; the generated password's file is gone; the config file
+    // is untouched.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(stored.starts_with("$argon2id$"), "{stored}");
+    assert!(!stored.contains("harbour"));
+    assert!(!d.cfg.data_dir().join("initial-admin-password").exists());
+    assert_eq!(std::fs::read(&d.cfg.path).unwrap(), config_before);
+
+    // The other session ended; this one goes on under its new id and token.
+    assert_eq!(other.get("/api/status").error(401), "not logged in");
+    let s = h.get("/api/session").json();
+    assert_eq!(s["generated_password"], false);
+    assert_eq!(s["csrf_token"].as_str(), h.csrf.as_deref());
+    assert_eq!(
+        h.send("POST", "/api/config/validate", "gateway: {}\n")
+            .json()["ok"],
+        true
+    );
+    assert_eq!(
+        d.try_login("admin", &generated).error(401),
+        "wrong username or password"
+    );
+    d.login_as("admin", "harbour lights 42");
+
+    // After a restart on the same data_dir the chosen password still logs in, and no new
+    // password is generated.
+    d.restart();
+    assert_eq!(d.try_login("admin", &generated).status, 401);
+    let h = d.login_as("admin", "harbour lights 42");
+    assert_eq!(h.get("/api/session").json()["generated_password"], false);
+    assert!(!d.cfg.data_dir().join("initial-admin-password").exists());
+    let log = d.log();
+    assert!(!log.contains("initial `admin` password"), "{log}");
+}
+
+#[test]
+fn a_configured_user_changes_their_password_in_the_config_file() {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let hash = argon2::Argon2::default()
+        .hash_password(
+            b"first password",
+            &SaltString::generate(&mut argon2::password_hash::rand_core::OsRng),
+        )
+        .unwrap()
+        .to_string();
+    let cfg = TempConfig::new(DEMO);
+    let text = std::fs::read_to_string(&cfg.path).unwrap().replace(
+        "web:\n  bind: 127.0.0.1:0\n",
+        &format!(
+            "web:\n  bind: 127.0.0.1:0\n  # operators of line 3\n  users:\n    - {{ username: ops, password_hash: \"{hash}\" }}  # shift lead\n"
+        ),
+    );
+    std::fs::write(&cfg.path, &text).unwrap();
+    let d = Daemon::start_with(cfg);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut sub, _) = rt.block_on(mqtt::Client::connect(mqtt::options(
+        d.mqtt_addr(),
+        "watcher",
+    )));
+    let mut h = d.login_as("ops", "first password");
+    assert_eq!(h.get("/api/session").json()["generated_password"], false);
+    let history = h.get("/api/config/history").json();
+    assert_eq!(
+        history["history"].as_array().map(Vec::len),
+        Some(0),
+        "{history}"
+    );
+
+    let r = password_change(&h, "first password", "second password");
+    follow(&mut h, &r);
+    assert_eq!(r.json()["stored_in"], d.cfg.path.display().to_string());
+    // Only the hash changed in the file: comments and layout are as written.
+    let now = std::fs::read_to_string(&d.cfg.path).unwrap();
+    let new_hash = now
+        .lines()
+        .find(|l| l.contains("username: ops"))
+        .and_then(|l| l.split('"').nth(1))
+        .unwrap()
+        .to_string();
+    assert_ne!(new_hash, hash);
+    assert_eq!(now, text.replace(&hash, &new_hash));
+    assert!(now.contains("# shift lead") && now.contains("# operators of line 3"));
+    // Applied like any change: the old file is in the history, the MQTT client stayed.
+    let history = h.get("/api/config/history").json();
+    assert_eq!(
+        history["history"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+    d.wait_log("password change (ops)", 0);
+    assert_eq!(d.try_login("ops", "first password").status, 401);
+    d.login_as("ops", "second password");
+    assert!(dropped(&mut sub).is_none(), "the MQTT client was dropped");
+
+    // Wrong current passwords count towards the login lockout.
+    for _ in 0..4 {
+        password_change(&h, "guess", "a third password").error(403);
+    }
+    password_change(&h, "guess", "a third password").error(429);
+    let r = d.try_login("ops", "second password");
+    assert!(r.error(429).contains("too many failed logins"));
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! UI's validate/apply, so they all say the same thing about the same text.
 
 pub mod de;
+pub mod edit;
 pub mod schema;
 pub mod units;
 pub mod validate;

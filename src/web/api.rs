@@ -39,7 +39,8 @@ pub struct Login {
     password: String,
 }
 
-/// `POST /api/login` `{"username","password"}` → `{"username","csrf_token"}` and the cookie.
+/// `POST /api/login` `{"username","password"}` → `{"username","csrf_token","generated_password"}`
+/// and the cookie.
 pub async fn login(
     axum::extract::State(st): St,
     Extension(served): Extension<Served>,
@@ -58,6 +59,7 @@ pub async fn login(
             let mut r = Json(json!({
                 "username": session.username,
                 "csrf_token": session.csrf,
+                "generated_password": generated_password(&st, &session.username),
             }))
             .into_response();
             if let Ok(v) = HeaderValue::from_str(&auth::cookie(Some(&id), served.tls)) {
@@ -69,17 +71,20 @@ pub async fn login(
             tracing::warn!(username = %login.username, "Web login failed");
             error(StatusCode::UNAUTHORIZED, "wrong username or password")
         }
-        Err(auth::LoginError::Locked(left)) => {
-            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-            let mut r = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("too many failed logins for this user; try again in {secs} s"),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            r
-        }
+        Err(auth::LoginError::Locked(left)) => locked(left),
     }
+}
+
+/// 429 with `Retry-After`: the user is locked out for `left`.
+pub fn locked(left: Duration) -> Response {
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many failed logins for this user; try again in {secs} s"),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
 }
 
 /// `POST /api/logout`: ends the session, clears the cookie.
@@ -96,13 +101,23 @@ pub async fn logout(
     r
 }
 
-/// `GET /api/session` → `{"username","csrf_token"}`.
-pub async fn session(Extension(caller): Extension<Caller>) -> Response {
+/// `GET /api/session` → `{"username","csrf_token","generated_password"}`; the last is true
+/// while the built-in `admin` still has the password generated on first start, so the UI can
+/// ask for it to be changed.
+pub async fn session(
+    axum::extract::State(st): St,
+    Extension(caller): Extension<Caller>,
+) -> Response {
     Json(json!({
         "username": caller.session.username,
         "csrf_token": caller.session.csrf,
+        "generated_password": generated_password(&st, &caller.session.username),
     }))
     .into_response()
+}
+
+fn generated_password(st: &State, username: &str) -> bool {
+    username == "admin" && st.admin_password() == Some(super::AdminPassword::Generated)
 }
 
 /// `GET /api/status`.
@@ -274,7 +289,14 @@ async fn apply(st: &State, change: Change) -> Response {
         Ok(a) => {
             Json(json!({ "ok": true, "version": a.version, "changes": a.changes })).into_response()
         }
-        Err(ApplyError::Invalid(errors)) => (
+        Err(e) => apply_error(e),
+    }
+}
+
+/// The answer to a config change that was not applied.
+pub fn apply_error(e: ApplyError) -> Response {
+    match e {
+        ApplyError::Invalid(errors) => (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(json!({
                 "ok": false,
@@ -283,19 +305,13 @@ async fn apply(st: &State, change: Change) -> Response {
             })),
         )
             .into_response(),
-        Err(e @ ApplyError::Conflict { .. }) => {
-            let current = match &e {
-                ApplyError::Conflict { current } => current.clone(),
-                _ => String::new(),
-            };
-            (
-                StatusCode::CONFLICT,
-                Json(json!({ "error": e.to_string(), "version": current })),
-            )
-                .into_response()
-        }
-        Err(e @ ApplyError::NoFile) => error(StatusCode::CONFLICT, e.to_string()),
-        Err(e @ ApplyError::Failed(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        ApplyError::Conflict { ref current } => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": e.to_string(), "version": current })),
+        )
+            .into_response(),
+        ApplyError::NoFile => error(StatusCode::CONFLICT, e.to_string()),
+        ApplyError::Failed(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

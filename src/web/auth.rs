@@ -129,6 +129,14 @@ impl Auth {
         username: &str,
         password: &str,
     ) -> Result<(String, Session), LoginError> {
+        self.check_password(username, password).await?;
+        Ok(self.create_session(username))
+    }
+
+    /// Verifies `username`'s password as a login does, counting a failure towards the same
+    /// lockout (a password change asks for the current one; a stolen session must not be a
+    /// way around the limit).
+    pub async fn check_password(&self, username: &str, password: &str) -> Result<(), LoginError> {
         self.begin_attempt(username)?;
         let hash = self
             .users
@@ -143,8 +151,7 @@ impl Auth {
             .await
             .unwrap_or(false)
             && known;
-        self.end_attempt(username, ok)?;
-        Ok(self.create_session(username))
+        self.end_attempt(username, ok)
     }
 
     /// Refuses when `username` is locked out (or would be, counting attempts in flight);
@@ -199,7 +206,9 @@ impl Auth {
         Err(LoginError::Wrong)
     }
 
-    fn create_session(&self, username: &str) -> (String, Session) {
+    /// A new session for `username` (after a login, or a password change that ended the old
+    /// ones). Returns (session id, session).
+    pub fn create_session(&self, username: &str) -> (String, Session) {
         let id = random_hex();
         let session = Session {
             username: username.to_string(),

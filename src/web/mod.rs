@@ -6,7 +6,8 @@
 //!   login lockout.
 //! - [`hub`] — the state hub: an in-process subscription to `devices/#` keeping the latest value
 //!   of every tag and each device's availability, feeding the SSE stream; broker rates.
-//! - [`api`] — the `/api/*` handlers; [`metrics`] — `/metrics` and `/healthz`.
+//! - [`api`] — the `/api/*` handlers; [`account`] — a user changing their password;
+//!   [`metrics`] — `/metrics` and `/healthz`.
 //! - [`assets`] — the files under `web/`, embedded by `build.rs`.
 //!
 //! The server is one supervised task of the app ([`Bound::serve`]); its state ([`State`])
@@ -15,6 +16,7 @@
 //! Every error is JSON `{"error": "..."}`, 404/405/413 included (a response layer rewrites
 //! whatever axum or an extractor answered in plain text).
 
+pub mod account;
 pub mod api;
 pub mod assets;
 pub mod auth;
@@ -48,6 +50,17 @@ pub struct State {
     metrics: AtomicBool,
     /// The generated admin password and its hash, so a config change does not hash it again.
     initial: Mutex<Option<(String, String)>>,
+    /// Where the built-in `admin`'s password comes from, while `web.users` is empty.
+    admin: Mutex<Option<AdminPassword>>,
+}
+
+/// Where the built-in `admin`'s password comes from (no `web.users` configured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminPassword {
+    /// Generated on first start, in `<data_dir>/initial-admin-password`.
+    Generated,
+    /// Set in the web UI, kept hashed in `<data_dir>/admin-password`.
+    Stored,
 }
 
 impl State {
@@ -59,14 +72,16 @@ impl State {
             hub: hub::Hub::new(),
             metrics: AtomicBool::new(metrics),
             initial: Mutex::new(None),
+            admin: Mutex::new(None),
         })
     }
 
-    /// Sets who may log in: `web.users`, or with none, `admin` with the generated initial
+    /// Sets who may log in: `web.users`; with none, `admin` with the password set in the UI
+    /// (`<data_dir>/admin-password`, an argon2 hash), or before that the generated initial
     /// password (SPEC §3.1), made on first start in `<data_dir>/initial-admin-password`.
     /// Sessions of users removed or whose password changed end.
     ///
-    /// Fails when the generated password cannot be read or written.
+    /// Fails when the password files cannot be read or written.
     pub async fn set_users(&self, config: &Config, data_dir: &Path) -> anyhow::Result<()> {
         let mut users: Vec<(String, String)> = config
             .web
@@ -74,45 +89,60 @@ impl State {
             .iter()
             .map(|u| (u.username.clone(), u.password_hash.clone()))
             .collect();
+        let mut admin = None;
         if users.is_empty() {
-            let (password, created) =
-                crate::auth::initial_admin_password(data_dir).with_context(|| {
-                    format!(
-                        "cannot keep the initial admin password in {}",
-                        data_dir.display()
-                    )
-                })?;
-            let cached = self
-                .initial
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            let hash = match cached {
-                Some((p, h)) if p == password => h,
-                _ => {
-                    let p = password.clone();
-                    let h = tokio::task::spawn_blocking(move || crate::auth::hash_password(&p))
-                        .await
-                        .context("hashing the initial admin password")?
-                        .map_err(|e| {
-                            anyhow::anyhow!("cannot hash the initial admin password: {e}")
-                        })?;
-                    *self.initial.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((password, h.clone()));
-                    info!(
-                        "No web user is configured: {} the initial `admin` password in {}",
-                        if created { "generated" } else { "keeping" },
-                        data_dir
-                            .join(crate::auth::INITIAL_ADMIN_PASSWORD_FILE)
-                            .display()
-                    );
-                    h
-                }
-            };
+            let (hash, source) = self.admin_hash(data_dir).await?;
             users.push(("admin".into(), hash));
+            admin = Some(source);
         }
+        *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = admin;
         self.auth.set_users(users);
         Ok(())
+    }
+
+    /// The built-in admin's hash and where its password comes from.
+    async fn admin_hash(&self, data_dir: &Path) -> anyhow::Result<(String, AdminPassword)> {
+        if let Some(hash) = crate::auth::stored_admin_hash(data_dir)
+            .context("cannot read the admin password set in the web UI")?
+        {
+            return Ok((hash, AdminPassword::Stored));
+        }
+        let (password, created) =
+            crate::auth::initial_admin_password(data_dir).with_context(|| {
+                format!(
+                    "cannot keep the initial admin password in {}",
+                    data_dir.display()
+                )
+            })?;
+        let cached = self
+            .initial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some((p, h)) = cached {
+            if p == password {
+                return Ok((h, AdminPassword::Generated));
+            }
+        }
+        let p = password.clone();
+        let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&p))
+            .await
+            .context("hashing the initial admin password")?
+            .map_err(|e| anyhow::anyhow!("cannot hash the initial admin password: {e}"))?;
+        *self.initial.lock().unwrap_or_else(|e| e.into_inner()) = Some((password, hash.clone()));
+        info!(
+            "No web user is configured: {} the initial `admin` password in {}",
+            if created { "generated" } else { "keeping" },
+            data_dir
+                .join(crate::auth::INITIAL_ADMIN_PASSWORD_FILE)
+                .display()
+        );
+        Ok((hash, AdminPassword::Generated))
+    }
+
+    /// Where the built-in `admin`'s password comes from; `None` when `web.users` is configured.
+    pub fn admin_password(&self) -> Option<AdminPassword> {
+        *self.admin.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A new config runs: follow its `web.metrics` and forget removed devices' values.
@@ -262,6 +292,7 @@ pub fn router(state: Arc<State>) -> axum::Router {
     let authed = axum::Router::new()
         .route("/api/logout", post(api::logout))
         .route("/api/session", get(api::session))
+        .route("/api/account/password", post(account::change_password))
         .route("/api/status", get(api::status))
         .route("/api/values", get(api::values))
         .route("/api/events", get(api::events))
