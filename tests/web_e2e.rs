@@ -86,7 +86,7 @@ fn browser_ready() -> bool {
 struct Daemon {
     child: Child,
     log: Arc<Mutex<String>>,
-    _config: TempConfig,
+    config: TempConfig,
     url: String,
     password: String,
 }
@@ -137,7 +137,7 @@ impl Daemon {
         Daemon {
             child,
             log,
-            _config: config,
+            config,
             url: format!("http://{addr}/"),
             password,
         }
@@ -288,6 +288,14 @@ fn browser_scenario() {
         daemon.log()
     );
     assert!(out.contains("e2e: all steps passed"), "{out}");
+    // The password changed in the browser is kept by the daemon, hashed, in place of the
+    // generated one.
+    let data = daemon.config.data_dir();
+    let kept = std::fs::read_to_string(data.join(tidegate::auth::ADMIN_PASSWORD_FILE)).unwrap();
+    assert!(tidegate::auth::verify("tide gauge 7 harbour", kept.trim()));
+    assert!(!data
+        .join(tidegate::auth::INITIAL_ADMIN_PASSWORD_FILE)
+        .exists());
 }
 
 #[test]

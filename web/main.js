@@ -7,8 +7,9 @@ import * as dashboard from './dashboard.js';
 import * as devices from './devices.js';
 import * as config from './config.js';
 import * as logs from './logs.js';
+import * as account from './account.js';
 
-const routes = { dashboard, devices, config, logs };
+const routes = { dashboard, devices, config, logs, account };
 const main = document.getElementById('main');
 const top = document.getElementById('top');
 let page = null; // the mounted page: {destroy()}
@@ -38,11 +39,14 @@ function showPage() {
   }
 }
 
+const notice = document.getElementById('pw-notice');
+
 function enter(session) {
   user = session.username || 'admin';
   setCsrf(session.csrf_token);
   setText(document.getElementById('user'), user);
   top.hidden = false;
+  notice.hidden = !session.generated_password;
   live.start();
   page = null;
   showPage();
@@ -54,6 +58,7 @@ function leave() {
   user = null;
   live.reset();
   top.hidden = true;
+  notice.hidden = true;
 }
 
 function showLogin(message) {
@@ -67,7 +72,7 @@ function showLogin(message) {
   let lockTimer = null;
   const form = h('form', { class: 'login card', 'aria-labelledby': 'login-title' },
     h('h1', { id: 'login-title' }, h('span', { class: 'logo', 'aria-hidden': 'true' }, '≈'), ' tidegate'),
-    h('p', { class: 'muted' }, 'Log in with a web user of this gateway. On a new box the user is admin and the generated password is in data_dir/initial-admin-password.'),
+    h('p', { class: 'muted' }, 'Log in with a web user of this gateway. On a new box the user is admin, with the password generated in data_dir/initial-admin-password until it is changed under Account.'),
     field('Username', username).wrap,
     field('Password', password).wrap,
     submit, msg);
@@ -79,7 +84,7 @@ function showLogin(message) {
     try {
       const { data } = await api('POST', '/api/login', { json: { username: username.value, password: password.value } });
       setText(msg, '');
-      enter({ username: (data && data.username) || username.value, csrf_token: data && data.csrf_token });
+      enter({ username: (data && data.username) || username.value, ...data });
       return;
     } catch (e) {
       msg.className = 'form-msg error';
@@ -146,6 +151,7 @@ document.getElementById('skip').addEventListener('click', () => {
   target.focus();
 });
 
+window.addEventListener(account.CHANGED, () => { notice.hidden = true; });
 window.addEventListener('hashchange', showPage);
 window.addEventListener('beforeunload', (ev) => {
   if (user && config.hasUnsavedEdits()) {

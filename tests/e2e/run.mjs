@@ -1,7 +1,7 @@
 // Browser end-to-end test of tidegate's web UI against the real daemon (started by
 // tests/web_e2e.rs): node run.mjs URL PASSWORD [SCREENSHOT_DIR]
 //
-// Logs in with the generated admin password, watches a simulated tag's value change live on
+// Logs in with the generated admin password, changes it under Account, watches a simulated tag's value change live on
 // Devices, writes a writable tag through the confirmation step, types an invalid config and
 // sees the error marked at its line, applies a valid one that adds a device and sees that
 // device's values arrive, restores the previous version from the history, reads the live log,
@@ -12,7 +12,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { launch } from './lib.mjs';
 
-const [url, password, shotDir] = process.argv.slice(2);
+const [url, generated, shotDir] = process.argv.slice(2);
+let password = generated; // until the step that changes it
 if (!url || !password) {
   console.error('usage: node run.mjs URL PASSWORD [SCREENSHOT_DIR]');
   process.exit(2);
@@ -72,6 +73,42 @@ try {
     const csp = await page.evaluate(async () => (await fetch('/')).headers.get('content-security-policy'));
     if (!csp || !/script-src 'self'/.test(csp) || /unsafe-inline/.test(csp)) throw new Error(`the page's Content-Security-Policy is not strict: ${csp}`);
     await page.locator('#conn.ok').waitFor(); // the event stream is connected
+  });
+
+  await step('the generated password is changed under Account; the session goes on', async () => {
+    const notice = page.locator('#pw-notice');
+    await notice.filter({ hasText: 'generated admin password' }).waitFor();
+    await shot('password-notice');
+    await notice.getByRole('link', { name: 'Change it' }).click();
+    await page.getByRole('heading', { level: 1, name: 'Account' }).waitFor();
+    const chosen = 'tide gauge 7 harbour';
+    const fill = async (current, next, again) => {
+      await page.getByLabel('Current password').fill(current);
+      await page.getByLabel('New password', { exact: true }).fill(next);
+      await page.getByLabel('New password again').fill(again);
+      await page.getByRole('button', { name: 'Change password' }).click();
+    };
+    await fill(password, chosen, `${chosen}!`);
+    await page.locator('.form-msg.error', { hasText: 'differ' }).waitFor();
+    await fill('not the password', chosen, chosen);
+    await page.locator('.form-msg.error', { hasText: 'The current password is wrong' }).waitFor();
+    await fill(password, chosen, chosen);
+    await page.locator('.form-msg.ok', { hasText: /Password changed\. Its hash is kept in .*admin-password/ }).waitFor();
+    if (await notice.isVisible()) throw new Error('the generated-password notice is still shown');
+    await shot('account');
+    // The page's new session works: the API answers and the event stream reconnects.
+    const status = await page.evaluate(async () => (await fetch('/api/status')).status);
+    if (status !== 200) throw new Error(`/api/status after the change answered ${status}`);
+    await page.locator('#conn.ok').waitFor();
+    // Another browser: the generated password no longer logs in, the chosen one does.
+    const other = await browser.newContext();
+    const login = async (pw) => (await other.request.post(new URL('/api/login', url).href, { data: { username: 'admin', password: pw } })).status();
+    const old = await login(password);
+    if (old !== 401) throw new Error(`the generated password: login answered ${old}, not 401`);
+    if (await login(chosen) !== 200) throw new Error('the chosen password does not log in');
+    await other.close();
+    password = chosen;
+    await page.getByRole('link', { name: 'Dashboard' }).click();
   });
 
   await step('dashboard shows the gateway, devices and the uplink', async () => {
