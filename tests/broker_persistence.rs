@@ -91,6 +91,13 @@ fn restart_cases(kill: bool) {
             .publish("r/kept", QoS::AtLeastOnce, true, "still here")
             .await
             .unwrap();
+        // A QoS 0 retained update is held up to a second to be coalesced; a clean stop
+        // writes it (a kill -9 may lose it, which QoS 0 allows).
+        retainer
+            .client
+            .publish("r/qos0", QoS::AtMostOnce, true, "held then written")
+            .await
+            .unwrap();
         let mut r = retainer;
         loop {
             if let Ok(Event::Incoming(Packet::PubAck(_))) = r.next().await {
@@ -119,6 +126,13 @@ fn restart_cases(kill: bool) {
             (m.topic.as_str(), &m.payload[..], m.retain),
             ("r/kept", &b"still here"[..], true)
         );
+        if !kill {
+            let m = late.publish_msg().await;
+            assert_eq!(
+                (m.topic.as_str(), &m.payload[..], m.retain),
+                ("r/qos0", &b"held then written"[..], true)
+            );
+        }
     });
     signal(&daemon, "TERM");
     wait_exit(&mut daemon, Duration::from_secs(12));

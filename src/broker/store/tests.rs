@@ -331,6 +331,71 @@ async fn group_commit_puts_many_writes_in_few_transactions() {
     store.close().expect("close");
 }
 
+fn retained_in(path: &Path, topic: &str) -> Option<String> {
+    let conn = rusqlite::Connection::open(path).expect("open for inspection");
+    conn.query_row(
+        "SELECT payload FROM retained WHERE topic = ?1",
+        [topic],
+        |r| r.get::<_, Vec<u8>>(0),
+    )
+    .ok()
+    .map(|p| String::from_utf8(p).unwrap())
+}
+
+#[test]
+fn retained_updates_without_a_waiter_are_coalesced_per_topic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("broker.db");
+    let options = StoreOptions {
+        retained_delay: Duration::from_secs(2),
+        ..StoreOptions::default()
+    };
+    let (store, _) = Store::open_with(&path, options).expect("open");
+    for i in 0..100 {
+        store.write_nowait(vec![Op::PutRetained(retained("a", &format!("a{i}")))]);
+        store.write_nowait(vec![Op::PutRetained(retained("b", &format!("b{i}")))]);
+    }
+    // A held update followed by an acknowledged one for the same topic: the acknowledged one
+    // is written at once and the held one never overwrites it.
+    store.write_nowait(vec![Op::PutRetained(retained("c", "held, older"))]);
+    wait(store.write(vec![Op::PutRetained(retained("c", "acked, newer"))])).expect("write c");
+    store.write_nowait(vec![Op::PutRetained(retained("d", "held, then deleted"))]);
+    wait(store.write(vec![Op::DeleteRetained { topic: "d".into() }])).expect("delete d");
+    assert_eq!(retained_in(&path, "c").as_deref(), Some("acked, newer"));
+    assert_eq!(retained_in(&path, "a"), None, "held, not written yet");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while retained_in(&path, "a").is_none() {
+        assert!(Instant::now() < deadline, "held updates never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(retained_in(&path, "a").as_deref(), Some("a99"));
+    assert_eq!(retained_in(&path, "b").as_deref(), Some("b99"));
+    assert_eq!(retained_in(&path, "c").as_deref(), Some("acked, newer"));
+    assert_eq!(retained_in(&path, "d"), None);
+    // 200 updates of a and b were written as 2 ops (plus c and d's waited ones).
+    let stats = store.stats();
+    assert_eq!(stats.ops_written, 4, "{stats:?}");
+    assert_eq!(stats.queued_writes, 0, "{stats:?}");
+
+    // Held updates are written at close, however long the delay.
+    store.close().expect("close");
+    let options = StoreOptions {
+        retained_delay: Duration::from_secs(3600),
+        ..StoreOptions::default()
+    };
+    let (store, _) = Store::open_with(&path, options).expect("reopen");
+    store.write_nowait(vec![Op::PutRetained(retained("a", "at close"))]);
+    store.close().expect("close");
+    let (store, snapshot) = Store::open(&path).expect("reopen");
+    let a = snapshot
+        .retained
+        .iter()
+        .find(|r| r.topic == "a")
+        .expect("a");
+    assert_eq!(&a.payload[..], b"at close");
+    store.close().expect("close");
+}
+
 // ---- 3. corruption ----------------------------------------------------------------------
 
 fn assert_recovered(dir: &Path, path: &Path, snapshot: &Snapshot, store: Store) {

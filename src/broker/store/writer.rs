@@ -14,6 +14,10 @@ use super::types::{to_i64, Op};
 
 pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
 
+/// Retained topics held at most before they are written whatever their age (bounds memory
+/// when a client floods distinct retained topics).
+const MAX_HELD: usize = 10_000;
+
 pub(super) enum Cmd {
     /// `reply` is `None` for `write_nowait`.
     Write { ops: Vec<Op>, reply: Option<Reply> },
@@ -41,6 +45,62 @@ pub(super) struct Config {
     pub max_batch_ops: usize,
     pub max_batch_time: Duration,
     pub sync_interval: Duration,
+    pub retained_delay: Duration,
+}
+
+/// Retained updates from `write_nowait`, held to be written together (module docs, "Retained
+/// updates"): the latest op per topic, and since when the oldest has waited.
+#[derive(Default)]
+struct Held {
+    ops: std::collections::HashMap<String, Op>,
+    since: Option<Instant>,
+}
+
+impl Held {
+    /// Takes a command's ops: without a reply its retained ops are held (the rest returned);
+    /// with one they go through and drop what is held for their topics.
+    fn take(&mut self, ops: Vec<Op>, waited: bool) -> Vec<Op> {
+        if waited {
+            for op in &ops {
+                if let Some(topic) = retained_topic(op) {
+                    self.ops.remove(topic);
+                }
+            }
+            return ops;
+        }
+        if !ops.iter().any(|op| retained_topic(op).is_some()) {
+            return ops;
+        }
+        let mut rest = Vec::new();
+        for op in ops {
+            match retained_topic(&op) {
+                Some(topic) => {
+                    self.since.get_or_insert_with(Instant::now);
+                    self.ops.insert(topic.to_string(), op);
+                }
+                None => rest.push(op),
+            }
+        }
+        rest
+    }
+
+    /// When the held ops must be written.
+    fn due(&self, delay: Duration) -> Option<Instant> {
+        self.since.map(|t| t + delay)
+    }
+
+    fn drain(&mut self) -> Vec<Op> {
+        self.since = None;
+        self.ops.drain().map(|(_, op)| op).collect()
+    }
+}
+
+fn retained_topic(op: &Op) -> Option<&str> {
+    match op {
+        Op::PutRetained(r) => Some(&r.topic),
+        Op::DeleteRetained { topic } => Some(topic),
+        _ => None,
+    }
 }
 
 struct Pending {
@@ -212,10 +272,17 @@ impl Writer {
         let mut unsynced = false;
         let mut last_sync = Instant::now();
         let mut consecutive_failures: u64 = 0;
+        let mut held = Held::default();
         loop {
-            let first = if unsynced {
-                let wait = (last_sync + self.config.sync_interval)
-                    .saturating_duration_since(Instant::now());
+            let deadline = [
+                unsynced.then(|| last_sync + self.config.sync_interval),
+                held.due(self.config.retained_delay),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let first = if let Some(deadline) = deadline {
+                let wait = deadline.saturating_duration_since(Instant::now());
                 match rx.recv_timeout(wait) {
                     Ok(cmd) => Some(cmd),
                     Err(RecvTimeoutError::Timeout) => None,
@@ -229,6 +296,7 @@ impl Writer {
             };
 
             let mut batch = Vec::new();
+            let mut commands = 0u64;
             let mut close_reply = None;
             if let Some(first) = first {
                 let mut n_ops = 0usize;
@@ -237,8 +305,12 @@ impl Writer {
                 while let Some(cmd) = next.take() {
                     match cmd {
                         Cmd::Write { ops, reply } => {
+                            commands += 1;
+                            let ops = held.take(ops, reply.is_some());
                             n_ops += ops.len();
-                            batch.push(Pending { ops, reply });
+                            if !ops.is_empty() || reply.is_some() {
+                                batch.push(Pending { ops, reply });
+                            }
                         }
                         Cmd::Close { reply } => {
                             close_reply = Some(reply);
@@ -255,13 +327,20 @@ impl Writer {
                 }
             }
 
-            if !batch.is_empty() {
-                self.counters
-                    .queued_commands
-                    .fetch_sub(batch.len() as u64, Ordering::Relaxed);
-                if self.commit_batch(batch, &mut consecutive_failures) {
-                    unsynced = true;
+            self.counters
+                .queued_commands
+                .fetch_sub(commands, Ordering::Relaxed);
+            let held_due = held
+                .due(self.config.retained_delay)
+                .is_some_and(|t| t <= Instant::now());
+            if held_due || close_reply.is_some() || held.ops.len() >= MAX_HELD {
+                let ops = held.drain();
+                if !ops.is_empty() {
+                    batch.push(Pending { ops, reply: None });
                 }
+            }
+            if !batch.is_empty() && self.commit_batch(batch, &mut consecutive_failures) {
+                unsynced = true;
             }
 
             if unsynced && last_sync.elapsed() >= self.config.sync_interval {
@@ -277,7 +356,15 @@ impl Writer {
                 return;
             }
         }
-        // Every handle was dropped without `close`: still leave a checkpointed database.
+        // Every handle was dropped without `close`: still write what is held and leave a
+        // checkpointed database.
+        let ops = held.drain();
+        if !ops.is_empty() {
+            self.commit_batch(
+                vec![Pending { ops, reply: None }],
+                &mut consecutive_failures,
+            );
+        }
         let path = self.db_path.clone();
         if let Err(e) = self.shutdown(&rx) {
             error!(path = %path.display(), error = %e, "Store did not close cleanly");
