@@ -7,7 +7,9 @@
 //!   cycles in the window (window / poll interval). Merging makes it 1.0: the 100 tags of a
 //!   device are one FC 3 request of 100 registers; the sizes seen are listed.
 //! - **CPU** of the daemon as % of one core, from `/proc/<pid>/stat` (user + system) over the
-//!   window; **RSS** (`VmRSS`) at the end and peak (`VmHWM`) from `/proc/<pid>/status`.
+//!   window; **RSS** (`VmRSS`) at the end and peak (`VmHWM`) from `/proc/<pid>/status`, and
+//!   its split into anonymous memory (`RssAnon`) and file pages (`RssFile`, mostly the
+//!   binary's code: clean, shared with the page cache, reclaimable).
 //! - **poll-to-publish latency**: the server puts a sequence number in register 0 of each
 //!   answer and notes when it answered; an MQTT subscriber (rumqttc, QoS 0, `devices/#`)
 //!   notes when `devices/<dev>/r0` with that number arrives. So it spans the answer's trip to
@@ -324,6 +326,7 @@ async fn run(opts: Opts) -> ExitCode {
     let ticks = cpu_ticks(pid) - ticks0;
     let rss = status_kib(pid, "VmRSS:");
     let hwm = status_kib(pid, "VmHWM:");
+    let (anon, file) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"));
     let s = state.0.lock().unwrap();
     let reads = s.reads.values().sum::<u64>() - reads0;
     let cycles = window.as_secs_f64() / POLL.as_secs_f64();
@@ -345,9 +348,11 @@ async fn run(opts: Opts) -> ExitCode {
     println!("  readings received by the subscriber: {msgs:.0}/s");
     println!("  daemon CPU: {cpu:.2} % of one core");
     println!(
-        "  daemon RSS: {:.1} MB at the end, peak {:.1} MB",
+        "  daemon RSS: {:.1} MB at the end, peak {:.1} MB ({:.1} MB anonymous, {:.1} MB file-backed: the binary's code mapped from the page cache)",
         rss as f64 / 1024.0,
-        hwm as f64 / 1024.0
+        hwm as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
     );
     println!(
         "  poll-to-publish latency (device answer -> MQTT subscriber): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",

@@ -77,7 +77,8 @@
 //! 10 × 100-register Modbus poll). So a `PutRetained`/`DeleteRetained` from `write_nowait` —
 //! a QoS 0 publish, whose publisher waits for nothing — is held in the writer and only the
 //! latest per topic is written, within [`StoreOptions::retained_delay`] (1 s) of the first
-//! one held. A retained op from `write` (QoS 1/2: the publisher's PUBACK waits for it) is
+//! one held. The handles hold them (a map under a mutex), so a held update sends no command
+//! and wakes no thread. A retained op from `write` (QoS 1/2: the publisher's PUBACK waits for it) is
 //! written at once and replaces whatever was held for its topic, so an older held update
 //! can never overwrite a newer acknowledged one. Held updates are written at close. The cost:
 //! `kill -9` can lose up to a second of QoS 0 retained updates (the last value before that is
@@ -125,7 +126,7 @@ pub use self::schema::SCHEMA_VERSION;
 pub use self::types::{
     Op, QueuedRow, RetainedRow, SessionRow, SessionSnapshot, Snapshot, SubscriptionRow,
 };
-use self::writer::{Cmd, Config, Counters, Writer};
+use self::writer::{Cmd, Config, Counters, Held, Holding, Writer};
 
 /// Tuning knobs; [`StoreOptions::default`] is what [`Store::open`] uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +181,7 @@ pub struct StoreStats {
 struct Shared {
     counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    held: Arc<Mutex<Held>>,
 }
 
 /// Handle to the store; clone it freely. See the module docs.
@@ -219,6 +221,8 @@ impl Store {
             retained_delay: options.retained_delay,
         };
         let thread_counters = Arc::clone(&counters);
+        let held = Arc::new(Mutex::new(Held::default()));
+        let thread_held = Arc::clone(&held);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || match schema::open_and_load(&db_path) {
@@ -229,6 +233,7 @@ impl Store {
                         db_path,
                         counters: thread_counters,
                         config,
+                        held: thread_held,
                     };
                     writer.update_size();
                     if ready_tx.send(Ok(snapshot)).is_ok() {
@@ -259,6 +264,7 @@ impl Store {
             shared: Arc::new(Shared {
                 counters,
                 thread: Mutex::new(Some(handle)),
+                held,
             }),
         };
         Ok((store, snapshot))
@@ -279,6 +285,7 @@ impl Store {
             let _ = reply.send(Err(e));
             return rx;
         }
+        let ops = self.held().pass(ops);
         if let Err(Cmd::Write {
             reply: Some(reply), ..
         }) = self.send(Cmd::Write {
@@ -300,9 +307,18 @@ impl Store {
             warn!(error = %e, "Store write was invalid; its ops were dropped");
             return;
         }
-        if self.send(Cmd::Write { ops, reply: None }).is_err() {
+        let Holding { rest: ops, wake } = self.held().hold(ops);
+        // An empty write only wakes the writer, to look at what is held.
+        if (!ops.is_empty() || wake) && self.send(Cmd::Write { ops, reply: None }).is_err() {
             warn!("Store write came after close; its ops were dropped");
         }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.shared
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends a write; gives the command back when the writer is gone.

@@ -48,40 +48,72 @@ pub(super) struct Config {
     pub retained_delay: Duration,
 }
 
-/// Retained updates from `write_nowait`, held to be written together (module docs, "Retained
-/// updates"): the latest op per topic, and since when the oldest has waited.
+/// Retained updates from `write_nowait`, held by the handles to be written together (module
+/// docs, "Retained updates"): the latest op per topic, and since when the oldest has waited.
+/// Shared by every [`super::Store`] handle and the writer thread; holding an update neither
+/// sends a command nor wakes the thread.
 #[derive(Default)]
-struct Held {
+pub(super) struct Held {
     ops: std::collections::HashMap<String, Op>,
     since: Option<Instant>,
+    /// The writer is gone: nothing may be held any more.
+    closed: bool,
+}
+
+/// What [`Held::hold`] did with a command's ops.
+pub(super) struct Holding {
+    /// The ops to send now.
+    pub rest: Vec<Op>,
+    /// The writer must look at the held ops (they were none before, or too many now), though
+    /// nothing else may wake it.
+    pub wake: bool,
 }
 
 impl Held {
-    /// Takes a command's ops: without a reply its retained ops are held (the rest returned);
-    /// with one they go through and drop what is held for their topics.
-    fn take(&mut self, ops: Vec<Op>, waited: bool) -> Vec<Op> {
-        if waited {
-            for op in &ops {
-                if let Some(topic) = retained_topic(op) {
-                    self.ops.remove(topic);
-                }
-            }
-            return ops;
+    /// `write_nowait`: holds the retained ops, returns the others.
+    pub(super) fn hold(&mut self, ops: Vec<Op>) -> Holding {
+        if self.closed || !ops.iter().any(|op| retained_topic(op).is_some()) {
+            return Holding {
+                rest: ops,
+                wake: false,
+            };
         }
-        if !ops.iter().any(|op| retained_topic(op).is_some()) {
-            return ops;
-        }
+        let was_empty = self.since.is_none();
         let mut rest = Vec::new();
         for op in ops {
             match retained_topic(&op) {
                 Some(topic) => {
                     self.since.get_or_insert_with(Instant::now);
-                    self.ops.insert(topic.to_string(), op);
+                    // The same topics come again and again: no new key when it is known.
+                    if let Some(slot) = self.ops.get_mut(topic) {
+                        *slot = op;
+                    } else {
+                        self.ops.insert(topic.to_string(), op);
+                    }
                 }
                 None => rest.push(op),
             }
         }
-        rest
+        Holding {
+            rest,
+            wake: was_empty || self.ops.len() >= MAX_HELD,
+        }
+    }
+
+    /// `write`: its ops go through as they are, and what is held for their topics is dropped
+    /// (it is older). An empty write is a barrier: it takes everything held.
+    pub(super) fn pass(&mut self, ops: Vec<Op>) -> Vec<Op> {
+        if ops.is_empty() {
+            return self.drain();
+        }
+        if !self.ops.is_empty() {
+            for op in &ops {
+                if let Some(topic) = retained_topic(op) {
+                    self.ops.remove(topic);
+                }
+            }
+        }
+        ops
     }
 
     /// When the held ops must be written.
@@ -114,6 +146,7 @@ pub(super) struct Writer {
     pub wal_path: PathBuf,
     pub counters: std::sync::Arc<Counters>,
     pub config: Config,
+    pub held: std::sync::Arc<std::sync::Mutex<Held>>,
 }
 
 /// Errors that concern only the command that caused them: its savepoint is rolled back and the
@@ -267,16 +300,22 @@ fn apply_command(conn: &Connection, ops: &[Op]) -> Result<Result<(), StoreError>
 }
 
 impl Writer {
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Serves commands until `Close` arrives or every `Store` handle is gone.
     pub(super) fn run(self, rx: Receiver<Cmd>) {
         let mut unsynced = false;
         let mut last_sync = Instant::now();
         let mut consecutive_failures: u64 = 0;
-        let mut held = Held::default();
         loop {
+            let held_due = self.held().due(self.config.retained_delay);
             let deadline = [
                 unsynced.then(|| last_sync + self.config.sync_interval),
-                held.due(self.config.retained_delay),
+                held_due,
             ]
             .into_iter()
             .flatten()
@@ -306,7 +345,6 @@ impl Writer {
                     match cmd {
                         Cmd::Write { ops, reply } => {
                             commands += 1;
-                            let ops = held.take(ops, reply.is_some());
                             n_ops += ops.len();
                             if !ops.is_empty() || reply.is_some() {
                                 batch.push(Pending { ops, reply });
@@ -330,13 +368,18 @@ impl Writer {
             self.counters
                 .queued_commands
                 .fetch_sub(commands, Ordering::Relaxed);
-            let held_due = held
-                .due(self.config.retained_delay)
-                .is_some_and(|t| t <= Instant::now());
-            if held_due || close_reply.is_some() || held.ops.len() >= MAX_HELD {
-                let ops = held.drain();
-                if !ops.is_empty() {
-                    batch.push(Pending { ops, reply: None });
+            {
+                let mut held = self.held();
+                let due = held
+                    .due(self.config.retained_delay)
+                    .is_some_and(|t| t <= Instant::now());
+                if due || close_reply.is_some() || held.ops.len() >= MAX_HELD {
+                    // Closing: nothing is held from now on; later writes fail as before.
+                    held.closed = close_reply.is_some();
+                    let ops = held.drain();
+                    if !ops.is_empty() {
+                        batch.push(Pending { ops, reply: None });
+                    }
                 }
             }
             if !batch.is_empty() && self.commit_batch(batch, &mut consecutive_failures) {
@@ -358,7 +401,11 @@ impl Writer {
         }
         // Every handle was dropped without `close`: still write what is held and leave a
         // checkpointed database.
-        let ops = held.drain();
+        let ops = {
+            let mut held = self.held();
+            held.closed = true;
+            held.drain()
+        };
         if !ops.is_empty() {
             self.commit_batch(
                 vec![Pending { ops, reply: None }],
