@@ -2,14 +2,17 @@
 //! in one run, against the same publisher going straight to Mosquitto.
 //!
 //! Run it with `cargo build --release && cargo bench --bench uplink_load -- [--backlog N]
-//! [--messages N]`. A `harness = false` bench: nothing here runs under `cargo test`.
+//! [--messages N] [--tidegate PATH]`. A `harness = false` bench: nothing here runs under `cargo test`.
 //!
 //! # What it measures
 //! (a) **end to end**: one rumqttc publisher (QoS 1, up to `WINDOW` unacknowledged) → the
 //!     gateway's local broker → the uplink (queue commit, then the cloud) → Mosquitto → one
 //!     rumqttc subscriber (QoS 1); messages/s counted at the subscriber from the first
 //!     publish to the last message received. Then the same publisher and subscriber straight
-//!     to Mosquitto. Target: ≥ 0.8 × direct.
+//!     to Mosquitto. Target: ≥ 0.8 × direct. Also the CPU time (user + system, from
+//!     `/proc/<pid>/stat`) the gateway and Mosquitto spent per message in each run: on a
+//!     machine where publisher, gateway, Mosquitto and subscriber share the cores, the ratio
+//!     follows from these.
 //! (b) **enqueue during an outage**: the uplink points at a closed port; the publisher sends
 //!     `--backlog` messages; messages/s from the first publish to the last PUBACK (each
 //!     PUBACK means "committed to the queue on disk"). Target ≥ 50 k msg/s.
@@ -50,6 +53,28 @@ fn wait_listening(addr: SocketAddr) {
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("nothing listens on {addr}");
+}
+
+/// CPU time (user + system) of `pid` so far, in clock ticks (100 per second).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Microseconds of CPU per message from a tick difference.
+fn us_per_msg(ticks: u64, messages: u64) -> f64 {
+    ticks as f64 * 10_000.0 / messages as f64
 }
 
 fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
@@ -109,8 +134,20 @@ fn gateway_config(dir: &Path, cloud: SocketAddr, port: u16) -> PathBuf {
     path
 }
 
+/// The gateway binary: `--tidegate PATH`, by default target/release/tidegate.
+fn gateway_bin() -> PathBuf {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--tidegate")
+        .and_then(|i| args.get(i + 1))
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tidegate"),
+            PathBuf::from,
+        )
+}
+
 fn start_gateway(config: &Path, port: u16) -> Proc {
-    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tidegate");
+    let bin = gateway_bin();
     assert!(bin.exists(), "build it first: cargo build --release");
     let child = Command::new(bin)
         .args(["run", "-c"])
@@ -250,7 +287,8 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (_m, cloud) = mosquitto(dir.path());
+    let (m, cloud) = mosquitto(dir.path());
+    let mosquitto_pid = m.0.id();
     let port = free_port();
     let mut rows: Vec<(String, String)> = Vec::new();
 
@@ -258,25 +296,34 @@ fn main() {
     let config = gateway_config(dir.path(), cloud, port);
     let gw = start_gateway(&config, port);
     let local: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (via, direct) = rt.block_on(async {
+    let gw_pid = gw.0.id();
+    let (via, direct, cpu) = rt.block_on(async {
         std::thread::sleep(Duration::from_secs(1));
         let sub = subscriber(cloud, "sub-a", "cloud/bench/e2e", true, messages).await;
+        let ticks0 = (cpu_ticks(gw_pid), cpu_ticks(mosquitto_pid));
         let start = Instant::now();
         publish(local, "bench/e2e", messages).await;
         let k = sub.await.unwrap();
         let via = k.unique as f64 / k.last.unwrap().duration_since(start).as_secs_f64();
+        let via_cpu = (
+            cpu_ticks(gw_pid) - ticks0.0,
+            cpu_ticks(mosquitto_pid) - ticks0.1,
+        );
         eprintln!(
             "(a) via tidegate: {} of {messages}, {:.0} msg/s, {} dup, {} reordered",
             k.unique, via, k.duplicates, k.reordered
         );
         let sub = subscriber(cloud, "sub-d", "direct/e2e", true, messages).await;
+        let ticks0 = cpu_ticks(mosquitto_pid);
         let start = Instant::now();
         publish(cloud, "direct/e2e", messages).await;
         let k = sub.await.unwrap();
         let direct = k.unique as f64 / k.last.unwrap().duration_since(start).as_secs_f64();
+        let direct_cpu = cpu_ticks(mosquitto_pid) - ticks0;
         eprintln!("(a) direct: {} of {messages}, {direct:.0} msg/s", k.unique);
-        (via, direct)
+        (via, direct, (via_cpu, direct_cpu))
     });
+    let ((gw_ticks, mosq_via), mosq_direct) = cpu;
     rows.push((
         format!("(a) end to end, QoS 1, {messages} messages: publisher → tidegate → mosquitto → subscriber"),
         format!("{via:.0} msg/s"),
@@ -288,6 +335,18 @@ fn main() {
     rows.push((
         "(a) ratio tidegate ÷ direct (target ≥ 0.8)".into(),
         format!("{:.2}", via / direct),
+    ));
+    rows.push((
+        "(a) CPU per message via tidegate: tidegate / mosquitto".into(),
+        format!(
+            "{:.1} µs / {:.1} µs",
+            us_per_msg(gw_ticks, messages),
+            us_per_msg(mosq_via, messages)
+        ),
+    ));
+    rows.push((
+        "(a) CPU per message direct: mosquitto".into(),
+        format!("{:.1} µs", us_per_msg(mosq_direct, messages)),
     ));
     drop(gw);
 
