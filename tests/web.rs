@@ -811,6 +811,41 @@ fn valid_config_applies_without_restart_and_history_restores() {
     assert_eq!(h.get("/api/config").json()["version"], v1.as_str());
     let list = h.get("/api/config/history").json();
     assert_eq!(list["history"].as_array().unwrap().len(), 2);
+    // The removed device's retained topics are cleared; the kept device's stay. A new client
+    // subscribes, then publishes a marker: retained messages come before it, in order.
+    let retained = rt.block_on(async {
+        let (mut c, _) = mqtt::Client::connect(mqtt::options(d.mqtt_addr(), "late-look")).await;
+        // One SUBSCRIBE for all (the helper's subscribe skips what arrives before its SUBACK).
+        let filters = [
+            "devices/extra/#",
+            "$SYS/tidegate/devices/extra/#",
+            "devices/demo/temperature",
+            "marker/#",
+        ]
+        .map(|f| rumqttc::SubscribeFilter::new(f.to_string(), rumqttc::QoS::AtLeastOnce));
+        c.client.subscribe_many(filters).await.unwrap();
+        c.client
+            .publish("marker/end", rumqttc::QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let p = c.publish_msg().await;
+            if p.topic == "marker/end" {
+                break seen;
+            }
+            seen.push(p.topic);
+        }
+    });
+    assert!(
+        retained.iter().all(|t| !t.contains("extra")),
+        "left behind: {retained:?}"
+    );
+    assert!(
+        retained.iter().any(|t| t == "devices/demo/temperature"),
+        "{retained:?}"
+    );
+    d.wait_log("Cleared the retained topics of removed devices and tags", 0);
 
     // Turning metrics off applies at once, and still no MQTT client was disconnected.
     assert_eq!(h.get("/metrics").status, 200);

@@ -531,6 +531,14 @@ impl Controller {
             );
         }
 
+        let cleared = clear_leftovers(&self.run.broker, &old, new).await;
+        if cleared > 0 {
+            info!(
+                topics = cleared,
+                "Cleared the retained topics of removed devices and tags"
+            );
+        }
+
         // Uplinks, by name. A restarted uplink gets a new ledger (its URL or drain rate may
         // have changed); the queue's own counters go on.
         let mut kept = Vec::new();
@@ -797,6 +805,52 @@ async fn build_core(
 /// The directory relative file names in the config are taken from.
 pub fn config_base(path: &Path) -> Option<&Path> {
     path.parent().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Clears (publishes empty retained messages on) what devices removed from the config left
+/// in the broker: everything retained under `devices/<name>/` and
+/// `$SYS/tidegate/devices/<name>/`, and, for a device that stays, the topics of its removed
+/// tags. Otherwise a subscriber would see a device that no longer exists as online, with its
+/// last values, for ever. Returns how many topics were cleared. Run after the removed devices'
+/// tasks have stopped, so nothing publishes them again.
+async fn clear_leftovers(broker: &Broker, old: &Config, new: &Config) -> usize {
+    let mut topics = Vec::new();
+    for device in &old.devices {
+        match new.devices.iter().find(|d| d.name == device.name) {
+            None => {
+                for filter in [
+                    format!("devices/{}/#", device.name),
+                    format!("$SYS/tidegate/devices/{}/#", device.name),
+                ] {
+                    topics.extend(broker.retained(&filter).into_iter().map(|(t, _)| t));
+                }
+            }
+            Some(kept) => {
+                for tag in &device.tags {
+                    if !kept.tags.iter().any(|t| t.name == tag.name) {
+                        let topic = format!("devices/{}/{}", device.name, tag.name);
+                        if !broker.retained(&topic).is_empty() {
+                            topics.push(topic);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for topic in &topics {
+        let cleared = broker
+            .publish(
+                topic,
+                bytes::Bytes::new(),
+                crate::broker::codec::QoS::AtMostOnce,
+                true,
+            )
+            .await;
+        if let Err(e) = cleared {
+            warn!(%topic, error = %e, "Cannot clear a removed device's retained topic");
+        }
+    }
+    topics.len()
 }
 
 /// Writes `text` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
