@@ -183,6 +183,9 @@ struct Running {
     /// Uplink subscriptions made with the broker, before it accepted clients, and not yet
     /// handed to their uplink task.
     uplink_subs: Vec<(config::Uplink, LocalSub)>,
+    /// Each running uplink's local subscription, by name: kept when the uplink restarts with
+    /// a new config, so nothing published in between is missed.
+    uplink_locals: std::collections::HashMap<String, LocalSub>,
     /// The web server's bound settings and task, and the state hub's task.
     web: Option<(config::Web, TaskHandle)>,
     hub: Option<TaskHandle>,
@@ -247,6 +250,7 @@ impl Controller {
                 groups: Vec::new(),
                 uplinks: Vec::new(),
                 uplink_subs,
+                uplink_locals: std::collections::HashMap::new(),
                 web: None,
                 hub: None,
                 broker_epoch: 0,
@@ -477,6 +481,8 @@ impl Controller {
             let mut lines = Vec::new();
             let (broker, core, mqtt, subs) = build_core(new, &mut self.sup, &mut lines).await?;
             self.run.uplink_subs = subs;
+            // The old broker's subscriptions go with it.
+            self.run.uplink_locals.clear();
             for line in &lines {
                 info!("{line}");
             }
@@ -552,6 +558,7 @@ impl Controller {
             if new.uplinks.iter().any(|u| u.name == cfg.name) {
                 restarted.insert(cfg.name.clone());
             } else {
+                self.run.uplink_locals.remove(&cfg.name);
                 done.push(format!("uplink {} stopped", cfg.name));
             }
         }
@@ -568,7 +575,8 @@ impl Controller {
             }
             let ledger = Arc::new(Ledger::new(&u.name, &u.url, u.buffer.drain_rate));
             info!("Uplink {} to {}", u.name, u.url);
-            let handle = self.spawn_uplink(u, new, ledger.clone());
+            let local = self.local_subscription(u).await;
+            let handle = self.spawn_uplink(u, new, ledger.clone(), local);
             uplinks.push((u.clone(), ledger, handle));
         }
         self.run.uplinks = uplinks;
@@ -703,11 +711,34 @@ impl Controller {
         })
     }
 
+    /// The local subscription for `uplink`: the one made before the broker accepted clients,
+    /// when it was made for this very config; the running one of that name (an uplink
+    /// restarted by a reconfiguration), pointed at the new filters; else a new one.
+    async fn local_subscription(&mut self, uplink: &config::Uplink) -> LocalSub {
+        let local = match self.run.uplink_subs.iter().position(|(c, _)| c == uplink) {
+            Some(i) => self.run.uplink_subs.swap_remove(i).1,
+            None => match self.run.uplink_locals.get(&uplink.name) {
+                Some(running) => {
+                    crate::uplink::run::refilter(&mut *running.lock().await, uplink);
+                    running.clone()
+                }
+                None => Arc::new(tokio::sync::Mutex::new(
+                    crate::uplink::run::local_subscription(&self.run.broker, uplink),
+                )),
+            },
+        };
+        self.run
+            .uplink_locals
+            .insert(uplink.name.clone(), local.clone());
+        local
+    }
+
     fn spawn_uplink(
         &mut self,
         uplink: &config::Uplink,
         config: &Config,
         ledger: Arc<Ledger>,
+        local: LocalSub,
     ) -> TaskHandle {
         let (cfg, gateway, data_dir, b) = (
             uplink.clone(),
@@ -715,14 +746,6 @@ impl Controller {
             config.gateway.data_dir.clone(),
             self.run.broker.clone(),
         );
-        // The subscription made before the broker accepted clients, when it was made for this
-        // very config; else a new one (an uplink added or changed by a reconfiguration).
-        let local = match self.run.uplink_subs.iter().position(|(c, _)| c == uplink) {
-            Some(i) => self.run.uplink_subs.swap_remove(i).1,
-            None => Arc::new(tokio::sync::Mutex::new(
-                crate::uplink::run::local_subscription(&b, uplink),
-            )),
-        };
         self.sup
             .spawn(format!("uplink {}", uplink.name), move |stop| {
                 let u = crate::uplink::run::Uplink {

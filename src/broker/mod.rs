@@ -302,43 +302,55 @@ impl Broker {
             old.online.store(false, Ordering::Relaxed);
         }
         for (filter, qos) in filters {
-            let (group, inner) = state::split_shared(filter);
-            let options = SubscriptionOptions {
-                no_local,
-                ..SubscriptionOptions::new(*qos)
-            };
-            lock(&cell.state)
-                .subscriptions
-                .insert(filter.to_string(), (options, None));
-            lock(&shared.subs).insert(
-                inner,
-                group,
-                SubTarget {
-                    cell: cell.clone(),
-                    options,
-                    subscription_id: None,
-                },
-            );
-            if group.is_none() {
-                for msg in shared.retained_for(inner) {
-                    let q = msg.qos.min(*qos);
-                    shared.deliver(
-                        &cell,
-                        Delivery {
-                            msg,
-                            qos: q,
-                            retain: true,
-                            subscription_ids: Vec::new(),
-                            ack: None,
-                            seq: None,
-                        },
-                    );
-                }
-            }
+            add_filter(shared, &cell, filter, *qos, no_local);
         }
         LocalSubscription {
             shared: shared.clone(),
             cell,
+        }
+    }
+}
+
+/// Subscribes the in-process consumer `cell` to `filter`, and delivers the retained messages
+/// it matches (a shared subscription gets none, as over MQTT).
+fn add_filter(
+    shared: &Arc<Shared>,
+    cell: &Arc<SessionCell>,
+    filter: &str,
+    qos: QoS,
+    no_local: bool,
+) {
+    let (group, inner) = state::split_shared(filter);
+    let options = SubscriptionOptions {
+        no_local,
+        ..SubscriptionOptions::new(qos)
+    };
+    lock(&cell.state)
+        .subscriptions
+        .insert(filter.to_string(), (options, None));
+    lock(&shared.subs).insert(
+        inner,
+        group,
+        SubTarget {
+            cell: cell.clone(),
+            options,
+            subscription_id: None,
+        },
+    );
+    if group.is_none() {
+        for msg in shared.retained_for(inner) {
+            let q = msg.qos.min(qos);
+            shared.deliver(
+                cell,
+                Delivery {
+                    msg,
+                    qos: q,
+                    retain: true,
+                    subscription_ids: Vec::new(),
+                    ack: None,
+                    seq: None,
+                },
+            );
         }
     }
 }
@@ -513,6 +525,33 @@ impl LocalSubscription {
     pub fn dropped(&self) -> u64 {
         lock(&self.cell.state).dropped
     }
+
+    /// Changes the filters in place: removed ones are unsubscribed, added ones subscribed
+    /// (with their retained messages), and the queue — messages received but not yet taken —
+    /// is kept, so a consumer restarted with new filters loses nothing in between.
+    pub fn set_filters(&mut self, filters: &[(&str, QoS)], no_local: bool) {
+        let current: Vec<(String, SubscriptionOptions)> = lock(&self.cell.state)
+            .subscriptions
+            .iter()
+            .map(|(f, (o, _))| (f.clone(), *o))
+            .collect();
+        for (filter, options) in &current {
+            let wanted = filters
+                .iter()
+                .any(|(f, q)| f == filter && options.qos == *q && options.no_local == no_local);
+            if !wanted {
+                let (group, inner) = state::split_shared(filter);
+                lock(&self.shared.subs).remove(inner, group, &self.cell.client_id);
+                lock(&self.cell.state).subscriptions.remove(filter);
+            }
+        }
+        for (filter, qos) in filters {
+            let has = lock(&self.cell.state).subscriptions.contains_key(*filter);
+            if !has {
+                add_filter(&self.shared, &self.cell, filter, *qos, no_local);
+            }
+        }
+    }
 }
 
 impl Drop for LocalSubscription {
@@ -528,6 +567,45 @@ mod tests {
 
     fn broker() -> Broker {
         Broker::new(Settings::from_config(&config::Broker::default()))
+    }
+
+    #[tokio::test]
+    async fn a_consumer_made_again_under_its_name_outlives_the_old_one() {
+        let b = broker();
+        let old = b.subscribe("c", &[("a/#", QoS::AtLeastOnce)], true);
+        let mut new = b.subscribe("c", &[("a/#", QoS::AtLeastOnce)], true);
+        // Dropping the replaced consumer must not take the new one's subscription with it.
+        drop(old);
+        b.publish("a/1", "x", QoS::AtMostOnce, false).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), new.recv())
+            .await
+            .expect("the new consumer still receives");
+        assert_eq!(m.topic(), "a/1");
+    }
+
+    #[tokio::test]
+    async fn set_filters_changes_subscriptions_and_keeps_the_queue() {
+        let b = broker();
+        let mut sub = b.subscribe("c", &[("a/#", QoS::AtLeastOnce)], true);
+        b.publish("a/before", "1", QoS::AtMostOnce, false)
+            .await
+            .unwrap();
+        b.publish("b/retained", "r", QoS::AtMostOnce, true)
+            .await
+            .unwrap();
+        sub.set_filters(&[("b/#", QoS::AtLeastOnce)], false);
+        b.publish("a/after", "2", QoS::AtMostOnce, false)
+            .await
+            .unwrap();
+        b.publish("b/after", "3", QoS::AtMostOnce, false)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while let Some(m) = sub.try_recv() {
+            got.push(m.topic().to_string());
+        }
+        // Queued before the change: kept. a/# is gone; b/# came with its retained message.
+        assert_eq!(got, ["a/before", "b/retained", "b/after"]);
     }
 
     #[tokio::test]

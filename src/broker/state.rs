@@ -538,6 +538,15 @@ impl Shared {
 
     /// Removes a session and all its subscriptions.
     pub fn discard_session(&self, cell: &Arc<SessionCell>) {
+        // A session that took this client id over (a takeover, an in-process consumer made
+        // again under its name) keeps the subscriptions it has under the same filters.
+        let replacement = lock(&self.sessions)
+            .get(&cell.client_id)
+            .filter(|c| !Arc::ptr_eq(c, cell))
+            .cloned();
+        let kept: std::collections::HashSet<String> = replacement
+            .map(|r| lock(&r.state).subscriptions.keys().cloned().collect())
+            .unwrap_or_default();
         let subs: Vec<String> = {
             let mut st = lock(&cell.state);
             if st.persisted {
@@ -554,6 +563,9 @@ impl Shared {
         {
             let mut tree = lock(&self.subs);
             for f in subs {
+                if kept.contains(&f) {
+                    continue;
+                }
                 let (group, filter) = split_shared(&f);
                 tree.remove(filter, group, &cell.client_id);
             }

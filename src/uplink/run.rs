@@ -131,18 +131,32 @@ pub struct Uplink {
 /// uplink, across restarts of its task; messages wait in it (their publishers' PUBACKs held)
 /// while the task opens the queue.
 pub fn local_subscription(broker: &Broker, cfg: &config::Uplink) -> LocalSubscription {
-    let filters: Vec<String> = cfg
-        .topics
-        .iter()
-        .map(Rule::from_config)
-        .filter(|r| r.out)
-        .map(|r| r.local_filter())
-        .collect();
+    let filters = local_filters(cfg);
     let filters: Vec<(&str, QoS)> = filters
         .iter()
         .map(|f| (f.as_str(), QoS::AtLeastOnce))
         .collect();
     broker.subscribe_with(&format!("uplink/{}", cfg.name), &filters, true, true)
+}
+
+/// Points an uplink's existing local subscription at `cfg`'s outbound filters, keeping what
+/// it holds: an uplink restarted by a reconfiguration loses nothing published meanwhile.
+pub fn refilter(sub: &mut LocalSubscription, cfg: &config::Uplink) {
+    let filters = local_filters(cfg);
+    let filters: Vec<(&str, QoS)> = filters
+        .iter()
+        .map(|f| (f.as_str(), QoS::AtLeastOnce))
+        .collect();
+    sub.set_filters(&filters, true);
+}
+
+fn local_filters(cfg: &config::Uplink) -> Vec<String> {
+    cfg.topics
+        .iter()
+        .map(Rule::from_config)
+        .filter(|r| r.out)
+        .map(|r| r.local_filter())
+        .collect()
 }
 
 impl Uplink {
