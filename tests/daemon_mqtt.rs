@@ -6,26 +6,11 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// True when `cmd` exists. In CI (`CI=true`) a missing test tool is a failure, not a skip.
-fn have(cmd: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{cmd} is missing; .ci/run installs it (Debian package mosquitto-clients)"
-        );
-        eprintln!("skipping: {cmd} not installed (apt-get install mosquitto-clients)");
-    }
-    found
-}
-
 #[test]
 fn mosquitto_sub_and_pub_at_once_both_protocols() {
-    if !have("mosquitto_sub") || !have("mosquitto_pub") {
+    if !have_command("mosquitto_sub", "mosquitto-clients")
+        || !have_command("mosquitto_pub", "mosquitto-clients")
+    {
         return;
     }
     let cfg = TempConfig::new("");
@@ -92,7 +77,7 @@ fn mosquitto_sub_and_pub_at_once_both_protocols() {
 
 #[test]
 fn simulated_device_readings_flow_at_once() {
-    if !have("mosquitto_sub") {
+    if !have_command("mosquitto_sub", "mosquitto-clients") {
         return;
     }
     let cfg = TempConfig::new(

@@ -13,25 +13,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// True when `cmd` (or, for python3, `python3` with pymodbus) is there. In CI (`CI=true`) a
-/// missing test dependency is a failure, not a skip.
-fn have(what: &str, check: &[&str], install: &str) -> bool {
-    let found = Command::new(check[0])
-        .args(&check[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{what} is missing; .ci/run installs it ({install})"
-        );
-        eprintln!("skipping: {what} not installed ({install})");
-    }
-    found
-}
-
 /// Kills the child when the test ends, however it ends.
 struct Kill(Child);
 

@@ -6,68 +6,11 @@ mod common;
 
 use common::modbus::Sim;
 use common::mqtt::{options, Client};
+use common::pty::Pty;
 use common::*;
 use rumqttc::{Event, Packet, QoS};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// True when `cmd` exists. In CI (`CI=true`) a missing test tool is a failure, not a skip.
-fn have(cmd: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{cmd} is missing; .ci/run installs it (Debian package {cmd})"
-        );
-        eprintln!("skipping: {cmd} not installed (apt-get install {cmd})");
-    }
-    found
-}
-
-/// A pty pair: `a` and `b` are symlinks to its two ends.
-struct Pty {
-    socat: Child,
-    a: PathBuf,
-    b: PathBuf,
-}
-
-impl Pty {
-    fn new(dir: &Path) -> Pty {
-        let (a, b) = (dir.join("bus"), dir.join("device"));
-        let _ = std::fs::remove_file(&a);
-        let _ = std::fs::remove_file(&b);
-        let socat = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while !(a.exists() && b.exists()) {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "socat made no ptys"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Pty { socat, a, b }
-    }
-}
-
-impl Drop for Pty {
-    fn drop(&mut self) {
-        let _ = self.socat.kill();
-        let _ = self.socat.wait();
-    }
-}
 
 struct Feed {
     c: Client,
@@ -124,18 +67,18 @@ impl Feed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_dead_unit_does_not_stall_the_bus() {
-    if !have("socat") {
+    if !have_command("socat", "socat") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let pty = Pty::new(dir.path());
+    let pty = Pty::new(dir.path(), "bus");
     let sim = Sim::new();
     sim.with(|s| {
         s.tick = Some(0);
         s.silent_units.insert(2);
         s.holding.insert(5, 7);
     });
-    let server = sim.serve_rtu(pty.b.to_str().unwrap());
+    let server = sim.serve_rtu(pty.peer.to_str().unwrap());
 
     let cfg = TempConfig::new(&format!(
         "devices:
@@ -159,7 +102,7 @@ async fn one_dead_unit_does_not_stall_the_bus() {
     tags:
       - {{name: x, register: holding, address: 0}}
 ",
-        bus = pty.a.display()
+        bus = pty.dev.display()
     ));
     let text = std::fs::read_to_string(&cfg.path).unwrap().replacen(
         "broker:\n",
@@ -228,8 +171,8 @@ async fn one_dead_unit_does_not_stall_the_bus() {
         .await;
     assert!(v["error"].as_str().is_some(), "{v}");
     // ... and comes back when the port does.
-    let pty = Pty::new(dir.path());
-    let _server = sim.serve_rtu(pty.b.to_str().unwrap());
+    let pty = Pty::new(dir.path(), "bus");
+    let _server = sim.serve_rtu(pty.peer.to_str().unwrap());
     feed.wait_for(Duration::from_secs(20), "live online", |t, v| {
         t == "devices/live/$status" && v["online"] == true
     })

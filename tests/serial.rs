@@ -5,98 +5,15 @@
 mod common;
 
 use common::mqtt::{options, Client};
+use common::pty::Pty;
 use common::*;
 use rumqttc::{Event, Packet, QoS};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// True when socat exists; in CI a missing one fails the test.
-fn have_socat() -> bool {
-    let found = Command::new("sh")
-        .args(["-c", "command -v socat"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "socat is missing; .ci/run installs it (Debian package socat)"
-        );
-        eprintln!("skipping: socat not installed (apt-get install socat)");
-    }
-    found
-}
-
-/// A pseudo-terminal pair: the daemon opens `dev`, the test is the sensor on `peer`.
-struct Pty {
-    child: Child,
-    dev: PathBuf,
-    peer: PathBuf,
-}
-
-impl Pty {
-    fn new(dir: &Path, name: &str) -> Pty {
-        let dev = dir.join(format!("{name}-dev"));
-        let peer = dir.join(format!("{name}-peer"));
-        Pty::start(dev, peer)
-    }
-
-    fn start(dev: PathBuf, peer: PathBuf) -> Pty {
-        // Stale links from a killed socat would stop a new one from linking.
-        let _ = std::fs::remove_file(&dev);
-        let _ = std::fs::remove_file(&peer);
-        let child = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", dev.display()))
-            .arg(format!("pty,raw,echo=0,link={}", peer.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat runs");
-        let start = std::time::Instant::now();
-        while !(dev.exists() && peer.exists()) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "socat made no pty pair"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Pty { child, dev, peer }
-    }
-
-    /// The sensor's end.
-    fn open_peer(&self) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.peer)
-            .unwrap()
-    }
-
-    /// Ends socat (a USB adapter unplugged): both ends of the pair vanish.
-    fn unplug(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// A new pair under the same names (the adapter plugged in again).
-    fn replug(&mut self) {
-        self.unplug();
-        *self = Pty::start(self.dev.clone(), self.peer.clone());
-    }
-}
-
-impl Drop for Pty {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The daemon under test; killed if the test fails before stopping it.
 struct Daemon(Option<Child>);
@@ -204,7 +121,7 @@ async fn status(sub: &mut Client, device: &str, online: bool) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_parse_format_end_to_end() {
-    if !have_socat() {
+    if !have_command("socat", "socat") {
         return;
     }
     // Streaming sensors with a 10 s poll_interval: a sensor that sent nothing for 11 s would
@@ -339,7 +256,7 @@ async fn temperature(sub: &mut Client) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_response_sensor() {
-    if !have_socat() {
+    if !have_command("socat", "socat") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -395,7 +312,7 @@ async fn request_response_sensor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_without_reply_goes_offline() {
-    if !have_socat() {
+    if !have_command("socat", "socat") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -420,7 +337,7 @@ async fn request_without_reply_goes_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_over_long_lines_are_dropped_and_counted() {
-    if !have_socat() {
+    if !have_command("socat", "socat") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -471,7 +388,7 @@ async fn garbage_and_over_long_lines_are_dropped_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_that_disappears_and_returns() {
-    if !have_socat() {
+    if !have_command("socat", "socat") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -508,7 +425,7 @@ async fn a_port_that_disappears_and_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streaming_sensor_that_falls_silent_goes_bad_then_offline() {
-    if !have_socat() {
+    if !have_command("socat", "socat") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -150,16 +150,23 @@ async fn store(st: &Arc<State>, username: &str, hash: &str) -> Result<String, Re
     let Some(path) = st.gw.config_path().map(std::path::Path::to_path_buf) else {
         return Err(apply_error(live::ApplyError::NoFile));
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        ApiError::from_parts(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot read config file {}: {e}", path.display()),
-        )
-        .into_response()
-    })?;
-    let edited =
-        crate::config::edit::set_web_password_hash(&text, live::config_base(&path), username, hash)
-            .map_err(|message| error(StatusCode::CONFLICT, message))?;
+    // Reading and validating the file (which checks the files it names) is blocking work.
+    let (file, user, h) = (path.clone(), username.to_string(), hash.to_string());
+    let edit = tokio::task::spawn_blocking(move || {
+        let text = std::fs::read_to_string(&file).map_err(|e| {
+            ApiError::from_parts(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read config file {}: {e}", file.display()),
+            )
+        })?;
+        let edited =
+            crate::config::edit::set_web_password_hash(&text, live::config_base(&file), &user, &h)
+                .map_err(|message| ApiError::from_parts(StatusCode::CONFLICT, message))?;
+        Ok::<_, ApiError>((text, edited))
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let (text, edited) = edit.map_err(IntoResponse::into_response)?;
     st.gw
         .reconfigure(Change {
             text: edited,

@@ -14,15 +14,11 @@ use tokio::sync::watch;
 
 /// True when mosquitto exists; in CI a missing one fails the test.
 pub fn have_mosquitto() -> bool {
-    let found = std::path::Path::new("/usr/sbin/mosquitto").exists();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "mosquitto is missing; .ci/run installs it"
-        );
-        eprintln!("skipping: mosquitto not installed (apt-get install mosquitto)");
-    }
-    found
+    super::require(
+        "mosquitto",
+        std::path::Path::new("/usr/sbin/mosquitto").exists(),
+        "apt-get install mosquitto",
+    )
 }
 
 pub struct Mosquitto {

@@ -5,11 +5,45 @@
 pub mod cloud;
 pub mod modbus;
 pub mod mqtt;
+pub mod pty;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// Whether a test dependency is there: true when `check` (a command and its arguments) runs
+/// and succeeds. In CI (`CI=true`) a missing dependency fails the test instead of skipping it.
+pub fn have(what: &str, check: &[&str], install: &str) -> bool {
+    let found = Command::new(check[0])
+        .args(&check[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    require(what, found, install)
+}
+
+/// [`have`] for a command on PATH, from the Debian package `package`.
+pub fn have_command(cmd: &str, package: &str) -> bool {
+    have(
+        cmd,
+        &["sh", "-c", &format!("command -v {cmd}")],
+        &format!("apt-get install {package}"),
+    )
+}
+
+/// `found`, after failing the test in CI when it is false (and saying it skips otherwise).
+pub fn require(what: &str, found: bool, install: &str) -> bool {
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{what} is missing; .ci/run installs it ({install})"
+        );
+        eprintln!("skipping: {what} not installed ({install})");
+    }
+    found
+}
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tidegate"));

@@ -346,8 +346,9 @@ fn retained_in(path: &Path, topic: &str) -> Option<String> {
 fn retained_updates_without_a_waiter_are_coalesced_per_topic() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("broker.db");
+    // A delay longer than the test: what is held is written only by a barrier or close.
     let options = StoreOptions {
-        retained_delay: Duration::from_secs(2),
+        retained_delay: Duration::from_secs(3600),
         ..StoreOptions::default()
     };
     let (store, _) = Store::open_with(&path, options).expect("open");
@@ -363,11 +364,8 @@ fn retained_updates_without_a_waiter_are_coalesced_per_topic() {
     wait(store.write(vec![Op::DeleteRetained { topic: "d".into() }])).expect("delete d");
     assert_eq!(retained_in(&path, "c").as_deref(), Some("acked, newer"));
     assert_eq!(retained_in(&path, "a"), None, "held, not written yet");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while retained_in(&path, "a").is_none() {
-        assert!(Instant::now() < deadline, "held updates never written");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // An empty write is a barrier: it writes everything held.
+    wait(store.write(Vec::new())).expect("barrier");
     assert_eq!(retained_in(&path, "a").as_deref(), Some("a99"));
     assert_eq!(retained_in(&path, "b").as_deref(), Some("b99"));
     assert_eq!(retained_in(&path, "c").as_deref(), Some("acked, newer"));
@@ -377,13 +375,7 @@ fn retained_updates_without_a_waiter_are_coalesced_per_topic() {
     assert_eq!(stats.ops_written, 4, "{stats:?}");
     assert_eq!(stats.queued_writes, 0, "{stats:?}");
 
-    // Held updates are written at close, however long the delay.
-    store.close().expect("close");
-    let options = StoreOptions {
-        retained_delay: Duration::from_secs(3600),
-        ..StoreOptions::default()
-    };
-    let (store, _) = Store::open_with(&path, options).expect("reopen");
+    // Held updates are written at close.
     store.write_nowait(vec![Op::PutRetained(retained("a", "at close"))]);
     store.close().expect("close");
     let (store, snapshot) = Store::open(&path).expect("reopen");
@@ -393,6 +385,26 @@ fn retained_updates_without_a_waiter_are_coalesced_per_topic() {
         .find(|r| r.topic == "a")
         .expect("a");
     assert_eq!(&a.payload[..], b"at close");
+    store.close().expect("close");
+}
+
+#[test]
+fn held_retained_updates_are_written_within_the_delay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("broker.db");
+    let options = StoreOptions {
+        retained_delay: Duration::from_millis(200),
+        ..StoreOptions::default()
+    };
+    let (store, _) = Store::open_with(&path, options).expect("open");
+    // Nothing else is written or waited for: only the writer's deadline writes it.
+    store.write_nowait(vec![Op::PutRetained(retained("t", "on time"))]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while retained_in(&path, "t").is_none() {
+        assert!(Instant::now() < deadline, "held update never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(retained_in(&path, "t").as_deref(), Some("on time"));
     store.close().expect("close");
 }
 

@@ -90,23 +90,9 @@ async fn write_on(
             .collect::<Result<_, _>>()?;
         let count = u16::try_from(bits.len()).map_err(|_| "too many bits".to_string())?;
         super::check_range(Register::Coil, spec.address, count)?;
-        link.call(
-            target.unit,
-            link::write_coils_request(spec.address, &bits),
-            target.timeout,
-        )
-        .await
-        .map_err(|f| f.message())?;
-        let back = link::read(
-            link,
-            target.unit,
-            Register::Coil,
-            spec.address,
-            count,
-            target.timeout,
-        )
-        .await
-        .map_err(|f| f.message())?;
+        let request = link::write_coils_request(spec.address, &bits);
+        let back =
+            write_read_back(link, target, request, Register::Coil, spec.address, count).await?;
         return Ok(Written {
             function_code: 15,
             wire: bits_text(&bits),
@@ -135,23 +121,16 @@ async fn write_on(
                 .join(" "),
         ),
     };
-    link.call(
-        target.unit,
-        link::write_request(spec.address, &encoded),
-        target.timeout,
-    )
-    .await
-    .map_err(|f| f.message())?;
-    let back = link::read(
+    let request = link::write_request(spec.address, &encoded);
+    let back = write_read_back(
         link,
-        target.unit,
+        target,
+        request,
         spec.register,
         spec.address,
         spec.width(),
-        target.timeout,
     )
-    .await
-    .map_err(|f| f.message())?;
+    .await?;
     let read_back = match back {
         link::Data::Bits(b) => codec::decode_bit(b[0]),
         link::Data::Words(w) => codec::decode_registers(&w, spec)?,
@@ -161,6 +140,23 @@ async fn write_on(
         wire,
         read_back: read_back.to_json().to_string(),
     })
+}
+
+/// Sends the write `request`, then reads `count` of `register` from `address` back.
+async fn write_read_back(
+    link: &mut Link,
+    target: &Target,
+    request: tokio_modbus::Request<'_>,
+    register: Register,
+    address: u16,
+    count: u16,
+) -> Result<link::Data, String> {
+    link.call(target.unit, request, target.timeout)
+        .await
+        .map_err(|f| f.message())?;
+    link::read(link, target.unit, register, address, count, target.timeout)
+        .await
+        .map_err(|f| f.message())
 }
 
 fn bits_text(bits: &[bool]) -> String {

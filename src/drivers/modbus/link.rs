@@ -183,24 +183,7 @@ impl Link {
                 Ok(tokio_modbus::client::tcp::attach_slave(stream, Slave(1)))
             }
             Endpoint::Rtu { path, line } => {
-                let builder = tokio_serial::new(path, line.baud)
-                    .data_bits(match line.data_bits {
-                        5 => tokio_serial::DataBits::Five,
-                        6 => tokio_serial::DataBits::Six,
-                        7 => tokio_serial::DataBits::Seven,
-                        _ => tokio_serial::DataBits::Eight,
-                    })
-                    .parity(match line.parity {
-                        Parity::None => tokio_serial::Parity::None,
-                        Parity::Even => tokio_serial::Parity::Even,
-                        Parity::Odd => tokio_serial::Parity::Odd,
-                    })
-                    .stop_bits(if line.stop_bits == 2 {
-                        tokio_serial::StopBits::Two
-                    } else {
-                        tokio_serial::StopBits::One
-                    })
-                    .flow_control(tokio_serial::FlowControl::None);
+                let builder = crate::drivers::serial::port_builder(path, line);
                 let port = tokio_serial::SerialStream::open(&builder)
                     .map_err(|e| format!("cannot open {path}: {e}"))?;
                 Ok(tokio_modbus::client::rtu::attach_slave(port, Slave(1)))

@@ -23,7 +23,7 @@ pub mod parse;
 
 use super::reading::{TagRead, Value};
 use super::Driver;
-use crate::config::{DataType, Device, Parity, DEFAULT_MAX_LINE};
+use crate::config::{DataType, Device, LineSettings, Parity, DEFAULT_MAX_LINE};
 use parse::{Frame, Framer, Parser};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -71,29 +71,35 @@ pub struct Serial {
     unwarned: u64,
 }
 
+/// The port settings of a serial line (8N1 and the like, no flow control), for the serial
+/// driver and for Modbus RTU alike.
+pub fn port_builder(path: &str, line: &LineSettings) -> tokio_serial::SerialPortBuilder {
+    tokio_serial::new(path, line.baud)
+        .data_bits(match line.data_bits {
+            5 => tokio_serial::DataBits::Five,
+            6 => tokio_serial::DataBits::Six,
+            7 => tokio_serial::DataBits::Seven,
+            _ => tokio_serial::DataBits::Eight,
+        })
+        .parity(match line.parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Even => tokio_serial::Parity::Even,
+            Parity::Odd => tokio_serial::Parity::Odd,
+        })
+        .stop_bits(if line.stop_bits == 2 {
+            tokio_serial::StopBits::Two
+        } else {
+            tokio_serial::StopBits::One
+        })
+        .flow_control(tokio_serial::FlowControl::None)
+}
+
 impl Serial {
     /// The driver for a (validated) serial device. Opens nothing yet.
     pub fn new(device: &Device) -> Result<Serial, String> {
         let path = device.port.clone().ok_or("a serial device needs `port`")?;
         let line = device.line_settings();
-        let builder = tokio_serial::new(&path, line.baud)
-            .data_bits(match line.data_bits {
-                5 => tokio_serial::DataBits::Five,
-                6 => tokio_serial::DataBits::Six,
-                7 => tokio_serial::DataBits::Seven,
-                _ => tokio_serial::DataBits::Eight,
-            })
-            .parity(match line.parity {
-                Parity::None => tokio_serial::Parity::None,
-                Parity::Even => tokio_serial::Parity::Even,
-                Parity::Odd => tokio_serial::Parity::Odd,
-            })
-            .stop_bits(if line.stop_bits == 2 {
-                tokio_serial::StopBits::Two
-            } else {
-                tokio_serial::StopBits::One
-            })
-            .flow_control(tokio_serial::FlowControl::None);
+        let builder = port_builder(&path, &line);
         let max_line = device.max_line.unwrap_or(DEFAULT_MAX_LINE).0 as usize;
         let timeout = device.timeout().0;
         Ok(Serial {
