@@ -227,6 +227,46 @@ pub fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks that every address the config listens on can be bound, and says which key sets the
+/// one that cannot (a Pi that already runs Mosquitto on 1883 is the common case). The sockets
+/// are closed again at once; the real listeners bind them a moment later.
+///
+/// Fails on the first address that cannot be bound.
+fn preflight_ports(config: &Config, origin: &Origin) -> anyhow::Result<()> {
+    let mut binds: Vec<(String, &str)> = config
+        .broker
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("broker.listeners[{i}].bind"), l.bind.as_str()))
+        .collect();
+    if config.web.enabled {
+        binds.push(("web.bind".to_string(), config.web.bind.as_str()));
+    }
+    for (key, addr) in binds {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => "another program holds that port (another MQTT broker such as Mosquitto, or a second tidegate?)",
+                std::io::ErrorKind::PermissionDenied => "ports below 1024 need privileges",
+                _ => "",
+            };
+            let fix = match origin {
+                Origin::BuiltIn => format!(
+                    "these are the built-in defaults: `tidegate init -o tidegate.yaml` writes them to a file; change {key} there and start with `tidegate run -c tidegate.yaml`"
+                ),
+                Origin::File(path) => format!("change {key} in {}", path.display()),
+            };
+            let hint = if hint.is_empty() {
+                String::new()
+            } else {
+                format!("{hint}; ")
+            };
+            anyhow::bail!("cannot listen on {addr} ({key}): {e}; {hint}{fix}");
+        }
+    }
+    Ok(())
+}
+
 /// Tells systemd something, when run by systemd (`NOTIFY_SOCKET` set); otherwise nothing.
 fn notify(state: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(state) {
@@ -256,12 +296,15 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
             crate::config::DEFAULT_CONFIG_PATH
         );
     }
+    // A taken port fails here, before data_dir is created for nothing.
+    preflight_ports(&config, &origin)?;
     prepare_data_dir(&config.gateway.data_dir)?;
     // The running config's text: what the web UI shows and diffs against.
     let text = match &origin {
         Origin::File(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?,
-        Origin::BuiltIn => crate::config::BUILTIN_YAML.to_string(),
+        // The defaults spelled out, so the web UI's config editor starts from all of them.
+        Origin::BuiltIn => crate::config::init_text(),
     };
 
     let shutdown = CancellationToken::new();

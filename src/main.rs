@@ -39,6 +39,16 @@ enum Command {
         #[arg(value_name = "FILES")]
         files: Vec<PathBuf>,
     },
+    /// Write the built-in defaults as a commented config file to start from (to stdout
+    /// without -o)
+    Init {
+        /// Write to this file instead of stdout (refuses to replace an existing file)
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace FILE if it exists
+        #[arg(long)]
+        force: bool,
+    },
     /// Inspect or purge the uplinks' store-and-forward queues (safe beside a running daemon)
     Queue {
         #[command(subcommand)]
@@ -245,6 +255,7 @@ fn main() -> ExitCode {
             all.extend(files);
             check(&all)
         }
+        Command::Init { output, force } => init(output.as_deref(), force),
         Command::Queue { action } => queue(action),
         Command::Passwd => passwd(),
         Command::Modbus(cmd) => modbus(cmd),
@@ -438,6 +449,35 @@ fn run(config_path: Option<&Path>) -> ExitCode {
         Ok(_) => ExitCode::FAILURE,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "tidegate failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tidegate init`: the built-in defaults as a config file, written whole or not at all.
+fn init(output: Option<&Path>, force: bool) -> ExitCode {
+    let text = config::init_text();
+    let Some(path) = output else {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    };
+    if path.exists() && !force {
+        eprintln!(
+            "tidegate: {} exists; not replacing it (add --force to)",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    match tidegate::app::live::write_atomic(path, &text) {
+        Ok(()) => {
+            eprintln!(
+                "wrote {}; check it with `tidegate check -c {0}`, run it with `tidegate run -c {0}`",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tidegate: {e:#}");
             ExitCode::FAILURE
         }
     }

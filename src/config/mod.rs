@@ -201,6 +201,19 @@ pub fn builtin() -> Config {
     parse(BUILTIN_YAML).expect("the built-in config is valid (tested)")
 }
 
+/// What `tidegate init` writes: the built-in defaults with every section spelled out and
+/// commented, `{data_dir}` standing for [`default_data_dir`]'s value.
+const INIT_TEMPLATE: &str = include_str!("init.yaml");
+
+/// The built-in defaults as a commented config file to start from (`tidegate init`). It parses
+/// to exactly [`builtin`] (tested).
+pub fn init_text() -> String {
+    let dir = default_data_dir();
+    // A YAML double-quoted string: JSON's escaping is a subset of it.
+    let quoted = serde_json::to_string(&dir.to_string_lossy()).unwrap_or_default();
+    INIT_TEMPLATE.replace("{data_dir}", &quoted)
+}
+
 /// The built-in defaults as YAML; also what `config/tidegate.yaml` starts from.
 pub const BUILTIN_YAML: &str = "\
 devices:
@@ -226,6 +239,14 @@ mod tests {
         assert!(c.uplinks.is_empty());
         assert_eq!(c.devices.len(), 1);
         assert_eq!(c.devices[0].driver, Driver::Simulated);
+    }
+
+    #[test]
+    fn init_text_is_the_builtin_defaults() {
+        let text = init_text();
+        let parsed = parse(&text).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        assert_eq!(parsed, builtin());
+        assert!(text.contains("tidegate-data"), "{text}");
     }
 
     #[test]
