@@ -300,9 +300,22 @@ async fn values_decoded_merged_reads_and_commands() {
 
     // Refusals: out of range, not writable, invalid.
     for (topic, payload, error) in [
-        ("devices/plc/setpoint/set", "901", "out of range"),
-        ("devices/plc/temperature/set", "1", "not writable"),
-        ("devices/plc/setpoint/set", "\"abc\"", "invalid value"),
+        ("devices/plc/setpoint/set", "901", "out of range (0 … 900)"),
+        (
+            "devices/plc/temperature/set",
+            "1",
+            "not writable (the tag has no `writable: true` in the config)",
+        ),
+        (
+            "devices/plc/setpoint/set",
+            "\"abc\"",
+            "invalid value (expected a whole number from 0 to 65535)",
+        ),
+        (
+            "devices/plc/nosuchtag/set",
+            "1",
+            "not writable (the device has no tag `nosuchtag`)",
+        ),
     ] {
         c.mark();
         c.client

@@ -656,7 +656,7 @@ fn confirmed_write_answers_with_the_device_result() {
             r#"{"value": 1000}"#,
         )
         .error(422);
-    assert_eq!(m, "out of range");
+    assert_eq!(m, "out of range (0 … 100)");
     let m = h
         .send(
             "POST",

@@ -230,6 +230,8 @@ pub async fn run(
 struct Availability {
     online: Option<bool>,
     failures: u32,
+    /// The last failed poll's error, for refusing commands while offline.
+    error: Option<String>,
 }
 
 /// The device task: poll, publish, take commands, until `stop`.
@@ -250,6 +252,7 @@ pub async fn run_device<D: Driver>(
     let mut avail = Availability {
         online: None,
         failures: 0,
+        error: None,
     };
     let mut tick = tokio::time::interval(device.poll_interval.0);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -277,6 +280,7 @@ pub async fn run_device<D: Driver>(
                     }
                     Err(e) => {
                         avail.failures += 1;
+                        avail.error = Some(e.clone());
                         if avail.failures >= OFFLINE_AFTER && avail.online != Some(false) {
                             avail.online = Some(false);
                             warn!(device = %name, error = %e, "Device offline after {OFFLINE_AFTER} failed polls");
@@ -312,12 +316,12 @@ pub async fn run_device<D: Driver>(
                 msg.ack();
                 let index = device.tags.iter().position(|t| t.name == tag_name);
                 let outcome = match index {
-                    None => Err(command::Refusal::NotWritable),
+                    None => Err(command::Refusal::NotWritable { unknown_tag: Some(tag_name.clone()) }),
                     Some(i) => {
                         let checked = command::check(&device.tags[i], &cmd, now_ms(), driver.default_type(i));
                         match checked {
                             Err(r) => Err(r),
-                            Ok(_) if avail.online == Some(false) => Err(command::Refusal::DeviceOffline),
+                            Ok(_) if avail.online == Some(false) => Err(command::Refusal::DeviceOffline { error: avail.error.clone() }),
                             Ok(v) => driver.write(i, v).await.map_err(command::Refusal::Failed),
                         }
                     }
@@ -512,7 +516,13 @@ mod tests {
                 results.push(v["error"].clone());
             }
         }
-        assert_eq!(results, [json!("out of range"), json!("not writable")]);
+        assert_eq!(
+            results,
+            [
+                json!("out of range (0 … 90)"),
+                json!("not writable (the tag has no `writable: true` in the config)")
+            ]
+        );
 
         // Three failed polls: offline, and commands are refused.
         fail.store(100, Ordering::SeqCst);
@@ -531,7 +541,7 @@ mod tests {
         loop {
             let (t, v) = next_json(&mut sub).await;
             if t.ends_with("/set/result") {
-                assert_eq!(v["error"], "device offline");
+                assert_eq!(v["error"], "device offline (timeout)");
                 break;
             }
         }

@@ -191,17 +191,17 @@ pub fn encode(value: &Value, spec: &TagSpec) -> Result<Encoded, String> {
             other => match other.as_f64() {
                 Some(0.0) => Ok(Encoded::Bit(false)),
                 Some(1.0) => Ok(Encoded::Bit(true)),
-                _ => Err("invalid value: a coil takes true or false".into()),
+                _ => Err("invalid value (a coil takes true or false)".into()),
             },
         };
     }
     if let DataType::String(len) = spec.ty {
         let Value::Text(s) = value else {
-            return Err("invalid value: a string tag takes a string".into());
+            return Err("invalid value (a string tag takes a string)".into());
         };
         let len = usize::from(len);
         if s.len() > len {
-            return Err(format!("invalid value: longer than {len} bytes"));
+            return Err(format!("invalid value (longer than {len} bytes)"));
         }
         let mut bytes = s.as_bytes().to_vec();
         bytes.resize(spec.ty.registers() as usize * 2, 0);
