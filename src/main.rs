@@ -68,6 +68,9 @@ enum ModbusCommand {
     Read {
         #[command(flatten)]
         conn: ModbusConn,
+        /// Unit id (slave address)
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
         /// holding | input | coil | discrete
         #[arg(long, value_parser = parse_enum::<config::Register>)]
         register: config::Register,
@@ -85,6 +88,9 @@ enum ModbusCommand {
     Write {
         #[command(flatten)]
         conn: ModbusConn,
+        /// Unit id (slave address)
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
         /// holding | coil
         #[arg(long, value_parser = parse_enum::<config::Register>)]
         register: config::Register,
@@ -103,6 +109,18 @@ enum ModbusCommand {
         /// The value to write
         #[arg(allow_hyphen_values = true)]
         value: String,
+    },
+    /// List the unit ids that answer on a TCP gateway or an RTU bus (each is asked for
+    /// holding register 0; an exception answer counts: the unit is there)
+    Scan {
+        #[command(flatten)]
+        conn: ModbusConn,
+        /// Unit ids to try: a range and/or a list, e.g. 1-247 or 1,3,10-20
+        #[arg(long, default_value = "1-247", value_name = "IDS")]
+        units: String,
+        /// Print the units found as JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -131,9 +149,6 @@ struct ModbusConn {
     /// RTU stop bits (1 or 2)
     #[arg(long, default_value_t = 1)]
     stop_bits: u8,
-    /// Unit id (slave address)
-    #[arg(long, default_value_t = 1)]
-    unit: u8,
     /// How long to wait for the answer
     #[arg(long, default_value = "1s", value_parser = parse_dur)]
     timeout: config::Dur,
@@ -152,7 +167,15 @@ fn parse_dur(s: &str) -> Result<config::Dur, String> {
 }
 
 impl ModbusConn {
-    fn target(&self) -> Result<tidegate::drivers::modbus::commission::Target, String> {
+    fn target(&self, unit: u8) -> Result<tidegate::drivers::modbus::commission::Target, String> {
+        Ok(tidegate::drivers::modbus::commission::Target {
+            endpoint: self.endpoint()?,
+            unit,
+            timeout: self.timeout.0,
+        })
+    }
+
+    fn endpoint(&self) -> Result<tidegate::drivers::modbus::link::Endpoint, String> {
         use tidegate::drivers::modbus::link::Endpoint;
         let endpoint = match (&self.tcp, &self.rtu) {
             (Some(addr), None) => {
@@ -192,11 +215,7 @@ impl ModbusConn {
             }
             _ => return Err("give one of --tcp or --rtu".into()),
         };
-        Ok(tidegate::drivers::modbus::commission::Target {
-            endpoint,
-            unit: self.unit,
-            timeout: self.timeout.0,
-        })
+        Ok(endpoint)
     }
 }
 
@@ -278,12 +297,13 @@ fn modbus(cmd: ModbusCommand) -> ExitCode {
         match cmd {
             ModbusCommand::Read {
                 conn,
+                unit,
                 register,
                 address,
                 count,
                 json,
             } => {
-                let target = conn.target()?;
+                let target = conn.target(unit)?;
                 let table = commission::read(&target, register, address, count).await?;
                 if json {
                     println!(
@@ -308,6 +328,7 @@ fn modbus(cmd: ModbusCommand) -> ExitCode {
             }
             ModbusCommand::Write {
                 conn,
+                unit,
                 register,
                 address,
                 data_type,
@@ -315,7 +336,7 @@ fn modbus(cmd: ModbusCommand) -> ExitCode {
                 word_order,
                 value,
             } => {
-                let target = conn.target()?;
+                let target = conn.target(unit)?;
                 let bits = codec::is_bits(register);
                 let ty = data_type.unwrap_or(codec::default_type(register));
                 if bits && ty != config::DataType::Bool {
@@ -345,6 +366,7 @@ fn modbus(cmd: ModbusCommand) -> ExitCode {
                 );
                 Ok(())
             }
+            ModbusCommand::Scan { conn, units, json } => scan(&conn, &units, json).await,
         }
     });
     match outcome {
@@ -354,6 +376,60 @@ fn modbus(cmd: ModbusCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tidegate modbus scan`: a progress line on a terminal, then the units that answered.
+async fn scan(conn: &ModbusConn, units: &str, json: bool) -> Result<(), String> {
+    use tidegate::drivers::modbus::commission;
+    let units = commission::parse_units(units).map_err(|e| format!("--units: {e}"))?;
+    let endpoint = conn.endpoint()?;
+    let tty = std::io::stderr().is_terminal();
+    if !json {
+        println!(
+            "scanning {} for units {}..{} ({} ids, {} each)",
+            endpoint.describe(),
+            units.first().copied().unwrap_or_default(),
+            units.last().copied().unwrap_or_default(),
+            units.len(),
+            conn.timeout
+        );
+    }
+    let found = commission::scan(&endpoint, conn.timeout.0, &units, |u| {
+        if tty {
+            eprint!("\r  trying unit {u:3} ");
+        }
+    })
+    .await;
+    if tty {
+        eprint!("\r{:20}\r", "");
+    }
+    let found = found?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&found).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    for f in &found {
+        match (&f.holding_0, &f.exception) {
+            (Some(v), _) => println!("unit {:3}: answers (holding register 0 = {v})", f.unit),
+            (None, Some(e)) => println!("unit {:3}: answers with {e}", f.unit),
+            (None, None) => println!("unit {:3}: answers", f.unit),
+        }
+    }
+    let with_data = found.iter().filter(|f| f.holding_0.is_some()).count();
+    match found.len() {
+        0 => println!("no unit answered; check the address, the line settings and the wiring, or try a longer --timeout"),
+        n if n == units.len() && n > 1 && with_data == n => println!(
+            "every unit id answered: the device probably ignores the unit id (common on Modbus TCP); use unit_id 1 or the one its manual names"
+        ),
+        n if with_data > 0 && with_data < n => println!(
+            "{n} unit(s) answered, {with_data} with data; the others refused even register 0: a gateway or server answering for unit ids it does not have does this too"
+        ),
+        n => println!("{n} unit(s) answered"),
+    }
+    Ok(())
 }
 
 /// Prints a config's errors as `FILE:LINE:COLUMN: PATH: MESSAGE`, one a line.

@@ -647,3 +647,54 @@ async fn commissioning_cli_reads_every_decoding_and_writes() {
     .await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_scan_lists_the_units_that_answer() {
+    let sim = Sim::new();
+    sim.set_holding(0, &[77]);
+    sim.with(|s| {
+        s.silent_units.extend([1, 2, 4, 6]);
+    });
+    let addr = sim.serve_tcp(None).await;
+    let out = cli(args(&format!(
+        "modbus scan --tcp {addr} --units 1-6 --timeout 200ms"
+    )))
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("unit   3: answers (holding register 0 = 77)"),
+        "{text}"
+    );
+    assert!(text.contains("unit   5: answers"), "{text}");
+    for silent in [1, 2, 4, 6] {
+        assert!(!text.contains(&format!("unit {silent:3}:")), "{text}");
+    }
+    assert!(text.contains("2 unit(s) answered"), "{text}");
+    let asked: std::collections::BTreeSet<u8> = sim.seen().iter().map(|s| s.unit).collect();
+    assert_eq!(asked, (1..=6).collect(), "every id asked once");
+
+    let out = cli(args(&format!(
+        "modbus scan --tcp {addr} --units 3,5 --timeout 200ms --json"
+    )))
+    .await;
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        found,
+        serde_json::json!([
+            {"unit": 3, "holding_0": 77, "exception": null},
+            {"unit": 5, "holding_0": 77, "exception": null}
+        ])
+    );
+
+    // Nothing at that address: an error, not "no unit answered".
+    let out = cli(args(
+        "modbus scan --tcp 127.0.0.1:1 --units 1-3 --timeout 200ms",
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connection refused"));
+    let out = cli(args(&format!("modbus scan --tcp {addr} --units 0-2")).to_vec()).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broadcast"));
+}
