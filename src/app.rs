@@ -306,6 +306,9 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
         // The defaults spelled out, so the web UI's config editor starts from all of them.
         Origin::BuiltIn => crate::config::init_text(),
     };
+    for w in crate::config::warnings(&text, &config) {
+        warn!(path = %w.path, line = w.line, "Config warning: {}", w.message);
+    }
 
     let shutdown = CancellationToken::new();
     let supervisor = Supervisor::new(shutdown.clone());

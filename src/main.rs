@@ -353,6 +353,7 @@ fn modbus(cmd: ModbusCommand) -> ExitCode {
                     word_order: word_order.unwrap_or(config::Order::Big),
                     scale: None,
                     offset: None,
+                    bit: None,
                 };
                 let w = commission::write(&target, &spec, &value).await?;
                 println!(
@@ -447,6 +448,34 @@ fn print_errors(origin: &Path, errors: &[config::ConfigError]) {
     );
 }
 
+/// `FILE: ok`, after the config's warnings as `FILE:LINE:COLUMN: warning: PATH: MESSAGE`.
+fn report_ok(path: &Path, config: &config::Config) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let warnings = config::warnings(&text, config);
+    let mut err = std::io::stderr().lock();
+    for w in &warnings {
+        let at = match (w.line, w.column) {
+            (Some(l), Some(c)) => format!("{l}:{c}:"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            err,
+            "{}:{at} warning: {}: {}",
+            path.display(),
+            w.path,
+            w.message
+        );
+    }
+    match warnings.len() {
+        0 => println!("{}: ok", path.display()),
+        n => println!(
+            "{}: ok, {n} warning{}",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        ),
+    }
+}
+
 fn report_load_error(e: &LoadError) {
     match e {
         LoadError::Invalid { path, errors } => print_errors(path, errors),
@@ -464,8 +493,8 @@ fn check(files: &[PathBuf]) -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Ok((_, origin)) => {
-                println!("{origin}: ok");
+            Ok((config, Origin::File(path))) => {
+                report_ok(&path, &config);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -477,7 +506,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
         match config::load(file) {
-            Ok(_) => println!("{}: ok", file.display()),
+            Ok(config) => report_ok(file, &config),
             Err(e) => {
                 report_load_error(&e);
                 ok = false;

@@ -395,3 +395,53 @@ fn a_taken_port_names_its_key_and_creates_no_data_dir() {
     assert!(err.contains("(web.bind)"), "{err}");
     assert!(!cfg.data_dir().exists(), "data_dir created before failing");
 }
+
+#[test]
+fn check_validates_bit_tags_and_warns_of_40001_addresses() {
+    let cfg = TempConfig::new(
+        "devices:
+  - name: plc
+    driver: modbus_tcp
+    host: 127.0.0.1
+    tags:
+      - {name: a, register: holding, address: 40101, type: u16}
+      - {name: b, register: holding, address: 3, bit: 4}
+",
+    );
+    let out = bin().arg("check").arg(&cfg.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":14:") && err.contains("warning: devices[0].tags[0].address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("0-based PDU address, which would be 100"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 1 warning"));
+
+    let bad = TempConfig::new(
+        "devices:
+  - name: plc
+    driver: modbus_tcp
+    host: 127.0.0.1
+    tags:
+      - {name: a, register: coil, address: 1, bit: 4}
+      - {name: b, register: holding, address: 3, bit: 16}
+      - {name: c, register: holding, address: 3, bit: 1, type: u16, scale: 2}
+",
+    );
+    let out = bin().arg("check").arg(&bad.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "devices[0].tags[0].bit: `bit` picks a bit of a holding or input register",
+        "devices[0].tags[1].bit: bit 16: a register has bits 0",
+        "devices[0].tags[2].type: a `bit` tag is a bool",
+        "devices[0].tags[2].scale: `scale` does not apply to a `bit` tag",
+        "4 errors",
+    ] {
+        assert!(err.contains(want), "`{want}` missing:\n{err}");
+    }
+}

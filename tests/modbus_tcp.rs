@@ -698,3 +698,83 @@ async fn modbus_scan_lists_the_units_that_answer() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("broadcast"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bit_tags_read_one_bit_and_write_by_read_modify_write() {
+    let sim = Sim::new();
+    sim.set_holding(40, &[0b1010_0000_0000_1000]);
+    sim.set_input(7, &[0x8000]);
+    let addr = sim.serve_tcp(None).await;
+    let d = start(&format!(
+        "devices:
+  - name: plc
+    driver: modbus_tcp
+    host: 127.0.0.1
+    port: {port}
+    poll_interval: 200ms
+    tags:
+      - {{name: pump, register: holding, address: 40, bit: 0, writable: true}}
+      - {{name: fan, register: holding, address: 40, bit: 3, writable: true}}
+      - {{name: alarm, register: holding, address: 40, bit: 15}}
+      - {{name: fault, register: input, address: 7, bit: 15}}
+",
+        port = addr.port()
+    ));
+    let mut c = subscriber(&d, "devices/#").await;
+    for (tag, want) in [
+        ("pump", false),
+        ("fan", true),
+        ("alarm", true),
+        ("fault", true),
+    ] {
+        let topic = format!("devices/plc/{tag}");
+        let (_, v) = c
+            .wait_for(Duration::from_secs(10), &topic, |t, _| t == topic)
+            .await;
+        assert_eq!(v["value"], json!(want), "{tag}: {v}");
+    }
+    // The other bits of the register stay as the device had them (it changed one meanwhile).
+    sim.set_holding(40, &[0b1010_0000_0000_1100]);
+    c.mark();
+    c.client
+        .publish("devices/plc/pump/set", QoS::AtLeastOnce, false, "true")
+        .await
+        .unwrap();
+    let (_, r) = c
+        .wait_for(Duration::from_secs(10), "result", |t, _| {
+            t == "devices/plc/pump/set/result"
+        })
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["value"], true, "{r}");
+    assert_eq!(sim.holding(40), 0b1010_0000_0000_1101);
+    c.client
+        .publish("devices/plc/fan/set", QoS::AtLeastOnce, false, "0")
+        .await
+        .unwrap();
+    let (_, r) = c
+        .wait_for(Duration::from_secs(10), "result", |t, _| {
+            t == "devices/plc/fan/set/result"
+        })
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(sim.holding(40), 0b1010_0000_0000_0101);
+    c.client
+        .publish("devices/plc/pump/set", QoS::AtLeastOnce, false, "2")
+        .await
+        .unwrap();
+    let (_, r) = c
+        .wait_for(Duration::from_secs(10), "result", |t, v| {
+            t == "devices/plc/pump/set/result" && v["ok"] == false
+        })
+        .await;
+    assert_eq!(r["error"], "invalid value (expected true or false)", "{r}");
+    // FC 3 then FC 6 for each write: a read-modify-write, never a whole-register guess.
+    let writes: Vec<u8> = sim
+        .seen()
+        .into_iter()
+        .filter(|s| s.function > 4)
+        .map(|s| s.function)
+        .collect();
+    assert_eq!(writes, [6, 6]);
+}

@@ -150,6 +150,26 @@ pub fn parse_in(text: &str, base: Option<&Path>) -> Result<Config, Vec<ConfigErr
     }
 }
 
+/// The warnings about `config`, valid and parsed from `text`: what is allowed but likely not
+/// meant (a 40001-style Modbus address), located like errors.
+pub fn warnings(text: &str, config: &Config) -> Vec<ConfigError> {
+    let tree = yaml::parse(text).ok();
+    let mut out: Vec<ConfigError> = validate::warnings(config)
+        .into_iter()
+        .map(|(path, message)| {
+            let mark = tree.as_ref().map(|t| t.locate(&path));
+            ConfigError {
+                line: mark.as_ref().map(|m| m.line),
+                column: mark.as_ref().map(|m| m.column),
+                path,
+                message,
+            }
+        })
+        .collect();
+    out.sort_by_key(|e| (e.line, e.column));
+    out
+}
+
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {

@@ -606,6 +606,9 @@ pub struct Tag {
     pub scale: Option<f64>,
     #[serde(default)]
     pub offset: Option<f64>,
+    /// One bit (0 = least significant) of a holding or input register, read as a bool.
+    #[serde(default)]
+    pub bit: Option<u8>,
 
     #[serde(default)]
     pub column: Option<u16>,

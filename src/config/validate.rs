@@ -22,11 +22,17 @@ type Errors = Vec<(String, String)>;
 
 struct V {
     errors: Errors,
+    /// What is valid but likely not meant (`tidegate check` prints them, `run` logs them).
+    warnings: Errors,
 }
 
 impl V {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push((path.into(), message.into()));
+    }
+
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push((path.into(), message.into()));
     }
 }
 
@@ -34,7 +40,19 @@ impl V {
 /// type error); rules that would misfire on a partial config (a regex group whose tag was
 /// dropped) run only then.
 pub fn validate(config: &Config, complete: bool) -> Errors {
-    let mut v = V { errors: Vec::new() };
+    check(config, complete).errors
+}
+
+/// The warnings about a valid `config`: (path, message), like errors but not fatal.
+pub fn warnings(config: &Config) -> Errors {
+    check(config, true).warnings
+}
+
+fn check(config: &Config, complete: bool) -> V {
+    let mut v = V {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
     gateway(&mut v, &config.gateway);
     let mut binds: HashMap<SocketAddr, String> = HashMap::new();
     broker(&mut v, &config.broker, &mut binds);
@@ -42,7 +60,7 @@ pub fn validate(config: &Config, complete: bool) -> Errors {
     uplinks(&mut v, &config.uplinks);
     web(&mut v, &config.web, &mut binds);
     log(&mut v, &config.log);
-    v.errors
+    v
 }
 
 /// `[a-z0-9_-]+`, at most 64 characters.
@@ -299,6 +317,7 @@ fn tag_keys(d: Driver) -> &'static [&'static str] {
             "word_order",
             "scale",
             "offset",
+            "bit",
         ],
         Driver::Serial => &["type", "column", "key", "scale", "offset"],
         Driver::Gpio => &[
@@ -351,6 +370,7 @@ fn present_tag_keys(t: &Tag) -> Vec<&'static str> {
     add("word_order", t.word_order.is_some());
     add("scale", t.scale.is_some());
     add("offset", t.offset.is_some());
+    add("bit", t.bit.is_some());
     add("column", t.column.is_some());
     add("key", t.key.is_some());
     add("line", t.line.is_some());
@@ -732,9 +752,62 @@ fn modbus_tag(v: &mut V, p: &str, t: &Tag) {
         return;
     };
     let bits = matches!(register, Register::Coil | Register::Discrete);
-    let ty = t
-        .data_type
-        .unwrap_or(if bits { DataType::Bool } else { DataType::U16 });
+    if address > 9999 && !bits {
+        // 40001-style register numbers (4xxxx holding, 3xxxx input) are the classic mix-up.
+        let (first, kind) = if register == Register::Input {
+            (30001, "input")
+        } else {
+            (40001, "holding")
+        };
+        if (first..first + 9999).contains(&u32::from(address)) {
+            v.warn(
+                format!("{p}.address"),
+                format!(
+                    "{address} looks like {kind} register number {address} of the 1-based 4xxxx/3xxxx \
+                     numbering; `address` is the 0-based PDU address, which would be {}",
+                    u32::from(address) - first
+                ),
+            );
+        }
+    }
+    if let Some(bit) = t.bit {
+        if bits {
+            v.err(
+                format!("{p}.bit"),
+                "`bit` picks a bit of a holding or input register; a coil or discrete input is one bit already",
+            );
+        } else if bit > 15 {
+            v.err(
+                format!("{p}.bit"),
+                format!("bit {bit}: a register has bits 0 (least significant) to 15"),
+            );
+        }
+        if t.data_type.is_some_and(|ty| ty != DataType::Bool) {
+            v.err(
+                format!("{p}.type"),
+                "a `bit` tag is a bool; leave `type` out or make it bool",
+            );
+        }
+        for (key, present) in [
+            ("byte_order", t.byte_order.is_some()),
+            ("word_order", t.word_order.is_some()),
+            ("scale", t.scale.is_some()),
+            ("offset", t.offset.is_some()),
+            ("deadband", t.deadband.is_some()),
+        ] {
+            if present {
+                v.err(
+                    format!("{p}.{key}"),
+                    format!("`{key}` does not apply to a `bit` tag"),
+                );
+            }
+        }
+    }
+    let ty = t.data_type.unwrap_or(if bits || t.bit.is_some() {
+        DataType::Bool
+    } else {
+        DataType::U16
+    });
     if bits {
         if ty != DataType::Bool {
             v.err(
