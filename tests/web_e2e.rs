@@ -168,11 +168,12 @@ impl Drop for Daemon {
     }
 }
 
-/// A simulated device (writable setpoint), a Modbus TCP device and an uplink both toward a port
-/// nobody listens on, so the dashboard shows a disconnected uplink with its error and a growing
-/// queue, and the Modbus test-read answers with an error. `devices` is last: the browser test
-/// appends a device at the end of the file.
-fn config_body() -> String {
+/// A simulated device (writable setpoint and mode), a Modbus TCP device and an uplink both
+/// toward a port nobody listens on, so the dashboard shows a disconnected uplink with its error
+/// and a growing queue, and the Modbus test-read answers with an error; and a Modbus device
+/// `rig` at `rig` (a real Modbus server), whose test-read becomes a tag. `devices` is last: the
+/// browser test appends a device at the end of the file.
+fn config_body(rig: std::net::SocketAddr) -> String {
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -192,6 +193,14 @@ devices:
       - {{ name: temperature, signal: sine, min: 18, max: 24, period: 20s, unit: "°C", qos: 1 }}
       - {{ name: counter, signal: counter, min: 0, max: 1000000, type: u32 }}
       - {{ name: setpoint, signal: random, min: 0, max: 100, type: u16, writable: true }}
+      - {{ name: mode, signal: square, min: 0, max: 3, period: 60s, type: u16, writable: true }}
+  - name: rig
+    driver: modbus_tcp
+    host: 127.0.0.1
+    port: {rig_port}
+    poll_interval: 1s
+    tags:
+      - {{ name: status, register: holding, address: 10 }}
   - name: plc
     driver: modbus_tcp
     host: 127.0.0.1
@@ -200,8 +209,31 @@ devices:
     timeout: 200ms
     tags:
       - {{ name: pressure, register: holding, address: 100, type: f32 }}
-"#
+"#,
+        rig_port = rig.port()
     )
+}
+
+/// A Modbus TCP server (the tests' tokio-modbus one) holding 21.5 as an f32 at holding 0..1 and
+/// 7 at holding 10, on a runtime of its own that lives as long as the returned handle.
+fn rig() -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = common::modbus::Sim::new();
+    let b = 21.5f32.to_be_bytes();
+    sim.set_holding(
+        0,
+        &[
+            u16::from_be_bytes([b[0], b[1]]),
+            u16::from_be_bytes([b[2], b[3]]),
+        ],
+    );
+    sim.set_holding(10, &[7]);
+    let addr = rt.block_on(sim.serve_tcp(None));
+    (rt, addr)
 }
 
 /// Runs `node SCRIPT args...` in tests/e2e with a time limit; returns (success, output).
@@ -252,7 +284,8 @@ fn browser_scenario() {
     if !browser_ready() {
         return;
     }
-    let daemon = Daemon::start(&config_body());
+    let (_rig_runtime, rig) = rig();
+    let daemon = Daemon::start(&config_body(rig));
     // A bad reading, as a driver publishes one when a poll fails (SPEC §4.1): the UI must show
     // it as bad, with its error and the last good value.
     let ts = std::time::SystemTime::now()
@@ -304,7 +337,8 @@ fn dashboard_load() {
     if !browser_ready() {
         return;
     }
-    let daemon = Daemon::start(&config_body());
+    let (_rig_runtime, rig) = rig();
+    let daemon = Daemon::start(&config_body(rig));
     let (ok, out) = node(
         "bench.mjs",
         &[daemon.url.as_str(), daemon.password.as_str()],

@@ -15,6 +15,18 @@ const VALIDATE_DELAY_MS = 500;
 // Kept across page switches: {text, base: {yaml, version}}.
 let draft = null;
 
+/** The editor's text when there is a draft (kept across pages), else null. */
+export function draftText() {
+  return draft ? draft.text : null;
+}
+
+/** Puts `text` in the editor as the draft (its base, the running config, stays or is loaded
+ *  when the Config page opens), e.g. after "add as tag" on the Devices page. */
+export function setDraftText(text) {
+  if (draft) draft.text = text;
+  else draft = { text, base: null };
+}
+
 export function hasUnsavedEdits() {
   return !!(draft && draft.base && draft.text !== draft.base.yaml);
 }

@@ -275,6 +275,99 @@ pub async fn validate_config(axum::extract::State(st): St, body: axum::body::Byt
     }
 }
 
+/// `POST /api/config/add-tag`: the body of "add as tag" from a test-read.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddTagBody {
+    /// The text to add to (the editor's draft); the running config's when absent.
+    yaml: Option<String>,
+    device: String,
+    tag: NewTag,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTag {
+    name: String,
+    register: crate::config::Register,
+    address: u16,
+    #[serde(rename = "type")]
+    data_type: Option<String>,
+    byte_order: Option<crate::config::Order>,
+    word_order: Option<crate::config::Order>,
+    bit: Option<u8>,
+}
+
+/// `POST /api/config/add-tag` `{"yaml"?, "device", "tag": {name, register, address, type?,
+/// byte_order?, word_order?, bit?}}`: the config text with that tag added to the device (see
+/// [`crate::config::edit::add_tag`]), for the editor — nothing is applied. 200 `{"yaml",
+/// "line", "errors"}` (errors of the new tag itself, e.g. a name already used), 422 `{"error"}`
+/// when it cannot be added.
+pub async fn add_tag(axum::extract::State(st): St, body: axum::body::Bytes) -> Response {
+    let body: AddTagBody = match json_body(&body, "{\"device\", \"tag\": {...}}") {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let t = &body.tag;
+    if !valid_name(&t.name) {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("`{}` is not a tag name: use a-z, 0-9, _ and -", t.name),
+        );
+    }
+    let word = |o: crate::config::Order| match o {
+        crate::config::Order::Big => "big",
+        crate::config::Order::Little => "little",
+    };
+    let register = match t.register {
+        crate::config::Register::Holding => "holding",
+        crate::config::Register::Input => "input",
+        crate::config::Register::Coil => "coil",
+        crate::config::Register::Discrete => "discrete",
+    };
+    let mut fields: crate::config::edit::TagFields = vec![
+        ("name", t.name.clone()),
+        ("register", register.into()),
+        ("address", t.address.to_string()),
+    ];
+    if let Some(ty) = &t.data_type {
+        match ty.parse::<crate::config::DataType>() {
+            Ok(ty) => fields.push(("type", ty.to_string())),
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, format!("type: {e}")),
+        }
+    }
+    if let Some(o) = t.byte_order {
+        fields.push(("byte_order", word(o).into()));
+    }
+    if let Some(o) = t.word_order {
+        fields.push(("word_order", word(o).into()));
+    }
+    if let Some(b) = t.bit {
+        fields.push(("bit", b.to_string()));
+    }
+    let text = body.yaml.unwrap_or_else(|| st.gw.config_text().to_string());
+    let base = st
+        .gw
+        .config_path()
+        .and_then(live::config_base)
+        .map(|b| b.to_path_buf());
+    let device = body.device;
+    let added = tokio::task::spawn_blocking(move || {
+        crate::config::edit::add_tag(&text, base.as_deref(), &device, &fields)
+    })
+    .await;
+    match added {
+        Ok(Ok(a)) => {
+            Json(json!({ "yaml": a.text, "line": a.line, "errors": a.errors })).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("add-tag failed: {e}"),
+        ),
+    }
+}
+
 /// A unified diff from the running config's text to `new` (empty when equal).
 pub fn diff(old: &str, new: &str) -> String {
     similar::TextDiff::from_lines(old, new)

@@ -298,6 +298,7 @@ pub fn router(state: Arc<State>) -> axum::Router {
         .route("/api/events", get(api::events))
         .route("/api/config", get(api::get_config).put(api::put_config))
         .route("/api/config/validate", post(api::validate_config))
+        .route("/api/config/add-tag", post(api::add_tag))
         .route("/api/config/history", get(api::history))
         .route("/api/config/history/{id}", get(api::history_entry))
         .route(

@@ -155,6 +155,26 @@ try {
     await page.locator('.write-panel .form-msg.error', { hasText: 'out of range' }).waitFor();
   });
 
+  await step('one write form at a time, under its own row; a refusal says why', async () => {
+    await page.getByRole('button', { name: 'Write demo/mode' }).click();
+    const rows = page.locator('section[data-device="demo"] tr.write-row');
+    await page.getByLabel('New value of mode').waitFor();
+    if ((await rows.count()) !== 1) throw new Error(`${await rows.count()} write forms open`);
+    // The form is the row right after mode's.
+    const after = await page.locator('section[data-device="demo"] tr[data-tag="mode"] + tr.write-row').count();
+    if (after !== 1) throw new Error('the write form is not under its row');
+    await page.getByLabel('New value of mode').fill('5');
+    await page.getByRole('button', { name: 'Review write…' }).click();
+    await page.getByRole('button', { name: 'Confirm write' }).click();
+    await page.locator('.write-panel .form-msg.error', { hasText: 'out of range (0 … 3)' }).waitFor();
+    // Opening another closes this one.
+    await page.getByRole('button', { name: 'Write demo/setpoint' }).click();
+    await page.getByLabel('New value of setpoint').waitFor();
+    if ((await rows.count()) !== 1 || (await page.getByLabel('New value of mode').count()) !== 0) throw new Error('two write forms open at once');
+    await page.getByRole('button', { name: 'Close' }).click();
+    if ((await rows.count()) !== 0) throw new Error('Close left the form open');
+  });
+
   await step('a tag that is not writable: no write, or the gateway refuses it', async () => {
     // The UI offers a write only for writable tags when the gateway says which ones are; when
     // it does not, the gateway's own check must answer.
@@ -182,6 +202,29 @@ try {
     if (await card.getByLabel('Count', { exact: true }).evaluate((el) => el.validity.valid)) throw new Error('126 holding registers accepted');
     await card.getByLabel('Register', { exact: true }).selectOption('coil');
     if (!(await card.getByLabel('Count', { exact: true }).evaluate((el) => el.validity.valid))) throw new Error('126 coils refused');
+  });
+
+  await step('a test-read decoding becomes a tag through the config editor', async () => {
+    const card = page.locator('section[data-device="rig"]');
+    await card.locator('summary', { hasText: 'Test read' }).click();
+    await card.getByLabel('Register', { exact: true }).selectOption('holding');
+    await card.getByLabel('Address', { exact: true }).fill('0');
+    await card.getByLabel('Count', { exact: true }).fill('2');
+    await card.getByRole('button', { name: 'Read' }).click();
+    // The f32 in big/big order is 21.5: add that row as a tag.
+    const row = card.locator('table.pairs tbody tr', { hasText: '21.5' }).first();
+    await row.getByRole('button', { name: 'Add as tag…' }).click();
+    await card.getByLabel('Tag name').fill('flow');
+    await card.getByLabel('Decoding').selectOption('f32');
+    await card.getByRole('button', { name: 'Add to config' }).click();
+    await page.getByRole('heading', { level: 1 }).filter({ hasText: /config/i }).waitFor();
+    await vstatus().filter({ hasText: /Valid · \+1/ }).waitFor();
+    await page.locator('pre.diff .add', { hasText: '- { name: flow, register: holding, address: 0, type: f32, byte_order: big, word_order: big }' }).waitFor();
+    await page.getByRole('button', { name: 'Apply…' }).click();
+    await page.getByRole('button', { name: 'Apply now' }).click();
+    await page.locator('.banner.ok', { hasText: 'Applied' }).waitFor();
+    await page.getByRole('link', { name: 'Devices' }).click();
+    await valueCell('rig', 'flow').filter({ hasText: /^21\.5/ }).waitFor();
   });
 
   let original = '';
@@ -290,6 +333,13 @@ try {
       await page.locator(route === 'devices' ? 'section.device' : 'section.uplink').first().waitFor();
       const wide = await page.evaluate(() => document.documentElement.scrollWidth);
       if (wide > 391) throw new Error(`${route} is ${wide}px wide at a 390px viewport`);
+      if (route === 'devices') {
+        // Write… and Updated fit on the screen, not behind a sideways scroll of the table.
+        for (const el of [page.getByRole('button', { name: 'Write demo/setpoint' }), page.locator('section[data-device="demo"] tr[data-tag="setpoint"] td.age')]) {
+          const box = await el.boundingBox();
+          if (!box || box.x < 0 || box.x + box.width > 390) throw new Error(`off-screen at 390px: ${JSON.stringify(box)}`);
+        }
+      }
       await shot(name, { fullPage: true });
     }
     await page.setViewportSize({ width: 1280, height: 860 });
