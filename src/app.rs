@@ -306,6 +306,15 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
         // The defaults spelled out, so the web UI's config editor starts from all of them.
         Origin::BuiltIn => crate::config::init_text(),
     };
+    if matches!(origin, Origin::File(_)) {
+        // Who made this version the running one: the history shows it once it is replaced.
+        if let Err(e) = live::note_running(&config.gateway.data_dir, &text, "start-up") {
+            warn!(
+                error = format!("{e:#}"),
+                "Cannot note the running config in the history"
+            );
+        }
+    }
     for w in crate::config::warnings(&text, &config) {
         warn!(path = %w.path, line = w.line, "Config warning: {}", w.message);
     }

@@ -810,7 +810,18 @@ fn valid_config_applies_without_restart_and_history_restores() {
     assert_eq!(std::fs::read_to_string(&d.cfg.path).unwrap(), original);
     assert_eq!(h.get("/api/config").json()["version"], v1.as_str());
     let list = h.get("/api/config/history").json();
-    assert_eq!(list["history"].as_array().unwrap().len(), 2);
+    let list = list["history"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    // Each kept version says who made it the running one, and who replaced it.
+    assert_eq!(list[1]["applied_by"], "start-up", "{list:?}");
+    assert_eq!(list[1]["replaced_by"], "web UI (admin)", "{list:?}");
+    assert_eq!(list[0]["applied_by"], "web UI (admin)", "{list:?}");
+    assert_eq!(
+        list[0]["replaced_by"],
+        format!("history restore of {id} (admin)"),
+        "{list:?}"
+    );
+    assert!(list[0]["applied_at"].as_u64().unwrap() <= list[0]["saved"].as_u64().unwrap());
     // The removed device's retained topics are cleared; the kept device's stay. A new client
     // subscribes, then publishes a marker: retained messages come before it, in order.
     let retained = rt.block_on(async {
@@ -937,6 +948,17 @@ fn sighup_reloads_the_file() {
     signal(&d.child, "HUP");
     let end = d.wait_log("the config file is invalid; keeping the running config", at);
     assert!(d.log()[at..end].contains("SIGHUP: config error at"));
+    // The API says the file is not what runs, and how they differ.
+    let h = d.login();
+    let c = h.get("/api/config").json();
+    assert_eq!(c["file_differs"], true, "{c}");
+    let diff = c["running_diff"].as_str().unwrap();
+    assert!(diff.contains("+    driver: warp"), "{diff}");
+    assert_ne!(c["version"], c["running_version"]);
+    assert_eq!(
+        h.get("/api/status").json()["gateway"]["config_file_differs"],
+        true
+    );
 
     // Valid: applied, the new device publishes, the client stays connected.
     std::fs::write(&d.cfg.path, format!("{original}{EXTRA}")).unwrap();
@@ -952,7 +974,15 @@ fn sighup_reloads_the_file() {
     until_topic(&rt, &mut sub, "devices/extra/count");
     assert_eq!(dropped(&mut sub), None);
     // The running version before the reload is in the history.
-    let h = d.login();
+    let c = h.get("/api/config").json();
+    assert_eq!(
+        (&c["file_differs"], &c["running_diff"]),
+        (&serde_json::json!(false), &serde_json::json!(""))
+    );
+    assert_eq!(
+        h.get("/api/status").json()["gateway"]["config_file_differs"],
+        false
+    );
     let list = h.get("/api/config/history").json();
     let list = list["history"].as_array().unwrap();
     assert_eq!(list.len(), 1);

@@ -308,10 +308,15 @@ fn browser_scenario() {
         )
         .display()
         .to_string();
+    // The script edits the config file and sends SIGHUP itself, for the "file differs" step.
+    let config_path = daemon.config.path.display().to_string();
+    let pid = daemon.child.id().to_string();
     let args = [
         daemon.url.as_str(),
         daemon.password.as_str(),
         shots.as_str(),
+        config_path.as_str(),
+        pid.as_str(),
     ];
     let (ok, out) = node("run.mjs", &args, Duration::from_secs(300));
     println!("{out}");

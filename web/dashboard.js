@@ -92,6 +92,10 @@ function render(root) {
   const offline = devices.filter((d) => d.online === false).length;
   replace(root,
     err ? h('p', { class: 'banner error', role: 'alert' }, `Status not refreshed: ${err.message} (showing ${fmtAgo(st.at)})`) : null,
+    g.fileDiffers ? h('p', { class: 'banner warn file-differs', role: 'status' },
+      h('strong', {}, 'The config file on disk differs from the running config. '),
+      'A reload refused it, or it was edited and not reloaded yet. ',
+      h('a', { href: '#/config' }, 'See what differs on the Config page'), '.') : null,
     h('div', { class: 'grid tiles' },
       h('section', { class: 'card tile' }, h('h2', {}, 'Gateway'),
         kv([['ID', g.id ?? '—'], ['Version', g.version ?? '—'], ['Uptime', fmtDuration(g.uptimeS)],

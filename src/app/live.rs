@@ -332,7 +332,7 @@ impl Controller {
             });
         }
         let data_dir = self.run.config.gateway.data_dir.clone();
-        save_history(&data_dir, &current).map_err(|e| {
+        save_history(&data_dir, &current, &change.by).map_err(|e| {
             ApplyError::Failed(format!(
                 "cannot keep the previous config in the history: {e:#}"
             ))
@@ -345,6 +345,12 @@ impl Controller {
                 self.run.config = new;
                 self.run.text = change.text.as_str().into();
                 self.publish_live();
+                if let Err(e) = note_running(&data_dir, &change.text, &change.by) {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "Cannot note who applied the config"
+                    );
+                }
                 Ok(Applied {
                     version: version(&change.text),
                     changes,
@@ -397,7 +403,7 @@ impl Controller {
             info!(config = %path.display(), "SIGHUP: the config file is unchanged");
             return;
         }
-        if let Err(e) = save_history(&self.run.config.gateway.data_dir, &self.run.text) {
+        if let Err(e) = save_history(&self.run.config.gateway.data_dir, &self.run.text, "SIGHUP") {
             warn!(
                 error = format!("{e:#}"),
                 "SIGHUP: cannot keep the previous config in the history"
@@ -409,6 +415,12 @@ impl Controller {
                 self.run.config = new;
                 self.run.text = text.as_str().into();
                 self.publish_live();
+                if let Err(e) = note_running(&self.run.config.gateway.data_dir, &text, "SIGHUP") {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "Cannot note who applied the config"
+                    );
+                }
                 info!(config = %path.display(), version = %version(&text), changes = ?changes, "SIGHUP: config reloaded");
             }
             Err(e) => {
@@ -919,15 +931,64 @@ pub struct HistoryEntry {
     pub saved: u64,
     pub version: String,
     pub bytes: u64,
+    /// Who or what made this version the running one ("web UI (admin)", "SIGHUP", "start-up",
+    /// "history restore of ... (admin)"), and when (Unix ms); absent for versions kept before
+    /// the history recorded it.
+    pub applied_by: Option<String>,
+    pub applied_at: Option<u64>,
+    /// Who or what replaced it.
+    pub replaced_by: Option<String>,
+}
+
+/// Who made a version the running one: `config-history/running.json` for the running
+/// version, `<id>.json` beside each kept one.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Provenance {
+    version: String,
+    applied_by: Option<String>,
+    applied_at: Option<u64>,
+    replaced_by: Option<String>,
+}
+
+const RUNNING_NOTE: &str = "running.json";
+
+fn read_note(path: &Path) -> Option<Provenance> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Records that `text` became the running config, by `by`, now — unless that is already the
+/// record (a restart with the same file keeps who applied it first).
+pub fn note_running(data_dir: &Path, text: &str, by: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = history_dir(data_dir);
+    let v = version(text);
+    if read_note(&dir.join(RUNNING_NOTE)).is_some_and(|n| n.version == v) {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let note = Provenance {
+        version: v,
+        applied_by: Some(by.to_string()),
+        applied_at: Some(crate::drivers::reading::now_ms()),
+        replaced_by: None,
+    };
+    write_atomic(
+        &dir.join(RUNNING_NOTE),
+        &serde_json::to_string(&note).unwrap_or_default(),
+    )
 }
 
 fn history_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(HISTORY_DIR)
 }
 
-/// Keeps `text` (the version being replaced) in the history, dropping the oldest beyond
-/// [`HISTORY_KEEP`].
-pub fn save_history(data_dir: &Path, text: &str) -> anyhow::Result<()> {
+/// Keeps `text` (the version being replaced, by `replaced_by`) in the history with who had
+/// applied it, dropping the oldest beyond [`HISTORY_KEEP`].
+pub fn save_history(data_dir: &Path, text: &str, replaced_by: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     let dir = history_dir(data_dir);
     std::fs::DirBuilder::new()
@@ -944,10 +1005,21 @@ pub fn save_history(data_dir: &Path, text: &str) -> anyhow::Result<()> {
     // Ids sort in the order they were saved, even within one millisecond.
     let now = crate::drivers::reading::now_ms().max(newest.map_or(0, |e| e.saved + 1));
     let id = format!("{now:013}-{}", &v[..12]);
+    let mut note = read_note(&dir.join(RUNNING_NOTE))
+        .filter(|n| n.version == v)
+        .unwrap_or_default();
+    note.version = v;
+    note.replaced_by = Some(replaced_by.to_string());
+    // The note first: a version is listed once its text is there.
+    write_atomic(
+        &dir.join(format!("{id}.json")),
+        &serde_json::to_string(&note).unwrap_or_default(),
+    )?;
     write_atomic(&dir.join(format!("{id}.yaml")), text)?;
     let entries = list_history(data_dir)?;
     for old in entries.iter().skip(HISTORY_KEEP) {
         let _ = std::fs::remove_file(dir.join(format!("{}.yaml", old.id)));
+        let _ = std::fs::remove_file(dir.join(format!("{}.json", old.id)));
     }
     Ok(())
 }
@@ -972,6 +1044,7 @@ pub fn list_history(data_dir: &Path) -> anyhow::Result<Vec<HistoryEntry>> {
         let Ok(text) = std::fs::read_to_string(entry.path()) else {
             continue;
         };
+        let note = read_note(&dir.join(format!("{id}.json"))).unwrap_or_default();
         out.push(HistoryEntry {
             id: id.to_string(),
             saved: id
@@ -981,6 +1054,9 @@ pub fn list_history(data_dir: &Path) -> anyhow::Result<Vec<HistoryEntry>> {
                 .unwrap_or(0),
             version: version(&text),
             bytes: text.len() as u64,
+            applied_by: note.applied_by,
+            applied_at: note.applied_at,
+            replaced_by: note.replaced_by,
         });
     }
     out.sort_by(|a, b| b.id.cmp(&a.id));
@@ -1020,10 +1096,15 @@ mod tests {
     fn history_is_bounded_and_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..(HISTORY_KEEP + 5) {
-            save_history(dir.path(), &format!("# version {i}\n")).unwrap();
+            save_history(dir.path(), &format!("# version {i}\n"), "test").unwrap();
         }
         // The same text twice in a row is kept once.
-        save_history(dir.path(), &format!("# version {}\n", HISTORY_KEEP + 4)).unwrap();
+        save_history(
+            dir.path(),
+            &format!("# version {}\n", HISTORY_KEEP + 4),
+            "test",
+        )
+        .unwrap();
         let list = list_history(dir.path()).unwrap();
         assert_eq!(list.len(), HISTORY_KEEP);
         let newest = read_history(dir.path(), &list[0].id).unwrap().unwrap();

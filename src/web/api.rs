@@ -122,7 +122,26 @@ fn generated_password(st: &State, username: &str) -> bool {
 
 /// `GET /api/status`.
 pub async fn status(axum::extract::State(st): St) -> Response {
-    Json(super::metrics::status(&st)).into_response()
+    let mut body = super::metrics::status(&st);
+    // Whether the file on disk is what runs (a SIGHUP refused it, or it was edited and not
+    // reloaded yet): the dashboard says so.
+    let differs = file_differs(&st).await;
+    if let Some(gw) = body.get_mut("gateway").and_then(Value::as_object_mut) {
+        gw.insert("config_file_differs".into(), json!(differs));
+    }
+    Json(body).into_response()
+}
+
+/// Whether the config file's text differs from the running config's (false on the built-in
+/// defaults, and when the file cannot be read: the log says that).
+async fn file_differs(st: &State) -> bool {
+    let Some(path) = st.gw.config_path().map(std::path::Path::to_path_buf) else {
+        return false;
+    };
+    let running = st.gw.config_text();
+    tokio::task::spawn_blocking(move || std::fs::read_to_string(path).is_ok_and(|t| *t != *running))
+        .await
+        .unwrap_or(false)
 }
 
 /// `GET /api/values` → `{"values": [{"device","tag","value","unit","ts","quality","error"}]}`.
@@ -224,19 +243,26 @@ fn config_text(st: &State) -> Result<String, ApiError> {
     }
 }
 
-/// `GET /api/config` → `{"yaml","version","path","writable"}` (the file as it is now; `path`
-/// is null and `writable` false on the built-in defaults).
+/// `GET /api/config` → `{"yaml","version","path","writable","running_version","file_differs",
+/// "running_diff"}`: the file as it is now (`path` null and `writable` false on the built-in
+/// defaults); when the file is not what runs (a SIGHUP refused it), `file_differs` is true and
+/// `running_diff` the unified diff from the running config to the file.
 pub async fn get_config(axum::extract::State(st): St) -> Response {
     let text = match config_text(&st) {
         Ok(t) => t,
         Err(r) => return r.into_response(),
     };
     let path = st.gw.config_path().map(|p| p.display().to_string());
+    let running = st.gw.config_text();
+    let differs = *running != *text;
     let mut r = Json(json!({
         "version": live::version(&text),
         "writable": path.is_some(),
         "path": path,
         "yaml": text,
+        "running_version": live::version(&running),
+        "file_differs": differs,
+        "running_diff": if differs { diff(&running, &text) } else { String::new() },
     }))
     .into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", live::version(&text))) {

@@ -1,5 +1,5 @@
 // Browser end-to-end test of tidegate's web UI against the real daemon (started by
-// tests/web_e2e.rs): node run.mjs URL PASSWORD [SCREENSHOT_DIR]
+// tests/web_e2e.rs): node run.mjs URL PASSWORD [SCREENSHOT_DIR [CONFIG_FILE DAEMON_PID]]
 //
 // Logs in with the generated admin password, changes it under Account, watches a simulated tag's value change live on
 // Devices, writes a writable tag through the confirmation step, types an invalid config and
@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { launch } from './lib.mjs';
 
-const [url, generated, shotDir] = process.argv.slice(2);
+const [url, generated, shotDir, configFile, daemonPid] = process.argv.slice(2);
 let password = generated; // until the step that changes it
 if (!url || !password) {
   console.error('usage: node run.mjs URL PASSWORD [SCREENSHOT_DIR]');
@@ -344,6 +344,29 @@ try {
     }
     await page.setViewportSize({ width: 1280, height: 860 });
   });
+
+  if (configFile && daemonPid) {
+    await step('a file that SIGHUP refused is shown as differing from the running config', async () => {
+      const good = fs.readFileSync(configFile, 'utf8');
+      fs.writeFileSync(configFile, good.replace(/poll_interval: 250ms/, 'poll_interval: whenever'));
+      process.kill(Number(daemonPid), 'SIGHUP');
+      await page.getByRole('link', { name: 'Dashboard' }).click();
+      await page.locator('.banner.file-differs', { hasText: 'differs from the running config' }).waitFor();
+      await page.getByRole('link', { name: 'See what differs on the Config page' }).click();
+      const notice = page.locator('.file-slot .banner.file-differs');
+      await notice.waitFor();
+      await notice.locator('summary').click();
+      await notice.locator('pre.diff .add', { hasText: 'poll_interval: whenever' }).waitFor();
+      await notice.locator('pre.diff .del', { hasText: 'poll_interval: 250ms' }).waitFor();
+      await shot('config-file-differs', { fullPage: true });
+      // Put the file back: the notice goes.
+      fs.writeFileSync(configFile, good);
+      await page.getByRole('link', { name: 'Dashboard' }).click();
+      await page.locator('.banner.file-differs').waitFor({ state: 'detached' });
+      await page.getByRole('link', { name: 'Devices' }).click();
+      await page.getByRole('heading', { level: 1, name: 'Devices' }).waitFor();
+    });
+  }
 
   await step('a session ended elsewhere sends the page back to the login', async () => {
     // End this session behind the page's back (as an idle expiry or a password change does).
