@@ -1175,8 +1175,39 @@ fn metrics_parse_as_prometheus_text_and_healthz_answers() {
         "tidegate_uplink_connected",
         "tidegate_uplink_queue_messages",
         "tidegate_uplink_messages_dropped_total",
+        "tidegate_uplink_state",
+        "tidegate_tag_bad_readings_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
     ] {
         assert!(types.contains_key(family), "{family} missing");
+    }
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
+            })
+            .map(|(_, _, v)| *v)
+    };
+    let rss = value("process_resident_memory_bytes", &[]).unwrap();
+    assert!(rss > 1e6 && rss < 1e9, "RSS {rss}");
+    assert!(value("process_open_fds", &[]).unwrap() >= 3.0);
+    for (state, want) in [("disconnected", 1.0), ("connected", 0.0), ("stalled", 0.0)] {
+        assert_eq!(
+            value(
+                "tidegate_uplink_state",
+                &[("uplink", "cloud"), ("state", state)]
+            ),
+            Some(want),
+            "{state}"
+        );
     }
     let reasons: HashSet<_> = samples
         .iter()
@@ -1209,6 +1240,62 @@ fn metrics_parse_as_prometheus_text_and_healthz_answers() {
     let r = h.get("/healthz");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["ok"], true);
+    // Ready: the uplink is down, but with nothing lost yet (its queue is far from its bounds).
+    let r = h.get("/readyz");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["checks"]["uplinks"]["cloud"]["ok"], true, "{v}");
+    assert_eq!(
+        v["checks"]["uplinks"]["cloud"]["state"], "disconnected",
+        "{v}"
+    );
+}
+
+#[test]
+fn readyz_names_an_offline_device_and_metrics_count_its_bad_readings() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = Daemon::start(&format!(
+        "{DEMO}  - name: plc\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: {closed}\n    poll_interval: 100ms\n    timeout: 100ms\n    tags:\n      - {{name: pressure, register: holding, address: 1}}\n"
+    ));
+    let h = d.http();
+    let start = Instant::now();
+    let v = loop {
+        let r = h.get("/readyz");
+        if r.status == 503 {
+            break r.json();
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never unready: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(v["ready"], false, "{v}");
+    assert_eq!(v["checks"]["broker"]["ok"], true, "{v}");
+    assert_eq!(v["checks"]["devices"]["plc"]["ok"], false, "{v}");
+    assert!(
+        v["checks"]["devices"]["plc"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connection refused")),
+        "{v}"
+    );
+    assert_eq!(v["checks"]["devices"]["demo"]["ok"], true, "{v}");
+    let (_, samples) = parse_prometheus(&h.get("/metrics").body);
+    let bad = samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == "tidegate_tag_bad_readings_total"
+                && l.contains(&("device".to_string(), "plc".to_string()))
+                && l.contains(&("tag".to_string(), "pressure".to_string()))
+        })
+        .map(|(_, _, v)| *v);
+    assert!(bad.is_some_and(|n| n >= 3.0), "{bad:?}");
 }
 
 #[test]

@@ -350,6 +350,9 @@ async fn publish_reading(
     force: bool,
 ) {
     let tag = &device.tags[i];
+    if read.is_err() {
+        stats::record_bad(&device.name, &tag.name);
+    }
     if let Some(payload) = states[i].update(read, ts, Instant::now(), force) {
         let topic = format!("devices/{}/{}", device.name, tag.name);
         let qos = QoS::from_u8(tag.qos).unwrap_or(QoS::AtMostOnce);

@@ -444,7 +444,7 @@ pub async fn metrics(axum::extract::State(st): axum::extract::State<Arc<State>>)
             "metrics are turned off (web.metrics: false)",
         );
     }
-    let mut r = render(&st).into_response();
+    let mut r = (render(&st) + &super::health::render(&st)).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

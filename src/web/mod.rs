@@ -20,6 +20,7 @@ pub mod account;
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod health;
 pub mod hub;
 pub mod metrics;
 
@@ -316,6 +317,7 @@ pub fn router(state: Arc<State>) -> axum::Router {
         .merge(authed)
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/", get(assets::index))
         .route("/{*path}", get(assets::file))
         .fallback(api::not_found)
