@@ -23,6 +23,36 @@ impl Target {
     }
 }
 
+/// The tag a one-off write addresses: `ty` defaults to u16 (bool for coils), both orders to
+/// big-endian.
+///
+/// Fails when the type does not fit the register kind or runs past the last address.
+pub fn spec(
+    register: Register,
+    address: u16,
+    ty: Option<DataType>,
+    byte_order: Option<crate::config::Order>,
+    word_order: Option<crate::config::Order>,
+) -> Result<TagSpec, String> {
+    let ty = ty.unwrap_or(codec::default_type(register));
+    if codec::is_bits(register) && ty != DataType::Bool {
+        return Err(format!("a coil holds one bit: its type is bool, not {ty}"));
+    }
+    if u32::from(address) + ty.registers() > 65536 {
+        return Err(format!("a {ty} at address {address} runs past 65535"));
+    }
+    Ok(TagSpec {
+        register,
+        address,
+        ty,
+        byte_order: byte_order.unwrap_or(crate::config::Order::Big),
+        word_order: word_order.unwrap_or(crate::config::Order::Big),
+        scale: None,
+        offset: None,
+        bit: None,
+    })
+}
+
 /// Reads `count` registers or bits and returns every decoding side by side.
 ///
 /// Fails with the device's error (`cannot connect ...`, `timeout`, `exception 2 (illegal data
