@@ -22,10 +22,11 @@
 //! previous config is restored: the file gets its previous text back and the running system is
 //! moved back to the previous config; the error is returned.
 
-use super::{prepare_data_dir, Supervisor, TaskError, TaskHandle, BROKER_DB};
+use super::{prepare_data_dir, BROKER_DB};
 use crate::broker::Broker;
 use crate::config::{self, Config, ConfigError, Origin};
 use crate::drivers::DeviceGroup;
+use crate::task::{Supervisor, TaskError, TaskHandle};
 use crate::uplink::Ledger;
 use anyhow::Context;
 use std::net::SocketAddr;

@@ -24,10 +24,10 @@ pub mod serial;
 pub mod simulated;
 pub mod stats;
 
-use crate::app::TaskError;
 use crate::broker::codec::QoS;
 use crate::broker::Broker;
 use crate::config::{DataType, Device, Driver as Kind};
+use crate::task::TaskError;
 use reading::{now_ms, TagRead, TagState, Value};
 use serde_json::json;
 use std::collections::HashMap;

@@ -163,7 +163,7 @@ struct Rig {
     client: AsyncClient,
     events: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
     stop: CancellationToken,
-    device: tokio::task::JoinHandle<Result<(), crate::app::TaskError>>,
+    device: tokio::task::JoinHandle<Result<(), crate::task::TaskError>>,
 }
 
 async fn rig(sim: &SimChip, tags: &str) -> Rig {

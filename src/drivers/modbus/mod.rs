@@ -28,9 +28,9 @@ pub mod plan;
 
 use super::reading::{TagRead, Value};
 use super::{run_device, Driver, Registry};
-use crate::app::TaskError;
 use crate::broker::Broker;
 use crate::config::{DataType, Device, Register};
+use crate::task::TaskError;
 use codec::{Decodings, TagSpec};
 use link::{Backoff, Data, Endpoint, Failure, Link};
 use plan::Block;
