@@ -108,7 +108,7 @@ pub(crate) fn init(output: Option<&Path>, force: bool) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    match tidegate::app::live::write_atomic(path, &text) {
+    match config::history::write_atomic(path, &text) {
         Ok(()) => {
             eprintln!(
                 "wrote {}; check it with `tidegate check -c {0}`, run it with `tidegate run -c {0}`",

@@ -12,6 +12,7 @@
 
 pub mod de;
 pub mod edit;
+pub mod history;
 pub mod schema;
 pub mod units;
 pub mod validate;
