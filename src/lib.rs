@@ -24,6 +24,7 @@
 //! - [`auth`] — argon2id password hashes for broker and web users, checked with bounded
 //!   concurrency (`tidegate passwd`).
 //! - [`logging`] — tracing to the systemd journal, or text / JSON on stderr.
+//! - [`topics`] — the local topic scheme (`devices/<device>/<tag>`, `$status`, `/set`), one home.
 //! - `main.rs` and `cli/` (binary only) — the command line (SPEC §1): `run` in `main.rs`,
 //!   `check`, `init`, `modbus`, `queue`, `passwd` in `cli/`.
 //!
@@ -47,5 +48,6 @@ pub mod config;
 pub mod drivers;
 pub mod logging;
 pub mod task;
+pub mod topics;
 pub mod uplink;
 pub mod web;

@@ -846,8 +846,8 @@ async fn clear_leftovers(broker: &Broker, old: &Config, new: &Config) -> usize {
         match new.devices.iter().find(|d| d.name == device.name) {
             None => {
                 for filter in [
-                    format!("devices/{}/#", device.name),
-                    format!("$SYS/tidegate/devices/{}/#", device.name),
+                    crate::topics::device_all(&device.name),
+                    crate::topics::counters_of(&device.name),
                 ] {
                     topics.extend(broker.retained(&filter).into_iter().map(|(t, _)| t));
                 }
@@ -855,7 +855,7 @@ async fn clear_leftovers(broker: &Broker, old: &Config, new: &Config) -> usize {
             Some(kept) => {
                 for tag in &device.tags {
                     if !kept.tags.iter().any(|t| t.name == tag.name) {
-                        let topic = format!("devices/{}/{}", device.name, tag.name);
+                        let topic = crate::topics::reading(&device.name, &tag.name);
                         if !broker.retained(&topic).is_empty() {
                             topics.push(topic);
                         }

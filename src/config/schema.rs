@@ -152,7 +152,7 @@ impl Default for Broker {
                 AclRule {
                     username: ANONYMOUS.into(),
                     access: Access::Deny,
-                    publish: vec!["devices/+/+/set".into()],
+                    publish: vec![crate::topics::ALL_COMMANDS.into()],
                     subscribe: Vec::new(),
                 },
                 AclRule {

@@ -13,6 +13,7 @@ use crate::broker::codec::QoS;
 use crate::broker::Broker;
 use crate::config::Device;
 use crate::task::TaskError;
+use crate::topics;
 use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,7 @@ pub async fn run_device<D: Driver>(
 ) -> Result<(), TaskError> {
     let name = device.name.clone();
     let mut states: Vec<TagState> = device.tags.iter().map(TagState::new).collect();
-    let set_filter = format!("devices/{name}/+/set");
+    let set_filter = topics::commands_of(&name);
     let mut commands = broker.subscribe(
         &format!("device/{name}"),
         &[(set_filter.as_str(), QoS::AtLeastOnce)],
@@ -103,7 +104,7 @@ pub async fn run_device<D: Driver>(
                 }
             }
             msg = commands.recv() => {
-                let tag_name = msg.topic().split('/').nth(2).unwrap_or_default().to_string();
+                let tag_name = topics::command_tag(msg.topic()).unwrap_or_default().to_string();
                 let cmd = command::parse(msg.payload());
                 msg.ack();
                 let index = device.tags.iter().position(|t| t.name == tag_name);
@@ -119,7 +120,7 @@ pub async fn run_device<D: Driver>(
                     }
                 };
                 info!(device = %name, tag = %tag_name, ok = outcome.is_ok(), "Command handled");
-                let result_topic = format!("devices/{name}/{tag_name}/set/result");
+                let result_topic = topics::command_result(&name, &tag_name);
                 let _ = broker
                     .publish(&result_topic, command::result(&cmd.id, &outcome), QoS::AtLeastOnce, false)
                     .await;
@@ -146,7 +147,7 @@ async fn publish_reading(
         stats::record_bad(&device.name, &tag.name);
     }
     if let Some(payload) = states[i].update(read, ts, Instant::now(), force) {
-        let topic = format!("devices/{}/{}", device.name, tag.name);
+        let topic = topics::reading(&device.name, &tag.name);
         let qos = QoS::from_u8(tag.qos).unwrap_or(QoS::AtMostOnce);
         if let Err(e) = broker.publish(&topic, payload, qos, tag.retain).await {
             warn!(%topic, error = %e, "Reading not kept");
@@ -165,7 +166,7 @@ async fn publish_counters(
         if last.iter().any(|(k, v)| k == key && v == value) {
             continue;
         }
-        let topic = format!("$SYS/tidegate/devices/{device}/{key}");
+        let topic = topics::counter(device, key);
         let _ = broker
             .publish(&topic, value.to_string(), QoS::AtMostOnce, true)
             .await;
@@ -175,7 +176,7 @@ async fn publish_counters(
 
 async fn publish_status(broker: &Broker, device: &str, online: bool, error: Option<&str>) {
     let payload = json!({"online": online, "since": now_ms(), "error": error}).to_string();
-    let topic = format!("devices/{device}/$status");
+    let topic = topics::status(device);
     let _ = broker
         .publish(&topic, payload, QoS::AtLeastOnce, true)
         .await;

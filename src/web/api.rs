@@ -592,7 +592,7 @@ pub async fn write_tag(
         "expires": now + wait.as_millis() as u64,
     });
     let broker = st.gw.broker();
-    let result_topic = format!("devices/{name}/{tag}/set/result");
+    let result_topic = crate::topics::command_result(&name, &tag);
     // Subscribed before publishing, so the result cannot slip by.
     let mut sub = broker.subscribe(
         &format!("web/write/{id}"),
@@ -602,7 +602,7 @@ pub async fn write_tag(
     tracing::info!(device = %name, tag = %tag, id = %id, by = %caller.session.username, "Write from the web UI");
     if let Err(e) = broker
         .publish(
-            &format!("devices/{name}/{tag}/set"),
+            &crate::topics::command(&name, &tag),
             command.to_string(),
             QoS::AtLeastOnce,
             false,

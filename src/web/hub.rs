@@ -279,7 +279,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The hub's task: follows `broker` until `stop` (restarted when the broker is rebuilt).
 pub async fn run(state: Arc<State>, broker: Broker, stop: CancellationToken) {
-    let mut sub = broker.subscribe("web", &[("devices/#", QoS::AtMostOnce)], false);
+    let mut sub = broker.subscribe(
+        "web",
+        &[(crate::topics::ALL_DEVICES, QoS::AtMostOnce)],
+        false,
+    );
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
