@@ -104,6 +104,7 @@ fn cases() -> Vec<Case> {
         case("duplicate uplink", "uplinks:\n  - {name: c, url: 'mqtt://x'}\n  - {name: c, url: 'mqtt://y'}\n", "uplinks[1].name", "duplicate uplink name `c`", 3),
         case("bad log level", "log:\n  level: 'info,,=='\n", "log.level", "is not a level or filter", 2),
         case("bad log format", "log:\n  format: fancy\n", "log.format", "unknown variant `fancy`, expected one of `auto`, `text`, `json`", 2),
+        case("allowed host with a port", "web:\n  allowed_hosts: ['gw.example.com:8080']\n", "web.allowed_hosts[0]", "is not a host name", 2),
         case("duplicate web user", "web:\n  users:\n    - {username: a, password_hash: '$argon2id$v=19$m=19456,t=2,p=1$EiUG1fqUSs4MuCwimvva0Q$k8arja9ucnUOA6fWt3+lP9XIGzhvs4/Gt3zKcEjyjqA'}\n    - {username: a, password_hash: '$argon2id$v=19$m=19456,t=2,p=1$EiUG1fqUSs4MuCwimvva0Q$k8arja9ucnUOA6fWt3+lP9XIGzhvs4/Gt3zKcEjyjqA'}\n", "web.users[1].username", "duplicate username `a`", 4),
         case("alias bomb", {
             let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");

@@ -313,11 +313,16 @@ fn auth_needs_a_session_then_the_csrf_token() {
         "POST",
         "/api/login",
         Some(r#"{"username":"admin","password":"wrong"}"#),
-        &[],
+        &[("content-type", "application/json")],
     );
     assert_eq!(r.error(401), "wrong username or password");
     assert!(r.header("set-cookie").is_none());
-    let r = anon.call("POST", "/api/login", Some("not json"), &[]);
+    let r = anon.call(
+        "POST",
+        "/api/login",
+        Some("not json"),
+        &[("content-type", "application/json")],
+    );
     assert!(r.error(400).contains("expected JSON"));
 
     let h = d.login();
@@ -358,7 +363,7 @@ fn five_failed_logins_lock_the_user_for_a_minute() {
             "POST",
             "/api/login",
             Some(&format!(r#"{{"username":"{user}","password":"{pw}"}}"#)),
-            &[],
+            &[("content-type", "application/json")],
         )
     };
     for _ in 0..4 {
@@ -560,7 +565,7 @@ fn errors_are_json_with_limits_and_names_checked() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "POST /api/config/validate HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nX-CSRF-Token: {}\r\nContent-Length: {}\r\n\r\n{}",
+            "POST /api/config/validate HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {}\r\nX-CSRF-Token: {}\r\nContent-Length: {}\r\n\r\n{}",
             h.cookie.as_deref().unwrap(),
             h.csrf.as_deref().unwrap(),
             2 << 20,
@@ -1238,7 +1243,7 @@ fn tls_serves_the_api_with_secure_cookies() {
             d.password()
         );
         let req = format!(
-            "POST /api/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         tls.write_all(req.as_bytes()).await.unwrap();
@@ -1319,5 +1324,76 @@ fn ui_files_are_served_with_types_etags_and_gzip() {
                 }
             }
         }
+    }
+}
+
+/// One raw HTTP/1.1 request on a new connection; the whole answer.
+fn raw_request(port: u16, request: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+/// Issue 12 finding 13: login took any Content-Type (a cross-site form could post it), and
+/// any Host was answered (DNS rebinding). Now login wants JSON (415), and the UI answers to
+/// IP addresses, localhost, this machine's name and `web.allowed_hosts` only (421).
+#[test]
+fn login_wants_json_and_unknown_hosts_are_refused() {
+    let cfg = TempConfig::new(DEMO);
+    let text = std::fs::read_to_string(&cfg.path).unwrap().replace(
+        "web:\n  bind: 127.0.0.1:0\n",
+        "web:\n  bind: 127.0.0.1:0\n  allowed_hosts: [gw.example.com]\n",
+    );
+    std::fs::write(&cfg.path, text).unwrap();
+    let d = Daemon::start_with(cfg);
+    let body = format!(r#"{{"username":"admin","password":"{}"}}"#, d.password());
+    for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        let header = if ct.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Type: {ct}\r\n")
+        };
+        let answer = raw_request(
+            d.web,
+            &format!(
+                "POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(answer.starts_with("HTTP/1.1 415 "), "{ct}: {answer}");
+        assert!(answer.contains("application/json"), "{answer}");
+    }
+    let answer = raw_request(
+        d.web,
+        &format!(
+            "POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+
+    let get = |host: &str| {
+        raw_request(
+            d.web,
+            &format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    for host in [
+        format!("127.0.0.1:{}", d.web),
+        format!("[::1]:{}", d.web),
+        format!("localhost:{}", d.web),
+        "gw.example.com".to_string(),
+    ] {
+        let answer = get(&host);
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{host}: {answer}");
+    }
+    for host in ["attacker.example", "rebind.attacker.example:8080"] {
+        let answer = get(host);
+        assert!(answer.starts_with("HTTP/1.1 421 "), "{host}: {answer}");
+        assert!(answer.contains("web.allowed_hosts"), "{answer}");
     }
 }

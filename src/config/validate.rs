@@ -1044,6 +1044,22 @@ fn web(v: &mut V, w: &Web, binds: &mut HashMap<SocketAddr, String>) {
         private_key(v, "web.tls.key".into(), &tls.key);
     }
     users(v, "web", &w.users);
+    for (i, h) in w.allowed_hosts.iter().enumerate() {
+        let ok = h == "*"
+            || (!h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if !ok {
+            v.err(
+                format!("web.allowed_hosts[{i}]"),
+                format!(
+                    "`{h}` is not a host name: write the name alone (no scheme, port or path), \
+                     or `*` to allow any"
+                ),
+            );
+        }
+    }
 }
 
 fn log(v: &mut V, l: &Log) {

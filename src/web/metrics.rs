@@ -245,6 +245,18 @@ pub fn render(st: &State) -> String {
         st.gw.started.elapsed().as_secs(),
     );
     o.one(
+        "tidegate_web_connections_refused_total",
+        "counter",
+        "Web connections closed at once: too many open from their address or in all.",
+        g(&st.refused.connections),
+    );
+    o.one(
+        "tidegate_web_requests_timed_out_total",
+        "counter",
+        "Web requests answered 408: the body did not arrive in time.",
+        g(&st.refused.slow_bodies),
+    );
+    o.one(
         "tidegate_broker_clients_connected",
         "gauge",
         "MQTT clients connected to the local broker.",
