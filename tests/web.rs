@@ -1397,3 +1397,79 @@ fn login_wants_json_and_unknown_hosts_are_refused() {
         assert!(answer.contains("web.allowed_hosts"), "{answer}");
     }
 }
+
+/// Issue 12 finding 6: the hub kept whatever was published under `devices/<x>/<y>`; 146 MiB
+/// of publishes stayed in memory and `/api/values` returned 288 MB. Now only configured tags
+/// are kept, payloads up to 4 KiB, and the rest is counted.
+#[test]
+fn values_of_unconfigured_topics_are_not_kept() {
+    let d = Daemon::start(DEMO);
+    let h = d.login();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut opts = mqtt::options(d.mqtt_addr(), "flood");
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (c, _) = mqtt::Client::connect(opts).await;
+        let big = format!(r#"{{"value":"{}"}}"#, "x".repeat(100_000));
+        for i in 0..300 {
+            c.client
+                .publish(
+                    format!("devices/flood{i}/t"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    big.clone(),
+                )
+                .await
+                .unwrap();
+        }
+        c.client
+            .publish(
+                "devices/demo/temperature",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                big.clone(),
+            )
+            .await
+            .unwrap();
+        for i in 0..300 {
+            c.client
+                .publish(
+                    format!("devices/other{i}/t"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    r#"{"value":1}"#,
+                )
+                .await
+                .unwrap();
+        }
+        // Counted once the hub has seen them all.
+        let start = Instant::now();
+        loop {
+            let (_, samples) = parse_prometheus(&h.get("/metrics").body);
+            let count = |reason: &str| {
+                samples
+                    .iter()
+                    .find(|(name, labels, _)| {
+                        name == "tidegate_web_values_ignored_total"
+                            && labels.iter().any(|(k, v)| k == "reason" && v == reason)
+                    })
+                    .map(|s| s.2)
+                    .unwrap_or(0.0)
+            };
+            if count("too_large") >= 301.0 && count("unconfigured") >= 300.0 - 256.0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "not counted: {samples:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let body = h.get("/api/values").body;
+    assert!(body.len() < 10_000, "{} bytes", body.len());
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for value in v["values"].as_array().unwrap() {
+        assert_eq!(value["device"], "demo", "{value}");
+    }
+}

@@ -256,6 +256,22 @@ pub fn render(st: &State) -> String {
         "Web requests answered 408: the body did not arrive in time.",
         g(&st.refused.slow_bodies),
     );
+    let (unconfigured, too_large) = st.hub.ignored();
+    o.family(
+        "tidegate_web_values_ignored_total",
+        "counter",
+        "Messages under devices/ the web UI did not keep, by reason (not a configured tag, or over 4 KiB).",
+    );
+    o.sample(
+        "tidegate_web_values_ignored_total",
+        &[("reason", "unconfigured")],
+        unconfigured,
+    );
+    o.sample(
+        "tidegate_web_values_ignored_total",
+        &[("reason", "too_large")],
+        too_large,
+    );
     o.one(
         "tidegate_broker_clients_connected",
         "gauge",
