@@ -273,6 +273,12 @@ pub fn render(st: &State) -> String {
         too_large,
     );
     o.one(
+        "tidegate_broker_store_rows_quarantined",
+        "gauge",
+        "Rows of the broker store that could not be decoded, kept in its quarantine table.",
+        g(&s.store_rows_quarantined),
+    );
+    o.one(
         "tidegate_broker_clients_connected",
         "gauge",
         "MQTT clients connected to the local broker.",
