@@ -63,13 +63,14 @@ pub struct Counters {
 }
 
 /// Reasons a message bound for an uplink was dropped, as the ledger names them.
-pub const DROP_REASONS: [&str; 6] = [
+pub const DROP_REASONS: [&str; 7] = [
     "full",
     "expired",
     "rejected",
     "write_error",
     "qos0_offline",
     "purged",
+    "quarantined",
 ];
 
 /// Maps one uplink's ledger snapshot to the view.
@@ -82,6 +83,7 @@ pub fn uplink_view(s: &crate::uplink::LedgerSnapshot) -> UplinkView {
         ("write_error", d.write_error),
         ("qos0_offline", d.qos0_offline),
         ("purged", d.purged),
+        ("quarantined", d.quarantined),
     ]);
     UplinkView {
         name: s.name.clone(),
