@@ -1170,7 +1170,8 @@ fn metrics_parse_as_prometheus_text_and_healthz_answers() {
                 "rejected",
                 "write_error",
                 "qos0_offline",
-                "purged"
+                "purged",
+                "quarantined"
             ]
             .map(String::from)
         )
