@@ -100,6 +100,30 @@ fn check_inside(path: &Path, real: &Path, allowed: &[PathBuf]) -> Result<(), Str
     ))
 }
 
+/// The certificates of a PEM file (a chain, or a CA bundle), read under the rules above.
+///
+/// Fails when the file breaks a rule, cannot be read, or holds a malformed PEM section.
+pub fn read_certs(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = read_regular(path, MAX_FILE)?;
+    rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad certificate in {}: {e}", path.display()))
+}
+
+/// The private key of a PEM file, read under the rules above (owner, not writable by
+/// others).
+///
+/// Fails when the file breaks a rule, cannot be read, or holds no usable key.
+pub fn read_private_key(path: &Path) -> Result<rustls_pki_types::PrivateKeyDer<'static>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let (file, meta) = open_regular(path, MAX_FILE)?;
+    check_owner_and_writers(path, &meta)?;
+    let pem = read_capped(file, path, MAX_FILE)?;
+    rustls_pki_types::PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| format!("cannot read private key {}: {e}", path.display()))
+}
+
 /// The user id tidegate runs as: the owner of `/proc/self`.
 fn own_uid() -> Option<u32> {
     std::fs::metadata("/proc/self").ok().map(|m| m.uid())
