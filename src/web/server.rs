@@ -230,6 +230,11 @@ async fn body_deadline(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    use hyper::body::Body as _;
+    if request.body().is_end_stream() {
+        // No body (a GET, an SSE stream): nothing to wait for.
+        return next.run(request).await;
+    }
     let fired = Arc::new(AtomicBool::new(false));
     let (parts, body) = request.into_parts();
     let body = axum::body::Body::new(DeadlineBody {
