@@ -313,11 +313,16 @@ fn auth_needs_a_session_then_the_csrf_token() {
         "POST",
         "/api/login",
         Some(r#"{"username":"admin","password":"wrong"}"#),
-        &[],
+        &[("content-type", "application/json")],
     );
     assert_eq!(r.error(401), "wrong username or password");
     assert!(r.header("set-cookie").is_none());
-    let r = anon.call("POST", "/api/login", Some("not json"), &[]);
+    let r = anon.call(
+        "POST",
+        "/api/login",
+        Some("not json"),
+        &[("content-type", "application/json")],
+    );
     assert!(r.error(400).contains("expected JSON"));
 
     let h = d.login();
@@ -358,7 +363,7 @@ fn five_failed_logins_lock_the_user_for_a_minute() {
             "POST",
             "/api/login",
             Some(&format!(r#"{{"username":"{user}","password":"{pw}"}}"#)),
-            &[],
+            &[("content-type", "application/json")],
         )
     };
     for _ in 0..4 {
@@ -560,7 +565,7 @@ fn errors_are_json_with_limits_and_names_checked() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "POST /api/config/validate HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nX-CSRF-Token: {}\r\nContent-Length: {}\r\n\r\n{}",
+            "POST /api/config/validate HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {}\r\nX-CSRF-Token: {}\r\nContent-Length: {}\r\n\r\n{}",
             h.cookie.as_deref().unwrap(),
             h.csrf.as_deref().unwrap(),
             2 << 20,
@@ -1226,7 +1231,8 @@ fn metrics_parse_as_prometheus_text_and_healthz_answers() {
                 "rejected",
                 "write_error",
                 "qos0_offline",
-                "purged"
+                "purged",
+                "quarantined"
             ]
             .map(String::from)
         )
@@ -1355,7 +1361,7 @@ fn tls_serves_the_api_with_secure_cookies() {
             d.password()
         );
         let req = format!(
-            "POST /api/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         tls.write_all(req.as_bytes()).await.unwrap();
@@ -1437,4 +1443,179 @@ fn ui_files_are_served_with_types_etags_and_gzip() {
             }
         }
     }
+}
+
+/// One raw HTTP/1.1 request on a new connection; the whole answer.
+fn raw_request(port: u16, request: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+/// Issue 12 finding 13: login took any Content-Type (a cross-site form could post it), and
+/// any Host was answered (DNS rebinding). Now login wants JSON (415), and the UI answers to
+/// IP addresses, localhost, this machine's name and `web.allowed_hosts` only (421).
+#[test]
+fn login_wants_json_and_unknown_hosts_are_refused() {
+    let cfg = TempConfig::new(DEMO);
+    let text = std::fs::read_to_string(&cfg.path).unwrap().replace(
+        "web:\n  bind: 127.0.0.1:0\n",
+        "web:\n  bind: 127.0.0.1:0\n  allowed_hosts: [gw.example.com]\n",
+    );
+    std::fs::write(&cfg.path, text).unwrap();
+    let d = Daemon::start_with(cfg);
+    let body = format!(r#"{{"username":"admin","password":"{}"}}"#, d.password());
+    for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        let header = if ct.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Type: {ct}\r\n")
+        };
+        let answer = raw_request(
+            d.web,
+            &format!(
+                "POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(answer.starts_with("HTTP/1.1 415 "), "{ct}: {answer}");
+        assert!(answer.contains("application/json"), "{answer}");
+    }
+    let answer = raw_request(
+        d.web,
+        &format!(
+            "POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+
+    let get = |host: &str| {
+        raw_request(
+            d.web,
+            &format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    for host in [
+        format!("127.0.0.1:{}", d.web),
+        format!("[::1]:{}", d.web),
+        format!("localhost:{}", d.web),
+        "gw.example.com".to_string(),
+    ] {
+        let answer = get(&host);
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{host}: {answer}");
+    }
+    for host in ["attacker.example", "rebind.attacker.example:8080"] {
+        let answer = get(host);
+        assert!(answer.starts_with("HTTP/1.1 421 "), "{host}: {answer}");
+        assert!(answer.contains("web.allowed_hosts"), "{answer}");
+    }
+}
+
+/// Issue 12 finding 6: the hub kept whatever was published under `devices/<x>/<y>`; 146 MiB
+/// of publishes stayed in memory and `/api/values` returned 288 MB. Now only configured tags
+/// are kept, payloads up to 4 KiB, and the rest is counted.
+#[test]
+fn values_of_unconfigured_topics_are_not_kept() {
+    let d = Daemon::start(DEMO);
+    let h = d.login();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut opts = mqtt::options(d.mqtt_addr(), "flood");
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (c, _) = mqtt::Client::connect(opts).await;
+        let big = format!(r#"{{"value":"{}"}}"#, "x".repeat(100_000));
+        for i in 0..300 {
+            c.client
+                .publish(
+                    format!("devices/flood{i}/t"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    big.clone(),
+                )
+                .await
+                .unwrap();
+        }
+        c.client
+            .publish(
+                "devices/demo/temperature",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                big.clone(),
+            )
+            .await
+            .unwrap();
+        for i in 0..300 {
+            c.client
+                .publish(
+                    format!("devices/other{i}/t"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    r#"{"value":1}"#,
+                )
+                .await
+                .unwrap();
+        }
+        // Counted once the hub has seen them all.
+        let start = Instant::now();
+        loop {
+            let (_, samples) = parse_prometheus(&h.get("/metrics").body);
+            let count = |reason: &str| {
+                samples
+                    .iter()
+                    .find(|(name, labels, _)| {
+                        name == "tidegate_web_values_ignored_total"
+                            && labels.iter().any(|(k, v)| k == "reason" && v == reason)
+                    })
+                    .map(|s| s.2)
+                    .unwrap_or(0.0)
+            };
+            if count("too_large") >= 301.0 && count("unconfigured") >= 300.0 - 256.0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "not counted: {samples:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let body = h.get("/api/values").body;
+    assert!(body.len() < 10_000, "{} bytes", body.len());
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for value in v["values"].as_array().unwrap() {
+        assert_eq!(value["device"], "demo", "{value}");
+    }
+}
+
+/// Issue 12 finding 10: a 1 MiB config took 35 s to check, on the async runtime, and
+/// SIGTERM and SIGHUP went unanswered meanwhile. Now checking is linear and off the runtime:
+/// a PUT of 1 MiB with 88,000 unknown keys is refused with every error, and a SIGTERM sent
+/// while it is being checked stops the daemon cleanly.
+#[test]
+fn a_big_config_is_checked_and_does_not_hold_up_sigterm() {
+    let mut d = Daemon::start(DEMO);
+    let h = d.login();
+    let mut text = String::from("web:\n");
+    let mut keys = 0;
+    while text.len() < (1 << 20) - 64 {
+        text.push_str(&format!("  k{keys}: 1\n"));
+        keys += 1;
+    }
+    let v = h.send("POST", "/api/config/validate", &text).json();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), keys);
+
+    let put = std::thread::spawn(move || h.send("PUT", "/api/config", &text).status);
+    // Give the request a moment to reach the daemon; whether it is answered before the
+    // shutdown or cut by it, the daemon must stop within the grace period.
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&d.child, "TERM");
+    let (status, _) = wait_exit(&mut d.child, Duration::from_secs(20));
+    assert!(status.success(), "{status}\n{}", d.log());
+    let _ = put.join();
 }

@@ -194,6 +194,7 @@ devices:
       - {{ name: counter, signal: counter, min: 0, max: 1000000, type: u32 }}
       - {{ name: setpoint, signal: random, min: 0, max: 100, type: u16, writable: true }}
       - {{ name: mode, signal: square, min: 0, max: 3, period: 60s, type: u16, writable: true }}
+      - {{ name: probe, signal: counter, min: 0, max: 0, publish_every: 0, unit: bar }}
   - name: rig
     driver: modbus_tcp
     host: 127.0.0.1
@@ -292,12 +293,26 @@ fn browser_scenario() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    daemon.publish(
-        "devices/demo/probe",
-        &format!(
-            r#"{{"value": 3.25, "unit": "bar", "ts": {ts}, "quality": "bad", "error": "timeout"}}"#
-        ),
+    // The UI shows configured tags only; `probe` is one whose simulated value never changes
+    // (published once at start), so the bad reading, published again until the browser is
+    // done, stays the latest.
+    let probe = format!(
+        r#"{{"value": 3.25, "unit": "bar", "ts": {ts}, "quality": "bad", "error": "timeout"}}"#
     );
+    daemon.publish("devices/demo/probe", &probe);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let republish = {
+        let (done, port) = (done.clone(), common::mqtt_port(&daemon.log()).to_string());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                let _ = Command::new("mosquitto_pub")
+                    .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-r"])
+                    .args(["-t", "devices/demo/probe", "-m", &probe])
+                    .status();
+            }
+        })
+    };
     // Screenshots (and failure.png when a step fails) go to target/tmp unless asked elsewhere; a
     // relative path is taken from where `cargo test` runs (node runs in tests/e2e).
     let shots = std::env::var_os("TIDEGATE_SCREENSHOTS")
@@ -319,6 +334,8 @@ fn browser_scenario() {
         pid.as_str(),
     ];
     let (ok, out) = node("run.mjs", &args, Duration::from_secs(300));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = republish.join();
     println!("{out}");
     assert!(
         ok,

@@ -320,8 +320,9 @@ impl Controller {
                 });
             }
         }
-        let new =
-            config::parse_in(&change.text, config_base(&path)).map_err(ApplyError::Invalid)?;
+        let new = parse_off_runtime(&change.text, &path)
+            .await
+            .map_err(ApplyError::Invalid)?;
         if change.text == current && change.text == *self.run.text {
             return Ok(Applied {
                 version: current_version,
@@ -383,7 +384,7 @@ impl Controller {
                 return;
             }
         };
-        let new = match config::parse_in(&text, config_base(&path)) {
+        let new = match parse_off_runtime(&text, &path).await {
             Ok(c) => c,
             Err(errors) => {
                 for e in &errors {
@@ -832,6 +833,26 @@ async fn build_core(
         }
     }));
     Ok((broker, core, addrs, subs))
+}
+
+/// [`config::parse_in`] of the config file at `path`, on the blocking pool: it reads the files
+/// the config names and may take a while on a big text, and the task calling it also answers
+/// signals.
+async fn parse_off_runtime(
+    text: &str,
+    path: &Path,
+) -> Result<config::Config, Vec<config::ConfigError>> {
+    let (text, path) = (text.to_string(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || config::parse_in(&text, config_base(&path)))
+        .await
+        .unwrap_or_else(|e| {
+            Err(vec![config::ConfigError {
+                path: String::new(),
+                line: None,
+                column: None,
+                message: format!("checking the config failed: {e}"),
+            }])
+        })
 }
 
 /// Clears (publishes empty retained messages on) what devices removed from the config left

@@ -163,7 +163,18 @@ impl Broker {
         if let Some(moved) = &snapshot.recovered_from_corruption {
             tracing::error!(moved_to = %moved.display(), "The broker store was corrupt; it was moved aside and a new one started");
         }
+        if snapshot.quarantined_now > 0 {
+            tracing::error!(
+                path = %path.display(),
+                rows = snapshot.quarantined_now,
+                "Broker store rows could not be decoded; they were moved to its quarantine table"
+            );
+        }
         let mut shared = Shared::new(settings.limits);
+        shared
+            .stats
+            .store_rows_quarantined
+            .store(snapshot.quarantined, std::sync::atomic::Ordering::Relaxed);
         shared.store = Some(store);
         let broker = Self::with_shared(settings, shared);
         let (retained, sessions) = persist::restore(&broker.ctx.shared, snapshot);

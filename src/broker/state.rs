@@ -327,6 +327,8 @@ pub struct Stats {
     pub clients_connected: AtomicUsize,
     pub connections_refused: AtomicU64,
     pub malformed_packets: AtomicU64,
+    /// Rows of the broker store's quarantine table (undecodable rows set aside, SPEC §5).
+    pub store_rows_quarantined: AtomicU64,
 }
 
 /// The state every connection and in-process client shares.

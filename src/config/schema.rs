@@ -829,6 +829,10 @@ pub struct Web {
     pub metrics: bool,
     #[serde(deserialize_with = "lenient_vec")]
     pub users: Vec<User>,
+    /// Host names the UI may be reached by, besides IP addresses, `localhost` and this
+    /// machine's host name (with and without `.local`); `"*"` allows any (DNS rebinding
+    /// protection off). See docs/WEB.md.
+    pub allowed_hosts: Vec<String>,
 }
 
 pub const DEFAULT_WEB_BIND: &str = "0.0.0.0:8080";
@@ -841,6 +845,7 @@ impl Default for Web {
             tls: None,
             metrics: true,
             users: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -16,7 +16,7 @@ use super::schema::*;
 use super::units::Dur;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 type Errors = Vec<(String, String)>;
 
@@ -39,16 +39,19 @@ impl V {
 /// Checks `config`. `complete` says deserialization lost nothing (no item was dropped for a
 /// type error); rules that would misfire on a partial config (a regex group whose tag was
 /// dropped) run only then.
-pub fn validate(config: &Config, complete: bool) -> Errors {
-    check(config, complete).errors
+///
+/// `config_dir` is the config file's directory (`None`: the working directory); password files
+/// must lie in it ([`super::files`]).
+pub fn validate(config: &Config, complete: bool, config_dir: Option<&Path>) -> Errors {
+    check(config, complete, config_dir).errors
 }
 
 /// The warnings about a valid `config`: (path, message), like errors but not fatal.
-pub fn warnings(config: &Config) -> Errors {
-    check(config, true).warnings
+pub fn warnings(config: &Config, config_dir: Option<&Path>) -> Errors {
+    check(config, true, config_dir).warnings
 }
 
-fn check(config: &Config, complete: bool) -> V {
+fn check(config: &Config, complete: bool, config_dir: Option<&Path>) -> V {
     let mut v = V {
         errors: Vec::new(),
         warnings: Vec::new(),
@@ -57,7 +60,11 @@ fn check(config: &Config, complete: bool) -> V {
     let mut binds: HashMap<SocketAddr, String> = HashMap::new();
     broker(&mut v, &config.broker, &mut binds);
     devices(&mut v, &config.devices, complete);
-    uplinks(&mut v, &config.uplinks);
+    uplinks(
+        &mut v,
+        &config.uplinks,
+        &super::files::secret_dirs(config_dir),
+    );
     web(&mut v, &config.web, &mut binds);
     log(&mut v, &config.log);
     v
@@ -122,9 +129,17 @@ fn bind(v: &mut V, path: String, addr: &str, binds: &mut HashMap<SocketAddr, Str
     }
 }
 
+/// A certificate or CA: a regular file, read without blocking (see [`super::files`]).
 fn readable(v: &mut V, path: String, file: &Path) {
-    if let Err(e) = std::fs::File::open(file) {
-        v.err(path, format!("cannot read {}: {e}", file.display()));
+    if let Err(e) = super::files::check_public(file) {
+        v.err(path, e);
+    }
+}
+
+/// A TLS private key: [`readable`], owned by root or us, not writable by others.
+fn private_key(v: &mut V, path: String, file: &Path) {
+    if let Err(e) = super::files::check_private_key(file) {
+        v.err(path, e);
     }
 }
 
@@ -162,7 +177,7 @@ fn broker(v: &mut V, b: &Broker, binds: &mut HashMap<SocketAddr, String>) {
         bind(v, format!("{p}.bind"), &l.bind, binds);
         if let Some(tls) = &l.tls {
             readable(v, format!("{p}.tls.cert"), &tls.cert);
-            readable(v, format!("{p}.tls.key"), &tls.key);
+            private_key(v, format!("{p}.tls.key"), &tls.key);
             if let Some(ca) = &tls.client_ca {
                 readable(v, format!("{p}.tls.client_ca"), ca);
             }
@@ -965,7 +980,7 @@ pub fn split_url(url: &str) -> Result<(&str, &str, u16, &str), String> {
     Ok((scheme, host, port, path))
 }
 
-fn uplinks(v: &mut V, uplinks: &[Uplink]) {
+fn uplinks(v: &mut V, uplinks: &[Uplink], secret_dirs: &[PathBuf]) {
     unique(
         v,
         uplinks
@@ -1006,7 +1021,9 @@ fn uplinks(v: &mut V, uplinks: &[Uplink]) {
             );
         }
         if let Some(file) = &u.password_file {
-            readable(v, format!("{p}.password_file"), file);
+            if let Err(e) = super::files::read_password(file, Some(secret_dirs)) {
+                v.err(format!("{p}.password_file"), e);
+            }
         }
         if (u.password.is_some() || u.password_file.is_some()) && u.username.is_none() {
             v.err(
@@ -1021,10 +1038,13 @@ fn uplinks(v: &mut V, uplinks: &[Uplink]) {
                     "a client certificate needs both `cert` and `key`",
                 );
             }
-            for (key, file) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+            for (key, file) in [("ca", &tls.ca), ("cert", &tls.cert)] {
                 if let Some(file) = file {
                     readable(v, format!("{p}.tls.{key}"), file);
                 }
+            }
+            if let Some(file) = &tls.key {
+                private_key(v, format!("{p}.tls.key"), file);
             }
         }
         let ka = u.keepalive.0.as_secs();
@@ -1094,9 +1114,25 @@ fn web(v: &mut V, w: &Web, binds: &mut HashMap<SocketAddr, String>) {
     }
     if let Some(tls) = &w.tls {
         readable(v, "web.tls.cert".into(), &tls.cert);
-        readable(v, "web.tls.key".into(), &tls.key);
+        private_key(v, "web.tls.key".into(), &tls.key);
     }
     users(v, "web", &w.users);
+    for (i, h) in w.allowed_hosts.iter().enumerate() {
+        let ok = h == "*"
+            || (!h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if !ok {
+            v.err(
+                format!("web.allowed_hosts[{i}]"),
+                format!(
+                    "`{h}` is not a host name: write the name alone (no scheme, port or path), \
+                     or `*` to allow any"
+                ),
+            );
+        }
+    }
 }
 
 fn log(v: &mut V, l: &Log) {

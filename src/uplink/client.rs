@@ -8,11 +8,9 @@
 
 use crate::broker::codec::QoS as Q;
 use crate::config::{self, Protocol};
-use anyhow::Context;
 use bytes::Bytes;
 use rumqttc::{TlsConfiguration, Transport};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::rustls;
@@ -89,10 +87,9 @@ fn tls(tls: Option<&config::ClientTls>) -> anyhow::Result<TlsConfiguration> {
     let mut roots = rustls::RootCertStore::empty();
     match tls.and_then(|t| t.ca.as_ref()) {
         Some(ca) => {
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("cannot read CA {}", ca.display()))?
-            {
-                roots.add(cert.with_context(|| format!("bad certificate in {}", ca.display()))?)?;
+            // Under the config's file rules (regular files only, without blocking).
+            for cert in crate::config::files::read_certs(ca).map_err(anyhow::Error::msg)? {
+                roots.add(cert)?;
             }
         }
         None => {
@@ -107,11 +104,9 @@ fn tls(tls: Option<&config::ClientTls>) -> anyhow::Result<TlsConfiguration> {
         .with_root_certificates(roots);
     let config = match tls.and_then(|t| t.cert.as_ref().zip(t.key.as_ref())) {
         Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("cannot read {}", cert.display()))?
-                .collect::<Result<_, _>>()?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("cannot read {}", key.display()))?;
+            let chain: Vec<CertificateDer<'static>> =
+                crate::config::files::read_certs(cert).map_err(anyhow::Error::msg)?;
+            let key = crate::config::files::read_private_key(key).map_err(anyhow::Error::msg)?;
             builder.with_client_auth_cert(chain, key)?
         }
         None => builder.with_no_client_auth(),

@@ -81,6 +81,8 @@ pub struct QueueSummary {
     pub file_bytes: u64,
     /// `buffer.max_bytes` from the config, when configured.
     pub max_bytes: Option<u64>,
+    /// Messages in the quarantine table: undecodable (bit rot), set aside, never forwarded.
+    pub quarantined: u64,
 }
 
 /// One queued message as `list` shows it.
@@ -225,6 +227,7 @@ pub fn summary(
         newest_received_at_ms: None,
         file_bytes: 0,
         max_bytes,
+        quarantined: 0,
     };
     if !s.exists {
         return Ok(s);
@@ -257,6 +260,7 @@ pub fn summary(
         .oldest_received_at_ms
         .map(|t| now_ms.saturating_sub(t) / 1000);
     s.newest_received_at_ms = r.5.map(to_u64);
+    s.quarantined = super::queue::quarantined_rows(&conn).map_err(sqlite(path))?;
     drop(conn);
     s.file_bytes = file_bytes(path);
     Ok(s)
@@ -287,9 +291,16 @@ pub fn list(
             |r| {
                 let payload: Vec<u8> = r.get(2)?;
                 let received: i64 = r.get(6)?;
+                // Lossy: `list` shows what is there, bit rot included.
+                let topic = match r.get_ref(1)? {
+                    rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => {
+                        String::from_utf8_lossy(b).into_owned()
+                    }
+                    other => format!("{other:?}"),
+                };
                 Ok(QueuedMessage {
                     seq: to_u64(r.get(0)?),
-                    topic: r.get(1)?,
+                    topic,
                     qos: u8::try_from(r.get::<_, i64>(3)?).unwrap_or(u8::MAX),
                     retain: r.get::<_, i64>(4)? != 0,
                     size: to_u64(r.get(5)?),
@@ -580,5 +591,13 @@ fn write_summary(out: &mut dyn std::io::Write, s: &QueueSummary) -> std::io::Res
         writeln!(out, "  oldest:   {} ago", age(a))?;
     }
     writeln!(out, "  on disk:  {} (database + WAL)", bytes(s.file_bytes))?;
+    if s.quarantined > 0 {
+        writeln!(
+            out,
+            "  quarantined: {} undecodable message{} (table `quarantine`; not forwarded)",
+            s.quarantined,
+            if s.quarantined == 1 { "" } else { "s" }
+        )?;
+    }
     Ok(())
 }

@@ -169,6 +169,7 @@ impl Ledger {
                 write_error: q.failed_messages + get(&self.dropped_write_error),
                 qos0_offline: get(&self.dropped_qos0_offline),
                 purged: q.purged,
+                quarantined: q.quarantined,
             },
             queue: QueueGauges {
                 messages: q.depth,
@@ -238,6 +239,8 @@ pub struct Dropped {
     pub qos0_offline: u64,
     /// Deleted by `tidegate queue purge` while the daemon ran.
     pub purged: u64,
+    /// Could not be decoded from the queue (bit rot), moved to its quarantine table.
+    pub quarantined: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -291,6 +294,7 @@ impl LedgerSnapshot {
             ("dropped/write_error", d.write_error.to_string()),
             ("dropped/qos0_offline", d.qos0_offline.to_string()),
             ("dropped/purged", d.purged.to_string()),
+            ("dropped/quarantined", d.quarantined.to_string()),
             ("queue/messages", q.messages.to_string()),
             ("queue/bytes", q.bytes.to_string()),
             (

@@ -209,15 +209,19 @@ impl Uplink {
         let target = client::target(cfg).map_err(TaskError::Fatal)?;
         let password = match (&cfg.password, &cfg.password_file) {
             (Some(p), _) => Some(p.clone()),
-            (None, Some(f)) => Some(
-                tokio::fs::read_to_string(f)
-                    .await
-                    .map_err(|e| {
-                        TaskError::Failed(anyhow::anyhow!("cannot read {}: {e}", f.display()))
-                    })?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
+            (None, Some(f)) => {
+                // The rules of docs/SECURITY.md "Secret files", checked again as it is read
+                // (its place was checked when the config was validated).
+                let f = f.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    crate::config::files::read_password(&f, None)
+                })
+                .await
+                .map_err(|e| {
+                    TaskError::Failed(anyhow::anyhow!("reading the password file: {e}"))
+                })?;
+                Some(read.map_err(|e| TaskError::Failed(anyhow::anyhow!(e)))?)
+            }
             (None, None) => None,
         };
         let settings = client::Settings {

@@ -296,6 +296,16 @@ pub struct QueueStats {
     pub last_commit_latency: Duration,
     /// Size of the database file plus its WAL, after the last transaction.
     pub file_bytes: u64,
+    /// Messages that could not be decoded, moved to the quarantine table (never forwarded).
+    pub quarantined: u64,
+}
+
+/// Messages in the quarantine table of the queue database on `conn` (undecodable rows set
+/// aside, SPEC §5); 0 when there never was one.
+///
+/// Fails when the database cannot be read.
+pub fn quarantined_rows(conn: &rusqlite::Connection) -> Result<u64, rusqlite::Error> {
+    schema::quarantined(conn)
 }
 
 struct Shared {
@@ -537,6 +547,7 @@ impl Queue {
             overloaded: get(&c.overloaded),
             write_failures: get(&c.write_failures),
             failed_messages: get(&c.failed_messages),
+            quarantined: get(&c.quarantined),
             commits: get(&c.commits),
             last_commit_latency: Duration::from_micros(get(&c.last_commit_latency_us)),
             file_bytes: get(&c.file_bytes),

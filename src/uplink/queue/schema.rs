@@ -39,6 +39,35 @@ fn migrate_0_to_1(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// The table undecodable messages are moved to (SPEC §5), made when the first one is: a
+/// healthy queue never has it. Values are kept as bytes, for a person to look at.
+pub(super) const QUARANTINE_TABLE: &str = "CREATE TABLE IF NOT EXISTS quarantine (
+    id             INTEGER PRIMARY KEY,
+    message_id     INTEGER NOT NULL,
+    reason         TEXT    NOT NULL,
+    quarantined_ms INTEGER NOT NULL,
+    topic          BLOB,
+    payload        BLOB,
+    qos            INTEGER,
+    retain         INTEGER,
+    properties     BLOB,
+    received_at_ms INTEGER
+)";
+
+/// Messages in the quarantine table of the queue on `conn` (0 when it was never made).
+pub(crate) fn quarantined(conn: &Connection) -> Result<u64, rusqlite::Error> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    let n: i64 = conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// What is in the queue, as counted at open (and again after an outside write).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Totals {
