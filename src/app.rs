@@ -128,7 +128,9 @@ pub async fn run(config: Config, origin: Origin) -> anyhow::Result<Stop> {
     };
     if matches!(origin, Origin::File(_)) {
         // Who made this version the running one: the history shows it once it is replaced.
-        if let Err(e) = live::note_running(&config.gateway.data_dir, &text, "start-up") {
+        if let Err(e) =
+            crate::config::history::note_running(&config.gateway.data_dir, &text, "start-up")
+        {
             warn!(
                 error = format!("{e:#}"),
                 "Cannot note the running config in the history"

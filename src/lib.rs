@@ -19,10 +19,13 @@
 //!   `tidegate modbus`), [`drivers::serial`], [`drivers::gpio`], [`drivers::simulated`].
 //! - [`uplink`] — bridges to cloud brokers: topic rules, the SQLite store-and-forward queue,
 //!   the ordered-acknowledgement tracker, birth/Will status, `tidegate queue`.
+//! - [`gateway`] — the handle the app gives the web server: what runs now, and the way to ask
+//!   for a config change (the controller in `app::live` applies it).
 //! - [`web`] — the web UI and HTTP API (axum): sessions, status, live values over SSE, config
 //!   validate / apply / history, `/metrics`, `/healthz`, `/readyz`.
 //! - [`auth`] — argon2id password hashes for broker and web users, checked with bounded
 //!   concurrency (`tidegate passwd`).
+//! - [`clock`] — the one wall clock (Unix milliseconds).
 //! - [`logging`] — tracing to the systemd journal, or text / JSON on stderr.
 //! - [`topics`] — the local topic scheme (`devices/<device>/<tag>`, `$status`, `/set`), one home.
 //! - `main.rs` and `cli/` (binary only) — the command line (SPEC §1): `run` in `main.rs`,
@@ -44,8 +47,10 @@
 pub mod app;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod drivers;
+pub mod gateway;
 pub mod logging;
 pub mod task;
 pub mod topics;

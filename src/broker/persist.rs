@@ -23,15 +23,11 @@ use super::state::{
 use super::store::{Op, QueuedRow, RetainedRow, SessionRow, Snapshot, SubscriptionRow};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::now_ms;
 
 /// A monotonic deadline as Unix milliseconds.
 fn deadline_ms(at: Option<Instant>) -> Option<u64> {

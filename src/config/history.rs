@@ -108,7 +108,7 @@ pub fn note_running(data_dir: &Path, text: &str, by: &str) -> anyhow::Result<()>
     let note = Provenance {
         version: v,
         applied_by: Some(by.to_string()),
-        applied_at: Some(crate::drivers::reading::now_ms()),
+        applied_at: Some(crate::clock::now_ms()),
         replaced_by: None,
     };
     write_atomic(
@@ -138,7 +138,7 @@ pub fn save_history(data_dir: &Path, text: &str, replaced_by: &str) -> anyhow::R
         return Ok(());
     }
     // Ids sort in the order they were saved, even within one millisecond.
-    let now = crate::drivers::reading::now_ms().max(newest.map_or(0, |e| e.saved + 1));
+    let now = crate::clock::now_ms().max(newest.map_or(0, |e| e.saved + 1));
     let id = format!("{now:013}-{}", &v[..12]);
     let mut note = read_note(&dir.join(RUNNING_NOTE))
         .filter(|n| n.version == v)

@@ -411,7 +411,7 @@ pub fn run_cli(
     out: &mut dyn std::io::Write,
     confirm: &mut dyn FnMut(&str, u64) -> bool,
 ) -> Result<(), InspectError> {
-    let now = crate::drivers::reading::now_ms();
+    let now = crate::clock::now_ms();
     let targets = targets(config, only)?;
     let max_bytes = |name: &str| {
         config

@@ -109,7 +109,7 @@ impl Ledger {
             .store(state == LinkState::Connected, Ordering::Relaxed);
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if st.0 != state || st.1 == 0 {
-            st.1 = crate::drivers::reading::now_ms();
+            st.1 = crate::clock::now_ms();
         }
         // A plain disconnect after a stall keeps showing the stall until a connect.
         if !(st.0 == LinkState::Stalled && state == LinkState::Disconnected) {
@@ -145,7 +145,7 @@ impl Ledger {
             .as_ref()
             .map(|q| q.stats())
             .unwrap_or_default();
-        let now = crate::drivers::reading::now_ms();
+        let now = crate::clock::now_ms();
         let ack_rate = f64::from_bits(get(&self.ack_rate_bits));
         let draining = self.draining.load(Ordering::Relaxed) && state == LinkState::Connected;
         LedgerSnapshot {

@@ -3,9 +3,10 @@
 
 use super::auth::{self, Caller};
 use super::{error, valid_name, ApiError, Served, State};
-use crate::app::live::{self, ApplyError, Change};
 use crate::broker::codec::QoS;
+use crate::config::history;
 use crate::config::{Device, Driver};
+use crate::gateway::{ApplyError, Change};
 use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -256,16 +257,16 @@ pub async fn get_config(axum::extract::State(st): St) -> Response {
     let running = st.gw.config_text();
     let differs = *running != *text;
     let mut r = Json(json!({
-        "version": live::version(&text),
+        "version": history::version(&text),
         "writable": path.is_some(),
         "path": path,
         "yaml": text,
-        "running_version": live::version(&running),
+        "running_version": history::version(&running),
         "file_differs": differs,
         "running_diff": if differs { diff(&running, &text) } else { String::new() },
     }))
     .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", live::version(&text))) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", history::version(&text))) {
         r.headers_mut().insert(header::ETAG, v);
     }
     r
@@ -283,7 +284,7 @@ pub async fn validate_config(axum::extract::State(st): St, body: axum::body::Byt
         Ok(t) => t,
         Err(r) => return r.into_response(),
     };
-    let base = st.gw.config_path().and_then(live::config_base);
+    let base = st.gw.config_path().and_then(history::config_base);
     let parsed = {
         let text = text.clone();
         let base = base.map(|b| b.to_path_buf());
@@ -375,7 +376,7 @@ pub async fn add_tag(axum::extract::State(st): St, body: axum::body::Bytes) -> R
     let base = st
         .gw
         .config_path()
-        .and_then(live::config_base)
+        .and_then(history::config_base)
         .map(|b| b.to_path_buf());
     let device = body.device;
     let added = tokio::task::spawn_blocking(move || {
@@ -467,20 +468,20 @@ fn data_dir(st: &State) -> std::path::PathBuf {
 
 /// `GET /api/config/history` → `{"history": [{"id","saved","version","bytes"}]}`, newest first.
 pub async fn history(axum::extract::State(st): St) -> Response {
-    match live::list_history(&data_dir(&st)) {
+    match history::list_history(&data_dir(&st)) {
         Ok(list) => Json(json!({ "history": list })).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")),
     }
 }
 
 fn history_text(st: &State, id: &str) -> Result<String, ApiError> {
-    if !live::valid_history_id(id) {
+    if !history::valid_history_id(id) {
         return Err(ApiError::from_parts(
             StatusCode::NOT_FOUND,
             format!("no kept config `{id}`"),
         ));
     }
-    match live::read_history(&data_dir(st), id) {
+    match history::read_history(&data_dir(st), id) {
         Ok(Some(t)) => Ok(t),
         Ok(None) => Err(ApiError::from_parts(
             StatusCode::NOT_FOUND,
@@ -499,7 +500,7 @@ pub async fn history_entry(axum::extract::State(st): St, Path(id): Path<String>)
     match history_text(&st, &id) {
         Ok(text) => Json(json!({
             "id": id,
-            "version": live::version(&text),
+            "version": history::version(&text),
             "diff": diff(&st.gw.config_text(), &text),
             "yaml": text,
         }))

@@ -267,7 +267,7 @@ impl Hub {
     }
 
     /// Once a second: broker rates and uplink state changes.
-    fn tick(&self, broker: &Broker, gw: &crate::app::live::Gateway) {
+    fn tick(&self, broker: &Broker, gw: &crate::gateway::Gateway) {
         let stats = broker.stats();
         let received = stats.messages_received.load(Ordering::Relaxed);
         let sent = stats.messages_sent.load(Ordering::Relaxed);

@@ -27,8 +27,8 @@ pub mod hub;
 pub mod metrics;
 pub mod server;
 
-use crate::app::live::Gateway;
 use crate::config::{self, Config};
+use crate::gateway::Gateway;
 use anyhow::Context;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
