@@ -319,6 +319,25 @@ impl Connection {
     }
 }
 
+/// An error and its causes as one line, without repeating a cause that the message before
+/// it already quotes: rumqttc's `I/O: {0}` wraps an `io::Error` and also names it as its
+/// source, which `{:#}` would print twice (`I/O: Connection refused (os error 111):
+/// Connection refused (os error 111)`).
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// Whether a connection ended because the broker stopped answering keep-alive pings: the
 /// link was up but stalled (rumqttc's `AwaitPingResp`), not refused or closed.
 pub fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
@@ -333,4 +352,20 @@ pub fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
             rumqttc::v5::StateError::AwaitPingResp
         ))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_does_not_repeat_a_quoted_cause() {
+        let io = std::io::Error::from_raw_os_error(111);
+        let e = anyhow::Error::from(rumqttc::ConnectionError::Io(io));
+        let text = describe(&e);
+        assert_eq!(text.matches("os error 111").count(), 1, "{text}");
+        assert!(text.starts_with("I/O: Connection refused"), "{text}");
+        let chained = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&chained), "outer: inner");
+    }
 }

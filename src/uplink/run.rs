@@ -18,9 +18,13 @@
 //! - **status**: every CONNECT carries the Will (`online: false`, "connection lost",
 //!   retained, QoS 1); once connected, the birth message (`online: true`, ...) is published
 //!   retained; a graceful stop publishes `online: false`, "shutdown" before DISCONNECT.
-//! - **stall**: messages in flight and no acknowledgement for 2 × keepalive: the connection
-//!   is recycled (HiveMQ Edge #1290: "connected" but stalled), and the ledger's state says
-//!   `stalled` until the next successful connect.
+//! - **stall**: messages in flight and the link has not moved for 2 × keepalive — no
+//!   acknowledgement and no queued QoS 0 message written since the last one, or since the
+//!   first message went into an empty window: the connection is recycled (HiveMQ Edge #1290:
+//!   "connected" but stalled), and the ledger's state says `stalled` until the next
+//!   successful connect. (Measuring from the last acknowledgement alone recycled healthy
+//!   links: QoS 0 traffic never acknowledged, and a quiet link's next message looked
+//!   overdue the moment it was sent — issue 18.)
 //! - **drain**: a connect that finds a backlog starts a drain, paced by `buffer.drain_rate`
 //!   until the sender has caught up (see [`super::drain`]); the ledger shows it with an ETA.
 
@@ -276,7 +280,7 @@ impl Uplink {
             // Keep the window full while connected.
             if let Some(l) = link.as_mut().filter(|l| l.connected) {
                 if let Err(e) = self.send_more(l, &queue).await {
-                    warn!(uplink = %name, error = %format!("{e:#}"), "Sending failed; reconnecting");
+                    warn!(uplink = %name, error = %client::describe(&e), "Sending failed; reconnecting");
                     link = None;
                     retry_at = Instant::now() + backoff;
                 }
@@ -321,15 +325,15 @@ impl Uplink {
                             // Up, but the broker stopped answering: a stall, not a close.
                             warn!(uplink = %name, "Uplink stalled: no answer to the keep-alive ping; recycling the connection");
                             self.ledger.stalls.fetch_add(1, Ordering::Relaxed);
-                            self.ledger.set_state(LinkState::Stalled, Some(format!("stalled: {e:#}")));
+                            self.ledger.set_state(LinkState::Stalled, Some(format!("stalled: {}", client::describe(&e))));
                         } else {
-                            self.ledger.set_state(LinkState::Disconnected, Some(format!("{e:#}")));
+                            self.ledger.set_state(LinkState::Disconnected, Some(client::describe(&e)));
                         }
                         if was_up {
-                            warn!(uplink = %name, error = %format!("{e:#}"), "Uplink connection lost");
+                            warn!(uplink = %name, error = %client::describe(&e), "Uplink connection lost");
                             backoff = cfg.reconnect.min.0;
                         } else {
-                            warn!(uplink = %name, error = %format!("{e:#}"), retry_in = ?backoff, "Cannot connect the uplink");
+                            warn!(uplink = %name, error = %client::describe(&e), retry_in = ?backoff, "Cannot connect the uplink");
                         }
                         link = None;
                         retry_at = Instant::now() + jitter(backoff);
@@ -538,6 +542,11 @@ impl Uplink {
                 continue;
             };
             let qos = QoS::from_u8(m.qos).unwrap_or(QoS::AtLeastOnce);
+            if l.tracker.in_flight() == 0 {
+                // The stall clock starts with the first message in flight, not at the last
+                // acknowledgement, which may be long ago on a quiet link.
+                l.last_progress = Instant::now();
+            }
             l.tracker.sent(m.id, m.qos)?;
             l.handed.push_back(Handed::Queued);
             l.client.publish(&m.topic, qos, m.retain, m.payload).await?;
@@ -588,6 +597,10 @@ impl Uplink {
             }
             Up::Sent(pkid) => match l.handed.pop_front() {
                 Some(Handed::Queued) => {
+                    if pkid == 0 {
+                        // A QoS 0 message is done once written: the link moves.
+                        l.last_progress = Instant::now();
+                    }
                     if let Some(through) = l.tracker.assigned(pkid)? {
                         l.acked_through(through);
                     }
@@ -598,10 +611,10 @@ impl Uplink {
                 Some(Handed::Direct) | None => {}
             },
             Up::Acked(pkid) => {
+                l.last_progress = Instant::now();
                 if l.status_pkids.remove(&pkid) {
                     return Ok(());
                 }
-                l.last_progress = Instant::now();
                 if let Some(through) = l.tracker.acked(pkid)? {
                     l.acked_through(through);
                 }

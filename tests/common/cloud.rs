@@ -24,7 +24,15 @@ pub fn have_mosquitto() -> bool {
 pub struct Mosquitto {
     pub child: Child,
     pub addr: SocketAddr,
+    log: Arc<std::sync::Mutex<String>>,
     _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Mosquitto's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Mosquitto {
@@ -54,26 +62,48 @@ pub fn wait_listening(addr: SocketAddr) {
 }
 
 pub fn mosquitto() -> Mosquitto {
+    mosquitto_with("max_queued_messages 1000000\nmax_inflight_messages 100\n")
+}
+
+/// Mosquitto with `conf_lines` after the listener (anonymous allowed); its log is kept for
+/// [`Mosquitto::log`] (`log_type all` in `conf_lines` logs every packet).
+pub fn mosquitto_with(conf_lines: &str) -> Mosquitto {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let conf = dir.path().join("m.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 100\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stdout\n{conf_lines}"),
     )
     .unwrap();
-    let child = Command::new("/usr/sbin/mosquitto")
+    let mut child = Command::new("/usr/sbin/mosquitto")
         .arg("-c")
         .arg(&conf)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let mut out = child.stdout.take().expect("stdout piped");
+    let l = log.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            l.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(addr);
     Mosquitto {
         child,
         addr,
+        log,
         _dir: dir,
     }
 }
@@ -88,6 +118,7 @@ const STALLED: u8 = 2;
 pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<watch::Sender<(u8, u64)>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Forwards `from` → `to` chunk by chunk, holding a chunk while stalled; ends on a cut.
@@ -127,11 +158,14 @@ impl Proxy {
         let (tx, _) = watch::channel((UP, 0u64));
         let state = Arc::new(tx);
         let st = state.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut rx = st.subscribe();
                 let (mode, generation) = *rx.borrow();
                 if mode == CUT {
@@ -158,7 +192,16 @@ impl Proxy {
                 });
             }
         });
-        Proxy { addr, state }
+        Proxy {
+            addr,
+            state,
+            accepted,
+        }
+    }
+
+    /// TCP connections accepted so far (refused ones during a cut included).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drops every connection and refuses new ones until `restore`.
