@@ -234,10 +234,23 @@ impl Client {
         Ok(())
     }
 
+    /// Subscribes at the cloud for an `in` rule. Under MQTT 5 with No Local (what the uplink
+    /// publishes upstream never comes back down to it) and Retain As Published (a retained
+    /// message keeps its flag); MQTT 3.1.1 has neither: the uplink drops its own echoes
+    /// itself ([`super::echo`]), and a message comes down retained only when the cloud sends
+    /// it for the new subscription.
     pub async fn subscribe(&self, filter: &str, qos: Q) -> anyhow::Result<()> {
         match self {
             Client::V4(c) => c.subscribe(filter, q4(qos)).await?,
-            Client::V5(c) => c.subscribe(filter, q5(qos)).await?,
+            Client::V5(c) => {
+                use rumqttc::v5::mqttbytes::v5::Filter;
+                let f = Filter {
+                    nolocal: true,
+                    preserve_retain: true,
+                    ..Filter::new(filter, q5(qos))
+                };
+                c.subscribe_many([f]).await?
+            }
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! - [`tracker`] — ties the cloud broker's acknowledgements to queued messages (rumqttc does
 //!   not), so only the contiguous acknowledged prefix is deleted.
 //! - [`drain`] — the `drain_rate` cap on catching up, and the drain ETA.
+//! - [`echo`] — drops the cloud's echoes of the uplink's own messages (MQTT 3.1.1).
 //! - [`client`] — one rumqttc connection, MQTT 3.1.1 or 5, over TCP, TLS or WebSocket.
 //! - [`run`] — the uplink task that ties them together.
 //! - [`inspect`] — `tidegate queue stats | list | purge`, on the database beside the daemon.
@@ -16,6 +17,7 @@
 
 pub mod client;
 pub mod drain;
+pub mod echo;
 pub mod inspect;
 pub mod queue;
 pub mod rules;
