@@ -390,7 +390,14 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
         match config::load(file) {
-            Ok(_) => println!("{}: ok", file.display()),
+            Ok(c) => {
+                for (i, u) in c.uplinks.iter().enumerate() {
+                    for (j, w) in tidegate::uplink::offline_drop_warnings(u) {
+                        eprintln!("{}: warning: uplinks[{i}].topics[{j}]: {w}", file.display());
+                    }
+                }
+                println!("{}: ok", file.display())
+            }
             Err(e) => {
                 report_load_error(&e);
                 ok = false;

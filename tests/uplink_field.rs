@@ -478,3 +478,92 @@ fn a_local_command_is_not_echoed_back_by_the_cloud_v5_and_v311() {
         gw.stop();
     }
 }
+
+/// Issue 18 item 1, the other half: a config that drops messages offline is pointed out
+/// (`tidegate check` warns, exit 0), and `tidegate queue stats` shows the drops by reason,
+/// with the daemon running and after it stopped. Before: neither said anything.
+#[test]
+fn check_warns_about_offline_drops_and_queue_stats_shows_them() {
+    if !have_mosquitto() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = mosquitto();
+    let proxy = rt.block_on(Proxy::start(m.addr));
+    let body = field_uplink(proxy.addr, "5", "").replace(
+        "{filter: \"devices/#\", direction: out, qos: 1,",
+        "{filter: \"devices/#\", direction: out, qos: 0,",
+    );
+    let cfg = TempConfig::new(&body);
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(&cfg.path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning is not an error: {stderr}"
+    );
+    assert!(
+        stderr.contains("warning: uplinks[0].topics[0]")
+            && stderr.contains("dropped while the cloud is unreachable"),
+        "{stderr}"
+    );
+    let good = TempConfig::new(&field_uplink(proxy.addr, "5", ""));
+    let out = bin()
+        .arg("check")
+        .arg("-c")
+        .arg(&good.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let gw = Gateway::start(&cfg);
+    rt.block_on(async {
+        ledger_until(
+            gw.addr,
+            |l| l["state"] == "connected",
+            Duration::from_secs(20),
+        )
+        .await;
+        proxy.cut();
+        ledger_until(
+            gw.addr,
+            |l| l["state"] != "connected",
+            Duration::from_secs(20),
+        )
+        .await;
+        publish_qos0_seq(gw.addr, SEQ, 0..50, Duration::ZERO).await;
+        ledger_until(
+            gw.addr,
+            |l| l["dropped/qos0_offline"] == "50",
+            Duration::from_secs(30),
+        )
+        .await;
+    });
+    // The daemon writes its count into the queue file within a second or so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stats = queue_json(&cfg, &["stats"]);
+        if stats["uplinks"][0]["dropped"]["qos0_offline"] == 50 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    gw.stop();
+    let text = bin()
+        .args(["queue", "stats", "-c"])
+        .arg(&cfg.path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("dropped:  qos0_offline 50"), "{text}");
+}

@@ -28,6 +28,27 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// What the config makes an uplink drop while the cloud is unreachable: for each `out`
+/// rule at QoS 0 under `buffer.qos0: drop`, its index in `topics` and a sentence saying so.
+/// `tidegate check` prints them as warnings (not errors), the uplink logs them at start.
+pub fn offline_drop_warnings(u: &crate::config::Uplink) -> Vec<(usize, String)> {
+    if u.buffer.qos0 != crate::config::Qos0Policy::Drop {
+        return Vec::new();
+    }
+    u.topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i, rules::Rule::from_config(t)))
+        .filter(|(_, r)| r.out && r.qos == crate::broker::codec::QoS::AtMostOnce)
+        .map(|(i, r)| {
+            (i, format!(
+                "the out rule `{}` of uplink {} has qos 0 and buffer.qos0 is drop: its messages are dropped while the cloud is unreachable (counted as dropped/qos0_offline); use qos: 1 to store and forward them, or buffer.qos0: buffer",
+                r.filter, u.name
+            ))
+        })
+        .collect()
+}
+
 /// The connection state shown in the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

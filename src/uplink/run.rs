@@ -266,6 +266,12 @@ impl Uplink {
             error!(uplink = %name, moved_to = %moved.display(), "The uplink queue was corrupt; moved it aside and started a new one");
         }
         info!(uplink = %name, url = %cfg.url, queued = opened.depth, "Uplink started");
+        for (rule, w) in super::offline_drop_warnings(cfg) {
+            warn!(uplink = %name, rule, "{w}");
+        }
+        // `dropped/qos0_offline` is counted in the ledger; its growth also goes into the queue
+        // file for `tidegate queue stats`.
+        let mut qos0_recorded = self.ledger.dropped_qos0_offline.load(Ordering::Relaxed);
 
         let local_cell = self.local.clone();
         let mut local = local_cell.lock().await;
@@ -298,6 +304,7 @@ impl Uplink {
             let pace = pace_at(&link);
             tokio::select! {
                 _ = stop.cancelled() => {
+                    self.record_qos0_drops(&queue, &mut qos0_recorded);
                     if let Some(mut l) = link.take().filter(|l| l.connected) {
                         l.flush_acks();
                         self.shut_down(l, &status_topic).await;
@@ -378,6 +385,7 @@ impl Uplink {
                 }
                 _ = housekeeping.tick() => {
                     queue.refresh();
+                    self.record_qos0_drops(&queue, &mut qos0_recorded);
                     if let Some(l) = link.as_mut() {
                         l.flush_acks();
                     }
@@ -406,6 +414,13 @@ impl Uplink {
                 }
             }
         }
+    }
+
+    /// Adds the `qos0_offline` drops counted since the last call to the queue file's counts.
+    fn record_qos0_drops(&self, queue: &Queue, recorded: &mut u64) {
+        let now = self.ledger.dropped_qos0_offline.load(Ordering::Relaxed);
+        queue.count_drops("qos0_offline", now.saturating_sub(*recorded));
+        *recorded = now;
     }
 
     /// The loss ledger as retained `$SYS/tidegate/uplinks/<name>/...` topics, one value each

@@ -113,20 +113,23 @@ const CUT: u8 = 1;
 const STALLED: u8 = 2;
 
 /// A TCP proxy the test controls: `cut` drops every connection and refuses new ones,
-/// `stall` keeps connections open (and accepts new ones) but forwards nothing in either
-/// direction, `restore` goes back to forwarding.
+/// `stall` keeps connections open (and accepts new ones, holding them) and forwards what the
+/// gateway sends but nothing the cloud answers — a link that is up but stalled, while the
+/// cloud still sees a live client —, `restore` goes back to forwarding.
 pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<watch::Sender<(u8, u64)>>,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Forwards `from` → `to` chunk by chunk, holding a chunk while stalled; ends on a cut.
+/// Forwards `from` → `to` chunk by chunk, holding a chunk while stalled when `holds`;
+/// ends on a cut.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut state: watch::Receiver<(u8, u64)>,
     generation: u64,
+    holds: bool,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -136,7 +139,7 @@ async fn pump(
         };
         // Hold the chunk while stalled.
         let Ok(s) = state
-            .wait_for(|s| s.0 != STALLED || s.1 != generation)
+            .wait_for(|s| !holds || s.0 != STALLED || s.1 != generation)
             .await
             .map(|r| *r)
         else {
@@ -186,8 +189,8 @@ impl Proxy {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::select! {
-                        _ = pump(cr, sw, rx.clone(), generation) => {}
-                        _ = pump(sr, cw, rx.clone(), generation) => {}
+                        _ = pump(cr, sw, rx.clone(), generation, false) => {}
+                        _ = pump(sr, cw, rx.clone(), generation, true) => {}
                     }
                 });
             }
@@ -209,7 +212,8 @@ impl Proxy {
         self.state.send_modify(|s| *s = (CUT, s.1 + 1));
     }
 
-    /// Keeps connections open but forwards nothing; accepts new ones and holds them.
+    /// Keeps connections open, forwarding only what the gateway sends; accepts new ones and
+    /// holds them.
     pub fn stall(&self) {
         self.state.send_modify(|s| s.0 = STALLED);
     }
