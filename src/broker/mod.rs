@@ -503,6 +503,11 @@ impl LocalMessage {
     pub fn retain(&self) -> bool {
         self.delivery.retain
     }
+    /// The retain flag the message was published with (MQTT 5 Retain As Published): what a
+    /// bridge forwards, so the other side's retained state follows this broker's.
+    pub fn published_retain(&self) -> bool {
+        self.delivery.msg.retain
+    }
     pub fn properties(&self) -> Option<&Properties> {
         self.delivery.msg.properties.as_deref()
     }

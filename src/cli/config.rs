@@ -25,7 +25,22 @@ pub(crate) fn print_errors(origin: &Path, errors: &[config::ConfigError]) {
 /// `FILE: ok`, after the config's warnings as `FILE:LINE:COLUMN: warning: PATH: MESSAGE`.
 pub(crate) fn report_ok(path: &Path, config: &config::Config) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let warnings = config::warnings(&text, config);
+    let mut warnings = config::warnings(&text, config);
+    // What an uplink's rules would drop while the cloud is unreachable (SPEC 5).
+    let tree = config::yaml::parse(&text).ok();
+    for (i, u) in config.uplinks.iter().enumerate() {
+        for (j, message) in tidegate::uplink::offline_drop_warnings(u) {
+            let path = format!("uplinks[{i}].topics[{j}]");
+            let mark = tree.as_ref().map(|t| t.locate(&path));
+            warnings.push(config::ConfigError {
+                line: mark.as_ref().map(|m| m.line),
+                column: mark.as_ref().map(|m| m.column),
+                path,
+                message,
+            });
+        }
+    }
+    warnings.sort_by_key(|w| (w.line, w.column));
     let mut err = std::io::stderr().lock();
     for w in &warnings {
         let at = match (w.line, w.column) {

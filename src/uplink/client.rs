@@ -229,10 +229,23 @@ impl Client {
         Ok(())
     }
 
+    /// Subscribes at the cloud for an `in` rule. Under MQTT 5 with No Local (what the uplink
+    /// publishes upstream never comes back down to it) and Retain As Published (a retained
+    /// message keeps its flag); MQTT 3.1.1 has neither: the uplink drops its own echoes
+    /// itself ([`super::echo`]), and a message comes down retained only when the cloud sends
+    /// it for the new subscription.
     pub async fn subscribe(&self, filter: &str, qos: Q) -> anyhow::Result<()> {
         match self {
             Client::V4(c) => c.subscribe(filter, q4(qos)).await?,
-            Client::V5(c) => c.subscribe(filter, q5(qos)).await?,
+            Client::V5(c) => {
+                use rumqttc::v5::mqttbytes::v5::Filter;
+                let f = Filter {
+                    nolocal: true,
+                    preserve_retain: true,
+                    ..Filter::new(filter, q5(qos))
+                };
+                c.subscribe_many([f]).await?
+            }
         }
         Ok(())
     }
@@ -314,6 +327,25 @@ impl Connection {
     }
 }
 
+/// An error and its causes as one line, without repeating a cause that the message before
+/// it already quotes: rumqttc's `I/O: {0}` wraps an `io::Error` and also names it as its
+/// source, which `{:#}` would print twice (`I/O: Connection refused (os error 111):
+/// Connection refused (os error 111)`).
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// Whether a connection ended because the broker stopped answering keep-alive pings: the
 /// link was up but stalled (rumqttc's `AwaitPingResp`), not refused or closed.
 pub fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
@@ -328,4 +360,20 @@ pub fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
             rumqttc::v5::StateError::AwaitPingResp
         ))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_does_not_repeat_a_quoted_cause() {
+        let io = std::io::Error::from_raw_os_error(111);
+        let e = anyhow::Error::from(rumqttc::ConnectionError::Io(io));
+        let text = describe(&e);
+        assert_eq!(text.matches("os error 111").count(), 1, "{text}");
+        assert!(text.starts_with("I/O: Connection refused"), "{text}");
+        let chained = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&chained), "outer: inner");
+    }
 }

@@ -40,6 +40,12 @@ pub(super) enum Cmd {
     },
     /// Count again if another process changed the database.
     Refresh,
+    /// Messages the uplink dropped outside the queue (`qos0_offline`), to add to the
+    /// persisted drop counts with the next transaction.
+    Drops {
+        reason: &'static str,
+        n: u64,
+    },
     /// Everything queued before this has been handled when it is answered.
     Close {
         reply: SyncSender<Result<(), QueueError>>,
@@ -106,6 +112,7 @@ enum Write {
     },
     Ack(u64),
     Expire(u64),
+    Drops(&'static str, u64),
 }
 
 /// The effect of one batch, applied to `Writer::totals` and the counters only on COMMIT.
@@ -142,6 +149,9 @@ pub(super) struct Writer {
     /// (an operator's `tidegate queue purge`), and then `totals` are counted again.
     data_version: i64,
     consecutive_failures: u64,
+    /// Messages lost to failed transactions, not yet in the persisted drop counts (they go
+    /// into the next transaction that commits).
+    unrecorded_write_errors: u64,
 }
 
 /// SQLite stores signed 64-bit integers; ids, sizes and times are never near the limit.
@@ -194,6 +204,7 @@ impl Writer {
             totals,
             data_version,
             consecutive_failures: 0,
+            unrecorded_write_errors: 0,
         };
         writer.update_file_bytes();
         Ok(writer)
@@ -251,6 +262,10 @@ impl Writer {
                         reply,
                     } => reads.push((after, limit, reply)),
                     Cmd::Refresh => refresh = true,
+                    Cmd::Drops { reason, n } => {
+                        messages += 1;
+                        writes.push(Write::Drops(reason, n));
+                    }
                     #[cfg(test)]
                     Cmd::QueryInt { sql, reply } => {
                         let r = self
@@ -311,6 +326,7 @@ impl Writer {
             Ok(()) => {
                 let latency = started.elapsed();
                 self.totals = tally.totals;
+                self.unrecorded_write_errors = 0;
                 let c = &self.counters;
                 // Counters first, so a waiter that looks at the stats sees its own write.
                 c.store_totals(&tally.totals);
@@ -377,6 +393,7 @@ impl Writer {
                 let c = &self.counters;
                 c.write_failures.fetch_add(1, Ordering::Relaxed);
                 c.failed_messages.fetch_add(messages, Ordering::Relaxed);
+                self.unrecorded_write_errors += messages;
                 self.consecutive_failures += 1;
                 // A full disk fails every batch; log the first one loudly, the rest quietly.
                 if self.consecutive_failures == 1 {
@@ -462,12 +479,23 @@ impl Writer {
                     tally.dropped_expired += removed.rows;
                     remove(tally, &removed);
                 }
+                Write::Drops(reason, n) => schema::count_drops(&self.conn, reason, *n)?,
             }
         }
         if self.config.bounds.when_full == WhenFull::DropOldest
             && tally.totals.bytes > self.config.bounds.max_bytes
         {
             self.drop_oldest(tally)?;
+        }
+        // Drops by reason over the life of the file, for `tidegate queue stats`. `purged` is
+        // not here: `tidegate queue purge` counts what it deletes itself.
+        for (reason, n) in [
+            ("full", tally.dropped_full),
+            ("expired", tally.dropped_expired),
+            ("rejected", tally.rejected),
+            ("write_error", self.unrecorded_write_errors),
+        ] {
+            schema::count_drops(&self.conn, reason, n)?;
         }
         if tally.deleted {
             let oldest: Option<i64> =
@@ -744,7 +772,7 @@ impl Writer {
                 Cmd::Read { reply, .. } => {
                     let _ = reply.send(Err(QueueError::Closed));
                 }
-                Cmd::Ack { .. } | Cmd::Expire { .. } | Cmd::Refresh => {}
+                Cmd::Ack { .. } | Cmd::Expire { .. } | Cmd::Refresh | Cmd::Drops { .. } => {}
                 Cmd::Close { reply } => {
                     let _ = reply.send(Ok(()));
                 }
