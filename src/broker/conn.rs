@@ -19,11 +19,11 @@ use super::codec::{
 };
 use super::persist;
 use super::state::{
-    lock, split_shared, Delivery, Expiry, Inflight, Message, Pending, Session, SessionCell, Shared,
-    Stage, SubTarget,
+    lock, split_shared, Delivery, Expiry, Inflight, Message, Owner, Pending, Session, SessionCell,
+    Shared, Stage, SubTarget,
 };
 use super::store::Op;
-use super::Settings;
+use super::{Access, Settings, INTERNAL_PREFIX};
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -41,6 +41,9 @@ const OUT_HIGH_WATER: usize = 64 * 1024;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection we closed keeps draining the client's input.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection logs at most one line about ACL denials per this long (the rest are counted
+/// and the count is given with the next line).
+pub const DENY_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything a connection needs from the broker.
 pub struct Ctx {
@@ -113,7 +116,8 @@ where
         refuse(&mut wr, version, reason::BAD_AUTHENTICATION_METHOD).await;
         return;
     }
-    if let Err(code) = authenticate(settings, &connect).await {
+    let access = shared.access();
+    if let Err(code) = authenticate(&access, &connect).await {
         shared
             .stats
             .connections_refused
@@ -130,13 +134,27 @@ where
     } else {
         connect.client_id.as_str().into()
     };
+    if client_id.starts_with(INTERNAL_PREFIX) {
+        // The daemon's own consumers' namespace (see `INTERNAL_PREFIX`).
+        shared
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(%peer, client = %client_id, username = ?connect.username, "Connection refused: client ids beginning with $internal/ are reserved for the gateway itself");
+        refuse(&mut wr, version, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return;
+    }
     if let Some(will) = &connect.will {
-        if !settings.may(
+        if !access.may(
             connect.username.as_deref(),
             &client_id,
             Action::Publish,
             &will.topic,
         ) {
+            shared
+                .stats
+                .publishes_denied
+                .fetch_add(1, Ordering::Relaxed);
             info!(%peer, client = %client_id, topic = %will.topic, "Connection refused: will topic not allowed");
             refuse(&mut wr, version, reason::NOT_AUTHORIZED).await;
             return;
@@ -152,9 +170,13 @@ where
         Expiry::Never
     };
     let kick = CancellationToken::new();
+    let owner = Owner {
+        username: connect.username.as_deref().map(Arc::from),
+    };
     let (cell, session_present, generation) = attach(
         shared,
         &client_id,
+        owner,
         version,
         expiry,
         connect.clean_start,
@@ -190,6 +212,12 @@ where
         version,
         client_id: client_id.clone(),
         username: connect.username.clone(),
+        auth_hash: connect
+            .username
+            .as_ref()
+            .and_then(|u| access.users.get(u).cloned()),
+        access_rx: shared.access.subscribe(),
+        deny_log: DenyLog::default(),
         cell: cell.clone(),
         generation,
         out: BytesMut::with_capacity(4096),
@@ -314,15 +342,15 @@ fn rand_u64() -> u64 {
 
 /// Checks credentials: a username must be a configured user with the right password; no
 /// username needs `allow_anonymous`. Argon2 is slow on purpose, so it runs off the runtime.
-async fn authenticate(settings: &Settings, c: &Connect) -> Result<(), u8> {
+async fn authenticate(access: &Access, c: &Connect) -> Result<(), u8> {
     let Some(username) = &c.username else {
-        return if settings.allow_anonymous {
+        return if access.allow_anonymous {
             Ok(())
         } else {
             Err(reason::NOT_AUTHORIZED)
         };
     };
-    let Some(hash) = settings.users.get(username).cloned() else {
+    let Some(hash) = access.users.get(username).cloned() else {
         return Err(reason::BAD_USER_NAME_OR_PASSWORD);
     };
     let password = c.password.clone().unwrap_or_default();
@@ -343,6 +371,7 @@ async fn authenticate(settings: &Settings, c: &Connect) -> Result<(), u8> {
 fn attach(
     shared: &Shared,
     client_id: &Arc<str>,
+    owner: Owner,
     version: ProtocolVersion,
     expiry: Expiry,
     clean_start: bool,
@@ -356,6 +385,9 @@ fn attach(
                 k.cancel();
             }
             if !clean_start {
+                // From now on every delivery is checked against the new owner's rights (queued
+                // and in-flight messages included), whoever subscribed.
+                st.owner = Some(owner);
                 st.generation += 1;
                 st.kick = Some(kick.clone());
                 st.expiry = expiry;
@@ -371,6 +403,7 @@ fn attach(
     let mut session = Session::new(version, expiry, shared.limits);
     session.kick = Some(kick.clone());
     session.generation = 1;
+    session.owner = Some(owner);
     sync_persisted(shared, client_id, &mut session);
     let cell = Arc::new(SessionCell {
         client_id: client_id.clone(),
@@ -482,11 +515,42 @@ struct PendingAck {
     pending: Option<Pending>,
 }
 
+/// Rate-limits a connection's log lines about ACL denials.
+#[derive(Default)]
+struct DenyLog {
+    /// No line before this.
+    quiet_until: Option<Instant>,
+    /// Denials not logged since the last line.
+    suppressed: u64,
+}
+
+impl DenyLog {
+    /// True when this denial gets a line; then `suppressed()` tells how many went unlogged.
+    fn admit(&mut self, now: Instant) -> bool {
+        if self.quiet_until.is_some_and(|t| now < t) {
+            self.suppressed += 1;
+            return false;
+        }
+        self.quiet_until = Some(now + DENY_LOG_INTERVAL);
+        true
+    }
+
+    fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
 struct Conn {
     ctx: Arc<Ctx>,
     version: ProtocolVersion,
     client_id: Arc<str>,
     username: Option<String>,
+    /// The password hash this client authenticated with: a change of users that removes or
+    /// changes it ends the connection.
+    auth_hash: Option<String>,
+    /// Tells the connection that users or ACL changed.
+    access_rx: tokio::sync::watch::Receiver<Arc<Access>>,
+    deny_log: DenyLog,
     cell: Arc<SessionCell>,
     generation: u64,
     out: BytesMut,
@@ -511,6 +575,32 @@ impl Conn {
             .stats
             .bytes_sent
             .fetch_add((self.out.len() - before) as u64, Ordering::Relaxed);
+    }
+
+    /// Logs an ACL denial, at most one line per [`DENY_LOG_INTERVAL`]; the counters are
+    /// the caller's.
+    fn log_denied(&mut self, what: &'static str, topic: &str) {
+        if self.deny_log.admit(Instant::now()) {
+            let suppressed = self.deny_log.take_suppressed();
+            info!(
+                client = %self.client_id,
+                username = ?self.username,
+                action = what,
+                %topic,
+                not_logged_before = suppressed,
+                "The ACL denied a client's request"
+            );
+        }
+    }
+
+    /// Whether this client's credentials still hold under `access` (after a change of users):
+    /// its user still exists with the same password hash, or anonymous clients are still
+    /// allowed.
+    fn still_authorized(&self, access: &Access) -> bool {
+        match &self.username {
+            None => access.allow_anonymous,
+            Some(u) => access.users.get(u) == self.auth_hash.as_ref(),
+        }
     }
 
     fn disconnect(&mut self, code: u8) {
@@ -538,6 +628,8 @@ impl Conn {
         let mut deadline = keepalive.map(|k| Instant::now() + k);
         // TLS and WebSocket buffer writes: flush once the buffer has been handed over.
         let mut needs_flush = false;
+        let mut access_watch = true;
+        self.access_rx.borrow_and_update();
         // Packets already buffered behind the CONNECT.
         if let Some(end) = self.process(rbuf) {
             return end;
@@ -574,6 +666,20 @@ impl Conn {
                     }
                 }
                 _ = self.cell.wake.notified() => {}
+                changed = self.access_rx.changed(), if access_watch => {
+                    if changed.is_err() {
+                        // The broker is going away; shutdown ends the connection.
+                        access_watch = false;
+                        continue;
+                    }
+                    let access = self.access_rx.borrow_and_update().clone();
+                    if !self.still_authorized(&access) {
+                        info!(client = %self.client_id, username = ?self.username, "Disconnecting a client whose credentials no longer hold after a change of users");
+                        self.disconnect(reason::ADMINISTRATIVE_ACTION);
+                        return End::Abnormal("credentials revoked".into());
+                    }
+                    // The loop's pump checks what is queued against the new ACL.
+                }
                 ok = wait_front(&mut self.pending_acks), if waiting => {
                     if let Some(p) = self.pending_acks.front_mut() {
                         p.pending = None;
@@ -676,7 +782,7 @@ impl Conn {
             self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
             return Some(End::Abnormal("receive maximum exceeded".into()));
         }
-        let allowed = settings.may(
+        let allowed = shared.access().may(
             self.username.as_deref(),
             &self.client_id,
             Action::Publish,
@@ -708,7 +814,11 @@ impl Conn {
             let p = shared.route(msg);
             pending = (!p.is_empty()).then_some(p);
         } else {
-            debug!(client = %self.client_id, %topic, "Publish denied by the ACL");
+            shared
+                .stats
+                .publishes_denied
+                .fetch_add(1, Ordering::Relaxed);
+            self.log_denied("publish", &topic);
             code = reason::NOT_AUTHORIZED;
         }
         match p.qos {
@@ -840,7 +950,7 @@ impl Conn {
 
     fn on_subscribe(&mut self, s: Subscribe) {
         let shared = self.ctx.shared.clone();
-        let settings = self.ctx.settings.clone();
+        let access = shared.access();
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<(Arc<Message>, QoS)> = Vec::new();
@@ -852,13 +962,17 @@ impl Conn {
                 codes.push(reason::TOPIC_FILTER_INVALID);
                 continue;
             }
-            if !settings.may(
+            if !access.may(
                 self.username.as_deref(),
                 &self.client_id,
                 Action::Subscribe,
                 inner,
             ) {
-                debug!(client = %self.client_id, %filter, "Subscription denied by the ACL");
+                shared
+                    .stats
+                    .subscriptions_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log_denied("subscribe", filter);
                 // 0x80 (Unspecified error) rather than 0x87: both are valid MQTT 5 SUBACK
                 // codes, and the Eclipse Paho client (and its interoperability suite)
                 // accepts only 0x80 for a refused subscription.
@@ -898,10 +1012,15 @@ impl Conn {
                     codec::RetainHandling::DoNotSend => false,
                 };
             if send_retained {
+                // Retained messages are deliveries too: only what this client may read.
+                let owner = lock(&self.cell.state).owner.clone();
                 retained.extend(
                     shared
                         .retained_for(inner)
                         .into_iter()
+                        .filter(|m| {
+                            shared.may_read(&access, owner.as_ref(), &self.client_id, &m.topic)
+                        })
                         .map(|m| (m, opts.qos)),
                 );
             }
@@ -974,11 +1093,32 @@ impl Conn {
     }
 
     /// On resuming a session: resend what was in flight (PUBLISH with DUP, or PUBREL).
+    /// A message this client's owner may no longer read (the session was taken over by
+    /// another user, or the ACL changed) is dropped instead, as acknowledged.
     fn resend_inflight(&mut self) {
         let now = Instant::now();
         let mut packets = Vec::new();
+        let access = self.ctx.shared.access();
+        let mut denied = Vec::new();
         {
-            let st = lock(&self.cell.state);
+            let mut st = lock(&self.cell.state);
+            if access.acl.is_some() {
+                let ids: Vec<u16> = st
+                    .inflight
+                    .iter()
+                    .filter(|(_, i)| {
+                        i.stage == Stage::Published
+                            && !access.may(
+                                self.username.as_deref(),
+                                &self.client_id,
+                                Action::Read,
+                                &i.delivery.msg.topic,
+                            )
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                denied.extend(ids.into_iter().filter_map(|id| st.inflight.remove(&id)));
+            }
             for (id, i) in &st.inflight {
                 packets.push(match i.stage {
                     Stage::Published => publish_packet(&i.delivery, Some(*id), true, now),
@@ -989,6 +1129,15 @@ impl Conn {
         for p in packets {
             self.send(&p);
         }
+        for mut i in denied {
+            self.ctx
+                .shared
+                .stats
+                .deliveries_denied
+                .fetch_add(1, Ordering::Relaxed);
+            self.dequeue(&i.delivery);
+            i.delivery.acknowledge();
+        }
     }
 
     /// Moves messages from the session queue to the outgoing buffer while the buffer and the
@@ -996,6 +1145,10 @@ impl Conn {
     fn pump(&mut self) {
         let now = Instant::now();
         let shared = self.ctx.shared.clone();
+        // Checked at sending too: the session's owner or the ACL may have changed since the
+        // message was queued (and a restored session's queue was never checked).
+        let access = shared.access();
+        let check_read = access.acl.is_some();
         let mut marked = Vec::new();
         let mut st = lock(&self.cell.state);
         if st.generation != self.generation {
@@ -1016,6 +1169,27 @@ impl Conn {
                     .stats
                     .publishes_expired
                     .fetch_add(1, Ordering::Relaxed);
+                d.acknowledge();
+                continue;
+            }
+            if check_read
+                && !access.may(
+                    self.username.as_deref(),
+                    &self.client_id,
+                    Action::Read,
+                    &d.msg.topic,
+                )
+            {
+                shared
+                    .stats
+                    .deliveries_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(seq) = d.seq {
+                    marked.push(Op::Dequeue {
+                        client_id: self.client_id.to_string(),
+                        seq,
+                    });
+                }
                 d.acknowledge();
                 continue;
             }

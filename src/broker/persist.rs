@@ -195,6 +195,15 @@ pub fn restore(shared: &Arc<Shared>, snapshot: Snapshot) -> (usize, usize) {
                 (gone_for < total).then(|| Some(Duration::from_millis(total - gone_for)))
             }
         };
+        if row.client_id.starts_with(super::INTERNAL_PREFIX) {
+            // Stored by a network client before such ids were refused: restoring it would put
+            // it in the daemon's own namespace.
+            warn!(client = %row.client_id, "Dropping a stored session whose client id is reserved for the gateway itself");
+            delete.push(Op::DeleteSession {
+                client_id: row.client_id,
+            });
+            continue;
+        }
         let Some(left) = left else {
             delete.push(Op::DeleteSession {
                 client_id: row.client_id,

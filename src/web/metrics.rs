@@ -334,6 +334,24 @@ pub fn render(st: &State) -> String {
         "Malformed packets received.",
         g(&s.malformed_packets),
     );
+    o.one(
+        "tidegate_broker_publishes_denied_total",
+        "counter",
+        "PUBLISHes and wills refused by the ACL.",
+        g(&s.publishes_denied),
+    );
+    o.one(
+        "tidegate_broker_subscriptions_denied_total",
+        "counter",
+        "SUBSCRIBE topic filters refused by the ACL.",
+        g(&s.subscriptions_denied),
+    );
+    o.one(
+        "tidegate_broker_deliveries_denied_total",
+        "counter",
+        "Messages not delivered to a subscriber because the ACL denies it read access.",
+        g(&s.deliveries_denied),
+    );
 
     let devices: Vec<_> = config
         .devices
