@@ -636,3 +636,76 @@ async fn sys_tree_is_retained_and_readable_by_subscribers_of_sys() {
     b.stop.cancel();
     sys.await.unwrap();
 }
+
+/// Issue 12, finding 3: failed logins from one address block its logins for a while, even
+/// with the right password, without a password check.
+#[tokio::test]
+async fn failed_logins_from_one_address_are_throttled() {
+    let b = start(&format!(
+        "  allow_anonymous: false\n  users: [{{username: plc, password_hash: '{HASH}'}}]\n"
+    ))
+    .await;
+    use rumqttc::ConnectReturnCode::*;
+    for i in 0..10 {
+        let mut o = options(b.addr, &format!("guess{i}"));
+        // Unknown usernames count as much as wrong passwords.
+        o.set_credentials(if i % 2 == 0 { "plc" } else { "root" }, "nope");
+        assert_eq!(refused(o).await, BadUserNamePassword, "attempt {i}");
+    }
+    let mut o = options(b.addr, "right");
+    o.set_credentials("plc", "hunter2");
+    assert_eq!(
+        refused(o).await,
+        NotAuthorized,
+        "blocked, right password or not"
+    );
+    assert_eq!(
+        b.broker
+            .stats()
+            .logins_throttled
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Anonymous clients are not the throttle's business (refused as before).
+    assert_eq!(refused(options(b.addr, "anon")).await, NotAuthorized);
+}
+
+/// Issue 12, finding 12: sockets that never send CONNECT count against the connection limit.
+#[tokio::test]
+async fn sockets_before_connect_count_against_the_limit() {
+    // max_connections 2 → at most 2 + 0 + 8 = 10 sockets.
+    let b = start("  max_connections: 2\n").await;
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(TcpStream::connect(b.addr).await.unwrap());
+    }
+    // The 11th socket is closed at once, CONNECT or not.
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    let mut out = BytesMut::new();
+    let c = Connect::new(ProtocolVersion::V311, "eleventh");
+    codec::encode(
+        &codec::Packet::Connect(Box::new(c)),
+        ProtocolVersion::V311,
+        &mut out,
+    )
+    .unwrap();
+    let _ = s.write_all(&out).await;
+    assert!(
+        read_to_close(&mut s).await.is_empty(),
+        "no CONNACK for a socket over the limit"
+    );
+    assert_eq!(b.broker.open_sockets(), 10);
+    // A place freed is a place for a real client.
+    idle.pop();
+    let (_c, ack) = tokio::time::timeout(WAIT, async {
+        loop {
+            if b.broker.open_sockets() < 10 {
+                break Client::connect(options(b.addr, "real")).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a freed place is taken");
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+}

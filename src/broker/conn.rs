@@ -46,6 +46,7 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Ctx {
     pub shared: Arc<Shared>,
     pub settings: Arc<Settings>,
+    pub admission: super::admission::Admission,
 }
 
 /// Why the connection ended; decides the will.
@@ -87,7 +88,9 @@ where
                 .stats
                 .malformed_packets
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, error = %e, "Bad CONNECT; closing the connection");
+            if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "bad_connect") {
+                warn!(%peer, error = %e, suppressed, "Bad CONNECT; closing the connection");
+            }
             if let Some((version, code)) = e.connack_response() {
                 refuse(&mut wr, version, code).await;
             }
@@ -105,7 +108,9 @@ where
             .stats
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
-        warn!(%peer, max = settings.max_connections, "Connection refused: max_connections reached");
+        if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "max_connections") {
+            warn!(%peer, max = settings.max_connections, suppressed, "Connection refused: max_connections reached");
+        }
         refuse(&mut wr, version, reason::SERVER_UNAVAILABLE).await;
         return;
     }
@@ -113,12 +118,14 @@ where
         refuse(&mut wr, version, reason::BAD_AUTHENTICATION_METHOD).await;
         return;
     }
-    if let Err(code) = authenticate(settings, &connect).await {
+    if let Err(code) = authenticate(&ctx, peer, &connect).await {
         shared
             .stats
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
-        info!(%peer, client = %connect.client_id, username = ?connect.username, "Connection refused: not authorized");
+        if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "not_authorized") {
+            info!(%peer, client = %connect.client_id, username = ?connect.username, reason_code = code, suppressed, "Connection refused: not authorized");
+        }
         refuse(&mut wr, version, code).await;
         return;
     }
@@ -313,8 +320,12 @@ fn rand_u64() -> u64 {
 }
 
 /// Checks credentials: a username must be a configured user with the right password; no
-/// username needs `allow_anonymous`. Argon2 is slow on purpose, so it runs off the runtime.
-async fn authenticate(settings: &Settings, c: &Connect) -> Result<(), u8> {
+/// username needs `allow_anonymous`. Argon2 is slow and memory-hungry on purpose, so it runs
+/// through the shared [`crate::auth::Verifier`] (bounded, on the blocking pool); failures
+/// count towards the source's throttle (see `admission`).
+async fn authenticate(ctx: &Ctx, peer: SocketAddr, c: &Connect) -> Result<(), u8> {
+    let settings = &ctx.settings;
+    let stats = &ctx.shared.stats;
     let Some(username) = &c.username else {
         return if settings.allow_anonymous {
             Ok(())
@@ -322,20 +333,38 @@ async fn authenticate(settings: &Settings, c: &Connect) -> Result<(), u8> {
             Err(reason::NOT_AUTHORIZED)
         };
     };
-    let Some(hash) = settings.users.get(username).cloned() else {
-        return Err(reason::BAD_USER_NAME_OR_PASSWORD);
-    };
-    let password = c.password.clone().unwrap_or_default();
-    let ok = tokio::task::spawn_blocking(move || {
-        std::str::from_utf8(&password).is_ok_and(|p| crate::auth::verify(p, &hash))
-    })
-    .await
-    .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(reason::BAD_USER_NAME_OR_PASSWORD)
+    let ip = peer.ip();
+    if ctx.admission.blocked(ip) {
+        stats.logins_throttled.fetch_add(1, Ordering::Relaxed);
+        return Err(reason::BANNED);
     }
+    let ok = match settings.users.get(username) {
+        None => false,
+        Some(hash) => {
+            let password = c.password.as_deref().unwrap_or_default();
+            let source = crate::auth::Source::net(ip);
+            match settings.verifier.verify(source, password, hash).await {
+                Ok(ok) => ok,
+                Err(crate::auth::Busy) => {
+                    stats.logins_busy.fetch_add(1, Ordering::Relaxed);
+                    return Err(reason::SERVER_BUSY);
+                }
+            }
+        }
+    };
+    if ok {
+        ctx.admission.succeeded(ip);
+        return Ok(());
+    }
+    if ctx.admission.failed(ip) {
+        warn!(
+            source = %crate::auth::source_key(ip),
+            failures = super::admission::MAX_FAILURES,
+            block_secs = super::admission::BLOCK.as_secs(),
+            "Too many failed MQTT logins from this address within a minute; refusing its logins for a while"
+        );
+    }
+    Err(reason::BAD_USER_NAME_OR_PASSWORD)
 }
 
 /// Finds or creates the session for `client_id` and makes this connection its owner,

@@ -36,6 +36,7 @@
 //! MQTT 5 enhanced authentication.
 
 pub mod acl;
+pub(crate) mod admission;
 pub mod codec;
 pub(crate) mod conn;
 mod persist;
@@ -60,6 +61,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// How long a new connection may take to send CONNECT; see [`Settings::connect_timeout`].
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The broker's settings, from the config's `broker` section.
 #[derive(Debug)]
 pub struct Settings {
@@ -78,8 +82,13 @@ pub struct Settings {
     /// The longest keepalive an MQTT 5 client gets (longer ones are shortened with Server
     /// Keep Alive), in seconds.
     pub max_keepalive: u16,
-    /// How long a new connection may take to send CONNECT.
+    /// How long a new connection may take to send CONNECT (after its TLS or WebSocket
+    /// handshake): long enough for any client on a slow link, short enough that sockets
+    /// that never send one do not hold their places (EMQX waits 15 s, Mosquitto has no such
+    /// limit; a client sends CONNECT straight after the handshake).
     pub connect_timeout: Duration,
+    /// Checks passwords: the process-wide verifier, shared with the web server.
+    pub verifier: crate::auth::Verifier,
 }
 
 impl Settings {
@@ -102,7 +111,8 @@ impl Settings {
             receive_maximum: 1024,
             topic_alias_maximum: 64,
             max_keepalive: u16::try_from(c.max_keepalive.0.as_secs()).unwrap_or(u16::MAX),
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: CONNECT_TIMEOUT,
+            verifier: crate::auth::Verifier::global().clone(),
         }
     }
 
@@ -147,6 +157,7 @@ impl Broker {
             ctx: Arc::new(conn::Ctx {
                 shared: Arc::new(shared),
                 settings: Arc::new(settings),
+                admission: admission::Admission::default(),
             }),
         }
     }
@@ -184,6 +195,11 @@ impl Broker {
     /// Counters for `$SYS`, the web UI and `/metrics`.
     pub fn stats(&self) -> &state::Stats {
         &self.ctx.shared.stats
+    }
+
+    /// MQTT sockets open now: connected clients and sockets that have not sent CONNECT yet.
+    pub fn open_sockets(&self) -> usize {
+        self.ctx.admission.sockets()
     }
 
     /// Binds every listener of `config`. Fails on the first address that cannot be bound.
@@ -397,11 +413,25 @@ impl Listener {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 r = self.tcp.accept() => match r {
                     Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
                         let ctx = self.broker.ctx.clone();
+                        // Every socket is counted from here on, CONNECT or not; one over the
+                        // limit is closed at once.
+                        let limit = admission::socket_limit(ctx.settings.max_connections);
+                        let Some(slot) = ctx.admission.open_socket(limit) else {
+                            drop(stream);
+                            ctx.shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                            if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "max_connections") {
+                                warn!(%peer, limit, suppressed, "Connection closed at once: too many MQTT sockets are open (max_connections and its headroom)");
+                            }
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
                         let stop = shutdown.clone();
                         let transport = self.transport.clone();
-                        conns.spawn(handshake_and_serve(ctx, transport, stream, peer, stop));
+                        conns.spawn(async move {
+                            handshake_and_serve(ctx, transport, stream, peer, stop).await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait a little, keep serving.

@@ -327,6 +327,10 @@ pub struct Stats {
     pub clients_connected: AtomicUsize,
     pub connections_refused: AtomicU64,
     pub malformed_packets: AtomicU64,
+    /// CONNECTs with a username refused unchecked: their source failed too often lately.
+    pub logins_throttled: AtomicU64,
+    /// CONNECTs refused because too many password checks were under way ("server busy").
+    pub logins_busy: AtomicU64,
 }
 
 /// The state every connection and in-process client shares.
