@@ -474,14 +474,17 @@ async fn handshake_and_serve(
                 conn::serve(ctx, tls, peer, stop).await
             }
             Transport::Ws => {
-                let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_ws(stream))
-                    .await
-                    .map_err(timeout("WebSocket"))??;
+                let ws = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    accept_ws(stream, ctx.settings.max_packet_size),
+                )
+                .await
+                .map_err(timeout("WebSocket"))??;
                 conn::serve(ctx, ws, peer, stop).await
             }
             Transport::Wss(acceptor) => {
                 let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                    accept_ws(acceptor.accept(stream).await?).await
+                    accept_ws(acceptor.accept(stream).await?, ctx.settings.max_packet_size).await
                 })
                 .await
                 .map_err(timeout("TLS/WebSocket"))??;
