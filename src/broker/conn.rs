@@ -151,13 +151,14 @@ where
     }
 
     // Attach to the session.
-    let expiry = if version.is_v5() {
+    let asked = if version.is_v5() {
         Expiry::from_v5(connect.properties.session_expiry_interval.unwrap_or(0))
     } else if connect.clean_start {
         Expiry::AtDisconnect
     } else {
         Expiry::Never
     };
+    let (expiry, expiry_cap) = granted_expiry(&ctx, peer, &client_id, asked);
     let kick = CancellationToken::new();
     let (cell, session_present, generation) = attach(
         shared,
@@ -187,6 +188,8 @@ where
         maximum_packet_size: u32::try_from(settings.max_packet_size).ok(),
         assigned_client_identifier: assigned,
         server_keep_alive,
+        // MQTT 5.0 §3.2.2.3.2: the server tells the client when it grants another expiry.
+        session_expiry_interval: (expiry != asked).then(|| expiry.as_v5()),
         ..Properties::default()
     };
     if !version.is_v5() {
@@ -218,7 +221,8 @@ where
             0
         },
         pending_acks: VecDeque::new(),
-        session_expiry_zero: expiry == Expiry::AtDisconnect,
+        session_expiry_zero: asked == Expiry::AtDisconnect,
+        expiry_cap,
     };
     conn.send(&Packet::ConnAck(ConnAck {
         session_present,
@@ -367,6 +371,32 @@ async fn authenticate(ctx: &Ctx, peer: SocketAddr, c: &Connect) -> Result<(), u8
     Err(reason::BAD_USER_NAME_OR_PASSWORD)
 }
 
+/// The session expiry granted for `asked` (SPEC §3.2): at most `broker.session_expiry` (MQTT
+/// 3.1.1 persistent sessions get exactly that), and none when a new persistent session would
+/// pass `max_persistent_sessions` (the new one is not kept; counted). Returns (expiry, the cap
+/// a later DISCONNECT is held to).
+fn granted_expiry(ctx: &Ctx, peer: SocketAddr, client_id: &str, asked: Expiry) -> (Expiry, u32) {
+    let shared = &ctx.shared;
+    let bounds = &shared.bounds;
+    let expiry = asked.capped(bounds.session_expiry);
+    if expiry == Expiry::AtDisconnect {
+        return (expiry, bounds.session_expiry);
+    }
+    let existing = lock(&shared.sessions).get(client_id).cloned();
+    let resumes = existing.is_some_and(|c| lock(&c.state).expiry != Expiry::AtDisconnect);
+    if !resumes && shared.persistent_sessions() >= bounds.max_persistent_sessions {
+        shared
+            .stats
+            .sessions_refused
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "sessions_refused") {
+            warn!(%peer, client = %client_id, max = bounds.max_persistent_sessions, suppressed, "Persistent session not kept: max_persistent_sessions reached; it ends with the connection");
+        }
+        return (Expiry::AtDisconnect, 0);
+    }
+    (expiry, bounds.session_expiry)
+}
+
 /// Finds or creates the session for `client_id` and makes this connection its owner,
 /// kicking off any connection that had it. Returns (session, session present, generation).
 fn attach(
@@ -398,6 +428,7 @@ fn attach(
         shared.discard_session(&old);
     }
     let mut session = Session::new(version, expiry, shared.limits);
+    session.total = Some(shared.queue_total());
     session.kick = Some(kick.clone());
     session.generation = 1;
     sync_persisted(shared, client_id, &mut session);
@@ -527,6 +558,9 @@ struct Conn {
     out_alias_max: u16,
     pending_acks: VecDeque<PendingAck>,
     session_expiry_zero: bool,
+    /// The longest session expiry a DISCONNECT may set, in seconds (0: the session was not
+    /// kept, see `granted_expiry`).
+    expiry_cap: u32,
 }
 
 impl Conn {
@@ -988,7 +1022,7 @@ impl Conn {
                 return End::Abnormal("session expiry set at DISCONNECT".into());
             }
             let mut st = lock(&self.cell.state);
-            st.expiry = Expiry::from_v5(secs);
+            st.expiry = Expiry::from_v5(secs).capped(self.expiry_cap);
             if st.persisted && st.expiry != Expiry::AtDisconnect {
                 self.ctx
                     .shared

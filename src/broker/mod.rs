@@ -50,7 +50,9 @@ use crate::config;
 use acl::{Acl, Action};
 use bytes::Bytes;
 use codec::{Properties, QoS, SubscriptionOptions};
-use state::{lock, Delivery, Expiry, Limits, Message, Session, SessionCell, Shared, SubTarget};
+use state::{
+    lock, Bounds, Delivery, Expiry, Limits, Message, Session, SessionCell, Shared, SubTarget,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +76,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_packet_size: usize,
     pub limits: Limits,
+    /// Bounds over all sessions and retained messages (SPEC §3.2).
+    pub bounds: Bounds,
     /// Our in-flight window toward a client (capped by its Receive Maximum in v5).
     pub max_inflight: usize,
     /// How many unacknowledged QoS 1/2 PUBLISHes a client may have toward us.
@@ -107,6 +111,14 @@ impl Settings {
                 max_queued_messages: c.max_queued_messages as usize,
                 max_queued_bytes: usize::try_from(c.max_queued_bytes.0).unwrap_or(usize::MAX),
             },
+            bounds: Bounds {
+                max_queued_bytes_total: usize::try_from(c.max_queued_bytes_total.0)
+                    .unwrap_or(usize::MAX),
+                max_retained_messages: c.max_retained_messages as usize,
+                max_retained_bytes: usize::try_from(c.max_retained_bytes.0).unwrap_or(usize::MAX),
+                max_persistent_sessions: c.max_persistent_sessions as usize,
+                session_expiry: u32::try_from(c.session_expiry.0.as_secs()).unwrap_or(u32::MAX),
+            },
             max_inflight: usize::from(c.max_inflight_messages),
             receive_maximum: 1024,
             topic_alias_maximum: 64,
@@ -128,6 +140,19 @@ impl Settings {
             .as_ref()
             .is_none_or(|a| a.allows(username, client_id, action, topic))
     }
+}
+
+/// What the broker holds now; see [`Broker::usage`].
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// MQTT sockets, connected or before CONNECT.
+    pub open_sockets: usize,
+    /// Bytes queued over all network clients' sessions (`max_queued_bytes_total`).
+    pub queued_bytes: usize,
+    pub retained_messages: usize,
+    pub retained_bytes: usize,
+    /// Sessions that outlive their connection (`max_persistent_sessions`).
+    pub persistent_sessions: usize,
 }
 
 /// A handle to the broker: publish and subscribe from inside the daemon.
@@ -152,7 +177,8 @@ impl Broker {
         Self::with_shared(settings, shared)
     }
 
-    fn with_shared(settings: Settings, shared: Shared) -> Self {
+    fn with_shared(settings: Settings, mut shared: Shared) -> Self {
+        shared.bounds = settings.bounds;
         Broker {
             ctx: Arc::new(conn::Ctx {
                 shared: Arc::new(shared),
@@ -200,6 +226,18 @@ impl Broker {
     /// MQTT sockets open now: connected clients and sockets that have not sent CONNECT yet.
     pub fn open_sockets(&self) -> usize {
         self.ctx.admission.sockets()
+    }
+
+    /// What the broker holds now, against its global bounds (`$SYS`, `/metrics`).
+    pub fn usage(&self) -> Usage {
+        let shared = &self.ctx.shared;
+        Usage {
+            open_sockets: self.ctx.admission.sockets(),
+            queued_bytes: shared.queued_total.load(Ordering::Relaxed),
+            retained_messages: lock(&shared.retained).len(),
+            retained_bytes: shared.retained_bytes.load(Ordering::Relaxed),
+            persistent_sessions: shared.persistent_sessions(),
+        }
     }
 
     /// Binds every listener of `config`. Fails on the first address that cannot be bound.
