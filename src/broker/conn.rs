@@ -49,6 +49,7 @@ pub const DENY_LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Ctx {
     pub shared: Arc<Shared>,
     pub settings: Arc<Settings>,
+    pub admission: super::admission::Admission,
 }
 
 /// Why the connection ended; decides the will.
@@ -90,7 +91,9 @@ where
                 .stats
                 .malformed_packets
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, error = %e, "Bad CONNECT; closing the connection");
+            if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "bad_connect") {
+                warn!(%peer, error = %e, suppressed, "Bad CONNECT; closing the connection");
+            }
             if let Some((version, code)) = e.connack_response() {
                 refuse(&mut wr, version, code).await;
             }
@@ -108,7 +111,9 @@ where
             .stats
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
-        warn!(%peer, max = settings.max_connections, "Connection refused: max_connections reached");
+        if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "max_connections") {
+            warn!(%peer, max = settings.max_connections, suppressed, "Connection refused: max_connections reached");
+        }
         refuse(&mut wr, version, reason::SERVER_UNAVAILABLE).await;
         return;
     }
@@ -117,12 +122,14 @@ where
         return;
     }
     let access = shared.access();
-    if let Err(code) = authenticate(&access, &connect).await {
+    if let Err(code) = authenticate(&ctx, &access, peer, &connect).await {
         shared
             .stats
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
-        info!(%peer, client = %connect.client_id, username = ?connect.username, "Connection refused: not authorized");
+        if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "not_authorized") {
+            info!(%peer, client = %connect.client_id, username = ?connect.username, reason_code = code, suppressed, "Connection refused: not authorized");
+        }
         refuse(&mut wr, version, code).await;
         return;
     }
@@ -162,13 +169,14 @@ where
     }
 
     // Attach to the session.
-    let expiry = if version.is_v5() {
+    let asked = if version.is_v5() {
         Expiry::from_v5(connect.properties.session_expiry_interval.unwrap_or(0))
     } else if connect.clean_start {
         Expiry::AtDisconnect
     } else {
         Expiry::Never
     };
+    let (expiry, expiry_cap) = granted_expiry(&ctx, peer, &client_id, asked);
     let kick = CancellationToken::new();
     let owner = Owner {
         username: connect.username.as_deref().map(Arc::from),
@@ -202,6 +210,8 @@ where
         maximum_packet_size: u32::try_from(settings.max_packet_size).ok(),
         assigned_client_identifier: assigned,
         server_keep_alive,
+        // MQTT 5.0 §3.2.2.3.2: the server tells the client when it grants another expiry.
+        session_expiry_interval: (expiry != asked).then(|| expiry.as_v5()),
         ..Properties::default()
     };
     if !version.is_v5() {
@@ -239,7 +249,8 @@ where
             0
         },
         pending_acks: VecDeque::new(),
-        session_expiry_zero: expiry == Expiry::AtDisconnect,
+        session_expiry_zero: asked == Expiry::AtDisconnect,
+        expiry_cap,
     };
     conn.send(&Packet::ConnAck(ConnAck {
         session_present,
@@ -341,8 +352,12 @@ fn rand_u64() -> u64 {
 }
 
 /// Checks credentials: a username must be a configured user with the right password; no
-/// username needs `allow_anonymous`. Argon2 is slow on purpose, so it runs off the runtime.
-async fn authenticate(access: &Access, c: &Connect) -> Result<(), u8> {
+/// username needs `allow_anonymous`. Argon2 is slow and memory-hungry on purpose, so it runs
+/// through the shared [`crate::auth::Verifier`] (bounded, on the blocking pool); failures
+/// count towards the source's throttle (see `admission`).
+async fn authenticate(ctx: &Ctx, access: &Access, peer: SocketAddr, c: &Connect) -> Result<(), u8> {
+    let settings = &ctx.settings;
+    let stats = &ctx.shared.stats;
     let Some(username) = &c.username else {
         return if access.allow_anonymous {
             Ok(())
@@ -350,20 +365,64 @@ async fn authenticate(access: &Access, c: &Connect) -> Result<(), u8> {
             Err(reason::NOT_AUTHORIZED)
         };
     };
-    let Some(hash) = access.users.get(username).cloned() else {
-        return Err(reason::BAD_USER_NAME_OR_PASSWORD);
-    };
-    let password = c.password.clone().unwrap_or_default();
-    let ok = tokio::task::spawn_blocking(move || {
-        std::str::from_utf8(&password).is_ok_and(|p| crate::auth::verify(p, &hash))
-    })
-    .await
-    .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(reason::BAD_USER_NAME_OR_PASSWORD)
+    let ip = peer.ip();
+    if ctx.admission.blocked(ip) {
+        stats.logins_throttled.fetch_add(1, Ordering::Relaxed);
+        return Err(reason::BANNED);
     }
+    let ok = match access.users.get(username) {
+        None => false,
+        Some(hash) => {
+            let password = c.password.as_deref().unwrap_or_default();
+            let source = crate::auth::Source::net(ip);
+            match settings.verifier.verify(source, password, hash).await {
+                Ok(ok) => ok,
+                Err(crate::auth::Busy) => {
+                    stats.logins_busy.fetch_add(1, Ordering::Relaxed);
+                    return Err(reason::SERVER_BUSY);
+                }
+            }
+        }
+    };
+    if ok {
+        ctx.admission.succeeded(ip);
+        return Ok(());
+    }
+    if ctx.admission.failed(ip) {
+        warn!(
+            source = %crate::auth::source_key(ip),
+            failures = super::admission::MAX_FAILURES,
+            block_secs = super::admission::BLOCK.as_secs(),
+            "Too many failed MQTT logins from this address within a minute; refusing its logins for a while"
+        );
+    }
+    Err(reason::BAD_USER_NAME_OR_PASSWORD)
+}
+
+/// The session expiry granted for `asked` (SPEC §3.2): at most `broker.session_expiry` (MQTT
+/// 3.1.1 persistent sessions get exactly that), and none when a new persistent session would
+/// pass `max_persistent_sessions` (the new one is not kept; counted). Returns (expiry, the cap
+/// a later DISCONNECT is held to).
+fn granted_expiry(ctx: &Ctx, peer: SocketAddr, client_id: &str, asked: Expiry) -> (Expiry, u32) {
+    let shared = &ctx.shared;
+    let bounds = &shared.bounds;
+    let expiry = asked.capped(bounds.session_expiry);
+    if expiry == Expiry::AtDisconnect {
+        return (expiry, bounds.session_expiry);
+    }
+    let existing = lock(&shared.sessions).get(client_id).cloned();
+    let resumes = existing.is_some_and(|c| lock(&c.state).expiry != Expiry::AtDisconnect);
+    if !resumes && shared.persistent_sessions() >= bounds.max_persistent_sessions {
+        shared
+            .stats
+            .sessions_refused
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "sessions_refused") {
+            warn!(%peer, client = %client_id, max = bounds.max_persistent_sessions, suppressed, "Persistent session not kept: max_persistent_sessions reached; it ends with the connection");
+        }
+        return (Expiry::AtDisconnect, 0);
+    }
+    (expiry, bounds.session_expiry)
 }
 
 /// Finds or creates the session for `client_id` and makes this connection its owner,
@@ -401,6 +460,7 @@ fn attach(
         shared.discard_session(&old);
     }
     let mut session = Session::new(version, expiry, shared.limits);
+    session.total = Some(shared.queue_total());
     session.kick = Some(kick.clone());
     session.generation = 1;
     session.owner = Some(owner);
@@ -562,6 +622,9 @@ struct Conn {
     out_alias_max: u16,
     pending_acks: VecDeque<PendingAck>,
     session_expiry_zero: bool,
+    /// The longest session expiry a DISCONNECT may set, in seconds (0: the session was not
+    /// kept, see `granted_expiry`).
+    expiry_cap: u32,
 }
 
 impl Conn {
@@ -1078,7 +1141,7 @@ impl Conn {
                 return End::Abnormal("session expiry set at DISCONNECT".into());
             }
             let mut st = lock(&self.cell.state);
-            st.expiry = Expiry::from_v5(secs);
+            st.expiry = Expiry::from_v5(secs).capped(self.expiry_cap);
             if st.persisted && st.expiry != Expiry::AtDisconnect {
                 self.ctx
                     .shared

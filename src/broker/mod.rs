@@ -49,6 +49,7 @@
 //! Not yet built: MQTT 5 enhanced authentication.
 
 pub mod acl;
+pub(crate) mod admission;
 pub mod codec;
 pub(crate) mod conn;
 mod persist;
@@ -62,7 +63,9 @@ use crate::config;
 use acl::{Acl, Action};
 use bytes::Bytes;
 use codec::{Properties, QoS, SubscriptionOptions};
-use state::{lock, Delivery, Expiry, Limits, Message, Session, SessionCell, Shared, SubTarget};
+use state::{
+    lock, Bounds, Delivery, Expiry, Limits, Message, Session, SessionCell, Shared, SubTarget,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +75,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// How long a new connection may take to send CONNECT; see [`Settings::connect_timeout`].
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Client ids beginning with this belong to the daemon's own in-process consumers (uplinks,
 /// device command subscriptions, the web hub). No network client may use one: a CONNECT with
@@ -135,6 +141,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_packet_size: usize,
     pub limits: Limits,
+    /// Bounds over all sessions and retained messages (SPEC §3.2).
+    pub bounds: Bounds,
     /// Our in-flight window toward a client (capped by its Receive Maximum in v5).
     pub max_inflight: usize,
     /// How many unacknowledged QoS 1/2 PUBLISHes a client may have toward us.
@@ -143,8 +151,13 @@ pub struct Settings {
     /// The longest keepalive an MQTT 5 client gets (longer ones are shortened with Server
     /// Keep Alive), in seconds.
     pub max_keepalive: u16,
-    /// How long a new connection may take to send CONNECT.
+    /// How long a new connection may take to send CONNECT (after its TLS or WebSocket
+    /// handshake): long enough for any client on a slow link, short enough that sockets
+    /// that never send one do not hold their places (EMQX waits 15 s, Mosquitto has no such
+    /// limit; a client sends CONNECT straight after the handshake).
     pub connect_timeout: Duration,
+    /// Checks passwords: the process-wide verifier, shared with the web server.
+    pub verifier: crate::auth::Verifier,
 }
 
 impl Settings {
@@ -157,13 +170,35 @@ impl Settings {
                 max_queued_messages: c.max_queued_messages as usize,
                 max_queued_bytes: usize::try_from(c.max_queued_bytes.0).unwrap_or(usize::MAX),
             },
+            bounds: Bounds {
+                max_queued_bytes_total: usize::try_from(c.max_queued_bytes_total.0)
+                    .unwrap_or(usize::MAX),
+                max_retained_messages: c.max_retained_messages as usize,
+                max_retained_bytes: usize::try_from(c.max_retained_bytes.0).unwrap_or(usize::MAX),
+                max_persistent_sessions: c.max_persistent_sessions as usize,
+                session_expiry: u32::try_from(c.session_expiry.0.as_secs()).unwrap_or(u32::MAX),
+            },
             max_inflight: usize::from(c.max_inflight_messages),
             receive_maximum: 1024,
             topic_alias_maximum: 64,
             max_keepalive: u16::try_from(c.max_keepalive.0.as_secs()).unwrap_or(u16::MAX),
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: CONNECT_TIMEOUT,
+            verifier: crate::auth::Verifier::global().clone(),
         }
     }
+}
+
+/// What the broker holds now; see [`Broker::usage`].
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// MQTT sockets, connected or before CONNECT.
+    pub open_sockets: usize,
+    /// Bytes queued over all network clients' sessions (`max_queued_bytes_total`).
+    pub queued_bytes: usize,
+    pub retained_messages: usize,
+    pub retained_bytes: usize,
+    /// Sessions that outlive their connection (`max_persistent_sessions`).
+    pub persistent_sessions: usize,
 }
 
 /// A handle to the broker: publish and subscribe from inside the daemon.
@@ -189,11 +224,13 @@ impl Broker {
         Self::with_shared(settings, shared)
     }
 
-    fn with_shared(settings: Settings, shared: Shared) -> Self {
+    fn with_shared(settings: Settings, mut shared: Shared) -> Self {
+        shared.bounds = settings.bounds;
         Broker {
             ctx: Arc::new(conn::Ctx {
                 shared: Arc::new(shared),
                 settings: Arc::new(settings),
+                admission: admission::Admission::default(),
             }),
         }
     }
@@ -258,6 +295,23 @@ impl Broker {
     /// existing subscriptions at their next delivery.
     pub fn set_access(&self, access: Access) {
         self.ctx.shared.access.send_replace(Arc::new(access));
+    }
+
+    /// MQTT sockets open now: connected clients and sockets that have not sent CONNECT yet.
+    pub fn open_sockets(&self) -> usize {
+        self.ctx.admission.sockets()
+    }
+
+    /// What the broker holds now, against its global bounds (`$SYS`, `/metrics`).
+    pub fn usage(&self) -> Usage {
+        let shared = &self.ctx.shared;
+        Usage {
+            open_sockets: self.ctx.admission.sockets(),
+            queued_bytes: shared.queued_total.load(Ordering::Relaxed),
+            retained_messages: lock(&shared.retained).len(),
+            retained_bytes: shared.retained_bytes.load(Ordering::Relaxed),
+            persistent_sessions: shared.persistent_sessions(),
+        }
     }
 
     /// Binds every listener of `config`. Fails on the first address that cannot be bound.
@@ -473,11 +527,25 @@ impl Listener {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 r = self.tcp.accept() => match r {
                     Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
                         let ctx = self.broker.ctx.clone();
+                        // Every socket is counted from here on, CONNECT or not; one over the
+                        // limit is closed at once.
+                        let limit = admission::socket_limit(ctx.settings.max_connections);
+                        let Some(slot) = ctx.admission.open_socket(limit) else {
+                            drop(stream);
+                            ctx.shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                            if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "max_connections") {
+                                warn!(%peer, limit, suppressed, "Connection closed at once: too many MQTT sockets are open (max_connections and its headroom)");
+                            }
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
                         let stop = shutdown.clone();
                         let transport = self.transport.clone();
-                        conns.spawn(handshake_and_serve(ctx, transport, stream, peer, stop));
+                        conns.spawn(async move {
+                            handshake_and_serve(ctx, transport, stream, peer, stop).await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait a little, keep serving.
@@ -520,14 +588,17 @@ async fn handshake_and_serve(
                 conn::serve(ctx, tls, peer, stop).await
             }
             Transport::Ws => {
-                let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_ws(stream))
-                    .await
-                    .map_err(timeout("WebSocket"))??;
+                let ws = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    accept_ws(stream, ctx.settings.max_packet_size),
+                )
+                .await
+                .map_err(timeout("WebSocket"))??;
                 conn::serve(ctx, ws, peer, stop).await
             }
             Transport::Wss(acceptor) => {
                 let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                    accept_ws(acceptor.accept(stream).await?).await
+                    accept_ws(acceptor.accept(stream).await?, ctx.settings.max_packet_size).await
                 })
                 .await
                 .map_err(timeout("TLS/WebSocket"))??;
