@@ -6,8 +6,14 @@
 //! login that can never succeed.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use password_hash::rand_core::OsRng;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// Hashes `password` with argon2id and a random salt (the crate's default cost: 19 MiB,
 /// 2 passes — OWASP's recommendation, about 50 ms on a Raspberry Pi 4).
@@ -21,6 +27,8 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
 }
 
 /// True when `password` matches the PHC string `hash`. A malformed hash never matches.
+///
+/// Unbounded: the CLI and tests use it; logins go through [`Verifier`].
 pub fn verify(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|h| {
@@ -29,6 +37,248 @@ pub fn verify(password: &str, hash: &str) -> bool {
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+/// Password checks with bounded concurrency and memory, shared by the MQTT broker and the
+/// web server (SPEC §3.2).
+///
+/// Each argon2 check needs its cost in memory (19 MiB for `tidegate passwd`'s hashes). Run
+/// without a bound, a flood of CONNECTs or logins held gigabytes at once, and glibc kept most
+/// of it afterwards. So:
+/// - at most [`MAX_CONCURRENT`] checks run at once, on the blocking pool;
+/// - each running check uses one of as many reusable memory buffers, kept for the life of the
+///   process (memory for password checks never exceeds `MAX_CONCURRENT` × the largest hash's
+///   cost, and never goes back to the allocator to fragment it);
+/// - at most [`MAX_WAITING`] checks wait for a turn, each at most [`MAX_WAIT`]; a source (an
+///   IP address, an IPv6 /64, or the web server as a whole) has at most [`MAX_PER_SOURCE`]
+///   checks running or waiting. Beyond that a check is refused at once with [`Busy`] (MQTT:
+///   CONNACK "server busy"; web: 503), which costs nothing.
+///
+/// One flooding source thus never holds more than `MAX_PER_SOURCE` places in the line, and a
+/// client elsewhere waits for at most a few checks.
+#[derive(Clone)]
+pub struct Verifier(Arc<VerifierInner>);
+
+/// Password checks that run at once, process-wide. Two keep a Raspberry Pi responsive (it
+/// has four cores, shared with the broker and the drivers) and bound the memory they take to
+/// 2 × 19 MiB.
+pub const MAX_CONCURRENT: usize = 2;
+/// Password checks that may wait for a turn, process-wide.
+pub const MAX_WAITING: usize = 32;
+/// Password checks one source may have running or waiting.
+pub const MAX_PER_SOURCE: usize = 4;
+/// How long a check waits for its turn before it is refused.
+pub const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// Who asks for a password check, for [`MAX_PER_SOURCE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A network peer: an IPv4 address or an IPv6 /64 (one host usually holds a whole /64).
+    Net(IpAddr),
+    /// The web server's logins and password changes, together.
+    Web,
+}
+
+impl Source {
+    pub fn net(ip: IpAddr) -> Self {
+        Source::Net(source_key(ip))
+    }
+}
+
+/// The address a source is counted under: IPv4 (and IPv4-mapped IPv6) as is, IPv6 by /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// A password check refused because too many are running or waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("too many password checks at once; try again shortly")]
+pub struct Busy;
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("available", &self.0.permits.available_permits())
+            .field("waiting", &self.0.waiting.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+struct VerifierInner {
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    per_source: Mutex<HashMap<Source, usize>>,
+    buffers: Mutex<Vec<Vec<Block>>>,
+    max_waiting: usize,
+    max_per_source: usize,
+    max_wait: Duration,
+    refused: AtomicU64,
+}
+
+/// Holds a source's place until the check ends (also when the caller gave up on it).
+struct SourceSlot {
+    inner: Arc<VerifierInner>,
+    source: Source,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut all = lock(&self.inner.per_source);
+        if let Some(n) = all.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                all.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Counts a waiting check until it has its turn or gives up (cancel-safe).
+struct WaitSlot<'a>(&'a AtomicUsize);
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Verifier {
+    /// The process-wide verifier the broker and the web server share.
+    pub fn global() -> &'static Verifier {
+        static V: std::sync::OnceLock<Verifier> = std::sync::OnceLock::new();
+        V.get_or_init(|| Verifier::new(MAX_CONCURRENT, MAX_WAITING, MAX_PER_SOURCE, MAX_WAIT))
+    }
+
+    /// A verifier with its own bounds (tests; the daemon uses [`Verifier::global`]).
+    pub fn new(
+        concurrent: usize,
+        max_waiting: usize,
+        max_per_source: usize,
+        max_wait: Duration,
+    ) -> Self {
+        Verifier(Arc::new(VerifierInner {
+            permits: Arc::new(Semaphore::new(concurrent.max(1))),
+            waiting: AtomicUsize::new(0),
+            per_source: Mutex::new(HashMap::new()),
+            buffers: Mutex::new(Vec::new()),
+            max_waiting,
+            max_per_source: max_per_source.max(1),
+            max_wait,
+            refused: AtomicU64::new(0),
+        }))
+    }
+
+    /// Checks refused with [`Busy`] so far.
+    pub fn refused(&self) -> u64 {
+        self.0.refused.load(Ordering::Relaxed)
+    }
+
+    /// True when `password` matches the PHC string `hash` (a malformed hash never matches),
+    /// checked on the blocking pool within the bounds above.
+    ///
+    /// Fails with [`Busy`] when `source` already has [`MAX_PER_SOURCE`] checks under way, or
+    /// the line is full, or the turn did not come within [`MAX_WAIT`].
+    pub async fn verify(&self, source: Source, password: &[u8], hash: &str) -> Result<bool, Busy> {
+        let inner = &self.0;
+        let busy = || {
+            inner.refused.fetch_add(1, Ordering::Relaxed);
+            Busy
+        };
+        let slot = {
+            let mut all = lock(&inner.per_source);
+            let n = all.entry(source).or_insert(0);
+            if *n >= inner.max_per_source {
+                drop(all);
+                return Err(busy());
+            }
+            *n += 1;
+            SourceSlot {
+                inner: inner.clone(),
+                source,
+            }
+        };
+        let permit = match inner.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if inner.waiting.fetch_add(1, Ordering::AcqRel) >= inner.max_waiting {
+                    inner.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return Err(busy());
+                }
+                let _waiting = WaitSlot(&inner.waiting);
+                match tokio::time::timeout(inner.max_wait, inner.permits.clone().acquire_owned())
+                    .await
+                {
+                    Ok(Ok(p)) => p,
+                    // Timed out, or the semaphore closed (it never is).
+                    _ => return Err(busy()),
+                }
+            }
+        };
+        let password = password.to_vec();
+        let hash = hash.to_string();
+        let inner2 = inner.clone();
+        // The permit and the source's place move into the blocking task: they are held until
+        // the hash is done, even when the caller stops waiting for it (a closed connection).
+        let task = tokio::task::spawn_blocking(move || {
+            let mut blocks = lock(&inner2.buffers).pop().unwrap_or_default();
+            let ok = verify_in(&password, &hash, &mut blocks);
+            lock(&inner2.buffers).push(blocks);
+            drop(permit);
+            drop(slot);
+            ok
+        });
+        Ok(task.await.unwrap_or(false))
+    }
+}
+
+/// [`verify`] with the argon2 memory in `blocks`, grown to the hash's cost when smaller.
+fn verify_in(password: &[u8], hash: &str, blocks: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    if blocks.len() < params.block_count() {
+        blocks.resize(params.block_count(), Block::new());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon2 = Argon2::new(algorithm, version, params);
+    if argon2
+        .hash_password_into_with_memory(password, salt, &mut out, &mut blocks[..])
+        .is_err()
+    {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    password_hash::Output::new(&out).is_ok_and(|computed| computed == expected)
 }
 
 /// Checks that `hash` is an argon2 PHC string, with a message saying what is wrong.
@@ -63,6 +313,72 @@ mod tests {
         assert!(check_hash_format("$argon2id$v=19$m=19456").is_err());
         assert!(check_hash_format("plaintext").is_err());
         assert!(!verify("x", "garbage"));
+    }
+
+    /// A cheap hash (256 KiB, one pass) for tests that verify many.
+    fn cheap_hash(password: &str) -> String {
+        let params = Params::new(256, 1, 1, None).unwrap();
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn the_verifier_agrees_with_verify_and_reuses_its_buffers() {
+        let v = Verifier::new(2, 4, 4, Duration::from_secs(5));
+        let h = cheap_hash("s3cret");
+        let src = Source::net("10.0.0.1".parse().unwrap());
+        assert_eq!(v.verify(src, b"s3cret", &h).await, Ok(true));
+        assert_eq!(v.verify(src, b"S3cret", &h).await, Ok(false));
+        assert_eq!(v.verify(src, b"x", "garbage").await, Ok(false));
+        let real = hash_password("long one").unwrap();
+        assert_eq!(v.verify(Source::Web, b"long one", &real).await, Ok(true));
+        // One buffer, grown to the largest cost seen, kept for the next check.
+        let buffers = lock(&v.0.buffers);
+        assert_eq!(buffers.len(), 1);
+        assert_eq!(buffers[0].len(), Params::DEFAULT_M_COST as usize);
+    }
+
+    #[tokio::test]
+    async fn the_verifier_bounds_the_line_and_each_source() {
+        // Every turn taken: checks wait (at most 2), per source at most 2.
+        let v = Verifier::new(1, 2, 2, Duration::from_secs(600));
+        let all = v.0.permits.clone().try_acquire_many_owned(1).unwrap();
+        let h = cheap_hash("pw");
+        let a = Source::net("10.0.0.1".parse().unwrap());
+        let b = Source::net("10.0.0.2".parse().unwrap());
+        let spawn = |s: Source| {
+            let (v, h) = (v.clone(), h.clone());
+            tokio::spawn(async move { v.verify(s, b"pw", &h).await })
+        };
+        let a1 = spawn(a);
+        let a2 = spawn(a);
+        tokio::task::yield_now().await;
+        while v.0.waiting.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        // Source a has its two places; the line (2) is full too.
+        assert_eq!(v.verify(a, b"pw", &h).await, Err(Busy));
+        assert_eq!(v.verify(b, b"pw", &h).await, Err(Busy));
+        assert_eq!(v.refused(), 2);
+        drop(all);
+        assert_eq!(a1.await.unwrap(), Ok(true));
+        assert_eq!(a2.await.unwrap(), Ok(true));
+        assert_eq!(v.verify(b, b"pw", &h).await, Ok(true));
+        assert!(lock(&v.0.per_source).is_empty());
+        assert!(
+            lock(&v.0.buffers).len() <= 1,
+            "one check at a time, one buffer"
+        );
+    }
+
+    #[test]
+    fn ipv6_sources_count_by_64() {
+        let a = source_key("2001:db8:1:2:3:4:5:6".parse().unwrap());
+        assert_eq!(a, "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let mapped = source_key("::ffff:10.1.2.3".parse().unwrap());
+        assert_eq!(mapped, "10.1.2.3".parse::<IpAddr>().unwrap());
     }
 }
 

@@ -636,3 +636,323 @@ async fn sys_tree_is_retained_and_readable_by_subscribers_of_sys() {
     b.stop.cancel();
     sys.await.unwrap();
 }
+
+/// Issue 12, finding 3: failed logins from one address block its logins for a while, even
+/// with the right password, without a password check.
+#[tokio::test]
+async fn failed_logins_from_one_address_are_throttled() {
+    let b = start(&format!(
+        "  allow_anonymous: false\n  users: [{{username: plc, password_hash: '{HASH}'}}]\n"
+    ))
+    .await;
+    use rumqttc::ConnectReturnCode::*;
+    for i in 0..10 {
+        let mut o = options(b.addr, &format!("guess{i}"));
+        // Unknown usernames count as much as wrong passwords.
+        o.set_credentials(if i % 2 == 0 { "plc" } else { "root" }, "nope");
+        assert_eq!(refused(o).await, BadUserNamePassword, "attempt {i}");
+    }
+    let mut o = options(b.addr, "right");
+    o.set_credentials("plc", "hunter2");
+    assert_eq!(
+        refused(o).await,
+        NotAuthorized,
+        "blocked, right password or not"
+    );
+    assert_eq!(
+        b.broker
+            .stats()
+            .logins_throttled
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Anonymous clients are not the throttle's business (refused as before).
+    assert_eq!(refused(options(b.addr, "anon")).await, NotAuthorized);
+}
+
+/// Issue 12, finding 12: sockets that never send CONNECT count against the connection limit.
+#[tokio::test]
+async fn sockets_before_connect_count_against_the_limit() {
+    // max_connections 2 → at most 2 + 0 + 8 = 10 sockets.
+    let b = start("  max_connections: 2\n").await;
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(TcpStream::connect(b.addr).await.unwrap());
+    }
+    // The 11th socket is closed at once, CONNECT or not.
+    let mut s = TcpStream::connect(b.addr).await.unwrap();
+    let mut out = BytesMut::new();
+    let c = Connect::new(ProtocolVersion::V311, "eleventh");
+    codec::encode(
+        &codec::Packet::Connect(Box::new(c)),
+        ProtocolVersion::V311,
+        &mut out,
+    )
+    .unwrap();
+    let _ = s.write_all(&out).await;
+    assert!(
+        read_to_close(&mut s).await.is_empty(),
+        "no CONNACK for a socket over the limit"
+    );
+    assert_eq!(b.broker.open_sockets(), 10);
+    // A place freed is a place for a real client.
+    idle.pop();
+    let (_c, ack) = tokio::time::timeout(WAIT, async {
+        loop {
+            if b.broker.open_sockets() < 10 {
+                break Client::connect(options(b.addr, "real")).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a freed place is taken");
+    assert_eq!(ack.code, rumqttc::ConnectReturnCode::Success);
+}
+
+/// Polls `f` until it holds (10 s at most).
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+fn connected(b: &TestBroker) -> usize {
+    b.broker
+        .stats()
+        .clients_connected
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A 3.1.1 persistent session: subscribes to `filter` at QoS 1, then disconnects.
+async fn park_session(b: &TestBroker, id: &str, filter: &str) {
+    let mut o = options(b.addr, id);
+    o.set_clean_session(false);
+    let (mut c, _) = Client::connect(o).await;
+    c.subscribe(filter, QoS::AtLeastOnce).await;
+    c.client.disconnect().await.unwrap();
+    until("the client is gone", || connected(b) == 0).await;
+}
+
+/// Issue 12, finding 7: retained messages from clients are bounded in count and bytes.
+#[tokio::test]
+async fn retained_messages_are_bounded() {
+    let b =
+        start("  max_packet_size: 1KiB\n  max_retained_messages: 3\n  max_retained_bytes: 1KiB\n")
+            .await;
+    let (publ, _) = Client::connect(options(b.addr, "pub")).await;
+    let big = vec![b'x'; 400];
+    // Two of ~470 bytes fit in 1 KiB; the third does not.
+    for topic in ["r/a", "r/b", "r/c"] {
+        publ.client
+            .publish(topic, QoS::AtLeastOnce, true, big.clone())
+            .await
+            .unwrap();
+    }
+    // Small ones: r/d makes three, r/e a fourth.
+    for topic in ["r/d", "r/e"] {
+        publ.client
+            .publish(topic, QoS::AtLeastOnce, true, "s")
+            .await
+            .unwrap();
+    }
+    let stats = b.broker.stats();
+    until("every PUBLISH is handled", || {
+        stats
+            .messages_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 5
+    })
+    .await;
+    let mut kept: Vec<String> = b
+        .broker
+        .retained("r/#")
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["r/a", "r/b", "r/d"]);
+    assert_eq!(
+        stats
+            .retained_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // Replacing a kept topic with a value of the same size, and clearing one, still work.
+    publ.client
+        .publish("r/a", QoS::AtLeastOnce, true, vec![b'y'; 400])
+        .await
+        .unwrap();
+    publ.client
+        .publish("r/d", QoS::AtLeastOnce, true, "")
+        .await
+        .unwrap();
+    until("both are handled", || {
+        stats
+            .messages_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 7
+    })
+    .await;
+    let r = b.broker.retained("r/#");
+    assert_eq!(r.len(), 2);
+    assert!(r.iter().any(|(t, p)| t == "r/a" && p[0] == b'y'));
+    // The gateway's own retained messages are not bounded by clients' use.
+    b.broker
+        .publish(
+            "devices/d/t",
+            "21.5",
+            tidegate::broker::codec::QoS::AtMostOnce,
+            true,
+        )
+        .await
+        .unwrap();
+    b.broker
+        .publish(
+            "devices/d/u",
+            "21.5",
+            tidegate::broker::codec::QoS::AtMostOnce,
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.broker.retained("devices/#").len(), 2);
+    drop(publ.client);
+}
+
+/// Issue 12, finding 7: the bytes queued for offline sessions are bounded over all of them.
+#[tokio::test]
+async fn queued_bytes_are_bounded_over_all_sessions() {
+    let b = start(
+        "  max_packet_size: 1KiB\n  max_queued_bytes: 1KiB\n  max_queued_bytes_total: 2KiB\n",
+    )
+    .await;
+    for id in ["s1", "s2", "s3"] {
+        park_session(&b, id, "q/#").await;
+    }
+    // Each message costs ~470 bytes in each of 3 queues: 4 fit in 2 KiB, 2 do not.
+    for i in 0..2 {
+        b.broker
+            .publish(
+                &format!("q/{i}"),
+                vec![b'x'; 400],
+                tidegate::broker::codec::QoS::AtLeastOnce,
+                false,
+            )
+            .await
+            .unwrap();
+    }
+    let usage = b.broker.usage();
+    assert!(usage.queued_bytes <= 2048, "{usage:?}");
+    let stats = b.broker.stats();
+    assert_eq!(
+        stats
+            .queue_total_drops
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    // What was queued is delivered, and taking it frees the room.
+    let mut delivered = 0;
+    for id in ["s1", "s2", "s3"] {
+        let mut o = options(b.addr, id);
+        o.set_clean_session(false);
+        let (mut c, ack) = Client::connect(o).await;
+        assert!(ack.session_present);
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), c.events.recv()).await {
+                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))))) => {
+                    delivered += 1
+                }
+                Ok(Some(Ok(_))) => {}
+                _ => break,
+            }
+        }
+    }
+    assert_eq!(delivered, 4);
+    until("the queues are empty", || {
+        b.broker.usage().queued_bytes == 0
+    })
+    .await;
+}
+
+/// Issue 12, finding 7: persistent sessions are bounded in number; a new one beyond the
+/// bound is not kept (and MQTT 5 clients are told).
+#[tokio::test]
+async fn persistent_sessions_are_bounded() {
+    let b = start("  max_persistent_sessions: 2\n").await;
+    park_session(&b, "p1", "a").await;
+    park_session(&b, "p2", "a").await;
+    park_session(&b, "p3", "a").await;
+    assert_eq!(b.broker.usage().persistent_sessions, 2);
+    assert_eq!(
+        b.broker
+            .stats()
+            .sessions_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    for (id, kept) in [("p3", false), ("p1", true)] {
+        let mut o = options(b.addr, id);
+        o.set_clean_session(false);
+        let (c, ack) = Client::connect(o).await;
+        assert_eq!(ack.session_present, kept, "{id}");
+        c.client.disconnect().await.unwrap();
+        until("the client is gone", || connected(&b) == 0).await;
+    }
+    // MQTT 5: a session beyond the bound is granted expiry 0 in the CONNACK.
+    let mut c = Connect::new(ProtocolVersion::V5, "p5");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(3600);
+    let ack = raw_connack(b.addr, c).await;
+    assert_eq!(ack.properties.session_expiry_interval, Some(0));
+}
+
+/// Sends CONNECT, returns the CONNACK.
+async fn raw_connack(addr: SocketAddr, c: Connect) -> codec::ConnAck {
+    let v = c.protocol;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = BytesMut::new();
+    codec::encode(&codec::Packet::Connect(Box::new(c)), v, &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut buf = BytesMut::new();
+    loop {
+        assert!(
+            s.read_buf(&mut buf).await.unwrap() > 0,
+            "closed before CONNACK"
+        );
+        if let Some(p) = codec::decode_from_server(&mut buf, v, 1 << 20).unwrap() {
+            match p {
+                codec::Packet::ConnAck(a) => return a,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+}
+
+/// Issue 12, finding 7: MQTT 3.1.1 persistent sessions expire after broker.session_expiry;
+/// MQTT 5 clients get at most it, and are told.
+#[tokio::test]
+async fn persistent_sessions_expire() {
+    let b = start("  session_expiry: 1s\n").await;
+    park_session(&b, "old311", "a").await;
+    assert_eq!(b.broker.usage().persistent_sessions, 1);
+    until("the 3.1.1 session expired", || {
+        b.broker.usage().persistent_sessions == 0
+    })
+    .await;
+    let mut o = options(b.addr, "old311");
+    o.set_clean_session(false);
+    let (_c, ack) = Client::connect(o).await;
+    assert!(!ack.session_present);
+
+    let mut c = Connect::new(ProtocolVersion::V5, "forever5");
+    c.clean_start = false;
+    c.properties.session_expiry_interval = Some(u32::MAX);
+    let ack = raw_connack(b.addr, c).await;
+    assert_eq!(ack.reason_code, 0);
+    assert_eq!(ack.properties.session_expiry_interval, Some(1));
+}

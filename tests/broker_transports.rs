@@ -281,3 +281,87 @@ fn a_bad_certificate_file_fails_at_bind() {
         .expect("refused");
     assert!(format!("{err:#}").contains("x.crt"), "{err:#}");
 }
+
+/// A masked client frame: FIN, binary, `len` as its declared length, `payload` (which may
+/// be shorter: the rest is "still to come").
+fn ws_frame_header(len: u64) -> Vec<u8> {
+    let mut f = vec![0x82];
+    if len < 126 {
+        f.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        f.push(0x80 | 126);
+        f.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        f.push(0x80 | 127);
+        f.extend_from_slice(&len.to_be_bytes());
+    }
+    // An all-zero mask leaves the payload as is.
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    f
+}
+
+/// Issue 12, finding 11: a WebSocket frame longer than max_packet_size is refused when its
+/// header arrives; the broker does not buffer it (16 MiB before) waiting for the rest.
+#[tokio::test]
+async fn a_websocket_frame_over_max_packet_size_is_refused_at_its_header() {
+    let yaml = "broker:\n  max_packet_size: 64KiB\n  listeners:\n    - {bind: 127.0.0.1:0, websocket: true}\n";
+    let cfg = tidegate::config::parse(yaml).unwrap_or_else(|e| panic!("{e:?}"));
+    let broker = Broker::new(Settings::from_config(&cfg.broker));
+    let listener = broker.bind(&cfg.broker).await.unwrap().remove(0);
+    let addr = listener.local_addr();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move { listener.serve(s).await });
+
+    // The upgrade by hand, to write raw frames afterwards.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /mqtt HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Protocol: mqtt\r\n\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            tcp.read(&mut byte).await.unwrap(),
+            1,
+            "closed in the upgrade"
+        );
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+
+    // CONNECT with keepalive 0 (no keepalive timeout to end the wait), then CONNACK.
+    let mut c = Connect::new(ProtocolVersion::V311, "big");
+    c.keep_alive = 0;
+    let mut out = BytesMut::new();
+    codec::encode(
+        &Packet::Connect(Box::new(c)),
+        ProtocolVersion::V311,
+        &mut out,
+    )
+    .unwrap();
+    let mut frame = ws_frame_header(out.len() as u64);
+    frame.extend_from_slice(&out);
+    tcp.write_all(&frame).await.unwrap();
+    let mut connack = [0u8; 6];
+    tcp.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x82, 4, 0x20, 2, 0, 0]);
+
+    // A frame announcing 16 MiB, and its first 4 KiB.
+    let mut frame = ws_frame_header(16 << 20);
+    frame.extend_from_slice(&[0x30; 4096]);
+    tcp.write_all(&frame).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the broker closes the connection instead of waiting for 16 MiB")
+        .ok();
+    stop.cancel();
+}

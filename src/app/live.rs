@@ -10,10 +10,15 @@
 //!   restarted, added ones started, removed ones stopped; the others keep polling.
 //! - `uplinks`: an uplink whose settings changed is restarted (its queue database stays, so
 //!   nothing queued is lost), added ones start, removed ones stop.
-//! - `broker` or `gateway`: the broker is rebuilt — every listener rebinds and its MQTT clients
-//!   are disconnected (they reconnect; persistent sessions and retained messages survive when
-//!   `broker.persistence` is on), and the devices and uplinks that publish into it restart.
-//!   When neither section changed, MQTT clients stay connected.
+//! - `broker.users`, `broker.allow_anonymous`, `broker.acl` alone: applied in place
+//!   ([`Broker::set_access`]), MQTT clients stay connected; one whose user was removed or got
+//!   a new password (or an anonymous one when anonymous clients are no longer allowed) is
+//!   disconnected, as Mosquitto does on reloading its password file. The new ACL applies to
+//!   existing subscriptions at their next delivery.
+//! - any other `broker` key, or `gateway`: the broker is rebuilt — every listener rebinds and
+//!   its MQTT clients are disconnected (they reconnect; persistent sessions and retained
+//!   messages survive when `broker.persistence` is on), and the devices and uplinks that
+//!   publish into it restart. When neither section changed, MQTT clients stay connected.
 //! - `web`: a new `bind` or `tls` restarts the web server (sessions survive); `users` and
 //!   `metrics` apply at once (sessions of removed users, or users whose password changed, end).
 //! - `log.level`: applied at once; `log.format` needs a restart (logged).
@@ -339,7 +344,16 @@ impl Controller {
     async fn apply(&mut self, new: &Config) -> anyhow::Result<Vec<String>> {
         let mut done = Vec::new();
         let old = self.run.config.clone();
-        let rebuild = !self.run.core_up || old.broker != new.broker || old.gateway != new.gateway;
+        let rebuild = !self.run.core_up
+            || without_access(&old.broker) != without_access(&new.broker)
+            || old.gateway != new.gateway;
+        if !rebuild && old.broker != new.broker {
+            // Only users, allow_anonymous or the ACL: applied in place, clients stay.
+            self.run
+                .broker
+                .set_access(crate::broker::Access::from_config(&new.broker));
+            done.push("broker users/ACL updated (MQTT clients stay connected)".to_string());
+        }
         if rebuild {
             // Everything that holds the broker stops first, then the broker itself.
             if let Some(hub) = self.run.hub.take() {
@@ -643,6 +657,17 @@ impl Controller {
 
 /// An uplink's durable local subscription, shared across restarts of its task.
 type LocalSub = Arc<tokio::sync::Mutex<crate::broker::LocalSubscription>>;
+
+/// The `broker` section without what [`Broker::set_access`] changes in place: when two configs
+/// differ only there, the broker is not rebuilt.
+fn without_access(b: &config::Broker) -> config::Broker {
+    config::Broker {
+        allow_anonymous: false,
+        users: Vec::new(),
+        acl: None,
+        ..b.clone()
+    }
+}
 
 /// Builds the broker, binds its listeners and starts them and the `$SYS` task.
 async fn build_core(

@@ -19,11 +19,11 @@ use super::codec::{
 };
 use super::persist;
 use super::state::{
-    lock, split_shared, Delivery, Expiry, Inflight, Message, Pending, Session, SessionCell, Shared,
-    Stage, SubTarget,
+    lock, split_shared, Delivery, Expiry, Inflight, Message, Owner, Pending, Session, SessionCell,
+    Shared, Stage, SubTarget,
 };
 use super::store::Op;
-use super::Settings;
+use super::{Access, Settings, INTERNAL_PREFIX};
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -41,11 +41,15 @@ const OUT_HIGH_WATER: usize = 64 * 1024;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection we closed keeps draining the client's input.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection logs at most one line about ACL denials per this long (the rest are counted
+/// and the count is given with the next line).
+pub const DENY_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything a connection needs from the broker.
 pub struct Ctx {
     pub shared: Arc<Shared>,
     pub settings: Arc<Settings>,
+    pub admission: super::admission::Admission,
 }
 
 /// Why the connection ended; decides the will.
@@ -87,7 +91,9 @@ where
                 .stats
                 .malformed_packets
                 .fetch_add(1, Ordering::Relaxed);
-            warn!(%peer, error = %e, "Bad CONNECT; closing the connection");
+            if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "bad_connect") {
+                warn!(%peer, error = %e, suppressed, "Bad CONNECT; closing the connection");
+            }
             if let Some((version, code)) = e.connack_response() {
                 refuse(&mut wr, version, code).await;
             }
@@ -105,7 +111,9 @@ where
             .stats
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
-        warn!(%peer, max = settings.max_connections, "Connection refused: max_connections reached");
+        if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "max_connections") {
+            warn!(%peer, max = settings.max_connections, suppressed, "Connection refused: max_connections reached");
+        }
         refuse(&mut wr, version, reason::SERVER_UNAVAILABLE).await;
         return;
     }
@@ -113,12 +121,15 @@ where
         refuse(&mut wr, version, reason::BAD_AUTHENTICATION_METHOD).await;
         return;
     }
-    if let Err(code) = authenticate(settings, &connect).await {
+    let access = shared.access();
+    if let Err(code) = authenticate(&ctx, &access, peer, &connect).await {
         shared
             .stats
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
-        info!(%peer, client = %connect.client_id, username = ?connect.username, "Connection refused: not authorized");
+        if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "not_authorized") {
+            info!(%peer, client = %connect.client_id, username = ?connect.username, reason_code = code, suppressed, "Connection refused: not authorized");
+        }
         refuse(&mut wr, version, code).await;
         return;
     }
@@ -130,13 +141,27 @@ where
     } else {
         connect.client_id.as_str().into()
     };
+    if client_id.starts_with(INTERNAL_PREFIX) {
+        // The daemon's own consumers' namespace (see `INTERNAL_PREFIX`).
+        shared
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(%peer, client = %client_id, username = ?connect.username, "Connection refused: client ids beginning with $internal/ are reserved for the gateway itself");
+        refuse(&mut wr, version, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return;
+    }
     if let Some(will) = &connect.will {
-        if !settings.may(
+        if !access.may(
             connect.username.as_deref(),
             &client_id,
             Action::Publish,
             &will.topic,
         ) {
+            shared
+                .stats
+                .publishes_denied
+                .fetch_add(1, Ordering::Relaxed);
             info!(%peer, client = %client_id, topic = %will.topic, "Connection refused: will topic not allowed");
             refuse(&mut wr, version, reason::NOT_AUTHORIZED).await;
             return;
@@ -144,17 +169,22 @@ where
     }
 
     // Attach to the session.
-    let expiry = if version.is_v5() {
+    let asked = if version.is_v5() {
         Expiry::from_v5(connect.properties.session_expiry_interval.unwrap_or(0))
     } else if connect.clean_start {
         Expiry::AtDisconnect
     } else {
         Expiry::Never
     };
+    let (expiry, expiry_cap) = granted_expiry(&ctx, peer, &client_id, asked);
     let kick = CancellationToken::new();
+    let owner = Owner {
+        username: connect.username.as_deref().map(Arc::from),
+    };
     let (cell, session_present, generation) = attach(
         shared,
         &client_id,
+        owner,
         version,
         expiry,
         connect.clean_start,
@@ -180,6 +210,8 @@ where
         maximum_packet_size: u32::try_from(settings.max_packet_size).ok(),
         assigned_client_identifier: assigned,
         server_keep_alive,
+        // MQTT 5.0 §3.2.2.3.2: the server tells the client when it grants another expiry.
+        session_expiry_interval: (expiry != asked).then(|| expiry.as_v5()),
         ..Properties::default()
     };
     if !version.is_v5() {
@@ -190,6 +222,12 @@ where
         version,
         client_id: client_id.clone(),
         username: connect.username.clone(),
+        auth_hash: connect
+            .username
+            .as_ref()
+            .and_then(|u| access.users.get(u).cloned()),
+        access_rx: shared.access.subscribe(),
+        deny_log: DenyLog::default(),
         cell: cell.clone(),
         generation,
         out: BytesMut::with_capacity(4096),
@@ -211,7 +249,8 @@ where
             0
         },
         pending_acks: VecDeque::new(),
-        session_expiry_zero: expiry == Expiry::AtDisconnect,
+        session_expiry_zero: asked == Expiry::AtDisconnect,
+        expiry_cap,
     };
     conn.send(&Packet::ConnAck(ConnAck {
         session_present,
@@ -313,29 +352,77 @@ fn rand_u64() -> u64 {
 }
 
 /// Checks credentials: a username must be a configured user with the right password; no
-/// username needs `allow_anonymous`. Argon2 is slow on purpose, so it runs off the runtime.
-async fn authenticate(settings: &Settings, c: &Connect) -> Result<(), u8> {
+/// username needs `allow_anonymous`. Argon2 is slow and memory-hungry on purpose, so it runs
+/// through the shared [`crate::auth::Verifier`] (bounded, on the blocking pool); failures
+/// count towards the source's throttle (see `admission`).
+async fn authenticate(ctx: &Ctx, access: &Access, peer: SocketAddr, c: &Connect) -> Result<(), u8> {
+    let settings = &ctx.settings;
+    let stats = &ctx.shared.stats;
     let Some(username) = &c.username else {
-        return if settings.allow_anonymous {
+        return if access.allow_anonymous {
             Ok(())
         } else {
             Err(reason::NOT_AUTHORIZED)
         };
     };
-    let Some(hash) = settings.users.get(username).cloned() else {
-        return Err(reason::BAD_USER_NAME_OR_PASSWORD);
-    };
-    let password = c.password.clone().unwrap_or_default();
-    let ok = tokio::task::spawn_blocking(move || {
-        std::str::from_utf8(&password).is_ok_and(|p| crate::auth::verify(p, &hash))
-    })
-    .await
-    .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(reason::BAD_USER_NAME_OR_PASSWORD)
+    let ip = peer.ip();
+    if ctx.admission.blocked(ip) {
+        stats.logins_throttled.fetch_add(1, Ordering::Relaxed);
+        return Err(reason::BANNED);
     }
+    let ok = match access.users.get(username) {
+        None => false,
+        Some(hash) => {
+            let password = c.password.as_deref().unwrap_or_default();
+            let source = crate::auth::Source::net(ip);
+            match settings.verifier.verify(source, password, hash).await {
+                Ok(ok) => ok,
+                Err(crate::auth::Busy) => {
+                    stats.logins_busy.fetch_add(1, Ordering::Relaxed);
+                    return Err(reason::SERVER_BUSY);
+                }
+            }
+        }
+    };
+    if ok {
+        ctx.admission.succeeded(ip);
+        return Ok(());
+    }
+    if ctx.admission.failed(ip) {
+        warn!(
+            source = %crate::auth::source_key(ip),
+            failures = super::admission::MAX_FAILURES,
+            block_secs = super::admission::BLOCK.as_secs(),
+            "Too many failed MQTT logins from this address within a minute; refusing its logins for a while"
+        );
+    }
+    Err(reason::BAD_USER_NAME_OR_PASSWORD)
+}
+
+/// The session expiry granted for `asked` (SPEC §3.2): at most `broker.session_expiry` (MQTT
+/// 3.1.1 persistent sessions get exactly that), and none when a new persistent session would
+/// pass `max_persistent_sessions` (the new one is not kept; counted). Returns (expiry, the cap
+/// a later DISCONNECT is held to).
+fn granted_expiry(ctx: &Ctx, peer: SocketAddr, client_id: &str, asked: Expiry) -> (Expiry, u32) {
+    let shared = &ctx.shared;
+    let bounds = &shared.bounds;
+    let expiry = asked.capped(bounds.session_expiry);
+    if expiry == Expiry::AtDisconnect {
+        return (expiry, bounds.session_expiry);
+    }
+    let existing = lock(&shared.sessions).get(client_id).cloned();
+    let resumes = existing.is_some_and(|c| lock(&c.state).expiry != Expiry::AtDisconnect);
+    if !resumes && shared.persistent_sessions() >= bounds.max_persistent_sessions {
+        shared
+            .stats
+            .sessions_refused
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "sessions_refused") {
+            warn!(%peer, client = %client_id, max = bounds.max_persistent_sessions, suppressed, "Persistent session not kept: max_persistent_sessions reached; it ends with the connection");
+        }
+        return (Expiry::AtDisconnect, 0);
+    }
+    (expiry, bounds.session_expiry)
 }
 
 /// Finds or creates the session for `client_id` and makes this connection its owner,
@@ -343,6 +430,7 @@ async fn authenticate(settings: &Settings, c: &Connect) -> Result<(), u8> {
 fn attach(
     shared: &Shared,
     client_id: &Arc<str>,
+    owner: Owner,
     version: ProtocolVersion,
     expiry: Expiry,
     clean_start: bool,
@@ -356,6 +444,9 @@ fn attach(
                 k.cancel();
             }
             if !clean_start {
+                // From now on every delivery is checked against the new owner's rights (queued
+                // and in-flight messages included), whoever subscribed.
+                st.owner = Some(owner);
                 st.generation += 1;
                 st.kick = Some(kick.clone());
                 st.expiry = expiry;
@@ -369,8 +460,10 @@ fn attach(
         shared.discard_session(&old);
     }
     let mut session = Session::new(version, expiry, shared.limits);
+    session.total = Some(shared.queue_total());
     session.kick = Some(kick.clone());
     session.generation = 1;
+    session.owner = Some(owner);
     sync_persisted(shared, client_id, &mut session);
     let cell = Arc::new(SessionCell {
         client_id: client_id.clone(),
@@ -482,11 +575,42 @@ struct PendingAck {
     pending: Option<Pending>,
 }
 
+/// Rate-limits a connection's log lines about ACL denials.
+#[derive(Default)]
+struct DenyLog {
+    /// No line before this.
+    quiet_until: Option<Instant>,
+    /// Denials not logged since the last line.
+    suppressed: u64,
+}
+
+impl DenyLog {
+    /// True when this denial gets a line; then `suppressed()` tells how many went unlogged.
+    fn admit(&mut self, now: Instant) -> bool {
+        if self.quiet_until.is_some_and(|t| now < t) {
+            self.suppressed += 1;
+            return false;
+        }
+        self.quiet_until = Some(now + DENY_LOG_INTERVAL);
+        true
+    }
+
+    fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
 struct Conn {
     ctx: Arc<Ctx>,
     version: ProtocolVersion,
     client_id: Arc<str>,
     username: Option<String>,
+    /// The password hash this client authenticated with: a change of users that removes or
+    /// changes it ends the connection.
+    auth_hash: Option<String>,
+    /// Tells the connection that users or ACL changed.
+    access_rx: tokio::sync::watch::Receiver<Arc<Access>>,
+    deny_log: DenyLog,
     cell: Arc<SessionCell>,
     generation: u64,
     out: BytesMut,
@@ -498,6 +622,9 @@ struct Conn {
     out_alias_max: u16,
     pending_acks: VecDeque<PendingAck>,
     session_expiry_zero: bool,
+    /// The longest session expiry a DISCONNECT may set, in seconds (0: the session was not
+    /// kept, see `granted_expiry`).
+    expiry_cap: u32,
 }
 
 impl Conn {
@@ -511,6 +638,32 @@ impl Conn {
             .stats
             .bytes_sent
             .fetch_add((self.out.len() - before) as u64, Ordering::Relaxed);
+    }
+
+    /// Logs an ACL denial, at most one line per [`DENY_LOG_INTERVAL`]; the counters are
+    /// the caller's.
+    fn log_denied(&mut self, what: &'static str, topic: &str) {
+        if self.deny_log.admit(Instant::now()) {
+            let suppressed = self.deny_log.take_suppressed();
+            info!(
+                client = %self.client_id,
+                username = ?self.username,
+                action = what,
+                %topic,
+                not_logged_before = suppressed,
+                "The ACL denied a client's request"
+            );
+        }
+    }
+
+    /// Whether this client's credentials still hold under `access` (after a change of users):
+    /// its user still exists with the same password hash, or anonymous clients are still
+    /// allowed.
+    fn still_authorized(&self, access: &Access) -> bool {
+        match &self.username {
+            None => access.allow_anonymous,
+            Some(u) => access.users.get(u) == self.auth_hash.as_ref(),
+        }
     }
 
     fn disconnect(&mut self, code: u8) {
@@ -538,6 +691,8 @@ impl Conn {
         let mut deadline = keepalive.map(|k| Instant::now() + k);
         // TLS and WebSocket buffer writes: flush once the buffer has been handed over.
         let mut needs_flush = false;
+        let mut access_watch = true;
+        self.access_rx.borrow_and_update();
         // Packets already buffered behind the CONNECT.
         if let Some(end) = self.process(rbuf) {
             return end;
@@ -574,6 +729,20 @@ impl Conn {
                     }
                 }
                 _ = self.cell.wake.notified() => {}
+                changed = self.access_rx.changed(), if access_watch => {
+                    if changed.is_err() {
+                        // The broker is going away; shutdown ends the connection.
+                        access_watch = false;
+                        continue;
+                    }
+                    let access = self.access_rx.borrow_and_update().clone();
+                    if !self.still_authorized(&access) {
+                        info!(client = %self.client_id, username = ?self.username, "Disconnecting a client whose credentials no longer hold after a change of users");
+                        self.disconnect(reason::ADMINISTRATIVE_ACTION);
+                        return End::Abnormal("credentials revoked".into());
+                    }
+                    // The loop's pump checks what is queued against the new ACL.
+                }
                 ok = wait_front(&mut self.pending_acks), if waiting => {
                     if let Some(p) = self.pending_acks.front_mut() {
                         p.pending = None;
@@ -676,7 +845,7 @@ impl Conn {
             self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
             return Some(End::Abnormal("receive maximum exceeded".into()));
         }
-        let allowed = settings.may(
+        let allowed = shared.access().may(
             self.username.as_deref(),
             &self.client_id,
             Action::Publish,
@@ -708,7 +877,11 @@ impl Conn {
             let p = shared.route(msg);
             pending = (!p.is_empty()).then_some(p);
         } else {
-            debug!(client = %self.client_id, %topic, "Publish denied by the ACL");
+            shared
+                .stats
+                .publishes_denied
+                .fetch_add(1, Ordering::Relaxed);
+            self.log_denied("publish", &topic);
             code = reason::NOT_AUTHORIZED;
         }
         match p.qos {
@@ -840,7 +1013,7 @@ impl Conn {
 
     fn on_subscribe(&mut self, s: Subscribe) {
         let shared = self.ctx.shared.clone();
-        let settings = self.ctx.settings.clone();
+        let access = shared.access();
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<(Arc<Message>, QoS)> = Vec::new();
@@ -852,13 +1025,17 @@ impl Conn {
                 codes.push(reason::TOPIC_FILTER_INVALID);
                 continue;
             }
-            if !settings.may(
+            if !access.may(
                 self.username.as_deref(),
                 &self.client_id,
                 Action::Subscribe,
                 inner,
             ) {
-                debug!(client = %self.client_id, %filter, "Subscription denied by the ACL");
+                shared
+                    .stats
+                    .subscriptions_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log_denied("subscribe", filter);
                 // 0x80 (Unspecified error) rather than 0x87: both are valid MQTT 5 SUBACK
                 // codes, and the Eclipse Paho client (and its interoperability suite)
                 // accepts only 0x80 for a refused subscription.
@@ -898,10 +1075,15 @@ impl Conn {
                     codec::RetainHandling::DoNotSend => false,
                 };
             if send_retained {
+                // Retained messages are deliveries too: only what this client may read.
+                let owner = lock(&self.cell.state).owner.clone();
                 retained.extend(
                     shared
                         .retained_for(inner)
                         .into_iter()
+                        .filter(|m| {
+                            shared.may_read(&access, owner.as_ref(), &self.client_id, &m.topic)
+                        })
                         .map(|m| (m, opts.qos)),
                 );
             }
@@ -959,7 +1141,7 @@ impl Conn {
                 return End::Abnormal("session expiry set at DISCONNECT".into());
             }
             let mut st = lock(&self.cell.state);
-            st.expiry = Expiry::from_v5(secs);
+            st.expiry = Expiry::from_v5(secs).capped(self.expiry_cap);
             if st.persisted && st.expiry != Expiry::AtDisconnect {
                 self.ctx
                     .shared
@@ -974,11 +1156,32 @@ impl Conn {
     }
 
     /// On resuming a session: resend what was in flight (PUBLISH with DUP, or PUBREL).
+    /// A message this client's owner may no longer read (the session was taken over by
+    /// another user, or the ACL changed) is dropped instead, as acknowledged.
     fn resend_inflight(&mut self) {
         let now = Instant::now();
         let mut packets = Vec::new();
+        let access = self.ctx.shared.access();
+        let mut denied = Vec::new();
         {
-            let st = lock(&self.cell.state);
+            let mut st = lock(&self.cell.state);
+            if access.acl.is_some() {
+                let ids: Vec<u16> = st
+                    .inflight
+                    .iter()
+                    .filter(|(_, i)| {
+                        i.stage == Stage::Published
+                            && !access.may(
+                                self.username.as_deref(),
+                                &self.client_id,
+                                Action::Read,
+                                &i.delivery.msg.topic,
+                            )
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                denied.extend(ids.into_iter().filter_map(|id| st.inflight.remove(&id)));
+            }
             for (id, i) in &st.inflight {
                 packets.push(match i.stage {
                     Stage::Published => publish_packet(&i.delivery, Some(*id), true, now),
@@ -989,6 +1192,15 @@ impl Conn {
         for p in packets {
             self.send(&p);
         }
+        for mut i in denied {
+            self.ctx
+                .shared
+                .stats
+                .deliveries_denied
+                .fetch_add(1, Ordering::Relaxed);
+            self.dequeue(&i.delivery);
+            i.delivery.acknowledge();
+        }
     }
 
     /// Moves messages from the session queue to the outgoing buffer while the buffer and the
@@ -996,6 +1208,10 @@ impl Conn {
     fn pump(&mut self) {
         let now = Instant::now();
         let shared = self.ctx.shared.clone();
+        // Checked at sending too: the session's owner or the ACL may have changed since the
+        // message was queued (and a restored session's queue was never checked).
+        let access = shared.access();
+        let check_read = access.acl.is_some();
         let mut marked = Vec::new();
         let mut st = lock(&self.cell.state);
         if st.generation != self.generation {
@@ -1016,6 +1232,27 @@ impl Conn {
                     .stats
                     .publishes_expired
                     .fetch_add(1, Ordering::Relaxed);
+                d.acknowledge();
+                continue;
+            }
+            if check_read
+                && !access.may(
+                    self.username.as_deref(),
+                    &self.client_id,
+                    Action::Read,
+                    &d.msg.topic,
+                )
+            {
+                shared
+                    .stats
+                    .deliveries_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(seq) = d.seq {
+                    marked.push(Op::Dequeue {
+                        client_id: self.client_id.to_string(),
+                        seq,
+                    });
+                }
                 d.acknowledge();
                 continue;
             }

@@ -32,10 +32,24 @@
 //! listener's `JoinSet`, so stopping a listener stops its connections: they send DISCONNECT
 //! 0x8B (v5) and close.
 //!
-//! Not yet built (they are points of the broker issue still open): persistence in SQLite,
-//! MQTT 5 enhanced authentication.
+//! # Access (SPEC §3.2)
+//! - Network clients and the daemon's own consumers live in separate namespaces: in-process
+//!   sessions are named under [`INTERNAL_PREFIX`], which a network CONNECT may not use (it
+//!   is refused with 0x85 / identifier rejected), so no network client can take over, feed
+//!   or starve the uplinks, device command subscriptions or the web hub.
+//! - The ACL ([`acl`]) is checked as Mosquitto does: each PUBLISH; each SUBSCRIBE (refused
+//!   only when a deny rule covers the filter whole, or no allow rule covers it); and every
+//!   delivery to a network client, against whoever owns the session *at that moment* — so a
+//!   session taken over by another user, a retained message, or an ACL changed since the
+//!   subscription never delivers what the receiver may not read. Denied deliveries are
+//!   skipped and counted; denied publishes and subscribes are counted and logged (at most
+//!   one line per connection every 10 s).
+//! - [`Broker::set_access`] swaps users and ACL while clients stay connected.
+//!
+//! Not yet built: MQTT 5 enhanced authentication.
 
 pub mod acl;
+pub(crate) mod admission;
 pub mod codec;
 pub(crate) mod conn;
 mod persist;
@@ -49,7 +63,9 @@ use crate::config;
 use acl::{Acl, Action};
 use bytes::Bytes;
 use codec::{Properties, QoS, SubscriptionOptions};
-use state::{lock, Delivery, Expiry, Limits, Message, Session, SessionCell, Shared, SubTarget};
+use state::{
+    lock, Bounds, Delivery, Expiry, Limits, Message, Session, SessionCell, Shared, SubTarget,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,31 +76,29 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// The broker's settings, from the config's `broker` section.
-#[derive(Debug)]
-pub struct Settings {
+/// How long a new connection may take to send CONNECT; see [`Settings::connect_timeout`].
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Client ids beginning with this belong to the daemon's own in-process consumers (uplinks,
+/// device command subscriptions, the web hub). No network client may use one: a CONNECT with
+/// such an id is refused (0x85 Client Identifier not valid; MQTT 3.1.1: identifier rejected),
+/// and a stored session under such an id is not restored — so a network client can neither
+/// take over nor disturb an in-process session.
+pub const INTERNAL_PREFIX: &str = "$internal/";
+
+/// Who may connect and what they may do (`broker.allow_anonymous`, `users`, `acl`): the part
+/// of the settings that changes while clients stay connected ([`Broker::set_access`]).
+#[derive(Debug, Clone)]
+pub struct Access {
     pub allow_anonymous: bool,
     /// username → argon2 PHC hash.
     pub users: HashMap<String, String>,
     pub acl: Option<Acl>,
-    pub max_connections: usize,
-    pub max_packet_size: usize,
-    pub limits: Limits,
-    /// Our in-flight window toward a client (capped by its Receive Maximum in v5).
-    pub max_inflight: usize,
-    /// How many unacknowledged QoS 1/2 PUBLISHes a client may have toward us.
-    pub receive_maximum: u16,
-    pub topic_alias_maximum: u16,
-    /// The longest keepalive an MQTT 5 client gets (longer ones are shortened with Server
-    /// Keep Alive), in seconds.
-    pub max_keepalive: u16,
-    /// How long a new connection may take to send CONNECT.
-    pub connect_timeout: Duration,
 }
 
-impl Settings {
+impl Access {
     pub fn from_config(c: &config::Broker) -> Self {
-        Settings {
+        Access {
             allow_anonymous: c.allow_anonymous,
             users: c
                 .users
@@ -92,17 +106,15 @@ impl Settings {
                 .map(|u| (u.username.clone(), u.password_hash.clone()))
                 .collect(),
             acl: c.acl.clone().map(Acl::new),
-            max_connections: c.max_connections as usize,
-            max_packet_size: usize::try_from(c.max_packet_size.0).unwrap_or(usize::MAX),
-            limits: Limits {
-                max_queued_messages: c.max_queued_messages as usize,
-                max_queued_bytes: usize::try_from(c.max_queued_bytes.0).unwrap_or(usize::MAX),
-            },
-            max_inflight: usize::from(c.max_inflight_messages),
-            receive_maximum: 1024,
-            topic_alias_maximum: 64,
-            max_keepalive: u16::try_from(c.max_keepalive.0.as_secs()).unwrap_or(u16::MAX),
-            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Nobody may connect. What [`Settings::access`] holds once the broker took it over.
+    fn refuse_all() -> Self {
+        Access {
+            allow_anonymous: false,
+            users: HashMap::new(),
+            acl: Some(Acl::new(Vec::new())),
         }
     }
 
@@ -118,6 +130,75 @@ impl Settings {
             .as_ref()
             .is_none_or(|a| a.allows(username, client_id, action, topic))
     }
+}
+
+/// The broker's settings, from the config's `broker` section.
+#[derive(Debug)]
+pub struct Settings {
+    /// The initial [`Access`]. The broker takes it over when it is built (this field is then
+    /// left refusing everything); the live one is [`Broker::access`].
+    pub access: Access,
+    pub max_connections: usize,
+    pub max_packet_size: usize,
+    pub limits: Limits,
+    /// Bounds over all sessions and retained messages (SPEC §3.2).
+    pub bounds: Bounds,
+    /// Our in-flight window toward a client (capped by its Receive Maximum in v5).
+    pub max_inflight: usize,
+    /// How many unacknowledged QoS 1/2 PUBLISHes a client may have toward us.
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    /// The longest keepalive an MQTT 5 client gets (longer ones are shortened with Server
+    /// Keep Alive), in seconds.
+    pub max_keepalive: u16,
+    /// How long a new connection may take to send CONNECT (after its TLS or WebSocket
+    /// handshake): long enough for any client on a slow link, short enough that sockets
+    /// that never send one do not hold their places (EMQX waits 15 s, Mosquitto has no such
+    /// limit; a client sends CONNECT straight after the handshake).
+    pub connect_timeout: Duration,
+    /// Checks passwords: the process-wide verifier, shared with the web server.
+    pub verifier: crate::auth::Verifier,
+}
+
+impl Settings {
+    pub fn from_config(c: &config::Broker) -> Self {
+        Settings {
+            access: Access::from_config(c),
+            max_connections: c.max_connections as usize,
+            max_packet_size: usize::try_from(c.max_packet_size.0).unwrap_or(usize::MAX),
+            limits: Limits {
+                max_queued_messages: c.max_queued_messages as usize,
+                max_queued_bytes: usize::try_from(c.max_queued_bytes.0).unwrap_or(usize::MAX),
+            },
+            bounds: Bounds {
+                max_queued_bytes_total: usize::try_from(c.max_queued_bytes_total.0)
+                    .unwrap_or(usize::MAX),
+                max_retained_messages: c.max_retained_messages as usize,
+                max_retained_bytes: usize::try_from(c.max_retained_bytes.0).unwrap_or(usize::MAX),
+                max_persistent_sessions: c.max_persistent_sessions as usize,
+                session_expiry: u32::try_from(c.session_expiry.0.as_secs()).unwrap_or(u32::MAX),
+            },
+            max_inflight: usize::from(c.max_inflight_messages),
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            max_keepalive: u16::try_from(c.max_keepalive.0.as_secs()).unwrap_or(u16::MAX),
+            connect_timeout: CONNECT_TIMEOUT,
+            verifier: crate::auth::Verifier::global().clone(),
+        }
+    }
+}
+
+/// What the broker holds now; see [`Broker::usage`].
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// MQTT sockets, connected or before CONNECT.
+    pub open_sockets: usize,
+    /// Bytes queued over all network clients' sessions (`max_queued_bytes_total`).
+    pub queued_bytes: usize,
+    pub retained_messages: usize,
+    pub retained_bytes: usize,
+    /// Sessions that outlive their connection (`max_persistent_sessions`).
+    pub persistent_sessions: usize,
 }
 
 /// A handle to the broker: publish and subscribe from inside the daemon.
@@ -137,16 +218,19 @@ pub enum PublishError {
 
 impl Broker {
     /// A broker that keeps nothing across restarts.
-    pub fn new(settings: Settings) -> Self {
-        let shared = Shared::new(settings.limits);
+    pub fn new(mut settings: Settings) -> Self {
+        let access = std::mem::replace(&mut settings.access, Access::refuse_all());
+        let shared = Shared::new(settings.limits, access);
         Self::with_shared(settings, shared)
     }
 
-    fn with_shared(settings: Settings, shared: Shared) -> Self {
+    fn with_shared(settings: Settings, mut shared: Shared) -> Self {
+        shared.bounds = settings.bounds;
         Broker {
             ctx: Arc::new(conn::Ctx {
                 shared: Arc::new(shared),
                 settings: Arc::new(settings),
+                admission: admission::Admission::default(),
             }),
         }
     }
@@ -157,7 +241,7 @@ impl Broker {
     /// runtime: restored sessions get their expiry timers.
     ///
     /// Fails when the database cannot be opened or created.
-    pub fn open(settings: Settings, path: &std::path::Path) -> anyhow::Result<Self> {
+    pub fn open(mut settings: Settings, path: &std::path::Path) -> anyhow::Result<Self> {
         let (store, snapshot) = store::Store::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open the broker store {}: {e}", path.display()))?;
         if let Some(moved) = &snapshot.recovered_from_corruption {
@@ -170,7 +254,8 @@ impl Broker {
                 "Broker store rows could not be decoded; they were moved to its quarantine table"
             );
         }
-        let mut shared = Shared::new(settings.limits);
+        let access = std::mem::replace(&mut settings.access, Access::refuse_all());
+        let mut shared = Shared::new(settings.limits, access);
         shared
             .stats
             .store_rows_quarantined
@@ -195,6 +280,38 @@ impl Broker {
     /// Counters for `$SYS`, the web UI and `/metrics`.
     pub fn stats(&self) -> &state::Stats {
         &self.ctx.shared.stats
+    }
+
+    /// Who may connect and what they may do, now.
+    pub fn access(&self) -> Arc<Access> {
+        self.ctx.shared.access()
+    }
+
+    /// Replaces the users, `allow_anonymous` and the ACL while clients stay connected (as
+    /// Mosquitto reloads its password and ACL files). Connected clients are checked again at
+    /// once: one whose user was removed or got a new password hash, or an anonymous one when
+    /// anonymous clients are no longer allowed, is disconnected (MQTT 5: DISCONNECT 0x98
+    /// Administrative action). The ACL applies to every later PUBLISH and SUBSCRIBE, and to
+    /// existing subscriptions at their next delivery.
+    pub fn set_access(&self, access: Access) {
+        self.ctx.shared.access.send_replace(Arc::new(access));
+    }
+
+    /// MQTT sockets open now: connected clients and sockets that have not sent CONNECT yet.
+    pub fn open_sockets(&self) -> usize {
+        self.ctx.admission.sockets()
+    }
+
+    /// What the broker holds now, against its global bounds (`$SYS`, `/metrics`).
+    pub fn usage(&self) -> Usage {
+        let shared = &self.ctx.shared;
+        Usage {
+            open_sockets: self.ctx.admission.sockets(),
+            queued_bytes: shared.queued_total.load(Ordering::Relaxed),
+            retained_messages: lock(&shared.retained).len(),
+            retained_bytes: shared.retained_bytes.load(Ordering::Relaxed),
+            persistent_sessions: shared.persistent_sessions(),
+        }
     }
 
     /// Binds every listener of `config`. Fails on the first address that cannot be bound.
@@ -250,7 +367,7 @@ impl Broker {
             retain,
             properties: None,
             expires_at: None,
-            publisher: from.map(|name| format!("$internal/{name}").into()),
+            publisher: from.map(|name| format!("{INTERNAL_PREFIX}{name}").into()),
         });
         self.ctx
             .shared
@@ -265,8 +382,10 @@ impl Broker {
         }
     }
 
-    /// Subscribes an in-process consumer named `name` (its client id, prefixed `$internal/`
-    /// so no network client can take it) to `filters`. Retained messages matching them are
+    /// Subscribes an in-process consumer named `name` to `filters`. Its client id is `name`
+    /// under [`INTERNAL_PREFIX`], which network clients may not use: no network client can
+    /// take it over. Messages it receives are not checked against the ACL (it is the gateway
+    /// itself). Retained messages matching them are
     /// delivered first.
     pub fn subscribe(
         &self,
@@ -287,7 +406,7 @@ impl Broker {
         no_local: bool,
     ) -> LocalSubscription {
         let shared = &self.ctx.shared;
-        let client_id: Arc<str> = format!("$internal/{name}").into();
+        let client_id: Arc<str> = format!("{INTERNAL_PREFIX}{name}").into();
         let limits = if durable {
             // The uplink drains this into its own store as fast as the disk allows.
             Limits {
@@ -408,11 +527,25 @@ impl Listener {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 r = self.tcp.accept() => match r {
                     Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
                         let ctx = self.broker.ctx.clone();
+                        // Every socket is counted from here on, CONNECT or not; one over the
+                        // limit is closed at once.
+                        let limit = admission::socket_limit(ctx.settings.max_connections);
+                        let Some(slot) = ctx.admission.open_socket(limit) else {
+                            drop(stream);
+                            ctx.shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                            if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "max_connections") {
+                                warn!(%peer, limit, suppressed, "Connection closed at once: too many MQTT sockets are open (max_connections and its headroom)");
+                            }
+                            continue;
+                        };
+                        let _ = stream.set_nodelay(true);
                         let stop = shutdown.clone();
                         let transport = self.transport.clone();
-                        conns.spawn(handshake_and_serve(ctx, transport, stream, peer, stop));
+                        conns.spawn(async move {
+                            handshake_and_serve(ctx, transport, stream, peer, stop).await;
+                            drop(slot);
+                        });
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait a little, keep serving.
@@ -455,14 +588,17 @@ async fn handshake_and_serve(
                 conn::serve(ctx, tls, peer, stop).await
             }
             Transport::Ws => {
-                let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_ws(stream))
-                    .await
-                    .map_err(timeout("WebSocket"))??;
+                let ws = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    accept_ws(stream, ctx.settings.max_packet_size),
+                )
+                .await
+                .map_err(timeout("WebSocket"))??;
                 conn::serve(ctx, ws, peer, stop).await
             }
             Transport::Wss(acceptor) => {
                 let ws = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-                    accept_ws(acceptor.accept(stream).await?).await
+                    accept_ws(acceptor.accept(stream).await?, ctx.settings.max_packet_size).await
                 })
                 .await
                 .map_err(timeout("TLS/WebSocket"))??;

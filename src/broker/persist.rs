@@ -169,6 +169,11 @@ pub fn restore(shared: &Arc<Shared>, snapshot: Snapshot) -> (usize, usize) {
                 expires_at: deadline_at(r.expires_at_ms),
                 publisher: None,
             };
+            // Kept even beyond the bounds (they may have been lowered): data is not thrown
+            // away at start-up; new retained messages wait until there is room.
+            shared
+                .retained_bytes
+                .fetch_add(msg.cost(), std::sync::atomic::Ordering::AcqRel);
             map.insert(msg.topic.clone(), Arc::new(msg));
             retained += 1;
         }
@@ -177,11 +182,14 @@ pub fn restore(shared: &Arc<Shared>, snapshot: Snapshot) -> (usize, usize) {
     let mut delete = Vec::new();
     for snap in snapshot.sessions {
         let row = snap.session;
+        // Sessions stored before `broker.session_expiry` existed (or under a longer one)
+        // expire within the current one.
         let expiry = match row.expiry_secs {
             None => Expiry::Never,
             Some(0) => Expiry::AtDisconnect,
             Some(s) => Expiry::After(s),
-        };
+        }
+        .capped(shared.bounds.session_expiry);
         let gone_for = row.disconnected_at_ms.map_or(0, |t| now.saturating_sub(t));
         let left = match expiry {
             Expiry::AtDisconnect => None,
@@ -191,6 +199,15 @@ pub fn restore(shared: &Arc<Shared>, snapshot: Snapshot) -> (usize, usize) {
                 (gone_for < total).then(|| Some(Duration::from_millis(total - gone_for)))
             }
         };
+        if row.client_id.starts_with(super::INTERNAL_PREFIX) {
+            // Stored by a network client before such ids were refused: restoring it would put
+            // it in the daemon's own namespace.
+            warn!(client = %row.client_id, "Dropping a stored session whose client id is reserved for the gateway itself");
+            delete.push(Op::DeleteSession {
+                client_id: row.client_id,
+            });
+            continue;
+        }
         let Some(left) = left else {
             delete.push(Op::DeleteSession {
                 client_id: row.client_id,
@@ -208,6 +225,7 @@ pub fn restore(shared: &Arc<Shared>, snapshot: Snapshot) -> (usize, usize) {
         .unwrap_or(ProtocolVersion::V311);
         let mut session = Session::new(version, expiry, shared.limits);
         session.persisted = true;
+        session.total = Some(shared.queue_total());
         let client_id: Arc<str> = row.client_id.as_str().into();
         let cell_state = std::sync::Mutex::new(session);
         let cell = Arc::new(SessionCell {

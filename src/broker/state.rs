@@ -12,6 +12,15 @@
 //! counted (per session and in [`Stats`]). A connection pulls from its queue only while its
 //! client's in-flight window and its outgoing buffer have room, so a slow subscriber's backlog
 //! stays in its bounded queue instead of growing the socket buffer.
+//!
+//! Global bounds ([`Bounds`], SPEC §3.2), so that many sessions cannot add up to more than a
+//! Raspberry Pi has: the bytes queued over all network clients' sessions (a message that would
+//! pass `max_queued_bytes_total` is not queued: the new one is dropped and counted); the
+//! retained messages clients publish (count and bytes: beyond them a new retained topic, or a
+//! bigger value, is delivered but not kept, and counted — the gateway's own retained messages
+//! are bounded by its config and always kept); persistent sessions (count; checked at
+//! CONNECT) and how long a persistent session outlives its connection (`session_expiry`,
+//! also for MQTT 3.1.1 sessions, which would otherwise never expire).
 
 use super::codec::{Properties, ProtocolVersion, QoS, SubscriptionOptions};
 use super::subs::{SubTree, Subscriber};
@@ -182,10 +191,63 @@ impl Expiry {
     }
 }
 
+impl Expiry {
+    /// This expiry with at most `max` seconds (0: the session ends with its connection).
+    /// "Never" becomes `max`: every persistent session expires (SPEC §3.2).
+    pub fn capped(self, max: u32) -> Self {
+        match self {
+            _ if max == 0 => Expiry::AtDisconnect,
+            Expiry::AtDisconnect => Expiry::AtDisconnect,
+            Expiry::After(s) => Expiry::After(s.min(max)),
+            Expiry::Never => Expiry::After(max),
+        }
+    }
+
+    /// As an MQTT 5 Session Expiry Interval.
+    pub fn as_v5(self) -> u32 {
+        match self {
+            Expiry::AtDisconnect => 0,
+            Expiry::After(s) => s,
+            Expiry::Never => u32::MAX,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+}
+
+/// Bounds over the whole broker (from the `broker` config section; see the module doc).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_queued_bytes_total: usize,
+    pub max_retained_messages: usize,
+    pub max_retained_bytes: usize,
+    pub max_persistent_sessions: usize,
+    /// The longest a persistent session outlives its connection, in seconds.
+    pub session_expiry: u32,
+}
+
+impl Default for Bounds {
+    /// The config's defaults (SPEC §3.2).
+    fn default() -> Self {
+        Bounds {
+            max_queued_bytes_total: 64 << 20,
+            max_retained_messages: 10_000,
+            max_retained_bytes: 16 << 20,
+            max_persistent_sessions: 1000,
+            session_expiry: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// The bytes queued over all network clients' sessions, and their bound.
+#[derive(Debug, Clone)]
+pub struct QueueTotal {
+    pub bytes: Arc<AtomicUsize>,
+    pub max: usize,
 }
 
 /// A session's state (MQTT 5.0 §4.1): subscriptions, messages waiting, messages in flight.
@@ -213,6 +275,25 @@ pub struct Session {
     pub persisted: bool,
     /// Next store row number for a queued message.
     pub next_seq: u64,
+    /// Who owns the session now, for the ACL check at each delivery. `None` for in-process
+    /// consumers (the gateway itself, not checked) and for a session restored from the store
+    /// until a client takes it (its deliveries are then checked when they are sent).
+    pub owner: Option<Owner>,
+    /// The broker-wide count this session's queued bytes add to (network clients' sessions;
+    /// `None` for in-process consumers, bounded on their own).
+    pub total: Option<QueueTotal>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.clear_queue();
+    }
+}
+
+/// The network client that owns a session now (set by every CONNECT that takes it).
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub username: Option<Arc<str>>,
 }
 
 impl Session {
@@ -232,6 +313,32 @@ impl Session {
             dropped: 0,
             persisted: false,
             next_seq: 1,
+            owner: None,
+            total: None,
+        }
+    }
+
+    /// Whether queuing `cost` more bytes would pass the broker-wide bound.
+    pub fn over_total(&self, cost: usize) -> bool {
+        self.total
+            .as_ref()
+            .is_some_and(|t| t.bytes.load(Ordering::Acquire) + cost > t.max)
+    }
+
+    /// Empties the queue (its deliveries are dropped, releasing what they hold).
+    pub fn clear_queue(&mut self) {
+        self.queue.clear();
+        self.add_to_total(-(self.queued_bytes as isize));
+        self.queued_bytes = 0;
+    }
+
+    fn add_to_total(&self, delta: isize) {
+        if let Some(t) = &self.total {
+            if delta >= 0 {
+                t.bytes.fetch_add(delta as usize, Ordering::AcqRel);
+            } else {
+                t.bytes.fetch_sub(delta.unsigned_abs(), Ordering::AcqRel);
+            }
         }
     }
 
@@ -276,12 +383,15 @@ impl Session {
         self.queued_bytes += cost;
         self.queue.push_back(d);
         self.dropped += dropped.len() as u64;
+        let freed: usize = dropped.iter().map(|d| d.msg.cost()).sum();
+        self.add_to_total(cost as isize - freed as isize);
         dropped
     }
 
     pub fn pop(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.msg.cost();
+        self.add_to_total(-(d.msg.cost() as isize));
         Some(d)
     }
 }
@@ -329,6 +439,24 @@ pub struct Stats {
     pub malformed_packets: AtomicU64,
     /// Rows of the broker store's quarantine table (undecodable rows set aside, SPEC §5).
     pub store_rows_quarantined: AtomicU64,
+    /// PUBLISHes (and wills) the ACL refused.
+    pub publishes_denied: AtomicU64,
+    /// SUBSCRIBE filters the ACL refused.
+    pub subscriptions_denied: AtomicU64,
+    /// Messages not delivered to a subscriber because its owner may not read the topic.
+    pub deliveries_denied: AtomicU64,
+    /// CONNECTs with a username refused unchecked: their source failed too often lately.
+    pub logins_throttled: AtomicU64,
+    /// CONNECTs refused because too many password checks were under way ("server busy").
+    pub logins_busy: AtomicU64,
+    /// Messages not queued because all sessions' queues together held
+    /// `max_queued_bytes_total` (also counted in `publishes_dropped`).
+    pub queue_total_drops: AtomicU64,
+    /// Retained messages delivered but not kept: `max_retained_messages` / `_bytes` reached.
+    pub retained_refused: AtomicU64,
+    /// Sessions that asked to outlive their connection but were not kept:
+    /// `max_persistent_sessions` reached.
+    pub sessions_refused: AtomicU64,
 }
 
 /// The state every connection and in-process client shares.
@@ -337,11 +465,19 @@ pub struct Shared {
     pub subs: Mutex<SubTree<SubTarget>>,
     pub sessions: Mutex<HashMap<Arc<str>, Arc<SessionCell>>>,
     pub retained: Mutex<BTreeMap<Arc<str>, Arc<Message>>>,
+    /// The cost of the retained messages (changed under the `retained` lock).
+    pub retained_bytes: AtomicUsize,
+    /// The bytes queued over all network clients' sessions.
+    pub queued_total: Arc<AtomicUsize>,
+    pub bounds: Bounds,
     pub stats: Stats,
     pub limits: Limits,
     pub started: Instant,
     /// The broker store, when `broker.persistence` is on.
     pub store: Option<super::store::Store>,
+    /// Users and ACL, swapped whole by [`super::Broker::set_access`]; connections watch it to
+    /// check their credentials again.
+    pub access: tokio::sync::watch::Sender<Arc<super::Access>>,
 }
 
 /// What a publisher waits for before its PUBACK / PUBREC: durable consumers' acks and the
@@ -382,16 +518,91 @@ impl Pending {
 }
 
 impl Shared {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, access: super::Access) -> Self {
         Shared {
+            access: tokio::sync::watch::Sender::new(Arc::new(access)),
             subs: Mutex::new(SubTree::default()),
             sessions: Mutex::new(HashMap::new()),
             retained: Mutex::new(BTreeMap::new()),
+            retained_bytes: AtomicUsize::new(0),
+            queued_total: Arc::new(AtomicUsize::new(0)),
+            bounds: Bounds::default(),
             stats: Stats::default(),
             limits,
             started: Instant::now(),
             store: None,
         }
+    }
+
+    /// The users and ACL in force now.
+    pub fn access(&self) -> Arc<super::Access> {
+        self.access.borrow().clone()
+    }
+
+    /// Whether the owner of a session may receive `topic` under `access`; a session without a
+    /// known owner (in-process, or restored and not yet taken) passes here.
+    pub fn may_read(
+        &self,
+        access: &super::Access,
+        owner: Option<&Owner>,
+        client_id: &str,
+        topic: &str,
+    ) -> bool {
+        let Some(owner) = owner else { return true };
+        let ok = access.may(
+            owner.username.as_deref(),
+            client_id,
+            super::acl::Action::Read,
+            topic,
+        );
+        if !ok {
+            self.stats.deliveries_denied.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// The handle a network client's session counts its queued bytes in.
+    pub fn queue_total(&self) -> QueueTotal {
+        QueueTotal {
+            bytes: self.queued_total.clone(),
+            max: self.bounds.max_queued_bytes_total,
+        }
+    }
+
+    /// Sessions that outlive their connection (online or not), for `max_persistent_sessions`.
+    pub fn persistent_sessions(&self) -> usize {
+        let cells: Vec<Arc<SessionCell>> = lock(&self.sessions).values().cloned().collect();
+        cells
+            .iter()
+            .filter(|c| lock(&c.state).expiry != Expiry::AtDisconnect)
+            .count()
+    }
+
+    /// Keeps (or clears, with an empty payload) a retained message within the bounds. A
+    /// message the gateway publishes itself is always kept. False when it was not kept.
+    fn retain(&self, msg: &Arc<Message>) -> bool {
+        let mut retained = lock(&self.retained);
+        if msg.payload.is_empty() {
+            if let Some(old) = retained.remove(&msg.topic) {
+                self.retained_bytes.fetch_sub(old.cost(), Ordering::AcqRel);
+            }
+            return true;
+        }
+        let old = retained.get(&msg.topic).map(|m| m.cost());
+        let count = retained.len() + usize::from(old.is_none());
+        let bytes = self.retained_bytes.load(Ordering::Acquire) - old.unwrap_or(0) + msg.cost();
+        let own = msg
+            .publisher
+            .as_deref()
+            .is_none_or(|p| p.starts_with("$internal/"));
+        if !own
+            && (count > self.bounds.max_retained_messages || bytes > self.bounds.max_retained_bytes)
+        {
+            return false;
+        }
+        retained.insert(msg.topic.clone(), msg.clone());
+        self.retained_bytes.store(bytes, Ordering::Release);
+        true
     }
 
     /// Writes `ops` without waiting for the commit.
@@ -408,14 +619,13 @@ impl Shared {
     pub fn route(&self, msg: Arc<Message>) -> Pending {
         let mut ops = Vec::new();
         if msg.retain {
-            let mut retained = lock(&self.retained);
-            if msg.payload.is_empty() {
-                retained.remove(&msg.topic);
+            if self.retain(&msg) {
+                if self.store.is_some() {
+                    ops.push(super::persist::retained_op(&msg));
+                }
             } else {
-                retained.insert(msg.topic.clone(), msg.clone());
-            }
-            if self.store.is_some() {
-                ops.push(super::persist::retained_op(&msg));
+                self.stats.retained_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(topic = %msg.topic, "Retained message not kept: max_retained_messages or max_retained_bytes reached");
             }
         }
         let matches = lock(&self.subs).matches(&msg.topic);
@@ -459,6 +669,7 @@ impl Shared {
                 .filter(|(c, q, ..)| c.durable && *q != QoS::AtMostOnce)
                 .count();
             pending.group = (durable > 0).then(|| Arc::new(AckGroup::new(durable)));
+            let access = self.access();
             for (cell, qos, retain, ids) in per_session {
                 let ack = (cell.durable && qos != QoS::AtMostOnce)
                     .then(|| pending.group.clone())
@@ -473,6 +684,7 @@ impl Shared {
                         ack,
                         seq: None,
                     },
+                    Some(&access),
                     &mut ops,
                 );
             }
@@ -488,21 +700,41 @@ impl Shared {
     }
 
     /// Queues one delivery on a session and wakes its task, writing it to the store when the
-    /// session is persisted.
+    /// session is persisted. The caller has checked the ACL.
     pub fn deliver(&self, cell: &SessionCell, d: Delivery) {
         let mut ops = Vec::new();
-        self.deliver_into(cell, d, &mut ops);
+        self.deliver_into(cell, d, None, &mut ops);
         self.persist(ops);
     }
 
     /// [`Shared::deliver`], collecting the store ops in `ops`. QoS 0 for an offline session
-    /// is not kept (as Mosquitto does by default).
-    fn deliver_into(&self, cell: &SessionCell, mut d: Delivery, ops: &mut Vec<super::store::Op>) {
+    /// is not kept (as Mosquitto does by default). With `access`, a message the session's
+    /// owner may not read is skipped (and counted) here already, so it takes no room in the
+    /// queue; the connection checks again when it sends (the owner or the ACL may change).
+    fn deliver_into(
+        &self,
+        cell: &SessionCell,
+        mut d: Delivery,
+        access: Option<&super::Access>,
+        ops: &mut Vec<super::store::Op>,
+    ) {
         if d.qos == QoS::AtMostOnce && !cell.online.load(Ordering::Relaxed) && !cell.durable {
             return;
         }
         let dropped = {
             let mut st = lock(&cell.state);
+            if let Some(access) = access.filter(|a| a.acl.is_some()) {
+                if !self.may_read(access, st.owner.as_ref(), &cell.client_id, &d.msg.topic) {
+                    return;
+                }
+            }
+            if st.over_total(d.msg.cost()) {
+                drop(st);
+                self.stats.queue_total_drops.fetch_add(1, Ordering::Relaxed);
+                self.stats.publishes_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = %cell.client_id, "All sessions' queues are full (max_queued_bytes_total); dropped the message");
+                return;
+            }
             if st.persisted && d.qos != QoS::AtMostOnce && self.store.is_some() {
                 let seq = st.next_seq;
                 st.next_seq += 1;
@@ -557,8 +789,7 @@ impl Shared {
                     client_id: cell.client_id.to_string(),
                 }]);
             }
-            st.queue.clear();
-            st.queued_bytes = 0;
+            st.clear_queue();
             st.inflight.clear();
             st.subscriptions.drain().map(|(f, _)| f).collect()
         };

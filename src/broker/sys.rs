@@ -16,7 +16,8 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
     let s = broker.stats();
     let shared = &broker.ctx.shared;
     let subscriptions = super::state::lock(&shared.subs).len();
-    let retained = super::state::lock(&shared.retained).len();
+    let usage = broker.usage();
+    let retained = usage.retained_messages;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed).to_string();
     vec![
         (
@@ -45,6 +46,40 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
         ),
         ("$SYS/broker/subscriptions/count", subscriptions.to_string()),
         ("$SYS/broker/retained messages/count", retained.to_string()),
+        // tidegate's own: the global bounds and what they refused (SPEC §3.2).
+        (
+            "$SYS/broker/store/messages/bytes",
+            usage.queued_bytes.to_string(),
+        ),
+        (
+            "$SYS/broker/retained messages/bytes",
+            usage.retained_bytes.to_string(),
+        ),
+        (
+            "$SYS/broker/clients/persistent",
+            usage.persistent_sessions.to_string(),
+        ),
+        (
+            "$SYS/broker/clients/sockets",
+            usage.open_sockets.to_string(),
+        ),
+        (
+            "$SYS/broker/publish/messages/dropped/queued_total",
+            get(&s.queue_total_drops),
+        ),
+        (
+            "$SYS/broker/retained messages/refused",
+            get(&s.retained_refused),
+        ),
+        (
+            "$SYS/broker/clients/sessions_refused",
+            get(&s.sessions_refused),
+        ),
+        (
+            "$SYS/broker/clients/logins_throttled",
+            get(&s.logins_throttled),
+        ),
+        ("$SYS/broker/clients/logins_busy", get(&s.logins_busy)),
     ]
 }
 

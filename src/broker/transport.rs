@@ -5,7 +5,9 @@
 //! slow or silent peer never holds up the accept loop or other clients. After the handshake
 //! each transport is just an `AsyncRead + AsyncWrite` byte stream for `conn::serve`; for
 //! WebSocket, [`WsStream`] turns binary messages into that stream (MQTT packets may span or
-//! share WebSocket messages, so message boundaries are ignored).
+//! share WebSocket messages, so message boundaries are ignored). A WebSocket frame or message
+//! longer than `max_packet_size` plus [`WS_SLACK`] is refused when its header arrives, before
+//! any of it is buffered.
 
 use crate::config::{Listener as ListenerConfig, ServerTls};
 use anyhow::Context;
@@ -21,11 +23,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// How long a TLS or WebSocket handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Room in a WebSocket message beyond `max_packet_size`: a client may put a largest packet
+/// and a few small ones (PUBACKs, PINGREQ) in one message.
+pub const WS_SLACK: usize = 64 * 1024;
 
 /// What a listener speaks on top of TCP.
 #[derive(Clone)]
@@ -100,10 +107,12 @@ pub fn acceptor(tls: &ServerTls) -> anyhow::Result<TlsAcceptor> {
 }
 
 /// Accepts MQTT over WebSocket: answers the upgrade, agreeing to the `mqtt` subprotocol when
-/// the client offers it (MQTT 5.0 §6).
+/// the client offers it (MQTT 5.0 §6). Frames and messages are limited to
+/// `max_packet_size` + [`WS_SLACK`] (tungstenite's defaults, 16 MiB frames and 64 MiB
+/// messages, would be buffered whole before the broker's packet-size check saw them).
 // The callback's error type is tungstenite's HTTP response, as its `Callback` trait dictates.
 #[allow(clippy::result_large_err)]
-pub async fn accept_ws<S>(stream: S) -> io::Result<WsStream<S>>
+pub async fn accept_ws<S>(stream: S, max_packet_size: usize) -> io::Result<WsStream<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -123,7 +132,11 @@ where
         }
         Ok(resp)
     };
-    let ws = tokio_tungstenite::accept_hdr_async(stream, callback)
+    let max = max_packet_size.saturating_add(WS_SLACK);
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(max))
+        .max_message_size(Some(max));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
         .await
         .map_err(io::Error::other)?;
     Ok(WsStream::new(ws))

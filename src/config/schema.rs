@@ -123,6 +123,19 @@ pub struct Broker {
     /// The longest keepalive an MQTT 5 client is granted (Server Keep Alive); MQTT 3 clients
     /// keep their own.
     pub max_keepalive: Dur,
+    /// Over all network clients' sessions: bytes of messages waiting; beyond it a new message
+    /// for a session is dropped (counted).
+    pub max_queued_bytes_total: ByteSize,
+    /// Retained messages kept from clients, by count and by bytes; beyond them a new retained
+    /// topic (or a bigger value) is delivered but not kept (counted).
+    pub max_retained_messages: u32,
+    pub max_retained_bytes: ByteSize,
+    /// Sessions that outlive their connection; beyond it a new client's session ends with its
+    /// connection (MQTT 5: told so in the CONNACK; counted).
+    pub max_persistent_sessions: u32,
+    /// How long a persistent session outlives its connection at most: MQTT 3.1.1 sessions
+    /// (clean session 0) get exactly this, MQTT 5 clients at most this (told in the CONNACK).
+    pub session_expiry: Dur,
     pub persistence: bool,
 }
 
@@ -169,6 +182,11 @@ impl Default for Broker {
             max_queued_bytes: ByteSize(16 << 20),
             max_inflight_messages: 100,
             max_keepalive: Dur::secs(60),
+            max_queued_bytes_total: ByteSize(64 << 20),
+            max_retained_messages: 10_000,
+            max_retained_bytes: ByteSize(16 << 20),
+            max_persistent_sessions: 1000,
+            session_expiry: Dur::secs(7 * 24 * 3600),
             persistence: true,
         }
     }

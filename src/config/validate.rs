@@ -229,6 +229,37 @@ fn broker(v: &mut V, b: &Broker, binds: &mut HashMap<SocketAddr, String>) {
             "max_keepalive must be whole seconds from 5s to 65535s",
         );
     }
+    if b.max_queued_bytes_total.0 < b.max_queued_bytes.0 {
+        v.err(
+            "broker.max_queued_bytes_total",
+            format!(
+                "max_queued_bytes_total ({}) must be at least max_queued_bytes ({}), or one session's full queue could not fit",
+                b.max_queued_bytes_total, b.max_queued_bytes
+            ),
+        );
+    }
+    if b.max_retained_messages == 0 {
+        v.err(
+            "broker.max_retained_messages",
+            "max_retained_messages must be at least 1",
+        );
+    }
+    if b.max_retained_bytes.0 < b.max_packet_size.0 {
+        v.err(
+            "broker.max_retained_bytes",
+            format!(
+                "max_retained_bytes ({}) must be at least max_packet_size ({}), or a full-size retained message could never be kept",
+                b.max_retained_bytes, b.max_packet_size
+            ),
+        );
+    }
+    let se = b.session_expiry.0;
+    if se.as_secs() == 0 || se.subsec_nanos() != 0 || se.as_secs() >= u64::from(u32::MAX) {
+        v.err(
+            "broker.session_expiry",
+            "session_expiry must be whole seconds from 1s to 136 years (MQTT's limit)",
+        );
+    }
     if b.max_inflight_messages == 0 {
         v.err(
             "broker.max_inflight_messages",

@@ -66,6 +66,7 @@ pub async fn change_password(
             return error(StatusCode::FORBIDDEN, "the current password is wrong");
         }
         Err(LoginError::Locked(left)) => return locked(left),
+        Err(LoginError::Busy) => return super::api::busy(),
     }
     let new = change.new;
     let hash = match tokio::task::spawn_blocking(move || crate::auth::hash_password(&new)).await {

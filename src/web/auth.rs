@@ -10,7 +10,11 @@
 //! - [`MAX_FAILURES`] failed logins for one username within [`FAILURE_WINDOW`] lock that
 //!   username for [`LOCKOUT`]: 429 with `Retry-After`, even with the right password.
 //!   Attempts still being verified count, so parallel guesses cannot slip past the limit.
-//! - Passwords are verified with argon2id on the blocking pool, never on the async runtime.
+//! - Passwords are verified with argon2id on the blocking pool, never on the async runtime,
+//!   through the process-wide [`crate::auth::Verifier`] the broker shares: web logins
+//!   together hold at most a few places in its line; beyond them a login is refused with
+//!   503 (`LoginError::Busy`) and counts as no attempt. An unknown username is checked
+//!   against a dummy hash the same way, so it costs the same time and no more memory.
 
 use super::{error, State};
 use axum::extract::Request;
@@ -55,6 +59,7 @@ pub struct Auth {
     users: RwLock<HashMap<String, String>>,
     sessions: Mutex<HashMap<String, Session>>,
     failures: Mutex<HashMap<String, Failures>>,
+    verifier: crate::auth::Verifier,
 }
 
 /// Why a login was refused.
@@ -64,6 +69,8 @@ pub enum LoginError {
     Wrong,
     /// Locked out; try again after this long.
     Locked(Duration),
+    /// Too many password checks under way (a flood); try again shortly.
+    Busy,
 }
 
 fn random_hex() -> String {
@@ -99,6 +106,7 @@ impl Auth {
             users: RwLock::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            verifier: crate::auth::Verifier::global().clone(),
         }
     }
 
@@ -146,12 +154,17 @@ impl Auth {
             .cloned();
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| dummy_hash().to_string());
-        let pw = password.to_string();
-        let ok = tokio::task::spawn_blocking(move || crate::auth::verify(&pw, &hash))
-            .await
-            .unwrap_or(false)
-            && known;
-        self.end_attempt(username, ok)
+        let checked = self
+            .verifier
+            .verify(crate::auth::Source::Web, password.as_bytes(), &hash)
+            .await;
+        match checked {
+            Ok(ok) => self.end_attempt(username, ok && known),
+            Err(crate::auth::Busy) => {
+                self.cancel_attempt(username);
+                Err(LoginError::Busy)
+            }
+        }
     }
 
     /// Refuses when `username` is locked out (or would be, counting attempts in flight);
@@ -181,6 +194,14 @@ impl Auth {
         }
         f.in_flight += 1;
         Ok(())
+    }
+
+    /// An attempt that was never checked (busy): it counts neither way.
+    fn cancel_attempt(&self, username: &str) {
+        let mut all = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = all.get_mut(username) {
+            f.in_flight = f.in_flight.saturating_sub(1);
+        }
     }
 
     fn end_attempt(&self, username: &str, ok: bool) -> Result<(), LoginError> {

@@ -334,6 +334,44 @@ pub fn render(st: &State) -> String {
         "Malformed packets received.",
         g(&s.malformed_packets),
     );
+    o.one(
+        "tidegate_broker_publishes_denied_total",
+        "counter",
+        "PUBLISHes and wills refused by the ACL.",
+        g(&s.publishes_denied),
+    );
+    o.one(
+        "tidegate_broker_subscriptions_denied_total",
+        "counter",
+        "SUBSCRIBE topic filters refused by the ACL.",
+        g(&s.subscriptions_denied),
+    );
+    o.one(
+        "tidegate_broker_deliveries_denied_total",
+        "counter",
+        "Messages not delivered to a subscriber because the ACL denies it read access.",
+        g(&s.deliveries_denied),
+    );
+    // The broker's global bounds (SPEC §3.2) and what they refused.
+    let usage = broker.usage();
+    for (name, help, value) in [
+        ("tidegate_broker_sockets_open", "MQTT sockets open, connected or before CONNECT (bounded by max_connections plus an eighth).", usage.open_sockets),
+        ("tidegate_broker_queued_bytes", "Bytes queued over all network clients' sessions (bounded by max_queued_bytes_total).", usage.queued_bytes),
+        ("tidegate_broker_retained_messages", "Retained messages kept (bounded by max_retained_messages for clients' ones).", usage.retained_messages),
+        ("tidegate_broker_retained_bytes", "Bytes of retained messages kept (bounded by max_retained_bytes for clients' ones).", usage.retained_bytes),
+        ("tidegate_broker_persistent_sessions", "Sessions that outlive their connection (bounded by max_persistent_sessions).", usage.persistent_sessions),
+    ] {
+        o.one(name, "gauge", help, value as u64);
+    }
+    for (name, help, value) in [
+        ("tidegate_broker_queue_total_drops_total", "Messages dropped because all sessions' queues together held max_queued_bytes_total (also in publishes_dropped).", &s.queue_total_drops),
+        ("tidegate_broker_retained_refused_total", "Retained messages delivered but not kept: max_retained_messages or max_retained_bytes reached.", &s.retained_refused),
+        ("tidegate_broker_sessions_refused_total", "Persistent sessions not kept: max_persistent_sessions reached.", &s.sessions_refused),
+        ("tidegate_broker_logins_throttled_total", "MQTT logins refused unchecked: too many failures from their address lately.", &s.logins_throttled),
+        ("tidegate_broker_logins_busy_total", "MQTT logins refused as busy: too many password checks under way.", &s.logins_busy),
+    ] {
+        o.one(name, "counter", help, g(value));
+    }
 
     let devices: Vec<_> = config
         .devices

@@ -81,7 +81,19 @@ pub async fn login(
             error(StatusCode::UNAUTHORIZED, "wrong username or password")
         }
         Err(auth::LoginError::Locked(left)) => locked(left),
+        Err(auth::LoginError::Busy) => busy(),
     }
+}
+
+/// 503 with `Retry-After`: too many password checks under way (a login flood).
+pub fn busy() -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many logins at once; try again in a few seconds",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(2u64));
+    r
 }
 
 /// 429 with `Retry-After`: the user is locked out for `left`.
