@@ -11,6 +11,12 @@
 //!
 //! A malformed packet closes this connection only (MQTT 5: after a DISCONNECT with the
 //! reason code); the will is published on any close but a normal DISCONNECT.
+//!
+//! Access (SPEC §3.2): a CONNECT with a client id under [`INTERNAL_PREFIX`] is refused; the
+//! connection makes its client the session's owner, checks each PUBLISH and SUBSCRIBE against
+//! the live [`Access`], and checks every message it sends (and in-flight messages it resends
+//! after a takeover) against its client's read rules. When users or ACL change it checks its
+//! credentials again and leaves (0x98) if they no longer hold.
 
 use super::acl::Action;
 use super::codec::{
@@ -1406,5 +1412,32 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_log_admits_one_line_per_interval_and_counts_the_rest() {
+        let mut log = DenyLog::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // (time since t0, logged?, suppressed count handed over when logged)
+        let steps = [
+            (ms(0), true, 0),
+            (ms(1), false, 0),
+            (ms(5_000), false, 0),
+            (DENY_LOG_INTERVAL, true, 2),
+            (DENY_LOG_INTERVAL + ms(1), false, 0),
+            (DENY_LOG_INTERVAL * 3, true, 1),
+        ];
+        for (at, logged, suppressed) in steps {
+            assert_eq!(log.admit(t0 + at), logged, "at {at:?}");
+            if logged {
+                assert_eq!(log.take_suppressed(), suppressed, "at {at:?}");
+            }
+        }
     }
 }
