@@ -120,6 +120,7 @@ pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<watch::Sender<(u8, u64)>>,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
+    connects: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Forwards `from` → `to` chunk by chunk, holding a chunk while stalled when `holds`;
@@ -163,6 +164,8 @@ impl Proxy {
         let st = state.clone();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
+        let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mqtt = connects.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -175,7 +178,13 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
+                let mqtt = mqtt.clone();
                 tokio::spawn(async move {
+                    // An MQTT client's first byte is its CONNECT's (0x10).
+                    let mut first = [0u8; 1];
+                    if matches!(client.peek(&mut first).await, Ok(1)) && first[0] == 0x10 {
+                        mqtt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     // Accepted while stalled: hold it until the link is restored (or cut).
                     let Ok(s) = rx.wait_for(|s| s.0 != STALLED).await.map(|r| *r) else {
                         return;
@@ -199,7 +208,15 @@ impl Proxy {
             addr,
             state,
             accepted,
+            connects,
         }
+    }
+
+    /// Connections forwarded that began with an MQTT CONNECT: the MQTT connections made
+    /// through the proxy (a TCP connection that sent nothing, such as one a killed process
+    /// left behind, is not one).
+    pub fn mqtt_connects(&self) -> usize {
+        self.connects.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// TCP connections accepted so far (refused ones during a cut included).
