@@ -199,6 +199,7 @@ fn main() {
     // Log in (one session shared by the SSE clients, as three tabs of one browser would).
     let mut resp = agent
         .post(&format!("{base}/api/login"))
+        .header("content-type", "application/json")
         .send(format!(r#"{{"username":"admin","password":"{password}"}}"#))
         .unwrap();
     let cookie = resp

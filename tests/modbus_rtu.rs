@@ -184,3 +184,41 @@ async fn one_dead_unit_does_not_stall_the_bus() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_scan_finds_the_units_on_a_bus() {
+    if !have_command("socat", "socat") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pty = Pty::new(dir.path(), "bus");
+    let sim = Sim::new();
+    sim.with(|s| {
+        s.silent_units
+            .extend((1..=10).filter(|u| ![2, 7].contains(u)));
+        s.missing.insert(0);
+    });
+    let _server = sim.serve_rtu(pty.peer.to_str().unwrap());
+    let bus = pty.dev.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        bin()
+            .args(["modbus", "scan", "--rtu", &bus, "--baud", "19200"])
+            .args(["--units", "1-10", "--timeout", "150ms"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    // Holding register 0 does not exist on this device: the exception proves the unit is there.
+    assert!(
+        text.contains("unit   2: answers with exception 2 (illegal data address)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unit   7: answers with exception 2"),
+        "{text}"
+    );
+    assert!(text.contains("2 unit(s) answered"), "{text}");
+}

@@ -300,9 +300,22 @@ async fn values_decoded_merged_reads_and_commands() {
 
     // Refusals: out of range, not writable, invalid.
     for (topic, payload, error) in [
-        ("devices/plc/setpoint/set", "901", "out of range"),
-        ("devices/plc/temperature/set", "1", "not writable"),
-        ("devices/plc/setpoint/set", "\"abc\"", "invalid value"),
+        ("devices/plc/setpoint/set", "901", "out of range (0 … 900)"),
+        (
+            "devices/plc/temperature/set",
+            "1",
+            "not writable (the tag has no `writable: true` in the config)",
+        ),
+        (
+            "devices/plc/setpoint/set",
+            "\"abc\"",
+            "invalid value (expected a whole number from 0 to 65535)",
+        ),
+        (
+            "devices/plc/nosuchtag/set",
+            "1",
+            "not writable (the device has no tag `nosuchtag`)",
+        ),
     ] {
         c.mark();
         c.client
@@ -633,4 +646,135 @@ async fn commissioning_cli_reads_every_decoding_and_writes() {
     )))
     .await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modbus_scan_lists_the_units_that_answer() {
+    let sim = Sim::new();
+    sim.set_holding(0, &[77]);
+    sim.with(|s| {
+        s.silent_units.extend([1, 2, 4, 6]);
+    });
+    let addr = sim.serve_tcp(None).await;
+    let out = cli(args(&format!(
+        "modbus scan --tcp {addr} --units 1-6 --timeout 200ms"
+    )))
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains("unit   3: answers (holding register 0 = 77)"),
+        "{text}"
+    );
+    assert!(text.contains("unit   5: answers"), "{text}");
+    for silent in [1, 2, 4, 6] {
+        assert!(!text.contains(&format!("unit {silent:3}:")), "{text}");
+    }
+    assert!(text.contains("2 unit(s) answered"), "{text}");
+    let asked: std::collections::BTreeSet<u8> = sim.seen().iter().map(|s| s.unit).collect();
+    assert_eq!(asked, (1..=6).collect(), "every id asked once");
+
+    let out = cli(args(&format!(
+        "modbus scan --tcp {addr} --units 3,5 --timeout 200ms --json"
+    )))
+    .await;
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        found,
+        serde_json::json!([
+            {"unit": 3, "holding_0": 77, "exception": null},
+            {"unit": 5, "holding_0": 77, "exception": null}
+        ])
+    );
+
+    // Nothing at that address: an error, not "no unit answered".
+    let out = cli(args(
+        "modbus scan --tcp 127.0.0.1:1 --units 1-3 --timeout 200ms",
+    ))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connection refused"));
+    let out = cli(args(&format!("modbus scan --tcp {addr} --units 0-2")).to_vec()).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broadcast"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bit_tags_read_one_bit_and_write_by_read_modify_write() {
+    let sim = Sim::new();
+    sim.set_holding(40, &[0b1010_0000_0000_1000]);
+    sim.set_input(7, &[0x8000]);
+    let addr = sim.serve_tcp(None).await;
+    let d = start(&format!(
+        "devices:
+  - name: plc
+    driver: modbus_tcp
+    host: 127.0.0.1
+    port: {port}
+    poll_interval: 200ms
+    tags:
+      - {{name: pump, register: holding, address: 40, bit: 0, writable: true}}
+      - {{name: fan, register: holding, address: 40, bit: 3, writable: true}}
+      - {{name: alarm, register: holding, address: 40, bit: 15}}
+      - {{name: fault, register: input, address: 7, bit: 15}}
+",
+        port = addr.port()
+    ));
+    let mut c = subscriber(&d, "devices/#").await;
+    for (tag, want) in [
+        ("pump", false),
+        ("fan", true),
+        ("alarm", true),
+        ("fault", true),
+    ] {
+        let topic = format!("devices/plc/{tag}");
+        let (_, v) = c
+            .wait_for(Duration::from_secs(10), &topic, |t, _| t == topic)
+            .await;
+        assert_eq!(v["value"], json!(want), "{tag}: {v}");
+    }
+    // The other bits of the register stay as the device had them (it changed one meanwhile).
+    sim.set_holding(40, &[0b1010_0000_0000_1100]);
+    c.mark();
+    c.client
+        .publish("devices/plc/pump/set", QoS::AtLeastOnce, false, "true")
+        .await
+        .unwrap();
+    let (_, r) = c
+        .wait_for(Duration::from_secs(10), "result", |t, _| {
+            t == "devices/plc/pump/set/result"
+        })
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["value"], true, "{r}");
+    assert_eq!(sim.holding(40), 0b1010_0000_0000_1101);
+    c.client
+        .publish("devices/plc/fan/set", QoS::AtLeastOnce, false, "0")
+        .await
+        .unwrap();
+    let (_, r) = c
+        .wait_for(Duration::from_secs(10), "result", |t, _| {
+            t == "devices/plc/fan/set/result"
+        })
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(sim.holding(40), 0b1010_0000_0000_0101);
+    c.client
+        .publish("devices/plc/pump/set", QoS::AtLeastOnce, false, "2")
+        .await
+        .unwrap();
+    let (_, r) = c
+        .wait_for(Duration::from_secs(10), "result", |t, v| {
+            t == "devices/plc/pump/set/result" && v["ok"] == false
+        })
+        .await;
+    assert_eq!(r["error"], "invalid value (expected true or false)", "{r}");
+    // FC 3 then FC 6 for each write: a read-modify-write, never a whole-register guess.
+    let writes: Vec<u8> = sim
+        .seen()
+        .into_iter()
+        .filter(|s| s.function > 4)
+        .map(|s| s.function)
+        .collect();
+    assert_eq!(writes, [6, 6]);
 }

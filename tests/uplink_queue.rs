@@ -201,3 +201,74 @@ fn bad_input_gets_a_clear_error_and_touches_nothing() {
     let bad = TempConfig::new("uplinks: 7\n");
     assert_eq!(queue(&bad, &["stats"]).status.code(), Some(78));
 }
+
+/// Issue 12 finding 8: one undecodable row in an uplink queue (a topic that is not UTF-8)
+/// made the uplink reconnect every second and never send. It is now moved to the quarantine
+/// table and counted (`dropped/quarantined`, `queue stats`); the rest is delivered in order.
+#[test]
+fn an_undecodable_queued_message_is_quarantined_and_the_rest_delivered() {
+    if !have_mosquitto() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Queue 20 messages while the cloud is a closed port.
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = gateway_config(dead, "");
+    let gw = Gateway::start(&cfg);
+    let acked = rt.block_on(publish_seq(gw.addr, SEQ, 0..20, Duration::ZERO));
+    assert_eq!(acked.len(), 20);
+    gw.stop();
+
+    // Bit rot in the 5th message ("4"), written into the real file with SQL.
+    let s = queue_json(&cfg, &["stats"]);
+    let path = s["uplinks"][0]["path"].as_str().unwrap().to_string();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let n = conn
+            .execute(
+                "UPDATE messages SET topic = CAST(X'C328' AS TEXT) WHERE CAST(payload AS TEXT) = '4'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    // `list` shows it as it is.
+    let l = queue_json(&cfg, &["list", "--limit", "20"]);
+    assert_eq!(
+        l["uplinks"][0]["listed"].as_array().unwrap().len(),
+        20,
+        "{l}"
+    );
+
+    let m = mosquitto();
+    rewrite_uplinks(&cfg, &uplink_body(m.addr, ""));
+    rt.block_on(async {
+        let mut sub = cloud_subscriber(m.addr, "quarantine-sub", "sites/t/devices/#").await;
+        let gw = Gateway::start(&cfg);
+        let want: Vec<usize> = (0..20).filter(|i| *i != 4).collect();
+        let seen = collect(
+            &mut sub,
+            "sites/t/devices/x/seq",
+            &want,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(seen.order, want, "{}", gw.log());
+        let l = ledger_until(
+            gw.addr,
+            |l| num(l, "dropped/quarantined") == 1 && num(l, "acked") == 19,
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(num(&l, "queue/messages"), 0, "{l:?}");
+        assert!(
+            gw.log().contains("moved it to the quarantine table"),
+            "{}",
+            gw.log()
+        );
+        gw.stop();
+    });
+    let s = queue_json(&cfg, &["stats"]);
+    assert_eq!(s["uplinks"][0]["quarantined"], 1, "{s}");
+    assert_eq!(s["uplinks"][0]["messages"], 0, "{s}");
+}

@@ -313,11 +313,16 @@ fn auth_needs_a_session_then_the_csrf_token() {
         "POST",
         "/api/login",
         Some(r#"{"username":"admin","password":"wrong"}"#),
-        &[],
+        &[("content-type", "application/json")],
     );
     assert_eq!(r.error(401), "wrong username or password");
     assert!(r.header("set-cookie").is_none());
-    let r = anon.call("POST", "/api/login", Some("not json"), &[]);
+    let r = anon.call(
+        "POST",
+        "/api/login",
+        Some("not json"),
+        &[("content-type", "application/json")],
+    );
     assert!(r.error(400).contains("expected JSON"));
 
     let h = d.login();
@@ -358,7 +363,7 @@ fn five_failed_logins_lock_the_user_for_a_minute() {
             "POST",
             "/api/login",
             Some(&format!(r#"{{"username":"{user}","password":"{pw}"}}"#)),
-            &[],
+            &[("content-type", "application/json")],
         )
     };
     for _ in 0..4 {
@@ -560,7 +565,7 @@ fn errors_are_json_with_limits_and_names_checked() {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "POST /api/config/validate HTTP/1.1\r\nHost: x\r\nCookie: {}\r\nX-CSRF-Token: {}\r\nContent-Length: {}\r\n\r\n{}",
+            "POST /api/config/validate HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {}\r\nX-CSRF-Token: {}\r\nContent-Length: {}\r\n\r\n{}",
             h.cookie.as_deref().unwrap(),
             h.csrf.as_deref().unwrap(),
             2 << 20,
@@ -656,7 +661,7 @@ fn confirmed_write_answers_with_the_device_result() {
             r#"{"value": 1000}"#,
         )
         .error(422);
-    assert_eq!(m, "out of range");
+    assert_eq!(m, "out of range (0 … 100)");
     let m = h
         .send(
             "POST",
@@ -810,7 +815,18 @@ fn valid_config_applies_without_restart_and_history_restores() {
     assert_eq!(std::fs::read_to_string(&d.cfg.path).unwrap(), original);
     assert_eq!(h.get("/api/config").json()["version"], v1.as_str());
     let list = h.get("/api/config/history").json();
-    assert_eq!(list["history"].as_array().unwrap().len(), 2);
+    let list = list["history"].as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    // Each kept version says who made it the running one, and who replaced it.
+    assert_eq!(list[1]["applied_by"], "start-up", "{list:?}");
+    assert_eq!(list[1]["replaced_by"], "web UI (admin)", "{list:?}");
+    assert_eq!(list[0]["applied_by"], "web UI (admin)", "{list:?}");
+    assert_eq!(
+        list[0]["replaced_by"],
+        format!("history restore of {id} (admin)"),
+        "{list:?}"
+    );
+    assert!(list[0]["applied_at"].as_u64().unwrap() <= list[0]["saved"].as_u64().unwrap());
     // The removed device's retained topics are cleared; the kept device's stay. A new client
     // subscribes, then publishes a marker: retained messages come before it, in order.
     let retained = rt.block_on(async {
@@ -937,6 +953,17 @@ fn sighup_reloads_the_file() {
     signal(&d.child, "HUP");
     let end = d.wait_log("the config file is invalid; keeping the running config", at);
     assert!(d.log()[at..end].contains("SIGHUP: config error at"));
+    // The API says the file is not what runs, and how they differ.
+    let h = d.login();
+    let c = h.get("/api/config").json();
+    assert_eq!(c["file_differs"], true, "{c}");
+    let diff = c["running_diff"].as_str().unwrap();
+    assert!(diff.contains("+    driver: warp"), "{diff}");
+    assert_ne!(c["version"], c["running_version"]);
+    assert_eq!(
+        h.get("/api/status").json()["gateway"]["config_file_differs"],
+        true
+    );
 
     // Valid: applied, the new device publishes, the client stays connected.
     std::fs::write(&d.cfg.path, format!("{original}{EXTRA}")).unwrap();
@@ -952,7 +979,15 @@ fn sighup_reloads_the_file() {
     until_topic(&rt, &mut sub, "devices/extra/count");
     assert_eq!(dropped(&mut sub), None);
     // The running version before the reload is in the history.
-    let h = d.login();
+    let c = h.get("/api/config").json();
+    assert_eq!(
+        (&c["file_differs"], &c["running_diff"]),
+        (&serde_json::json!(false), &serde_json::json!(""))
+    );
+    assert_eq!(
+        h.get("/api/status").json()["gateway"]["config_file_differs"],
+        false
+    );
     let list = h.get("/api/config/history").json();
     let list = list["history"].as_array().unwrap();
     assert_eq!(list.len(), 1);
@@ -1145,8 +1180,39 @@ fn metrics_parse_as_prometheus_text_and_healthz_answers() {
         "tidegate_uplink_connected",
         "tidegate_uplink_queue_messages",
         "tidegate_uplink_messages_dropped_total",
+        "tidegate_uplink_state",
+        "tidegate_tag_bad_readings_total",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
     ] {
         assert!(types.contains_key(family), "{family} missing");
+    }
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(a, b)| a == k && b == v))
+            })
+            .map(|(_, _, v)| *v)
+    };
+    let rss = value("process_resident_memory_bytes", &[]).unwrap();
+    assert!(rss > 1e6 && rss < 1e9, "RSS {rss}");
+    assert!(value("process_open_fds", &[]).unwrap() >= 3.0);
+    for (state, want) in [("disconnected", 1.0), ("connected", 0.0), ("stalled", 0.0)] {
+        assert_eq!(
+            value(
+                "tidegate_uplink_state",
+                &[("uplink", "cloud"), ("state", state)]
+            ),
+            Some(want),
+            "{state}"
+        );
     }
     let reasons: HashSet<_> = samples
         .iter()
@@ -1165,7 +1231,8 @@ fn metrics_parse_as_prometheus_text_and_healthz_answers() {
                 "rejected",
                 "write_error",
                 "qos0_offline",
-                "purged"
+                "purged",
+                "quarantined"
             ]
             .map(String::from)
         )
@@ -1179,6 +1246,62 @@ fn metrics_parse_as_prometheus_text_and_healthz_answers() {
     let r = h.get("/healthz");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["ok"], true);
+    // Ready: the uplink is down, but with nothing lost yet (its queue is far from its bounds).
+    let r = h.get("/readyz");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["checks"]["uplinks"]["cloud"]["ok"], true, "{v}");
+    assert_eq!(
+        v["checks"]["uplinks"]["cloud"]["state"], "disconnected",
+        "{v}"
+    );
+}
+
+#[test]
+fn readyz_names_an_offline_device_and_metrics_count_its_bad_readings() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = Daemon::start(&format!(
+        "{DEMO}  - name: plc\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: {closed}\n    poll_interval: 100ms\n    timeout: 100ms\n    tags:\n      - {{name: pressure, register: holding, address: 1}}\n"
+    ));
+    let h = d.http();
+    let start = Instant::now();
+    let v = loop {
+        let r = h.get("/readyz");
+        if r.status == 503 {
+            break r.json();
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never unready: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(v["ready"], false, "{v}");
+    assert_eq!(v["checks"]["broker"]["ok"], true, "{v}");
+    assert_eq!(v["checks"]["devices"]["plc"]["ok"], false, "{v}");
+    assert!(
+        v["checks"]["devices"]["plc"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connection refused")),
+        "{v}"
+    );
+    assert_eq!(v["checks"]["devices"]["demo"]["ok"], true, "{v}");
+    let (_, samples) = parse_prometheus(&h.get("/metrics").body);
+    let bad = samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == "tidegate_tag_bad_readings_total"
+                && l.contains(&("device".to_string(), "plc".to_string()))
+                && l.contains(&("tag".to_string(), "pressure".to_string()))
+        })
+        .map(|(_, _, v)| *v);
+    assert!(bad.is_some_and(|n| n >= 3.0), "{bad:?}");
 }
 
 #[test]
@@ -1238,7 +1361,7 @@ fn tls_serves_the_api_with_secure_cookies() {
             d.password()
         );
         let req = format!(
-            "POST /api/login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         tls.write_all(req.as_bytes()).await.unwrap();
@@ -1320,4 +1443,241 @@ fn ui_files_are_served_with_types_etags_and_gzip() {
             }
         }
     }
+}
+
+/// One raw HTTP/1.1 request on a new connection; the whole answer.
+fn raw_request(port: u16, request: &str) -> String {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+/// Issue 12 finding 13: login took any Content-Type (a cross-site form could post it), and
+/// any Host was answered (DNS rebinding). Now login wants JSON (415), and the UI answers to
+/// IP addresses, localhost, this machine's name and `web.allowed_hosts` only (421).
+#[test]
+fn login_wants_json_and_unknown_hosts_are_refused() {
+    let cfg = TempConfig::new(DEMO);
+    let text = std::fs::read_to_string(&cfg.path).unwrap().replace(
+        "web:\n  bind: 127.0.0.1:0\n",
+        "web:\n  bind: 127.0.0.1:0\n  allowed_hosts: [gw.example.com]\n",
+    );
+    std::fs::write(&cfg.path, text).unwrap();
+    let d = Daemon::start_with(cfg);
+    let body = format!(r#"{{"username":"admin","password":"{}"}}"#, d.password());
+    for ct in ["text/plain", "application/x-www-form-urlencoded", ""] {
+        let header = if ct.is_empty() {
+            String::new()
+        } else {
+            format!("Content-Type: {ct}\r\n")
+        };
+        let answer = raw_request(
+            d.web,
+            &format!(
+                "POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert!(answer.starts_with("HTTP/1.1 415 "), "{ct}: {answer}");
+        assert!(answer.contains("application/json"), "{answer}");
+    }
+    let answer = raw_request(
+        d.web,
+        &format!(
+            "POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+
+    let get = |host: &str| {
+        raw_request(
+            d.web,
+            &format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    for host in [
+        format!("127.0.0.1:{}", d.web),
+        format!("[::1]:{}", d.web),
+        format!("localhost:{}", d.web),
+        "gw.example.com".to_string(),
+    ] {
+        let answer = get(&host);
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{host}: {answer}");
+    }
+    for host in ["attacker.example", "rebind.attacker.example:8080"] {
+        let answer = get(host);
+        assert!(answer.starts_with("HTTP/1.1 421 "), "{host}: {answer}");
+        assert!(answer.contains("web.allowed_hosts"), "{answer}");
+    }
+}
+
+/// Issue 12 finding 6: the hub kept whatever was published under `devices/<x>/<y>`; 146 MiB
+/// of publishes stayed in memory and `/api/values` returned 288 MB. Now only configured tags
+/// are kept, payloads up to 4 KiB, and the rest is counted.
+#[test]
+fn values_of_unconfigured_topics_are_not_kept() {
+    let d = Daemon::start(DEMO);
+    let h = d.login();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut opts = mqtt::options(d.mqtt_addr(), "flood");
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (c, _) = mqtt::Client::connect(opts).await;
+        let big = format!(r#"{{"value":"{}"}}"#, "x".repeat(100_000));
+        for i in 0..300 {
+            c.client
+                .publish(
+                    format!("devices/flood{i}/t"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    big.clone(),
+                )
+                .await
+                .unwrap();
+        }
+        c.client
+            .publish(
+                "devices/demo/temperature",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                big.clone(),
+            )
+            .await
+            .unwrap();
+        for i in 0..300 {
+            c.client
+                .publish(
+                    format!("devices/other{i}/t"),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    r#"{"value":1}"#,
+                )
+                .await
+                .unwrap();
+        }
+        // Counted once the hub has seen them all.
+        let start = Instant::now();
+        loop {
+            let (_, samples) = parse_prometheus(&h.get("/metrics").body);
+            let count = |reason: &str| {
+                samples
+                    .iter()
+                    .find(|(name, labels, _)| {
+                        name == "tidegate_web_values_ignored_total"
+                            && labels.iter().any(|(k, v)| k == "reason" && v == reason)
+                    })
+                    .map(|s| s.2)
+                    .unwrap_or(0.0)
+            };
+            if count("too_large") >= 301.0 && count("unconfigured") >= 300.0 - 256.0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "not counted: {samples:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let body = h.get("/api/values").body;
+    assert!(body.len() < 10_000, "{} bytes", body.len());
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for value in v["values"].as_array().unwrap() {
+        assert_eq!(value["device"], "demo", "{value}");
+    }
+}
+
+/// Issue 12 finding 10: a 1 MiB config took 35 s to check, on the async runtime, and
+/// SIGTERM and SIGHUP went unanswered meanwhile. Now checking is linear and off the runtime:
+/// a PUT of 1 MiB with 88,000 unknown keys is refused with every error, and a SIGTERM sent
+/// while it is being checked stops the daemon cleanly.
+#[test]
+fn a_big_config_is_checked_and_does_not_hold_up_sigterm() {
+    let mut d = Daemon::start(DEMO);
+    let h = d.login();
+    let mut text = String::from("web:\n");
+    let mut keys = 0;
+    while text.len() < (1 << 20) - 64 {
+        text.push_str(&format!("  k{keys}: 1\n"));
+        keys += 1;
+    }
+    let v = h.send("POST", "/api/config/validate", &text).json();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"].as_array().unwrap().len(), keys);
+
+    let put = std::thread::spawn(move || h.send("PUT", "/api/config", &text).status);
+    // Give the request a moment to reach the daemon; whether it is answered before the
+    // shutdown or cut by it, the daemon must stop within the grace period.
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&d.child, "TERM");
+    let (status, _) = wait_exit(&mut d.child, Duration::from_secs(20));
+    assert!(status.success(), "{status}\n{}", d.log());
+    let _ = put.join();
+}
+
+/// SPEC §3.2: a SIGHUP that changes only `broker.users` / `broker.acl` keeps MQTT clients
+/// connected (the broker is not rebuilt); the new ACL applies to an existing subscription at
+/// its next delivery, and a client whose user was removed is disconnected.
+#[test]
+fn sighup_with_new_users_and_acl_keeps_mqtt_clients() {
+    // The argon2 hash of "hunter2".
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$EiUG1fqUSs4MuCwimvva0Q$k8arja9ucnUOA6fWt3+lP9XIGzhvs4/Gt3zKcEjyjqA";
+    let listeners = "broker:\n  listeners: [{bind: 127.0.0.1:0}]\n";
+    let users = format!(
+        "  users:\n    - {{username: alice, password_hash: '{HASH}'}}\n    - {{username: bob, password_hash: '{HASH}'}}\n"
+    );
+    let allow_all = "    - {username: '*', publish: ['#'], subscribe: ['#']}\n";
+    let cfg = TempConfig::new("");
+    let original = std::fs::read_to_string(&cfg.path).unwrap();
+    let text = original.replace(listeners, &format!("{listeners}{users}  acl:\n{allow_all}"));
+    std::fs::write(&cfg.path, &text).unwrap();
+    let d = Daemon::start_with(cfg);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let login = |id: &str| {
+        let mut o = mqtt::options(d.mqtt_addr(), id);
+        o.set_credentials(id, "hunter2");
+        rt.block_on(mqtt::Client::connect(o)).0
+    };
+    let mut alice = login("alice");
+    rt.block_on(alice.subscribe("#", rumqttc::QoS::AtLeastOnce));
+    let mut bob = login("bob");
+
+    let text = original.replace(
+        listeners,
+        &format!(
+            "{listeners}{}  acl:\n    - {{username: '*', access: deny, subscribe: ['secret/#']}}\n{allow_all}",
+            users.replace(&format!("    - {{username: bob, password_hash: '{HASH}'}}\n"), "")
+        ),
+    );
+    std::fs::write(&d.cfg.path, &text).unwrap();
+    let at = d.log().len();
+    signal(&d.child, "HUP");
+    d.wait_log("SIGHUP: config reloaded", at);
+    assert!(
+        !d.log()[at..].contains("broker rebuilt"),
+        "{}",
+        &d.log()[at..]
+    );
+    // Bob's user is gone: his connection ends.
+    rt.block_on(async { while bob.next().await.is_ok() {} });
+
+    let (publ, _) = rt.block_on(mqtt::Client::connect(mqtt::options(
+        d.mqtt_addr(),
+        "publisher",
+    )));
+    for topic in ["secret/plans", "public/news"] {
+        rt.block_on(
+            publ.client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, "x"),
+        )
+        .unwrap();
+    }
+    let m = rt.block_on(alice.publish_msg());
+    assert_eq!(m.topic, "public/news", "the new ACL applies to alice's `#`");
+    assert_eq!(dropped(&mut alice), None);
 }

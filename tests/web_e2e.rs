@@ -168,11 +168,12 @@ impl Drop for Daemon {
     }
 }
 
-/// A simulated device (writable setpoint), a Modbus TCP device and an uplink both toward a port
-/// nobody listens on, so the dashboard shows a disconnected uplink with its error and a growing
-/// queue, and the Modbus test-read answers with an error. `devices` is last: the browser test
-/// appends a device at the end of the file.
-fn config_body() -> String {
+/// A simulated device (writable setpoint and mode), a Modbus TCP device and an uplink both
+/// toward a port nobody listens on, so the dashboard shows a disconnected uplink with its error
+/// and a growing queue, and the Modbus test-read answers with an error; and a Modbus device
+/// `rig` at `rig` (a real Modbus server), whose test-read becomes a tag. `devices` is last: the
+/// browser test appends a device at the end of the file.
+fn config_body(rig: std::net::SocketAddr) -> String {
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -192,6 +193,15 @@ devices:
       - {{ name: temperature, signal: sine, min: 18, max: 24, period: 20s, unit: "°C", qos: 1 }}
       - {{ name: counter, signal: counter, min: 0, max: 1000000, type: u32 }}
       - {{ name: setpoint, signal: random, min: 0, max: 100, type: u16, writable: true }}
+      - {{ name: mode, signal: square, min: 0, max: 3, period: 60s, type: u16, writable: true }}
+      - {{ name: probe, signal: counter, min: 0, max: 0, publish_every: 0, unit: bar }}
+  - name: rig
+    driver: modbus_tcp
+    host: 127.0.0.1
+    port: {rig_port}
+    poll_interval: 1s
+    tags:
+      - {{ name: status, register: holding, address: 10 }}
   - name: plc
     driver: modbus_tcp
     host: 127.0.0.1
@@ -200,8 +210,31 @@ devices:
     timeout: 200ms
     tags:
       - {{ name: pressure, register: holding, address: 100, type: f32 }}
-"#
+"#,
+        rig_port = rig.port()
     )
+}
+
+/// A Modbus TCP server (the tests' tokio-modbus one) holding 21.5 as an f32 at holding 0..1 and
+/// 7 at holding 10, on a runtime of its own that lives as long as the returned handle.
+fn rig() -> (tokio::runtime::Runtime, std::net::SocketAddr) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let sim = common::modbus::Sim::new();
+    let b = 21.5f32.to_be_bytes();
+    sim.set_holding(
+        0,
+        &[
+            u16::from_be_bytes([b[0], b[1]]),
+            u16::from_be_bytes([b[2], b[3]]),
+        ],
+    );
+    sim.set_holding(10, &[7]);
+    let addr = rt.block_on(sim.serve_tcp(None));
+    (rt, addr)
 }
 
 /// Runs `node SCRIPT args...` in tests/e2e with a time limit; returns (success, output).
@@ -252,19 +285,34 @@ fn browser_scenario() {
     if !browser_ready() {
         return;
     }
-    let daemon = Daemon::start(&config_body());
+    let (_rig_runtime, rig) = rig();
+    let daemon = Daemon::start(&config_body(rig));
     // A bad reading, as a driver publishes one when a poll fails (SPEC §4.1): the UI must show
     // it as bad, with its error and the last good value.
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis();
-    daemon.publish(
-        "devices/demo/probe",
-        &format!(
-            r#"{{"value": 3.25, "unit": "bar", "ts": {ts}, "quality": "bad", "error": "timeout"}}"#
-        ),
+    // The UI shows configured tags only; `probe` is one whose simulated value never changes
+    // (published once at start), so the bad reading, published again until the browser is
+    // done, stays the latest.
+    let probe = format!(
+        r#"{{"value": 3.25, "unit": "bar", "ts": {ts}, "quality": "bad", "error": "timeout"}}"#
     );
+    daemon.publish("devices/demo/probe", &probe);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let republish = {
+        let (done, port) = (done.clone(), common::mqtt_port(&daemon.log()).to_string());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(1));
+                let _ = Command::new("mosquitto_pub")
+                    .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-r"])
+                    .args(["-t", "devices/demo/probe", "-m", &probe])
+                    .status();
+            }
+        })
+    };
     // Screenshots (and failure.png when a step fails) go to target/tmp unless asked elsewhere; a
     // relative path is taken from where `cargo test` runs (node runs in tests/e2e).
     let shots = std::env::var_os("TIDEGATE_SCREENSHOTS")
@@ -275,12 +323,19 @@ fn browser_scenario() {
         )
         .display()
         .to_string();
+    // The script edits the config file and sends SIGHUP itself, for the "file differs" step.
+    let config_path = daemon.config.path.display().to_string();
+    let pid = daemon.child.id().to_string();
     let args = [
         daemon.url.as_str(),
         daemon.password.as_str(),
         shots.as_str(),
+        config_path.as_str(),
+        pid.as_str(),
     ];
     let (ok, out) = node("run.mjs", &args, Duration::from_secs(300));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = republish.join();
     println!("{out}");
     assert!(
         ok,
@@ -304,7 +359,8 @@ fn dashboard_load() {
     if !browser_ready() {
         return;
     }
-    let daemon = Daemon::start(&config_body());
+    let (_rig_runtime, rig) = rig();
+    let daemon = Daemon::start(&config_body(rig));
     let (ok, out) = node(
         "bench.mjs",
         &[daemon.url.as_str(), daemon.password.as_str()],

@@ -15,6 +15,18 @@ const VALIDATE_DELAY_MS = 500;
 // Kept across page switches: {text, base: {yaml, version}}.
 let draft = null;
 
+/** The editor's text when there is a draft (kept across pages), else null. */
+export function draftText() {
+  return draft ? draft.text : null;
+}
+
+/** Puts `text` in the editor as the draft (its base, the running config, stays or is loaded
+ *  when the Config page opens), e.g. after "add as tag" on the Devices page. */
+export function setDraftText(text) {
+  if (draft) draft.text = text;
+  else draft = { text, base: null };
+}
+
 export function hasUnsavedEdits() {
   return !!(draft && draft.base && draft.text !== draft.base.yaml);
 }
@@ -59,12 +71,16 @@ function historyList(data) {
     size: e.size ?? e.bytes,
     version: e.version ?? e.sha256,
     note: e.reason ?? e.note ?? e.source,
+    appliedBy: e.applied_by ?? null,
+    appliedAt: asMs(e.applied_at),
+    replacedBy: e.replaced_by ?? null,
   })).filter((e) => e.id);
 }
 
 export function mount(main) {
   const status = h('p', { class: 'v-status', role: 'status', 'aria-live': 'polite' }, 'Loading the config…');
   const banner = h('div', { class: 'banner-slot', 'aria-live': 'polite' });
+  const fileSlot = h('div', { class: 'file-slot' });
   const gutter = h('div', { class: 'gutter', 'aria-hidden': 'true' });
   const marks = h('div', { class: 'marks', 'aria-hidden': 'true' });
   const errList = h('ul', { class: 'errors', id: 'config-errors' });
@@ -83,6 +99,7 @@ export function mount(main) {
   main.append(
     h('h1', {}, 'Config'),
     banner,
+    fileSlot,
     h('section', { class: 'block', 'aria-labelledby': 'cfg-edit' },
       h('div', { class: 'toolbar' }, h('h2', { id: 'cfg-edit' }, 'Edit'), status, h('span', { class: 'grow' }), reloadBtn, applyBtn),
       editor,
@@ -185,7 +202,19 @@ export function mount(main) {
     markErrors();
   }
 
+  /** When the file on disk is not what runs (a SIGHUP refused it, or it was edited and not
+   *  reloaded), say so above the editor, with the difference. */
+  function noteFile(data) {
+    if (!data || !data.file_differs) { replace(fileSlot); return; }
+    const d = diffView(data.running_diff);
+    replace(fileSlot, h('div', { class: 'banner warn file-differs', role: 'status' },
+      h('strong', {}, 'The file on disk differs from the running config. '),
+      `The gateway runs the previous version: a reload (SIGHUP) refuses a file${data.path ? ` (${data.path})` : ''} with errors and keeps what runs. “Reload from gateway” puts the file in the editor, to fix and apply it; applying your text replaces the file.`,
+      h('details', {}, h('summary', {}, `What differs (+${d.add} −${d.del} lines, running → file)`), d.pre)));
+  }
+
   function noteWritable(data) {
+    noteFile(data);
     readOnly = data && data.writable === false
       ? 'This gateway runs on its built-in defaults, without a config file, so changes cannot be applied from here. Start tidegate with `-c FILE` (the package does) to edit its config in the browser. You can still check a config below.'
       : null;
@@ -357,12 +386,14 @@ export function mount(main) {
       }
       replace(histSlot, h('div', { class: 'table-wrap' }, h('table', { class: 'hist' },
         h('caption', { class: 'sr-only' }, 'Kept config versions, newest first'),
-        h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'replaced'), h('th', { scope: 'col' }, 'version'), h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'actions')))),
+        h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'in use'), h('th', { scope: 'col' }, 'applied by'), h('th', { scope: 'col' }, 'replaced by'), h('th', { scope: 'col' }, 'version'), h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'actions')))),
         h('tbody', {}, list.map((e) => {
           const view = h('button', { type: 'button', class: 'small ghost', 'aria-label': `View version ${e.id}` }, 'View');
           const rest = h('button', { type: 'button', class: 'small', 'aria-label': `Restore version ${e.id}` }, 'Restore…');
           const row = h('tr', { dataset: { id: e.id } },
-            h('td', {}, e.ts ? [fmtTime(e.ts), h('br'), h('span', { class: 'muted small' }, fmtAgo(e.ts))] : '—'),
+            h('td', {}, e.ts ? [e.appliedAt ? `${fmtTime(e.appliedAt)} – ` : 'until ', fmtTime(e.ts), h('br'), h('span', { class: 'muted small' }, `replaced ${fmtAgo(e.ts)}`)] : '—'),
+            h('td', {}, e.appliedBy ?? h('span', { class: 'muted' }, 'not recorded')),
+            h('td', {}, e.replacedBy ?? h('span', { class: 'muted' }, 'not recorded')),
             h('td', {}, h('code', {}, e.id), e.size !== undefined ? h('span', { class: 'muted small' }, ` ${fmtBytes(e.size)}`) : null,
               e.note ? h('span', { class: 'muted small' }, ` ${e.note}`) : null),
             h('td', { class: 'act' }, view, ' ', rest, h('div', { class: 'row-confirm', 'aria-live': 'polite' })));

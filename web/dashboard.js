@@ -2,7 +2,7 @@
 // since, last error, queue depth over time, drops by reason, drain ETA), devices at a glance.
 
 import { h, replace, keepFocus } from './dom.js';
-import { fmtDuration, fmtNumber, fmtBytes, fmtTime, fmtAgo } from './format.js';
+import { fmtDuration, fmtNumber, fmtBytes, fmtTime, fmtAgo, fmtRate, plural } from './format.js';
 import { areaChart } from './chart.js';
 import * as live from './live.js';
 
@@ -43,13 +43,17 @@ function uplinkCard(u) {
       u.url ? ['Broker', u.url] : null,
       ['Since', u.since ? [fmtTime(u.since), ' ', h('span', { class: 'muted' }, `(${fmtAgo(u.since)})`)] : '—'],
       ['Last error', u.error ? h('span', { class: 'err' }, String(u.error)) : h('span', { class: 'muted' }, 'none')],
+      // At a glance, not only under Counters: a flapping or stalling link shows here.
+      u.counters.connections !== undefined ? ['Reconnects', fmtNumber(Math.max(0, u.counters.connections - 1))] : null,
+      u.counters.stalls !== undefined ? ['Stalls', u.counters.stalls ? badge(fmtNumber(u.counters.stalls), 'bad') : '0'] : null,
+      ['Dropped', totalDropped ? badge(fmtNumber(totalDropped), 'bad') : '0'],
       ['Queue', u.depth === undefined ? '—' : `${fmtNumber(u.depth)} messages${u.bytes !== undefined ? `, ${fmtBytes(u.bytes)}` : ''}`],
       ['Oldest queued', u.oldestS ? fmtDuration(u.oldestS) : '—'],
       ['Drain ETA', drainEta(u)],
     ]),
     h('figure', { class: 'chart-box' },
       chart.svg,
-      h('figcaption', { class: 'muted' }, `Queue depth${chart.span ? ` over the last ${chart.span}` : ''}, sampled every 3 s (${history.length} samples kept in this browser)`)),
+      h('figcaption', { class: 'muted' }, `Queue depth${chart.span ? ` over the last ${chart.span}` : ''}, sampled every 3 s (${plural(history.length, 'sample')} kept in this browser)`)),
     h('h4', {}, 'Dropped', totalDropped ? badge(fmtNumber(totalDropped), 'bad') : badge('0', 'good')),
     dropped.length
       ? h('table', { class: 'small' },
@@ -88,6 +92,10 @@ function render(root) {
   const offline = devices.filter((d) => d.online === false).length;
   replace(root,
     err ? h('p', { class: 'banner error', role: 'alert' }, `Status not refreshed: ${err.message} (showing ${fmtAgo(st.at)})`) : null,
+    g.fileDiffers ? h('p', { class: 'banner warn file-differs', role: 'status' },
+      h('strong', {}, 'The config file on disk differs from the running config. '),
+      'A reload refused it, or it was edited and not reloaded yet. ',
+      h('a', { href: '#/config' }, 'See what differs on the Config page'), '.') : null,
     h('div', { class: 'grid tiles' },
       h('section', { class: 'card tile' }, h('h2', {}, 'Gateway'),
         kv([['ID', g.id ?? '—'], ['Version', g.version ?? '—'], ['Uptime', fmtDuration(g.uptimeS)],
@@ -95,8 +103,8 @@ function render(root) {
       h('section', { class: 'card tile' }, h('h2', {}, 'Broker'),
         kv([
           ['Clients', b.clients === undefined ? '—' : fmtNumber(b.clients)],
-          b.rateIn !== undefined ? ['Messages in', `${fmtNumber(b.rateIn, 2)} /s`] : null,
-          b.rateOut !== undefined ? ['Messages out', `${fmtNumber(b.rateOut, 2)} /s`] : null,
+          b.rateIn !== undefined ? ['Messages in', fmtRate(b.rateIn)] : null,
+          b.rateOut !== undefined ? ['Messages out', fmtRate(b.rateOut)] : null,
           b.listeners.length ? ['MQTT on', b.listeners.join(', ')] : null,
         ])),
       h('section', { class: 'card tile' }, h('h2', {}, 'Devices'),

@@ -7,6 +7,7 @@ import { api, seg } from './api.js';
 import { fmtValue, fmtMs, fmtAgo, fmtTime } from './format.js';
 import { sparkline } from './chart.js';
 import * as live from './live.js';
+import { draftText, setDraftText } from './config.js';
 
 export const title = 'Devices';
 
@@ -60,40 +61,91 @@ function availability(d) {
  * i16, hex, binary, ASCII, and the 32-bit values starting at each in the four byte/word
  * orders (with the config keys that select each); or bits. Returns null for other shapes.
  */
-function decodingsView(data, caption) {
+function decodingsView(data, caption, addTag) {
   const d = data && typeof data === 'object' && data.decodings && typeof data.decodings === 'object' ? data.decodings : data;
   if (!d || typeof d !== 'object') return null;
   // Raw figures as the device's documentation writes them: no digit grouping, full precision.
   const cell = (v, cls) => h('td', { class: cls }, v === null || v === undefined ? '—' : typeof v === 'object' ? JSON.stringify(v) : String(v));
   const NUM = new Set(['address', 'u16', 'i16', 'u32', 'i32', 'f32']);
   const head = (cols) => h('thead', {}, h('tr', {}, cols.map((c) => h('th', { scope: 'col', class: NUM.has(c) ? 'num' : null }, c))));
+  // "Add as tag…" on a row: that decoding, named, into the config editor's text.
+  const add = (pick) => (addTag ? h('td', { class: 'act' }, addButton(() => addTag(pick))) : null);
+  const addHead = addTag ? [''] : [];
   if (Array.isArray(d.bits)) {
     return h('div', { class: 'table-wrap' }, h('table', { class: 'decodings' }, h('caption', {}, caption),
-      head(['address', 'value']),
-      h('tbody', {}, d.bits.map((b) => h('tr', {}, cell(b.address, 'num'), cell(b.value === true ? '1 (on)' : b.value === false ? '0 (off)' : b.value))))));
+      head(['address', 'value', ...addHead]),
+      h('tbody', {}, d.bits.map((b) => h('tr', {}, cell(b.address, 'num'), cell(b.value === true ? '1 (on)' : b.value === false ? '0 (off)' : b.value),
+        add({ address: b.address, types: ['bool'] }))))));
   }
   if (!Array.isArray(d.registers)) return null;
   const regs = d.registers;
   const words = h('table', { class: 'decodings' }, h('caption', {}, caption),
-    head(['address', 'hex', 'u16', 'i16', 'binary', 'ASCII']),
-    h('tbody', {}, regs.map((r) => h('tr', {}, cell(r.address, 'num'), cell(r.hex), cell(r.u16, 'num'), cell(r.i16, 'num'), cell(r.binary, 'mono'), cell(r.ascii, 'mono')))));
+    head(['address', 'hex', 'u16', 'i16', 'binary', 'ASCII', ...addHead]),
+    h('tbody', {}, regs.map((r) => h('tr', {}, cell(r.address, 'num'), cell(r.hex), cell(r.u16, 'num'), cell(r.i16, 'num'), cell(r.binary, 'mono'), cell(r.ascii, 'mono'),
+      add({ address: r.address, types: ['u16', 'i16', 'bit'] })))));
   const withPairs = regs.filter((r) => Array.isArray(r.pairs) && r.pairs.length);
   const pairs = withPairs.length ? h('table', { class: 'decodings pairs' },
     h('caption', {}, '32-bit values starting at each register, in every byte and word order'),
-    head(['address', 'order', 'config', 'u32', 'i32', 'f32']),
+    head(['address', 'order', 'config', 'u32', 'i32', 'f32', ...addHead]),
     h('tbody', {}, withPairs.flatMap((r) => r.pairs.map((p, i) => h('tr', { class: i === 0 ? 'group' : null },
       i === 0 ? h('th', { scope: 'rowgroup', rowspan: r.pairs.length, class: 'num' }, String(r.address)) : null,
       cell(p.order), h('td', {}, h('code', {}, `byte_order: ${p.byte_order}, word_order: ${p.word_order}`)),
-      cell(p.u32, 'num'), cell(p.i32, 'num'), cell(p.f32, 'num')))))) : null;
+      cell(p.u32, 'num'), cell(p.i32, 'num'), cell(p.f32, 'num'),
+      add({ address: r.address, types: ['f32', 'u32', 'i32'], byte_order: p.byte_order, word_order: p.word_order })))))) : null;
   return h('div', { class: 'decoded' },
     h('div', { class: 'table-wrap' }, words),
     pairs ? h('div', { class: 'table-wrap' }, pairs) : null,
     typeof d.ascii === 'string' ? h('p', {}, 'As text: ', h('code', { class: 'ascii' }, d.ascii)) : null);
 }
 
+function addButton(onClick) {
+  const b = h('button', { type: 'button', class: 'small ghost add-tag' }, 'Add as tag…');
+  b.addEventListener('click', onClick);
+  return b;
+}
+
+/** The form under a test-read that names the picked decoding and puts it into the config
+ *  editor's text as a tag of device `d` (validated, diffed and applied there like any edit). */
+function addTagForm(d, register, pick, slot) {
+  const name = h('input', { name: 'name', required: true, autocomplete: 'off', spellcheck: 'false',
+    pattern: '[a-z0-9_-]+', value: `${register}_${pick.address}` });
+  const type = h('select', { name: 'type' }, pick.types.map((t) => h('option', { value: t }, t === 'bit' ? 'one bit (bool)' : t)));
+  const bit = h('input', { name: 'bit', type: 'number', min: 0, max: 15, value: '0', inputmode: 'numeric' });
+  const bitField = field('Bit', bit, '0 = least significant').wrap;
+  bitField.hidden = true;
+  type.addEventListener('change', () => { bitField.hidden = type.value !== 'bit'; });
+  const go = h('button', { type: 'submit', class: 'primary' }, 'Add to config');
+  const cancel = h('button', { type: 'button', class: 'ghost' }, 'Cancel');
+  const msg = h('div', { 'aria-live': 'polite' });
+  const orders = pick.byte_order ? `, byte_order: ${pick.byte_order}, word_order: ${pick.word_order}` : '';
+  const form = h('form', { class: 'inline-form add-tag-form', 'aria-label': `Add ${register} ${pick.address} as a tag of ${d.name}` },
+    h('p', {}, `A tag of ${d.name}: ${register} register ${pick.address}${orders}.`),
+    field('Tag name', name, 'a-z, 0-9, _ and -').wrap, field('Decoding', type).wrap, bitField, go, cancel, msg);
+  cancel.addEventListener('click', () => replace(slot));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    go.disabled = true;
+    const tag = { name: name.value.trim(), register, address: pick.address };
+    if (type.value === 'bit') tag.bit = Number(bit.value);
+    else if (!['coil', 'discrete'].includes(register)) tag.type = type.value;
+    if (pick.byte_order && type.value !== 'bit') { tag.byte_order = pick.byte_order; tag.word_order = pick.word_order; }
+    try {
+      const yaml = draftText();
+      const { data } = await api('POST', '/api/config/add-tag', { json: yaml === null ? { device: d.name, tag } : { yaml, device: d.name, tag } });
+      setDraftText(data.yaml);
+      location.hash = '#/config';
+    } catch (e) {
+      replace(msg, h('p', { class: 'form-msg error', role: 'alert' }, `Not added: ${e.message}`));
+      go.disabled = false;
+    }
+  });
+  replace(slot, form);
+  setTimeout(() => name.focus(), 0);
+}
+
 /** A table of any JSON answer: rows of objects side by side, or key/value pairs. */
-function resultTable(data, caption) {
-  const known = decodingsView(data, caption);
+function resultTable(data, caption, addTag) {
+  const known = decodingsView(data, caption, addTag);
   if (known) return known;
   const rowsOf = (x) => {
     if (Array.isArray(x) && x.length && x.every((r) => r && typeof r === 'object' && !Array.isArray(r))) return x;
@@ -131,6 +183,7 @@ function testReadForm(d) {
   register.addEventListener('change', () => { count.max = ['coil', 'discrete'].includes(register.value) ? 2000 : 125; });
   const submit = h('button', { type: 'submit' }, 'Read');
   const out = h('div', { class: 'read-out', 'aria-live': 'polite' });
+  const addSlot = h('div', { class: 'add-slot' });
   const form = h('form', { class: 'inline-form', 'aria-label': `Test-read registers of ${d.name}` },
     field('Register', register).wrap,
     field('Address', address, '0-based').wrap,
@@ -140,10 +193,12 @@ function testReadForm(d) {
     ev.preventDefault();
     submit.disabled = true;
     replace(out, h('p', { class: 'muted' }, 'Reading…'));
+    replace(addSlot);
     const req = { register: register.value, address: Number(address.value), count: Number(count.value) };
     try {
       const { data } = await api('POST', `/api/devices/${seg(d.name)}/read`, { json: req });
-      replace(out, resultTable(data, `${req.register} ${req.address}…${req.address + req.count - 1} of ${d.name}, every decoding`));
+      const addTag = (pick) => addTagForm(d, req.register, pick, addSlot);
+      replace(out, resultTable(data, `${req.register} ${req.address}…${req.address + req.count - 1} of ${d.name}, every decoding`, addTag));
     } catch (e) {
       replace(out, h('p', { class: 'banner error', role: 'alert' }, `Read failed: ${e.message}`));
     }
@@ -151,7 +206,7 @@ function testReadForm(d) {
   });
   return h('details', { class: 'test-read' }, h('summary', {}, 'Test read'),
     h('p', { class: 'muted' }, 'Read registers straight from the device to find the right address and type before writing the tag into the config.'),
-    form, out);
+    form, addSlot, out);
 }
 
 function parseValue(text) {
@@ -178,7 +233,7 @@ function writePanel(d, tag) {
   const form = h('form', { class: 'inline-form write-form', 'aria-label': `Write ${d.name}/${tag}` },
     field(`New value of ${tag}`, input, range).wrap, review, cancel);
   const panel = h('div', { class: 'write-panel', dataset: { tag } }, h('h4', {}, `Write ${tag}`), form, step);
-  cancel.addEventListener('click', () => panel.remove());
+  cancel.addEventListener('click', () => panel.dispatchEvent(new Event('write-closed')));
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
     const p = parseValue(input.value);
@@ -209,6 +264,11 @@ function writePanel(d, tag) {
   return panel;
 }
 
+/** Closes every open write form on the page. */
+function closeWriteRows() {
+  for (const p of document.querySelectorAll('tr.write-row .write-panel')) p.dispatchEvent(new Event('write-closed'));
+}
+
 function deviceCard(d, rows) {
   const [word, cls] = availability(d);
   const head = h('header', {},
@@ -216,7 +276,6 @@ function deviceCard(d, rows) {
     d.driver ? h('span', { class: 'muted' }, d.driver) : null,
     h('span', { class: ['badge', cls], dataset: { role: 'availability' } }, word));
   const meta = h('p', { class: 'dev-meta' });
-  const writes = h('div', { class: 'writes' });
   const tbody = h('tbody');
   const anyWritable = d.tagNames.some((t) => writableOf(d, t));
   for (const tag of d.tagNames) {
@@ -227,16 +286,23 @@ function deviceCard(d, rows) {
       age: h('td', { class: 'age muted' }),
     };
     const wcell = h('td', { class: 'act' });
+    const tr = h('tr', { dataset: { tag } }, h('th', { scope: 'row' }, tag), cells.value, cells.quality, cells.trend, cells.age, anyWritable ? wcell : null);
     if (writableOf(d, tag)) {
-      const b = h('button', { type: 'button', class: 'small', 'aria-label': `Write ${d.name}/${tag}` }, 'Write…');
+      const b = h('button', { type: 'button', class: 'small', 'aria-label': `Write ${d.name}/${tag}`, 'aria-expanded': 'false' },
+        h('span', { class: 'w-label' }, 'Write…'));
       b.addEventListener('click', () => {
-        const open = writes.querySelector(`.write-panel[data-tag="${CSS.escape(tag)}"]`);
-        if (open) { open.querySelector('input').focus(); return; }
-        writes.append(writePanel(d, tag));
+        const mine = tr.nextElementSibling;
+        if (mine && mine.classList.contains('write-row')) { mine.querySelector('input').focus(); return; }
+        // One write form at a time, in the row under its tag.
+        closeWriteRows();
+        const panel = writePanel(d, tag);
+        const row = h('tr', { class: 'write-row' }, h('td', { colspan: 6 }, panel));
+        panel.addEventListener('write-closed', () => { row.remove(); b.setAttribute('aria-expanded', 'false'); b.focus(); });
+        b.setAttribute('aria-expanded', 'true');
+        tr.after(row);
       });
       wcell.append(b);
     }
-    const tr = h('tr', { dataset: { tag } }, h('th', { scope: 'row' }, tag), cells.value, cells.quality, cells.trend, cells.age, anyWritable ? wcell : null);
     rows.set(`${d.name}/${tag}`, { tr, ...cells, spark: null, device: d.name, tag });
     tbody.append(tr);
   }
@@ -245,11 +311,11 @@ function deviceCard(d, rows) {
       h('caption', { class: 'sr-only' }, `Tags of ${d.name}`),
       h('thead', {}, h('tr', {},
         h('th', { scope: 'col' }, 'tag'), h('th', { scope: 'col', class: 'num' }, 'value'), h('th', { scope: 'col' }, 'quality'),
-        h('th', { scope: 'col' }, 'last 10 min'), h('th', { scope: 'col', class: 'age' }, 'updated'), anyWritable ? h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'actions')) : null)),
+        h('th', { scope: 'col', class: 'trend' }, 'last 10 min'), h('th', { scope: 'col', class: 'age' }, 'updated'), anyWritable ? h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'actions')) : null)),
       tbody))
     : h('p', { class: 'muted' }, d.tagCount ? `No readings yet of its ${d.tagCount} tag${d.tagCount === 1 ? '' : 's'}.` : 'No readings yet.');
   const card = h('section', { class: 'card device', 'aria-labelledby': `dev-${d.name}`, dataset: { device: d.name } },
-    head, meta, table, writes, MODBUS.has(d.driver) ? testReadForm(d) : null);
+    head, meta, table, MODBUS.has(d.driver) ? testReadForm(d) : null);
   return { card, badge: head.querySelector('.badge'), meta, d };
 }
 
@@ -265,6 +331,16 @@ function updateMeta(entry, d) {
   replace(entry.meta, parts.join(' · '), d.error ? h('span', { class: 'err' }, `${parts.length ? ' · ' : ''}error: ${d.error}`) : null);
 }
 
+/** "12s ago" in a tag's Updated cell; " ago" is left out on a phone (CSS), to save room. */
+function setAge(cell, ts) {
+  const text = fmtAgo(ts);
+  if (cell.dataset.text === text) return;
+  cell.dataset.text = text;
+  const m = /^(.*) ago$/.exec(text);
+  if (m) replace(cell, m[1], h('span', { class: 'ago' }, ' ago'));
+  else setText(cell, text);
+}
+
 function updateRow(row) {
   const v = live.values.get(`${row.device}/${row.tag}`);
   if (!v) {
@@ -278,7 +354,7 @@ function updateRow(row) {
   else if (row.quality.textContent !== 'good') replace(row.quality, h('span', { class: 'badge good' }, 'good'));
   row.spark = sparkline(row.spark, v.history, `${row.device}/${row.tag}`);
   if (!row.spark.isConnected) row.trend.append(row.spark);
-  setText(row.age, fmtAgo(v.ts));
+  setAge(row.age, v.ts);
   row.age.title = fmtTime(v.ts);
 }
 
@@ -354,7 +430,7 @@ export function mount(main) {
     for (const entry of cards.values()) updateMeta(entry, entry.d);
     for (const r of rows.values()) {
       const v = live.values.get(`${r.device}/${r.tag}`);
-      if (v) setText(r.age, fmtAgo(v.ts));
+      if (v) setAge(r.age, v.ts);
     }
   }, 1000);
   return { destroy() { offStatus(); offValues(); clearInterval(ages); cancelAnimationFrame(frame); } };

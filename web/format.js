@@ -31,11 +31,25 @@ export function fmtDuration(seconds) {
   return parts.slice(0, 2).join(' ');
 }
 
+/** Milliseconds with two significant digits below 100 ms ("0.42 ms", "3.5 ms", "14 ms"),
+ *  whole above ("250 ms"), seconds from 1 s ("1.2 s"). */
 export function fmtMs(ms) {
   if (ms === undefined || ms === null || !Number.isFinite(ms)) return '—';
-  if (ms < 1) return `${ms.toFixed(2)} ms`;
+  if (ms === 0) return '0 ms';
+  if (ms < 100) return `${Number(ms.toPrecision(2))} ms`;
   if (ms < 1000) return `${Math.round(ms)} ms`;
   return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+}
+
+/** A rate per second: one decimal below 100 ("0.5 /s", "14.0 /s"), whole above ("250 /s"). */
+export function fmtRate(perSecond) {
+  if (perSecond === undefined || perSecond === null || !Number.isFinite(perSecond)) return '—';
+  return `${perSecond >= 100 ? fmtNumber(Math.round(perSecond)) : perSecond.toFixed(1)} /s`;
+}
+
+/** "1 sample", "3 samples". */
+export function plural(n, word) {
+  return `${fmtNumber(n)} ${word}${n === 1 ? '' : 's'}`;
 }
 
 export function fmtBytes(n) {

@@ -215,6 +215,7 @@ function normStatus(s) {
       version: pick(g, 'version') ?? pick(s, 'version'),
       uptimeS: num(pick(g, 'uptime_s', 'uptime_secs', 'uptime')) ?? (started ? (Date.now() - started) / 1000 : undefined),
       config: pick(g, 'config'),
+      fileDiffers: pick(g, 'config_file_differs') === true,
     },
     broker: {
       clients: num(pick(b, 'clients', 'connected_clients', 'connections')),

@@ -10,10 +10,15 @@
 //!   restarted, added ones started, removed ones stopped; the others keep polling.
 //! - `uplinks`: an uplink whose settings changed is restarted (its queue database stays, so
 //!   nothing queued is lost), added ones start, removed ones stop.
-//! - `broker` or `gateway`: the broker is rebuilt — every listener rebinds and its MQTT clients
-//!   are disconnected (they reconnect; persistent sessions and retained messages survive when
-//!   `broker.persistence` is on), and the devices and uplinks that publish into it restart.
-//!   When neither section changed, MQTT clients stay connected.
+//! - `broker.users`, `broker.allow_anonymous`, `broker.acl` alone: applied in place
+//!   ([`Broker::set_access`]), MQTT clients stay connected; one whose user was removed or got
+//!   a new password (or an anonymous one when anonymous clients are no longer allowed) is
+//!   disconnected, as Mosquitto does on reloading its password file. The new ACL applies to
+//!   existing subscriptions at their next delivery.
+//! - any other `broker` key, or `gateway`: the broker is rebuilt — every listener rebinds and
+//!   its MQTT clients are disconnected (they reconnect; persistent sessions and retained
+//!   messages survive when `broker.persistence` is on), and the devices and uplinks that
+//!   publish into it restart. When neither section changed, MQTT clients stay connected.
 //! - `web`: a new `bind` or `tls` restarts the web server (sessions survive); `users` and
 //!   `metrics` apply at once (sessions of removed users, or users whose password changed, end).
 //! - `log.level`: applied at once; `log.format` needs a restart (logged).
@@ -22,151 +27,21 @@
 //! previous config is restored: the file gets its previous text back and the running system is
 //! moved back to the previous config; the error is returned.
 
-use super::{prepare_data_dir, Supervisor, TaskError, TaskHandle, BROKER_DB};
+use super::{prepare_data_dir, BROKER_DB};
 use crate::broker::Broker;
-use crate::config::{self, Config, ConfigError, Origin};
+use crate::config::{self, Config, Origin};
 use crate::drivers::DeviceGroup;
+use crate::gateway::{Applied, ApplyError, Change, Gateway, Live, Request};
+use crate::task::{Supervisor, TaskError, TaskHandle};
 use crate::uplink::Ledger;
 use anyhow::Context;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use tokio::sync::{mpsc, oneshot};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-/// How many previous versions `data_dir/config-history/` keeps.
-pub const HISTORY_KEEP: usize = 50;
-/// The history directory under `data_dir`.
-pub const HISTORY_DIR: &str = "config-history";
-
-/// The config's version: the hex SHA-256 of its text (the web API's `version` and `If-Match`).
-pub fn version(text: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// What the running gateway shows to observers (the web server): its config, broker, uplink
-/// ledgers, and the way to ask for a config change.
-pub struct Gateway {
-    pub origin: Origin,
-    /// When the daemon started (for uptime).
-    pub started: std::time::Instant,
-    pub started_ms: u64,
-    live: RwLock<Live>,
-    control: mpsc::Sender<Request>,
-    /// The running Modbus devices, for test-reads through their own link task.
-    pub devices: crate::drivers::Registry,
-}
-
-#[derive(Clone)]
-struct Live {
-    config: Arc<Config>,
-    text: Arc<str>,
-    broker: Broker,
-    mqtt: Vec<SocketAddr>,
-    uplinks: Vec<(String, Arc<Ledger>)>,
-    /// Bumped each time the broker is rebuilt: in-process consumers must subscribe again.
-    broker_epoch: u64,
-}
-
-impl Gateway {
-    fn live(&self) -> Live {
-        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The running config.
-    pub fn config(&self) -> Arc<Config> {
-        self.live().config
-    }
-
-    /// The running config's text (the file as it was when it was applied).
-    pub fn config_text(&self) -> Arc<str> {
-        self.live().text
-    }
-
-    /// The running broker. It changes when the `broker` section changes; see
-    /// [`Gateway::broker_epoch`].
-    pub fn broker(&self) -> Broker {
-        self.live().broker
-    }
-
-    /// Increases each time the broker is rebuilt.
-    pub fn broker_epoch(&self) -> u64 {
-        self.live().broker_epoch
-    }
-
-    /// The addresses the MQTT listeners are bound to.
-    pub fn mqtt_addrs(&self) -> Vec<SocketAddr> {
-        self.live().mqtt
-    }
-
-    /// Every configured uplink's ledger, in config order.
-    pub fn uplinks(&self) -> Vec<(String, Arc<Ledger>)> {
-        self.live().uplinks
-    }
-
-    /// The config file, when there is one.
-    pub fn config_path(&self) -> Option<&Path> {
-        match &self.origin {
-            Origin::File(p) => Some(p),
-            Origin::BuiltIn => None,
-        }
-    }
-
-    /// Asks the controller to validate, write and apply `change`. Returns once it is applied
-    /// (or refused, or rolled back).
-    pub async fn reconfigure(&self, change: Change) -> Result<Applied, ApplyError> {
-        let (reply, answer) = oneshot::channel();
-        self.control
-            .send(Request::Apply { change, reply })
-            .await
-            .map_err(|_| ApplyError::Failed("the gateway is shutting down".into()))?;
-        answer
-            .await
-            .map_err(|_| ApplyError::Failed("the gateway is shutting down".into()))?
-    }
-}
-
-/// A requested config change.
-#[derive(Debug)]
-pub struct Change {
-    /// The new config text.
-    pub text: String,
-    /// The version the client saw; the change is refused when the file is no longer that.
-    pub if_match: Option<String>,
-    /// Who asked, for the log: "web UI (admin)", "history restore of ... (admin)".
-    pub by: String,
-}
-
-/// A change that was applied.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Applied {
-    /// The new version (SHA-256 of the text now in the file).
-    pub version: String,
-    /// What was restarted, started or stopped; empty when nothing changed.
-    pub changes: Vec<String>,
-}
-
-/// Why a change was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    #[error("running on the built-in defaults, there is no config file to change; start tidegate with `-c FILE` (or create {}) to change the config from the web UI", config::DEFAULT_CONFIG_PATH)]
-    NoFile,
-    #[error("the config file changed meanwhile (it is now version {current}); reload it and apply your change again")]
-    Conflict { current: String },
-    #[error("the config has {} error(s)", .0.len())]
-    Invalid(Vec<ConfigError>),
-    #[error("{0}")]
-    Failed(String),
-}
-
-/// A message to the controller.
-pub enum Request {
-    Apply {
-        change: Change,
-        reply: oneshot::Sender<Result<Applied, ApplyError>>,
-    },
-}
+use crate::config::history::{config_base, note_running, save_history, version, write_atomic};
 
 /// What runs now, per section.
 struct Running {
@@ -213,22 +88,19 @@ impl Controller {
     ) -> anyhow::Result<(Self, Vec<String>, mpsc::Receiver<Request>)> {
         let mut lines = Vec::new();
         let (broker, core, mqtt, uplink_subs) = build_core(&config, &mut sup, &mut lines).await?;
-        let (control, requests) = mpsc::channel(8);
-        let gw = Arc::new(Gateway {
+        let (gw, requests) = Gateway::new(
             origin,
-            started: std::time::Instant::now(),
-            started_ms: crate::drivers::reading::now_ms(),
-            live: RwLock::new(Live {
+            Live {
                 config: Arc::new(config.clone()),
                 text: text.clone().into(),
                 broker: broker.clone(),
                 mqtt: mqtt.clone(),
                 uplinks: Vec::new(),
                 broker_epoch: 0,
-            }),
-            control,
-            devices: crate::drivers::Registry::new(),
-        });
+            },
+            crate::drivers::Registry::new(),
+        );
+        let gw = Arc::new(gw);
         let web = crate::web::State::new(gw.clone());
         let mut ctl = Controller {
             sup,
@@ -323,8 +195,9 @@ impl Controller {
                 });
             }
         }
-        let new =
-            config::parse_in(&change.text, config_base(&path)).map_err(ApplyError::Invalid)?;
+        let new = parse_off_runtime(&change.text, &path)
+            .await
+            .map_err(ApplyError::Invalid)?;
         if change.text == current && change.text == *self.run.text {
             return Ok(Applied {
                 version: current_version,
@@ -332,7 +205,7 @@ impl Controller {
             });
         }
         let data_dir = self.run.config.gateway.data_dir.clone();
-        save_history(&data_dir, &current).map_err(|e| {
+        save_history(&data_dir, &current, &change.by).map_err(|e| {
             ApplyError::Failed(format!(
                 "cannot keep the previous config in the history: {e:#}"
             ))
@@ -345,6 +218,12 @@ impl Controller {
                 self.run.config = new;
                 self.run.text = change.text.as_str().into();
                 self.publish_live();
+                if let Err(e) = note_running(&data_dir, &change.text, &change.by) {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "Cannot note who applied the config"
+                    );
+                }
                 Ok(Applied {
                     version: version(&change.text),
                     changes,
@@ -380,7 +259,7 @@ impl Controller {
                 return;
             }
         };
-        let new = match config::parse_in(&text, config_base(&path)) {
+        let new = match parse_off_runtime(&text, &path).await {
             Ok(c) => c,
             Err(errors) => {
                 for e in &errors {
@@ -397,7 +276,7 @@ impl Controller {
             info!(config = %path.display(), "SIGHUP: the config file is unchanged");
             return;
         }
-        if let Err(e) = save_history(&self.run.config.gateway.data_dir, &self.run.text) {
+        if let Err(e) = save_history(&self.run.config.gateway.data_dir, &self.run.text, "SIGHUP") {
             warn!(
                 error = format!("{e:#}"),
                 "SIGHUP: cannot keep the previous config in the history"
@@ -409,6 +288,12 @@ impl Controller {
                 self.run.config = new;
                 self.run.text = text.as_str().into();
                 self.publish_live();
+                if let Err(e) = note_running(&self.run.config.gateway.data_dir, &text, "SIGHUP") {
+                    warn!(
+                        error = format!("{e:#}"),
+                        "Cannot note who applied the config"
+                    );
+                }
                 info!(config = %path.display(), version = %version(&text), changes = ?changes, "SIGHUP: config reloaded");
             }
             Err(e) => {
@@ -448,7 +333,7 @@ impl Controller {
                 .collect(),
             broker_epoch: r.broker_epoch,
         };
-        *self.gw.live.write().unwrap_or_else(|e| e.into_inner()) = live;
+        self.gw.set_live(live);
         self.web.config_changed(&r.config);
     }
 
@@ -459,7 +344,16 @@ impl Controller {
     async fn apply(&mut self, new: &Config) -> anyhow::Result<Vec<String>> {
         let mut done = Vec::new();
         let old = self.run.config.clone();
-        let rebuild = !self.run.core_up || old.broker != new.broker || old.gateway != new.gateway;
+        let rebuild = !self.run.core_up
+            || without_access(&old.broker) != without_access(&new.broker)
+            || old.gateway != new.gateway;
+        if !rebuild && old.broker != new.broker {
+            // Only users, allow_anonymous or the ACL: applied in place, clients stay.
+            self.run
+                .broker
+                .set_access(crate::broker::Access::from_config(&new.broker));
+            done.push("broker users/ACL updated (MQTT clients stay connected)".to_string());
+        }
         if rebuild {
             // Everything that holds the broker stops first, then the broker itself.
             if let Some(hub) = self.run.hub.take() {
@@ -764,6 +658,17 @@ impl Controller {
 /// An uplink's durable local subscription, shared across restarts of its task.
 type LocalSub = Arc<tokio::sync::Mutex<crate::broker::LocalSubscription>>;
 
+/// The `broker` section without what [`Broker::set_access`] changes in place: when two configs
+/// differ only there, the broker is not rebuilt.
+fn without_access(b: &config::Broker) -> config::Broker {
+    config::Broker {
+        allow_anonymous: false,
+        users: Vec::new(),
+        acl: None,
+        ..b.clone()
+    }
+}
+
 /// Builds the broker, binds its listeners and starts them and the `$SYS` task.
 async fn build_core(
     config: &Config,
@@ -825,9 +730,24 @@ async fn build_core(
     Ok((broker, core, addrs, subs))
 }
 
-/// The directory relative file names in the config are taken from.
-pub fn config_base(path: &Path) -> Option<&Path> {
-    path.parent().filter(|p| !p.as_os_str().is_empty())
+/// [`config::parse_in`] of the config file at `path`, on the blocking pool: it reads the files
+/// the config names and may take a while on a big text, and the task calling it also answers
+/// signals.
+async fn parse_off_runtime(
+    text: &str,
+    path: &Path,
+) -> Result<config::Config, Vec<config::ConfigError>> {
+    let (text, path) = (text.to_string(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || config::parse_in(&text, config_base(&path)))
+        .await
+        .unwrap_or_else(|e| {
+            Err(vec![config::ConfigError {
+                path: String::new(),
+                line: None,
+                column: None,
+                message: format!("checking the config failed: {e}"),
+            }])
+        })
 }
 
 /// Clears (publishes empty retained messages on) what devices removed from the config left
@@ -842,8 +762,8 @@ async fn clear_leftovers(broker: &Broker, old: &Config, new: &Config) -> usize {
         match new.devices.iter().find(|d| d.name == device.name) {
             None => {
                 for filter in [
-                    format!("devices/{}/#", device.name),
-                    format!("$SYS/tidegate/devices/{}/#", device.name),
+                    crate::topics::device_all(&device.name),
+                    crate::topics::counters_of(&device.name),
                 ] {
                     topics.extend(broker.retained(&filter).into_iter().map(|(t, _)| t));
                 }
@@ -851,7 +771,7 @@ async fn clear_leftovers(broker: &Broker, old: &Config, new: &Config) -> usize {
             Some(kept) => {
                 for tag in &device.tags {
                     if !kept.tags.iter().any(|t| t.name == tag.name) {
-                        let topic = format!("devices/{}/{}", device.name, tag.name);
+                        let topic = crate::topics::reading(&device.name, &tag.name);
                         if !broker.retained(&topic).is_empty() {
                             topics.push(topic);
                         }
@@ -874,192 +794,4 @@ async fn clear_leftovers(broker: &Broker, old: &Config, new: &Config) -> usize {
         }
     }
     topics.len()
-}
-
-/// Writes `text` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
-/// directory. Keeps the file's permissions when it exists.
-pub fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = config_base(path).unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "config".into());
-    let tmp = dir.join(format!(".{name}.tidegate-tmp"));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = f.set_permissions(meta.permissions());
-    }
-    let written = f
-        .write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    drop(f);
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot replace {}", path.display()));
-    }
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// One kept version.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct HistoryEntry {
-    /// `<unix ms>-<first 12 hex digits of the version>`.
-    pub id: String,
-    /// When it was replaced, Unix ms.
-    pub saved: u64,
-    pub version: String,
-    pub bytes: u64,
-}
-
-fn history_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join(HISTORY_DIR)
-}
-
-/// Keeps `text` (the version being replaced) in the history, dropping the oldest beyond
-/// [`HISTORY_KEEP`].
-pub fn save_history(data_dir: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = history_dir(data_dir);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o750)
-        .create(&dir)
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    let v = version(text);
-    let newest = list_history(data_dir)?.into_iter().next();
-    if newest.as_ref().is_some_and(|e| e.version == v) {
-        // Already the newest kept version (a retry after a failed apply).
-        return Ok(());
-    }
-    // Ids sort in the order they were saved, even within one millisecond.
-    let now = crate::drivers::reading::now_ms().max(newest.map_or(0, |e| e.saved + 1));
-    let id = format!("{now:013}-{}", &v[..12]);
-    write_atomic(&dir.join(format!("{id}.yaml")), text)?;
-    let entries = list_history(data_dir)?;
-    for old in entries.iter().skip(HISTORY_KEEP) {
-        let _ = std::fs::remove_file(dir.join(format!("{}.yaml", old.id)));
-    }
-    Ok(())
-}
-
-/// The kept versions, newest first.
-pub fn list_history(data_dir: &Path) -> anyhow::Result<Vec<HistoryEntry>> {
-    let dir = history_dir(data_dir);
-    let read = match std::fs::read_dir(&dir) {
-        Ok(r) => r,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-    };
-    let mut out = Vec::new();
-    for entry in read.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_suffix(".yaml") else {
-            continue;
-        };
-        if !valid_history_id(id) {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        out.push(HistoryEntry {
-            id: id.to_string(),
-            saved: id
-                .split('-')
-                .next()
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(0),
-            version: version(&text),
-            bytes: text.len() as u64,
-        });
-    }
-    out.sort_by(|a, b| b.id.cmp(&a.id));
-    Ok(out)
-}
-
-/// A history id as [`save_history`] makes them: digits, a dash, hex digits.
-pub fn valid_history_id(id: &str) -> bool {
-    let Some((t, h)) = id.split_once('-') else {
-        return false;
-    };
-    !t.is_empty()
-        && t.len() <= 20
-        && t.bytes().all(|b| b.is_ascii_digit())
-        && h.len() == 12
-        && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// The text of one kept version; `None` when there is no such id.
-pub fn read_history(data_dir: &Path, id: &str) -> anyhow::Result<Option<String>> {
-    if !valid_history_id(id) {
-        return Ok(None);
-    }
-    let path = history_dir(data_dir).join(format!("{id}.yaml"));
-    match std::fs::read_to_string(&path) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn history_is_bounded_and_newest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        for i in 0..(HISTORY_KEEP + 5) {
-            save_history(dir.path(), &format!("# version {i}\n")).unwrap();
-        }
-        // The same text twice in a row is kept once.
-        save_history(dir.path(), &format!("# version {}\n", HISTORY_KEEP + 4)).unwrap();
-        let list = list_history(dir.path()).unwrap();
-        assert_eq!(list.len(), HISTORY_KEEP);
-        let newest = read_history(dir.path(), &list[0].id).unwrap().unwrap();
-        assert_eq!(newest, format!("# version {}\n", HISTORY_KEEP + 4));
-        assert_eq!(list[0].version, version(&newest));
-        let oldest = read_history(dir.path(), &list[HISTORY_KEEP - 1].id)
-            .unwrap()
-            .unwrap();
-        assert_eq!(oldest, "# version 5\n");
-        assert!(read_history(dir.path(), "../../etc/passwd")
-            .unwrap()
-            .is_none());
-        assert!(read_history(dir.path(), "1-abcdefabcdef")
-            .unwrap()
-            .is_none());
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_keeps_mode() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("c.yaml");
-        std::fs::write(&p, "a").unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
-        write_atomic(&p, "b").unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "b");
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o640);
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn version_is_sha256_hex() {
-        assert_eq!(
-            version(""),
-            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-    }
 }

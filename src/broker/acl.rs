@@ -1,26 +1,89 @@
-//! Who may connect, publish and subscribe (SPEC §3 `broker.allow_anonymous`, `users`, `acl`).
+//! Who may connect, publish, subscribe and receive (SPEC §3 `broker.allow_anonymous`, `users`,
+//! `acl`; §3.2).
 //!
 //! ACL rules are checked in order; the first rule whose username matches the client *and*
 //! whose list for the action matches decides (allow or deny). No rule deciding means deny —
 //! when an ACL is configured at all. Usernames: a name, `*` (every client) or `$anonymous`
 //! (clients without a username). Filters may use `%u` (username) and `%c` (client id).
 //!
-//! For PUBLISH the rule's filter must match the topic. For SUBSCRIBE an *allow* rule must
-//! cover the requested filter (everything the subscription could receive is allowed), and a
-//! *deny* rule decides as soon as it overlaps it (the subscription could receive something
-//! denied) — so `deny subscribe secret/#` also refuses a subscription to `#`.
+//! The checks are Mosquitto's:
+//! - [`Action::Publish`]: a rule's `publish` filter must match the topic, per message.
+//! - [`Action::Subscribe`]: a rule's `subscribe` filter decides when it *covers* the requested
+//!   filter whole (every topic the subscription could receive is matched by the rule). So
+//!   `deny subscribe secret/#` refuses `secret/#` and `secret/+/x` but not `#`: a filter that
+//!   merely overlaps a deny rule is granted (when an allow rule covers it) ...
+//! - [`Action::Read`]: ... and every message is checked again when it is delivered, against
+//!   the `subscribe` lists with the topic name — so `#` beside `deny subscribe secret/#` never
+//!   delivers `secret/...`. The broker checks this against whoever owns the session *now*
+//!   (a takeover by another user, or a changed ACL, takes effect at the next delivery).
+//!
+//! `%c` / `%u` stand for the client id / username. A value holding `+`, `#` or `/` (or no
+//! username for `%u`) would turn the rule into a wildcard or reach into another client's tree
+//! (Mosquitto CVE-2017-7650), so such a filter never *grants* anything; in a deny rule it
+//! denies everything the action could reach instead (fails closed).
 
 use crate::config::{Access, AclRule, ANONYMOUS};
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// PUBLISH to a topic name.
     Publish,
+    /// SUBSCRIBE to a filter (without `$share/group/`).
     Subscribe,
+    /// Receive a message on a topic name (checked at each delivery).
+    Read,
 }
 
 #[derive(Debug, Clone)]
 pub struct Acl {
     rules: Vec<AclRule>,
+}
+
+/// A rule filter with `%c` / `%u` put in.
+enum Expanded<'a> {
+    Filter(Cow<'a, str>),
+    /// The placeholder's value holds `+`, `#` or `/`, or there is no username for `%u`.
+    Unsafe,
+}
+
+/// True when `value` may stand for a `%c` / `%u` level.
+fn safe_value(value: &str) -> bool {
+    !value.contains(['+', '#', '/'])
+}
+
+fn expand<'a>(filter: &'a str, username: Option<&str>, client_id: &str) -> Expanded<'a> {
+    if !filter.contains("%c") && !filter.contains("%u") {
+        return Expanded::Filter(Cow::Borrowed(filter));
+    }
+    let mut out = String::with_capacity(filter.len() + client_id.len());
+    let mut rest = filter;
+    // One pass over the rule's text: a value put in is never scanned again (a client id
+    // holding "%u" stays literal).
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let value = match rest.get(i + 1..i + 2) {
+            Some("c") => Some(client_id),
+            Some("u") => match username {
+                Some(u) => Some(u),
+                None => return Expanded::Unsafe,
+            },
+            _ => None,
+        };
+        match value {
+            Some(v) if !safe_value(v) => return Expanded::Unsafe,
+            Some(v) => {
+                out.push_str(v);
+                rest = &rest[i + 2..];
+            }
+            None => {
+                out.push('%');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Expanded::Filter(Cow::Owned(out))
 }
 
 impl Acl {
@@ -29,7 +92,7 @@ impl Acl {
     }
 
     /// Whether `username` (None: anonymous) on `client_id` may do `action` on `topic` (a topic
-    /// name for Publish, a filter — without `$share/group/` — for Subscribe).
+    /// name for Publish and Read, a filter — without `$share/group/` — for Subscribe).
     pub fn allows(
         &self,
         username: Option<&str>,
@@ -48,18 +111,15 @@ impl Acl {
             }
             let list = match action {
                 Action::Publish => &rule.publish,
-                Action::Subscribe => &rule.subscribe,
+                Action::Subscribe | Action::Read => &rule.subscribe,
             };
             let allow = rule.access == Access::Allow;
-            let hit = list.iter().any(|f| {
-                let f = f
-                    .replace("%u", username.unwrap_or("\u{0}"))
-                    .replace("%c", client_id);
-                match (action, allow) {
-                    (Action::Publish, _) => super::codec::topic::matches(&f, topic),
-                    (Action::Subscribe, true) => covers(&f, topic),
-                    (Action::Subscribe, false) => overlaps(&f, topic),
-                }
+            let hit = list.iter().any(|f| match expand(f, username, client_id) {
+                Expanded::Unsafe => !allow,
+                Expanded::Filter(f) => match action {
+                    Action::Publish | Action::Read => super::codec::topic::matches(&f, topic),
+                    Action::Subscribe => covers(&f, topic),
+                },
             });
             if hit {
                 return allow;
@@ -82,21 +142,6 @@ pub fn covers(outer: &str, inner: &str) -> bool {
             (Some("+"), Some(l)) if l != "#" => {}
             (Some(a), Some(b)) if a == b && a != "+" => {}
             (Some("+"), Some("+")) => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
-/// True when some topic is matched by both filters.
-pub fn overlaps(a: &str, b: &str) -> bool {
-    let mut x = a.split('/');
-    let mut y = b.split('/');
-    loop {
-        match (x.next(), y.next()) {
-            (Some("#"), _) | (_, Some("#")) => return true,
-            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
-            (Some(p), Some(q)) if p == q => {}
             (None, None) => return true,
             _ => return false,
         }
@@ -147,24 +192,81 @@ mod tests {
     }
 
     #[test]
-    fn deny_subscribe_overlapping() {
+    fn a_deny_rule_refuses_only_filters_it_covers_and_reads_are_checked_per_topic() {
         let acl = Acl::new(vec![
             rule("*", Access::Deny, &[], &["secret/#"]),
             rule("*", Access::Allow, &[], &["#"]),
         ]);
-        assert!(!acl.allows(Some("u"), "c", Action::Subscribe, "#"));
-        assert!(!acl.allows(Some("u"), "c", Action::Subscribe, "+/x"));
-        assert!(acl.allows(Some("u"), "c", Action::Subscribe, "public/#"));
+        use Action::*;
+        let cases = [
+            (Subscribe, "#", true),
+            (Subscribe, "+/x", true),
+            (Subscribe, "public/#", true),
+            (Subscribe, "secret/#", false),
+            (Subscribe, "secret/+/x", false),
+            (Subscribe, "secret", false),
+            (Read, "public/x", true),
+            (Read, "secret/plans", false),
+            (Read, "secret", false),
+            (Read, "$SYS/x", false),
+        ];
+        for (action, topic, want) in cases {
+            assert_eq!(
+                acl.allows(Some("u"), "c", action, topic),
+                want,
+                "{action:?} {topic}"
+            );
+        }
     }
 
     #[test]
-    fn covers_and_overlaps() {
-        assert!(covers("a/#", "a/b/+"));
-        assert!(covers("a/+", "a/b"));
-        assert!(!covers("a/+", "a/#"));
-        assert!(!covers("a/b", "a/+"));
-        assert!(!covers("#", "$SYS/x"));
-        assert!(overlaps("a/+/c", "a/b/#"));
-        assert!(!overlaps("a/b", "a/c"));
+    fn patterns_never_match_ids_or_usernames_with_wildcards_or_slashes() {
+        let acl = Acl::new(vec![
+            rule("*", Access::Allow, &["clients/%c/#"], &["clients/%c/#"]),
+            rule("*", Access::Allow, &["users/%u/#"], &["users/%u/#"]),
+        ]);
+        use Action::*;
+        // (username, client id, action, topic, allowed)
+        let cases = [
+            (None, "c1", Subscribe, "clients/c1/#", true),
+            (None, "c1", Publish, "clients/c1/x", true),
+            (None, "c1", Read, "clients/c1/x", true),
+            (None, "c1", Subscribe, "clients/c2/#", false),
+            (None, "+", Subscribe, "clients/+/#", false),
+            (None, "#", Subscribe, "clients/#", false),
+            (None, "+", Read, "clients/c2/x", false),
+            (None, "a/b", Subscribe, "clients/a/b/#", false),
+            (None, "a/b", Publish, "clients/a/b/x", false),
+            (Some("+"), "c", Subscribe, "users/+/#", false),
+            (Some("a/b"), "c", Read, "users/a/b/x", false),
+            (Some("bob"), "c", Read, "users/bob/x", true),
+            (None, "c", Subscribe, "users/%u/#", false),
+            (Some("%c"), "x", Publish, "users/%c/1", true),
+            (Some("bob"), "%u", Publish, "clients/%u/1", true),
+        ];
+        for (user, id, action, topic, want) in cases {
+            assert_eq!(
+                acl.allows(user, id, action, topic),
+                want,
+                "{user:?} {id} {action:?} {topic}"
+            );
+        }
+        // In a deny rule an unsafe value fails closed: the rule denies.
+        let acl = Acl::new(vec![
+            rule("*", Access::Deny, &[], &["private/%c/#"]),
+            rule("*", Access::Allow, &[], &["#"]),
+        ]);
+        assert!(acl.allows(None, "c1", Read, "private/c2/x"));
+        assert!(!acl.allows(None, "c1", Read, "private/c1/x"));
+        assert!(!acl.allows(None, "+", Read, "public/x"));
+    }
+
+    #[test]
+    fn covers() {
+        assert!(super::covers("a/#", "a/b/+"));
+        assert!(super::covers("a/+", "a/b"));
+        assert!(!super::covers("a/+", "a/#"));
+        assert!(!super::covers("a/b", "a/+"));
+        assert!(!super::covers("#", "$SYS/x"));
     }
 }

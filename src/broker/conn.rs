@@ -11,6 +11,12 @@
 //!
 //! A malformed packet closes this connection only (MQTT 5: after a DISCONNECT with the
 //! reason code); the will is published on any close but a normal DISCONNECT.
+//!
+//! Access (SPEC §3.2): a CONNECT with a client id under [`INTERNAL_PREFIX`] is refused; the
+//! connection makes its client the session's owner, checks each PUBLISH and SUBSCRIBE against
+//! the live [`Access`], and checks every message it sends (and in-flight messages it resends
+//! after a takeover) against its client's read rules. When users or ACL change it checks its
+//! credentials again and leaves (0x98) if they no longer hold.
 
 use super::acl::Action;
 use super::codec::{
@@ -19,11 +25,11 @@ use super::codec::{
 };
 use super::persist;
 use super::state::{
-    lock, split_shared, Delivery, Expiry, Inflight, Message, Pending, Session, SessionCell, Shared,
-    Stage, SubTarget,
+    lock, split_shared, Delivery, Expiry, Inflight, Message, Owner, Pending, Session, SessionCell,
+    Shared, Stage, SubTarget,
 };
 use super::store::Op;
-use super::Settings;
+use super::{Access, Settings, INTERNAL_PREFIX};
 use bytes::BytesMut;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -41,6 +47,9 @@ const OUT_HIGH_WATER: usize = 64 * 1024;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection we closed keeps draining the client's input.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection logs at most one line about ACL denials per this long (the rest are counted
+/// and the count is given with the next line).
+pub const DENY_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Everything a connection needs from the broker.
 pub struct Ctx {
@@ -118,7 +127,8 @@ where
         refuse(&mut wr, version, reason::BAD_AUTHENTICATION_METHOD).await;
         return;
     }
-    if let Err(code) = authenticate(&ctx, peer, &connect).await {
+    let access = shared.access();
+    if let Err(code) = authenticate(&ctx, &access, peer, &connect).await {
         shared
             .stats
             .connections_refused
@@ -137,13 +147,27 @@ where
     } else {
         connect.client_id.as_str().into()
     };
+    if client_id.starts_with(INTERNAL_PREFIX) {
+        // The daemon's own consumers' namespace (see `INTERNAL_PREFIX`).
+        shared
+            .stats
+            .connections_refused
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(%peer, client = %client_id, username = ?connect.username, "Connection refused: client ids beginning with $internal/ are reserved for the gateway itself");
+        refuse(&mut wr, version, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return;
+    }
     if let Some(will) = &connect.will {
-        if !settings.may(
+        if !access.may(
             connect.username.as_deref(),
             &client_id,
             Action::Publish,
             &will.topic,
         ) {
+            shared
+                .stats
+                .publishes_denied
+                .fetch_add(1, Ordering::Relaxed);
             info!(%peer, client = %client_id, topic = %will.topic, "Connection refused: will topic not allowed");
             refuse(&mut wr, version, reason::NOT_AUTHORIZED).await;
             return;
@@ -160,9 +184,13 @@ where
     };
     let (expiry, expiry_cap) = granted_expiry(&ctx, peer, &client_id, asked);
     let kick = CancellationToken::new();
+    let owner = Owner {
+        username: connect.username.as_deref().map(Arc::from),
+    };
     let (cell, session_present, generation) = attach(
         shared,
         &client_id,
+        owner,
         version,
         expiry,
         connect.clean_start,
@@ -200,6 +228,12 @@ where
         version,
         client_id: client_id.clone(),
         username: connect.username.clone(),
+        auth_hash: connect
+            .username
+            .as_ref()
+            .and_then(|u| access.users.get(u).cloned()),
+        access_rx: shared.access.subscribe(),
+        deny_log: DenyLog::default(),
         cell: cell.clone(),
         generation,
         out: BytesMut::with_capacity(4096),
@@ -327,11 +361,11 @@ fn rand_u64() -> u64 {
 /// username needs `allow_anonymous`. Argon2 is slow and memory-hungry on purpose, so it runs
 /// through the shared [`crate::auth::Verifier`] (bounded, on the blocking pool); failures
 /// count towards the source's throttle (see `admission`).
-async fn authenticate(ctx: &Ctx, peer: SocketAddr, c: &Connect) -> Result<(), u8> {
+async fn authenticate(ctx: &Ctx, access: &Access, peer: SocketAddr, c: &Connect) -> Result<(), u8> {
     let settings = &ctx.settings;
     let stats = &ctx.shared.stats;
     let Some(username) = &c.username else {
-        return if settings.allow_anonymous {
+        return if access.allow_anonymous {
             Ok(())
         } else {
             Err(reason::NOT_AUTHORIZED)
@@ -342,7 +376,7 @@ async fn authenticate(ctx: &Ctx, peer: SocketAddr, c: &Connect) -> Result<(), u8
         stats.logins_throttled.fetch_add(1, Ordering::Relaxed);
         return Err(reason::BANNED);
     }
-    let ok = match settings.users.get(username) {
+    let ok = match access.users.get(username) {
         None => false,
         Some(hash) => {
             let password = c.password.as_deref().unwrap_or_default();
@@ -402,6 +436,7 @@ fn granted_expiry(ctx: &Ctx, peer: SocketAddr, client_id: &str, asked: Expiry) -
 fn attach(
     shared: &Shared,
     client_id: &Arc<str>,
+    owner: Owner,
     version: ProtocolVersion,
     expiry: Expiry,
     clean_start: bool,
@@ -415,6 +450,9 @@ fn attach(
                 k.cancel();
             }
             if !clean_start {
+                // From now on every delivery is checked against the new owner's rights (queued
+                // and in-flight messages included), whoever subscribed.
+                st.owner = Some(owner);
                 st.generation += 1;
                 st.kick = Some(kick.clone());
                 st.expiry = expiry;
@@ -431,6 +469,7 @@ fn attach(
     session.total = Some(shared.queue_total());
     session.kick = Some(kick.clone());
     session.generation = 1;
+    session.owner = Some(owner);
     sync_persisted(shared, client_id, &mut session);
     let cell = Arc::new(SessionCell {
         client_id: client_id.clone(),
@@ -542,11 +581,42 @@ struct PendingAck {
     pending: Option<Pending>,
 }
 
+/// Rate-limits a connection's log lines about ACL denials.
+#[derive(Default)]
+struct DenyLog {
+    /// No line before this.
+    quiet_until: Option<Instant>,
+    /// Denials not logged since the last line.
+    suppressed: u64,
+}
+
+impl DenyLog {
+    /// True when this denial gets a line; then `suppressed()` tells how many went unlogged.
+    fn admit(&mut self, now: Instant) -> bool {
+        if self.quiet_until.is_some_and(|t| now < t) {
+            self.suppressed += 1;
+            return false;
+        }
+        self.quiet_until = Some(now + DENY_LOG_INTERVAL);
+        true
+    }
+
+    fn take_suppressed(&mut self) -> u64 {
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
 struct Conn {
     ctx: Arc<Ctx>,
     version: ProtocolVersion,
     client_id: Arc<str>,
     username: Option<String>,
+    /// The password hash this client authenticated with: a change of users that removes or
+    /// changes it ends the connection.
+    auth_hash: Option<String>,
+    /// Tells the connection that users or ACL changed.
+    access_rx: tokio::sync::watch::Receiver<Arc<Access>>,
+    deny_log: DenyLog,
     cell: Arc<SessionCell>,
     generation: u64,
     out: BytesMut,
@@ -576,6 +646,32 @@ impl Conn {
             .fetch_add((self.out.len() - before) as u64, Ordering::Relaxed);
     }
 
+    /// Logs an ACL denial, at most one line per [`DENY_LOG_INTERVAL`]; the counters are
+    /// the caller's.
+    fn log_denied(&mut self, what: &'static str, topic: &str) {
+        if self.deny_log.admit(Instant::now()) {
+            let suppressed = self.deny_log.take_suppressed();
+            info!(
+                client = %self.client_id,
+                username = ?self.username,
+                action = what,
+                %topic,
+                not_logged_before = suppressed,
+                "The ACL denied a client's request"
+            );
+        }
+    }
+
+    /// Whether this client's credentials still hold under `access` (after a change of users):
+    /// its user still exists with the same password hash, or anonymous clients are still
+    /// allowed.
+    fn still_authorized(&self, access: &Access) -> bool {
+        match &self.username {
+            None => access.allow_anonymous,
+            Some(u) => access.users.get(u) == self.auth_hash.as_ref(),
+        }
+    }
+
     fn disconnect(&mut self, code: u8) {
         if self.version.is_v5() {
             self.send(&Packet::Disconnect(Disconnect {
@@ -601,6 +697,8 @@ impl Conn {
         let mut deadline = keepalive.map(|k| Instant::now() + k);
         // TLS and WebSocket buffer writes: flush once the buffer has been handed over.
         let mut needs_flush = false;
+        let mut access_watch = true;
+        self.access_rx.borrow_and_update();
         // Packets already buffered behind the CONNECT.
         if let Some(end) = self.process(rbuf) {
             return end;
@@ -637,6 +735,20 @@ impl Conn {
                     }
                 }
                 _ = self.cell.wake.notified() => {}
+                changed = self.access_rx.changed(), if access_watch => {
+                    if changed.is_err() {
+                        // The broker is going away; shutdown ends the connection.
+                        access_watch = false;
+                        continue;
+                    }
+                    let access = self.access_rx.borrow_and_update().clone();
+                    if !self.still_authorized(&access) {
+                        info!(client = %self.client_id, username = ?self.username, "Disconnecting a client whose credentials no longer hold after a change of users");
+                        self.disconnect(reason::ADMINISTRATIVE_ACTION);
+                        return End::Abnormal("credentials revoked".into());
+                    }
+                    // The loop's pump checks what is queued against the new ACL.
+                }
                 ok = wait_front(&mut self.pending_acks), if waiting => {
                     if let Some(p) = self.pending_acks.front_mut() {
                         p.pending = None;
@@ -739,7 +851,7 @@ impl Conn {
             self.disconnect(reason::RECEIVE_MAXIMUM_EXCEEDED);
             return Some(End::Abnormal("receive maximum exceeded".into()));
         }
-        let allowed = settings.may(
+        let allowed = shared.access().may(
             self.username.as_deref(),
             &self.client_id,
             Action::Publish,
@@ -771,7 +883,11 @@ impl Conn {
             let p = shared.route(msg);
             pending = (!p.is_empty()).then_some(p);
         } else {
-            debug!(client = %self.client_id, %topic, "Publish denied by the ACL");
+            shared
+                .stats
+                .publishes_denied
+                .fetch_add(1, Ordering::Relaxed);
+            self.log_denied("publish", &topic);
             code = reason::NOT_AUTHORIZED;
         }
         match p.qos {
@@ -903,7 +1019,7 @@ impl Conn {
 
     fn on_subscribe(&mut self, s: Subscribe) {
         let shared = self.ctx.shared.clone();
-        let settings = self.ctx.settings.clone();
+        let access = shared.access();
         let sub_id = s.properties.subscription_identifiers.first().copied();
         let mut codes = Vec::with_capacity(s.filters.len());
         let mut retained: Vec<(Arc<Message>, QoS)> = Vec::new();
@@ -915,13 +1031,17 @@ impl Conn {
                 codes.push(reason::TOPIC_FILTER_INVALID);
                 continue;
             }
-            if !settings.may(
+            if !access.may(
                 self.username.as_deref(),
                 &self.client_id,
                 Action::Subscribe,
                 inner,
             ) {
-                debug!(client = %self.client_id, %filter, "Subscription denied by the ACL");
+                shared
+                    .stats
+                    .subscriptions_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log_denied("subscribe", filter);
                 // 0x80 (Unspecified error) rather than 0x87: both are valid MQTT 5 SUBACK
                 // codes, and the Eclipse Paho client (and its interoperability suite)
                 // accepts only 0x80 for a refused subscription.
@@ -961,10 +1081,15 @@ impl Conn {
                     codec::RetainHandling::DoNotSend => false,
                 };
             if send_retained {
+                // Retained messages are deliveries too: only what this client may read.
+                let owner = lock(&self.cell.state).owner.clone();
                 retained.extend(
                     shared
                         .retained_for(inner)
                         .into_iter()
+                        .filter(|m| {
+                            shared.may_read(&access, owner.as_ref(), &self.client_id, &m.topic)
+                        })
                         .map(|m| (m, opts.qos)),
                 );
             }
@@ -1037,11 +1162,32 @@ impl Conn {
     }
 
     /// On resuming a session: resend what was in flight (PUBLISH with DUP, or PUBREL).
+    /// A message this client's owner may no longer read (the session was taken over by
+    /// another user, or the ACL changed) is dropped instead, as acknowledged.
     fn resend_inflight(&mut self) {
         let now = Instant::now();
         let mut packets = Vec::new();
+        let access = self.ctx.shared.access();
+        let mut denied = Vec::new();
         {
-            let st = lock(&self.cell.state);
+            let mut st = lock(&self.cell.state);
+            if access.acl.is_some() {
+                let ids: Vec<u16> = st
+                    .inflight
+                    .iter()
+                    .filter(|(_, i)| {
+                        i.stage == Stage::Published
+                            && !access.may(
+                                self.username.as_deref(),
+                                &self.client_id,
+                                Action::Read,
+                                &i.delivery.msg.topic,
+                            )
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                denied.extend(ids.into_iter().filter_map(|id| st.inflight.remove(&id)));
+            }
             for (id, i) in &st.inflight {
                 packets.push(match i.stage {
                     Stage::Published => publish_packet(&i.delivery, Some(*id), true, now),
@@ -1052,6 +1198,15 @@ impl Conn {
         for p in packets {
             self.send(&p);
         }
+        for mut i in denied {
+            self.ctx
+                .shared
+                .stats
+                .deliveries_denied
+                .fetch_add(1, Ordering::Relaxed);
+            self.dequeue(&i.delivery);
+            i.delivery.acknowledge();
+        }
     }
 
     /// Moves messages from the session queue to the outgoing buffer while the buffer and the
@@ -1059,6 +1214,10 @@ impl Conn {
     fn pump(&mut self) {
         let now = Instant::now();
         let shared = self.ctx.shared.clone();
+        // Checked at sending too: the session's owner or the ACL may have changed since the
+        // message was queued (and a restored session's queue was never checked).
+        let access = shared.access();
+        let check_read = access.acl.is_some();
         let mut marked = Vec::new();
         let mut st = lock(&self.cell.state);
         if st.generation != self.generation {
@@ -1079,6 +1238,27 @@ impl Conn {
                     .stats
                     .publishes_expired
                     .fetch_add(1, Ordering::Relaxed);
+                d.acknowledge();
+                continue;
+            }
+            if check_read
+                && !access.may(
+                    self.username.as_deref(),
+                    &self.client_id,
+                    Action::Read,
+                    &d.msg.topic,
+                )
+            {
+                shared
+                    .stats
+                    .deliveries_denied
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(seq) = d.seq {
+                    marked.push(Op::Dequeue {
+                        client_id: self.client_id.to_string(),
+                        seq,
+                    });
+                }
                 d.acknowledge();
                 continue;
             }
@@ -1232,5 +1412,32 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_log_admits_one_line_per_interval_and_counts_the_rest() {
+        let mut log = DenyLog::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        // (time since t0, logged?, suppressed count handed over when logged)
+        let steps = [
+            (ms(0), true, 0),
+            (ms(1), false, 0),
+            (ms(5_000), false, 0),
+            (DENY_LOG_INTERVAL, true, 2),
+            (DENY_LOG_INTERVAL + ms(1), false, 0),
+            (DENY_LOG_INTERVAL * 3, true, 1),
+        ];
+        for (at, logged, suppressed) in steps {
+            assert_eq!(log.admit(t0 + at), logged, "at {at:?}");
+            if logged {
+                assert_eq!(log.take_suppressed(), suppressed, "at {at:?}");
+            }
+        }
     }
 }

@@ -32,8 +32,21 @@
 //! listener's `JoinSet`, so stopping a listener stops its connections: they send DISCONNECT
 //! 0x8B (v5) and close.
 //!
-//! Not yet built (they are points of the broker issue still open): persistence in SQLite,
-//! MQTT 5 enhanced authentication.
+//! # Access (SPEC §3.2)
+//! - Network clients and the daemon's own consumers live in separate namespaces: in-process
+//!   sessions are named under [`INTERNAL_PREFIX`], which a network CONNECT may not use (it
+//!   is refused with 0x85 / identifier rejected), so no network client can take over, feed
+//!   or starve the uplinks, device command subscriptions or the web hub.
+//! - The ACL ([`acl`]) is checked as Mosquitto does: each PUBLISH; each SUBSCRIBE (refused
+//!   only when a deny rule covers the filter whole, or no allow rule covers it); and every
+//!   delivery to a network client, against whoever owns the session *at that moment* — so a
+//!   session taken over by another user, a retained message, or an ACL changed since the
+//!   subscription never delivers what the receiver may not read. Denied deliveries are
+//!   skipped and counted; denied publishes and subscribes are counted and logged (at most
+//!   one line per connection every 10 s).
+//! - [`Broker::set_access`] swaps users and ACL while clients stay connected.
+//!
+//! Not yet built: MQTT 5 enhanced authentication.
 
 pub mod acl;
 pub(crate) mod admission;
@@ -66,13 +79,65 @@ use tracing::{info, warn};
 /// How long a new connection may take to send CONNECT; see [`Settings::connect_timeout`].
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The broker's settings, from the config's `broker` section.
-#[derive(Debug)]
-pub struct Settings {
+/// Client ids beginning with this belong to the daemon's own in-process consumers (uplinks,
+/// device command subscriptions, the web hub). No network client may use one: a CONNECT with
+/// such an id is refused (0x85 Client Identifier not valid; MQTT 3.1.1: identifier rejected),
+/// and a stored session under such an id is not restored — so a network client can neither
+/// take over nor disturb an in-process session.
+pub const INTERNAL_PREFIX: &str = "$internal/";
+
+/// Who may connect and what they may do (`broker.allow_anonymous`, `users`, `acl`): the part
+/// of the settings that changes while clients stay connected ([`Broker::set_access`]).
+#[derive(Debug, Clone)]
+pub struct Access {
     pub allow_anonymous: bool,
     /// username → argon2 PHC hash.
     pub users: HashMap<String, String>,
     pub acl: Option<Acl>,
+}
+
+impl Access {
+    pub fn from_config(c: &config::Broker) -> Self {
+        Access {
+            allow_anonymous: c.allow_anonymous,
+            users: c
+                .users
+                .iter()
+                .map(|u| (u.username.clone(), u.password_hash.clone()))
+                .collect(),
+            acl: c.acl.clone().map(Acl::new),
+        }
+    }
+
+    /// Nobody may connect. What [`Settings::access`] holds once the broker took it over.
+    fn refuse_all() -> Self {
+        Access {
+            allow_anonymous: false,
+            users: HashMap::new(),
+            acl: Some(Acl::new(Vec::new())),
+        }
+    }
+
+    /// Whether the ACL lets this client do `action` on `topic` (no ACL: yes).
+    pub fn may(
+        &self,
+        username: Option<&str>,
+        client_id: &str,
+        action: Action,
+        topic: &str,
+    ) -> bool {
+        self.acl
+            .as_ref()
+            .is_none_or(|a| a.allows(username, client_id, action, topic))
+    }
+}
+
+/// The broker's settings, from the config's `broker` section.
+#[derive(Debug)]
+pub struct Settings {
+    /// The initial [`Access`]. The broker takes it over when it is built (this field is then
+    /// left refusing everything); the live one is [`Broker::access`].
+    pub access: Access,
     pub max_connections: usize,
     pub max_packet_size: usize,
     pub limits: Limits,
@@ -98,13 +163,7 @@ pub struct Settings {
 impl Settings {
     pub fn from_config(c: &config::Broker) -> Self {
         Settings {
-            allow_anonymous: c.allow_anonymous,
-            users: c
-                .users
-                .iter()
-                .map(|u| (u.username.clone(), u.password_hash.clone()))
-                .collect(),
-            acl: c.acl.clone().map(Acl::new),
+            access: Access::from_config(c),
             max_connections: c.max_connections as usize,
             max_packet_size: usize::try_from(c.max_packet_size.0).unwrap_or(usize::MAX),
             limits: Limits {
@@ -126,19 +185,6 @@ impl Settings {
             connect_timeout: CONNECT_TIMEOUT,
             verifier: crate::auth::Verifier::global().clone(),
         }
-    }
-
-    /// Whether the ACL lets this client do `action` on `topic` (no ACL: yes).
-    pub fn may(
-        &self,
-        username: Option<&str>,
-        client_id: &str,
-        action: Action,
-        topic: &str,
-    ) -> bool {
-        self.acl
-            .as_ref()
-            .is_none_or(|a| a.allows(username, client_id, action, topic))
     }
 }
 
@@ -172,8 +218,9 @@ pub enum PublishError {
 
 impl Broker {
     /// A broker that keeps nothing across restarts.
-    pub fn new(settings: Settings) -> Self {
-        let shared = Shared::new(settings.limits);
+    pub fn new(mut settings: Settings) -> Self {
+        let access = std::mem::replace(&mut settings.access, Access::refuse_all());
+        let shared = Shared::new(settings.limits, access);
         Self::with_shared(settings, shared)
     }
 
@@ -194,13 +241,25 @@ impl Broker {
     /// runtime: restored sessions get their expiry timers.
     ///
     /// Fails when the database cannot be opened or created.
-    pub fn open(settings: Settings, path: &std::path::Path) -> anyhow::Result<Self> {
+    pub fn open(mut settings: Settings, path: &std::path::Path) -> anyhow::Result<Self> {
         let (store, snapshot) = store::Store::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open the broker store {}: {e}", path.display()))?;
         if let Some(moved) = &snapshot.recovered_from_corruption {
             tracing::error!(moved_to = %moved.display(), "The broker store was corrupt; it was moved aside and a new one started");
         }
-        let mut shared = Shared::new(settings.limits);
+        if snapshot.quarantined_now > 0 {
+            tracing::error!(
+                path = %path.display(),
+                rows = snapshot.quarantined_now,
+                "Broker store rows could not be decoded; they were moved to its quarantine table"
+            );
+        }
+        let access = std::mem::replace(&mut settings.access, Access::refuse_all());
+        let mut shared = Shared::new(settings.limits, access);
+        shared
+            .stats
+            .store_rows_quarantined
+            .store(snapshot.quarantined, std::sync::atomic::Ordering::Relaxed);
         shared.store = Some(store);
         let broker = Self::with_shared(settings, shared);
         let (retained, sessions) = persist::restore(&broker.ctx.shared, snapshot);
@@ -221,6 +280,21 @@ impl Broker {
     /// Counters for `$SYS`, the web UI and `/metrics`.
     pub fn stats(&self) -> &state::Stats {
         &self.ctx.shared.stats
+    }
+
+    /// Who may connect and what they may do, now.
+    pub fn access(&self) -> Arc<Access> {
+        self.ctx.shared.access()
+    }
+
+    /// Replaces the users, `allow_anonymous` and the ACL while clients stay connected (as
+    /// Mosquitto reloads its password and ACL files). Connected clients are checked again at
+    /// once: one whose user was removed or got a new password hash, or an anonymous one when
+    /// anonymous clients are no longer allowed, is disconnected (MQTT 5: DISCONNECT 0x98
+    /// Administrative action). The ACL applies to every later PUBLISH and SUBSCRIBE, and to
+    /// existing subscriptions at their next delivery.
+    pub fn set_access(&self, access: Access) {
+        self.ctx.shared.access.send_replace(Arc::new(access));
     }
 
     /// MQTT sockets open now: connected clients and sockets that have not sent CONNECT yet.
@@ -293,7 +367,7 @@ impl Broker {
             retain,
             properties: None,
             expires_at: None,
-            publisher: from.map(|name| format!("$internal/{name}").into()),
+            publisher: from.map(|name| format!("{INTERNAL_PREFIX}{name}").into()),
         });
         self.ctx
             .shared
@@ -308,8 +382,10 @@ impl Broker {
         }
     }
 
-    /// Subscribes an in-process consumer named `name` (its client id, prefixed `$internal/`
-    /// so no network client can take it) to `filters`. Retained messages matching them are
+    /// Subscribes an in-process consumer named `name` to `filters`. Its client id is `name`
+    /// under [`INTERNAL_PREFIX`], which network clients may not use: no network client can
+    /// take it over. Messages it receives are not checked against the ACL (it is the gateway
+    /// itself). Retained messages matching them are
     /// delivered first.
     pub fn subscribe(
         &self,
@@ -330,7 +406,7 @@ impl Broker {
         no_local: bool,
     ) -> LocalSubscription {
         let shared = &self.ctx.shared;
-        let client_id: Arc<str> = format!("$internal/{name}").into();
+        let client_id: Arc<str> = format!("{INTERNAL_PREFIX}{name}").into();
         let limits = if durable {
             // The uplink drains this into its own store as fast as the disk allows.
             Limits {
@@ -583,6 +659,11 @@ impl LocalMessage {
     /// True for a retained message sent because the subscription is new.
     pub fn retain(&self) -> bool {
         self.delivery.retain
+    }
+    /// The retain flag the message was published with (MQTT 5 Retain As Published): what a
+    /// bridge forwards, so the other side's retained state follows this broker's.
+    pub fn published_retain(&self) -> bool {
+        self.delivery.msg.retain
     }
     pub fn properties(&self) -> Option<&Properties> {
         self.delivery.msg.properties.as_deref()

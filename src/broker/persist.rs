@@ -23,15 +23,11 @@ use super::state::{
 use super::store::{Op, QueuedRow, RetainedRow, SessionRow, Snapshot, SubscriptionRow};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::now_ms;
 
 /// A monotonic deadline as Unix milliseconds.
 fn deadline_ms(at: Option<Instant>) -> Option<u64> {
@@ -203,6 +199,15 @@ pub fn restore(shared: &Arc<Shared>, snapshot: Snapshot) -> (usize, usize) {
                 (gone_for < total).then(|| Some(Duration::from_millis(total - gone_for)))
             }
         };
+        if row.client_id.starts_with(super::INTERNAL_PREFIX) {
+            // Stored by a network client before such ids were refused: restoring it would put
+            // it in the daemon's own namespace.
+            warn!(client = %row.client_id, "Dropping a stored session whose client id is reserved for the gateway itself");
+            delete.push(Op::DeleteSession {
+                client_id: row.client_id,
+            });
+            continue;
+        }
         let Some(left) = left else {
             delete.push(Op::DeleteSession {
                 client_id: row.client_id,

@@ -275,6 +275,10 @@ pub struct Session {
     pub persisted: bool,
     /// Next store row number for a queued message.
     pub next_seq: u64,
+    /// Who owns the session now, for the ACL check at each delivery. `None` for in-process
+    /// consumers (the gateway itself, not checked) and for a session restored from the store
+    /// until a client takes it (its deliveries are then checked when they are sent).
+    pub owner: Option<Owner>,
     /// The broker-wide count this session's queued bytes add to (network clients' sessions;
     /// `None` for in-process consumers, bounded on their own).
     pub total: Option<QueueTotal>,
@@ -284,6 +288,12 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.clear_queue();
     }
+}
+
+/// The network client that owns a session now (set by every CONNECT that takes it).
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub username: Option<Arc<str>>,
 }
 
 impl Session {
@@ -303,6 +313,7 @@ impl Session {
             dropped: 0,
             persisted: false,
             next_seq: 1,
+            owner: None,
             total: None,
         }
     }
@@ -426,6 +437,14 @@ pub struct Stats {
     pub clients_connected: AtomicUsize,
     pub connections_refused: AtomicU64,
     pub malformed_packets: AtomicU64,
+    /// Rows of the broker store's quarantine table (undecodable rows set aside, SPEC §5).
+    pub store_rows_quarantined: AtomicU64,
+    /// PUBLISHes (and wills) the ACL refused.
+    pub publishes_denied: AtomicU64,
+    /// SUBSCRIBE filters the ACL refused.
+    pub subscriptions_denied: AtomicU64,
+    /// Messages not delivered to a subscriber because its owner may not read the topic.
+    pub deliveries_denied: AtomicU64,
     /// CONNECTs with a username refused unchecked: their source failed too often lately.
     pub logins_throttled: AtomicU64,
     /// CONNECTs refused because too many password checks were under way ("server busy").
@@ -456,6 +475,9 @@ pub struct Shared {
     pub started: Instant,
     /// The broker store, when `broker.persistence` is on.
     pub store: Option<super::store::Store>,
+    /// Users and ACL, swapped whole by [`super::Broker::set_access`]; connections watch it to
+    /// check their credentials again.
+    pub access: tokio::sync::watch::Sender<Arc<super::Access>>,
 }
 
 /// What a publisher waits for before its PUBACK / PUBREC: durable consumers' acks and the
@@ -496,8 +518,9 @@ impl Pending {
 }
 
 impl Shared {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, access: super::Access) -> Self {
         Shared {
+            access: tokio::sync::watch::Sender::new(Arc::new(access)),
             subs: Mutex::new(SubTree::default()),
             sessions: Mutex::new(HashMap::new()),
             retained: Mutex::new(BTreeMap::new()),
@@ -509,6 +532,33 @@ impl Shared {
             started: Instant::now(),
             store: None,
         }
+    }
+
+    /// The users and ACL in force now.
+    pub fn access(&self) -> Arc<super::Access> {
+        self.access.borrow().clone()
+    }
+
+    /// Whether the owner of a session may receive `topic` under `access`; a session without a
+    /// known owner (in-process, or restored and not yet taken) passes here.
+    pub fn may_read(
+        &self,
+        access: &super::Access,
+        owner: Option<&Owner>,
+        client_id: &str,
+        topic: &str,
+    ) -> bool {
+        let Some(owner) = owner else { return true };
+        let ok = access.may(
+            owner.username.as_deref(),
+            client_id,
+            super::acl::Action::Read,
+            topic,
+        );
+        if !ok {
+            self.stats.deliveries_denied.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
     }
 
     /// The handle a network client's session counts its queued bytes in.
@@ -619,6 +669,7 @@ impl Shared {
                 .filter(|(c, q, ..)| c.durable && *q != QoS::AtMostOnce)
                 .count();
             pending.group = (durable > 0).then(|| Arc::new(AckGroup::new(durable)));
+            let access = self.access();
             for (cell, qos, retain, ids) in per_session {
                 let ack = (cell.durable && qos != QoS::AtMostOnce)
                     .then(|| pending.group.clone())
@@ -633,6 +684,7 @@ impl Shared {
                         ack,
                         seq: None,
                     },
+                    Some(&access),
                     &mut ops,
                 );
             }
@@ -648,21 +700,34 @@ impl Shared {
     }
 
     /// Queues one delivery on a session and wakes its task, writing it to the store when the
-    /// session is persisted.
+    /// session is persisted. The caller has checked the ACL.
     pub fn deliver(&self, cell: &SessionCell, d: Delivery) {
         let mut ops = Vec::new();
-        self.deliver_into(cell, d, &mut ops);
+        self.deliver_into(cell, d, None, &mut ops);
         self.persist(ops);
     }
 
     /// [`Shared::deliver`], collecting the store ops in `ops`. QoS 0 for an offline session
-    /// is not kept (as Mosquitto does by default).
-    fn deliver_into(&self, cell: &SessionCell, mut d: Delivery, ops: &mut Vec<super::store::Op>) {
+    /// is not kept (as Mosquitto does by default). With `access`, a message the session's
+    /// owner may not read is skipped (and counted) here already, so it takes no room in the
+    /// queue; the connection checks again when it sends (the owner or the ACL may change).
+    fn deliver_into(
+        &self,
+        cell: &SessionCell,
+        mut d: Delivery,
+        access: Option<&super::Access>,
+        ops: &mut Vec<super::store::Op>,
+    ) {
         if d.qos == QoS::AtMostOnce && !cell.online.load(Ordering::Relaxed) && !cell.durable {
             return;
         }
         let dropped = {
             let mut st = lock(&cell.state);
+            if let Some(access) = access.filter(|a| a.acl.is_some()) {
+                if !self.may_read(access, st.owner.as_ref(), &cell.client_id, &d.msg.topic) {
+                    return;
+                }
+            }
             if st.over_total(d.msg.cost()) {
                 drop(st);
                 self.stats.queue_total_drops.fetch_add(1, Ordering::Relaxed);

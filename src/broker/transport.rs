@@ -13,8 +13,7 @@ use crate::config::{Listener as ListenerConfig, ServerTls};
 use anyhow::Context;
 use bytes::{Buf, Bytes};
 use futures_util::{Sink, Stream};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -73,15 +72,14 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Builds a TLS acceptor from PEM files; with `client_ca`, clients must present a
 /// certificate signed by it.
 pub fn acceptor(tls: &ServerTls) -> anyhow::Result<TlsAcceptor> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
-        .with_context(|| format!("cannot read certificate {}", tls.cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("bad certificate in {}", tls.cert.display()))?;
+    // Read under the config's file rules (regular files only, without blocking; see
+    // config::files), also here, at the moment of use.
+    let certs: Vec<CertificateDer<'static>> =
+        crate::config::files::read_certs(&tls.cert).map_err(anyhow::Error::msg)?;
     if certs.is_empty() {
         anyhow::bail!("no certificate in {}", tls.cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .with_context(|| format!("cannot read private key {}", tls.key.display()))?;
+    let key = crate::config::files::read_private_key(&tls.key).map_err(anyhow::Error::msg)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
@@ -89,11 +87,9 @@ pub fn acceptor(tls: &ServerTls) -> anyhow::Result<TlsAcceptor> {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("cannot read CA {}", ca.display()))?
-            {
+            for cert in crate::config::files::read_certs(ca).map_err(anyhow::Error::msg)? {
                 roots
-                    .add(cert.with_context(|| format!("bad CA certificate in {}", ca.display()))?)
+                    .add(cert)
                     .with_context(|| format!("unusable CA certificate in {}", ca.display()))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(

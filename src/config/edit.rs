@@ -6,8 +6,133 @@
 //! Anything it cannot do that way (an alias, a value spread over lines in an unusual form) is
 //! refused with a message, never written half-right.
 
-use super::{parse_in, yaml, Config};
+use super::{parse_in, yaml, Config, ConfigError};
 use std::path::Path;
+
+/// A tag to add to a device: its keys and values in order, each value already YAML (a plain
+/// scalar or a quoted string), written as one flow mapping.
+pub type TagFields = Vec<(&'static str, String)>;
+
+/// What [`add_tag`] made: the new text, and the errors the new tag has (a name already used,
+/// say) — located on its line, for the editor to show like any edit's errors.
+#[derive(Debug)]
+pub struct Added {
+    pub text: String,
+    pub line: usize,
+    pub errors: Vec<ConfigError>,
+}
+
+/// Returns `text` with a tag appended to the block list `tags` of device `device`, as one
+/// line `- { name: ..., ... }` at the indentation of the device's other tags, the rest of the
+/// file byte for byte as it was.
+///
+/// Fails (with a message for the user) when the text is not a valid config, the device is not
+/// in it, or the tags cannot be found in a form this can extend; the result is checked to be
+/// the old config plus one tag, and refused otherwise.
+pub fn add_tag(
+    text: &str,
+    base: Option<&Path>,
+    device: &str,
+    fields: &TagFields,
+) -> Result<Added, String> {
+    let config = parse_in(text, base).map_err(|e| {
+        format!(
+            "the config has {} error(s); fix them before adding a tag",
+            e.len()
+        )
+    })?;
+    let index = config
+        .devices
+        .iter()
+        .position(|d| d.name == device)
+        .ok_or_else(|| format!("there is no device `{device}` in the config"))?;
+    let flow = format!(
+        "{{ {} }}",
+        fields
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let tree = yaml::parse(text).map_err(|e| e.message)?;
+    let n = config.devices[index].tags.len();
+    let cannot = || {
+        format!(
+            "cannot add the tag to `{device}` in place; add this line to its tags in the editor: - {flow}"
+        )
+    };
+    // A valid device has at least one tag (validation says so).
+    let last = n.checked_sub(1).ok_or_else(cannot)?;
+    let (edited, line) = {
+        let last = tree.locate(&format!("devices[{index}].tags[{last}]"));
+        let line_start = byte_offset(text, last.line, 1).ok_or_else(cannot)?;
+        let at = byte_offset(text, last.line, last.column).ok_or_else(cannot)?;
+        let before = &text[line_start..at];
+        let dash = before.trim_end().strip_suffix('-').ok_or_else(cannot)?;
+        if !dash.chars().all(|c| c == ' ') {
+            // `tags: [a, b]` on one line, or an item not at the start of its line.
+            return Err(cannot());
+        }
+        let indent = dash.len();
+        // The item runs on while lines are indented deeper than its dash (or blank).
+        let mut end = text[line_start..]
+            .find('\n')
+            .map_or(text.len(), |i| line_start + i + 1);
+        let mut end_line = last.line;
+        let mut pos = end;
+        let mut line_no = last.line;
+        while pos < text.len() {
+            let next = text[pos..].find('\n').map_or(text.len(), |i| pos + i + 1);
+            line_no += 1;
+            let l = &text[pos..next];
+            let content = l.trim_start_matches(' ');
+            let deeper = l.len() - content.len() > indent;
+            if content.trim().is_empty() || content.starts_with('#') {
+                // Blank lines and comments between items do not end it, nor extend it.
+            } else if deeper {
+                end = next;
+                end_line = line_no;
+            } else {
+                break;
+            }
+            pos = next;
+        }
+        let newline = if end > 0 && !text[..end].ends_with('\n') {
+            "\n"
+        } else {
+            ""
+        };
+        (
+            format!(
+                "{}{newline}{}- {flow}\n{}",
+                &text[..end],
+                " ".repeat(indent),
+                &text[end..]
+            ),
+            end_line + 1,
+        )
+    };
+    match parse_in(&edited, base) {
+        Ok(mut c) => {
+            let added = c.devices[index].tags.pop();
+            if c != config || added.is_none() {
+                return Err(cannot());
+            }
+            Ok(Added {
+                text: edited,
+                line,
+                errors: Vec::new(),
+            })
+        }
+        // The new tag may be wrong (a name already taken): fine, if that is all that is wrong.
+        Err(errors) if errors.iter().all(|e| e.line == Some(line)) => Ok(Added {
+            text: edited,
+            line,
+            errors,
+        }),
+        Err(_) => Err(cannot()),
+    }
+}
 
 /// Returns `text` with the `password_hash` of web user `username` replaced by `hash`.
 ///
@@ -115,6 +240,56 @@ mod tests {
         let invalid = "web:\n  users: 3\n";
         let e = set_web_password_hash(invalid, None, "admin", &new).unwrap_err();
         assert!(e.contains("error"), "{e}");
+    }
+
+    fn fields(name: &str) -> TagFields {
+        vec![
+            ("name", name.to_string()),
+            ("register", "holding".into()),
+            ("address", "7".into()),
+            ("type", "f32".into()),
+            ("word_order", "little".into()),
+        ]
+    }
+
+    #[test]
+    fn adds_a_tag_after_the_last_in_every_style() {
+        let head = "devices:\n  - name: plc\n    driver: modbus_tcp\n    host: h\n    tags:\n";
+        let tail =
+            "  - name: other\n    driver: simulated\n    tags: [{name: x, signal: sine}]\n# end\n";
+        let cases = [
+            // Flow items, then another device.
+            (
+                format!("{head}      - {{ name: a, register: holding, address: 0 }}  # first\n{tail}"),
+                format!("{head}      - {{ name: a, register: holding, address: 0 }}  # first\n      - {{ name: t, register: holding, address: 7, type: f32, word_order: little }}\n{tail}"),
+            ),
+            // A block item with a comment after it, at the end of the file without a newline.
+            (
+                format!("{head}    - name: a\n      register: coil\n\n      address: 1\n    # spare\n"),
+                format!("{head}    - name: a\n      register: coil\n\n      address: 1\n    - {{ name: t, register: holding, address: 7, type: f32, word_order: little }}\n    # spare\n"),
+            ),
+        ];
+        for (text, want) in cases {
+            let added = add_tag(&text, None, "plc", &fields("t")).unwrap();
+            assert_eq!(added.text, want);
+            assert!(added.errors.is_empty(), "{:?}", added.errors);
+            let c = crate::config::parse(&added.text).unwrap();
+            assert_eq!(c.devices[0].tags.last().unwrap().name, "t");
+        }
+    }
+
+    #[test]
+    fn a_taken_name_comes_back_as_an_error_on_the_new_line() {
+        let text = "devices:\n  - name: plc\n    driver: modbus_tcp\n    host: h\n    tags:\n      - {name: a, register: holding, address: 0}\n";
+        let added = add_tag(text, None, "plc", &fields("a")).unwrap();
+        assert_eq!(added.line, 7);
+        assert_eq!(added.errors.len(), 1, "{:?}", added.errors);
+        assert!(added.errors[0].message.contains("a"), "{:?}", added.errors);
+        let e = add_tag(text, None, "nope", &fields("t")).unwrap_err();
+        assert!(e.contains("no device `nope`"), "{e}");
+        let flow = "devices:\n  - {name: plc, driver: modbus_tcp, host: h, tags: [{name: a, register: holding, address: 0}]}\n";
+        let e = add_tag(flow, None, "plc", &fields("t")).unwrap_err();
+        assert!(e.contains("add this line"), "{e}");
     }
 
     #[test]

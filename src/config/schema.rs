@@ -165,7 +165,7 @@ impl Default for Broker {
                 AclRule {
                     username: ANONYMOUS.into(),
                     access: Access::Deny,
-                    publish: vec!["devices/+/+/set".into()],
+                    publish: vec![crate::topics::ALL_COMMANDS.into()],
                     subscribe: Vec::new(),
                 },
                 AclRule {
@@ -624,6 +624,9 @@ pub struct Tag {
     pub scale: Option<f64>,
     #[serde(default)]
     pub offset: Option<f64>,
+    /// One bit (0 = least significant) of a holding or input register, read as a bool.
+    #[serde(default)]
+    pub bit: Option<u8>,
 
     #[serde(default)]
     pub column: Option<u16>,
@@ -844,6 +847,10 @@ pub struct Web {
     pub metrics: bool,
     #[serde(deserialize_with = "lenient_vec")]
     pub users: Vec<User>,
+    /// Host names the UI may be reached by, besides IP addresses, `localhost` and this
+    /// machine's host name (with and without `.local`); `"*"` allows any (DNS rebinding
+    /// protection off). See docs/WEB.md.
+    pub allowed_hosts: Vec<String>,
 }
 
 pub const DEFAULT_WEB_BIND: &str = "0.0.0.0:8080";
@@ -856,6 +863,7 @@ impl Default for Web {
             tls: None,
             metrics: true,
             users: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -16,33 +16,58 @@ use super::schema::*;
 use super::units::Dur;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 type Errors = Vec<(String, String)>;
 
 struct V {
     errors: Errors,
+    /// What is valid but likely not meant (`tidegate check` prints them, `run` logs them).
+    warnings: Errors,
 }
 
 impl V {
     fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.errors.push((path.into(), message.into()));
     }
+
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push((path.into(), message.into()));
+    }
 }
 
 /// Checks `config`. `complete` says deserialization lost nothing (no item was dropped for a
 /// type error); rules that would misfire on a partial config (a regex group whose tag was
 /// dropped) run only then.
-pub fn validate(config: &Config, complete: bool) -> Errors {
-    let mut v = V { errors: Vec::new() };
+///
+/// `config_dir` is the config file's directory (`None`: the working directory); password files
+/// must lie in it ([`super::files`]).
+pub fn validate(config: &Config, complete: bool, config_dir: Option<&Path>) -> Errors {
+    check(config, complete, config_dir).errors
+}
+
+/// The warnings about a valid `config`: (path, message), like errors but not fatal.
+pub fn warnings(config: &Config, config_dir: Option<&Path>) -> Errors {
+    check(config, true, config_dir).warnings
+}
+
+fn check(config: &Config, complete: bool, config_dir: Option<&Path>) -> V {
+    let mut v = V {
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
     gateway(&mut v, &config.gateway);
     let mut binds: HashMap<SocketAddr, String> = HashMap::new();
     broker(&mut v, &config.broker, &mut binds);
     devices(&mut v, &config.devices, complete);
-    uplinks(&mut v, &config.uplinks);
+    uplinks(
+        &mut v,
+        &config.uplinks,
+        &super::files::secret_dirs(config_dir),
+    );
     web(&mut v, &config.web, &mut binds);
     log(&mut v, &config.log);
-    v.errors
+    v
 }
 
 /// `[a-z0-9_-]+`, at most 64 characters.
@@ -104,9 +129,17 @@ fn bind(v: &mut V, path: String, addr: &str, binds: &mut HashMap<SocketAddr, Str
     }
 }
 
+/// A certificate or CA: a regular file, read without blocking (see [`super::files`]).
 fn readable(v: &mut V, path: String, file: &Path) {
-    if let Err(e) = std::fs::File::open(file) {
-        v.err(path, format!("cannot read {}: {e}", file.display()));
+    if let Err(e) = super::files::check_public(file) {
+        v.err(path, e);
+    }
+}
+
+/// A TLS private key: [`readable`], owned by root or us, not writable by others.
+fn private_key(v: &mut V, path: String, file: &Path) {
+    if let Err(e) = super::files::check_private_key(file) {
+        v.err(path, e);
     }
 }
 
@@ -144,7 +177,7 @@ fn broker(v: &mut V, b: &Broker, binds: &mut HashMap<SocketAddr, String>) {
         bind(v, format!("{p}.bind"), &l.bind, binds);
         if let Some(tls) = &l.tls {
             readable(v, format!("{p}.tls.cert"), &tls.cert);
-            readable(v, format!("{p}.tls.key"), &tls.key);
+            private_key(v, format!("{p}.tls.key"), &tls.key);
             if let Some(ca) = &tls.client_ca {
                 readable(v, format!("{p}.tls.client_ca"), ca);
             }
@@ -330,6 +363,7 @@ fn tag_keys(d: Driver) -> &'static [&'static str] {
             "word_order",
             "scale",
             "offset",
+            "bit",
         ],
         Driver::Serial => &["type", "column", "key", "scale", "offset"],
         Driver::Gpio => &[
@@ -382,6 +416,7 @@ fn present_tag_keys(t: &Tag) -> Vec<&'static str> {
     add("word_order", t.word_order.is_some());
     add("scale", t.scale.is_some());
     add("offset", t.offset.is_some());
+    add("bit", t.bit.is_some());
     add("column", t.column.is_some());
     add("key", t.key.is_some());
     add("line", t.line.is_some());
@@ -763,9 +798,62 @@ fn modbus_tag(v: &mut V, p: &str, t: &Tag) {
         return;
     };
     let bits = matches!(register, Register::Coil | Register::Discrete);
-    let ty = t
-        .data_type
-        .unwrap_or(if bits { DataType::Bool } else { DataType::U16 });
+    if address > 9999 && !bits {
+        // 40001-style register numbers (4xxxx holding, 3xxxx input) are the classic mix-up.
+        let (first, kind) = if register == Register::Input {
+            (30001, "input")
+        } else {
+            (40001, "holding")
+        };
+        if (first..first + 9999).contains(&u32::from(address)) {
+            v.warn(
+                format!("{p}.address"),
+                format!(
+                    "{address} looks like {kind} register number {address} of the 1-based 4xxxx/3xxxx \
+                     numbering; `address` is the 0-based PDU address, which would be {}",
+                    u32::from(address) - first
+                ),
+            );
+        }
+    }
+    if let Some(bit) = t.bit {
+        if bits {
+            v.err(
+                format!("{p}.bit"),
+                "`bit` picks a bit of a holding or input register; a coil or discrete input is one bit already",
+            );
+        } else if bit > 15 {
+            v.err(
+                format!("{p}.bit"),
+                format!("bit {bit}: a register has bits 0 (least significant) to 15"),
+            );
+        }
+        if t.data_type.is_some_and(|ty| ty != DataType::Bool) {
+            v.err(
+                format!("{p}.type"),
+                "a `bit` tag is a bool; leave `type` out or make it bool",
+            );
+        }
+        for (key, present) in [
+            ("byte_order", t.byte_order.is_some()),
+            ("word_order", t.word_order.is_some()),
+            ("scale", t.scale.is_some()),
+            ("offset", t.offset.is_some()),
+            ("deadband", t.deadband.is_some()),
+        ] {
+            if present {
+                v.err(
+                    format!("{p}.{key}"),
+                    format!("`{key}` does not apply to a `bit` tag"),
+                );
+            }
+        }
+    }
+    let ty = t.data_type.unwrap_or(if bits || t.bit.is_some() {
+        DataType::Bool
+    } else {
+        DataType::U16
+    });
     if bits {
         if ty != DataType::Bool {
             v.err(
@@ -923,7 +1011,7 @@ pub fn split_url(url: &str) -> Result<(&str, &str, u16, &str), String> {
     Ok((scheme, host, port, path))
 }
 
-fn uplinks(v: &mut V, uplinks: &[Uplink]) {
+fn uplinks(v: &mut V, uplinks: &[Uplink], secret_dirs: &[PathBuf]) {
     unique(
         v,
         uplinks
@@ -964,7 +1052,9 @@ fn uplinks(v: &mut V, uplinks: &[Uplink]) {
             );
         }
         if let Some(file) = &u.password_file {
-            readable(v, format!("{p}.password_file"), file);
+            if let Err(e) = super::files::read_password(file, Some(secret_dirs)) {
+                v.err(format!("{p}.password_file"), e);
+            }
         }
         if (u.password.is_some() || u.password_file.is_some()) && u.username.is_none() {
             v.err(
@@ -979,10 +1069,13 @@ fn uplinks(v: &mut V, uplinks: &[Uplink]) {
                     "a client certificate needs both `cert` and `key`",
                 );
             }
-            for (key, file) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+            for (key, file) in [("ca", &tls.ca), ("cert", &tls.cert)] {
                 if let Some(file) = file {
                     readable(v, format!("{p}.tls.{key}"), file);
                 }
+            }
+            if let Some(file) = &tls.key {
+                private_key(v, format!("{p}.tls.key"), file);
             }
         }
         let ka = u.keepalive.0.as_secs();
@@ -1052,9 +1145,25 @@ fn web(v: &mut V, w: &Web, binds: &mut HashMap<SocketAddr, String>) {
     }
     if let Some(tls) = &w.tls {
         readable(v, "web.tls.cert".into(), &tls.cert);
-        readable(v, "web.tls.key".into(), &tls.key);
+        private_key(v, "web.tls.key".into(), &tls.key);
     }
     users(v, "web", &w.users);
+    for (i, h) in w.allowed_hosts.iter().enumerate() {
+        let ok = h == "*"
+            || (!h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if !ok {
+            v.err(
+                format!("web.allowed_hosts[{i}]"),
+                format!(
+                    "`{h}` is not a host name: write the name alone (no scheme, port or path), \
+                     or `*` to allow any"
+                ),
+            );
+        }
+    }
 }
 
 fn log(v: &mut V, l: &Log) {

@@ -16,14 +16,19 @@ pub struct Command {
     pub expires: Option<u64>,
 }
 
-/// Why a command was refused, with SPEC §4.2's wording.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a command was refused. Each message starts with SPEC §4.2's words, then says why.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
-    NotWritable,
-    OutOfRange,
-    Expired,
-    InvalidValue,
-    DeviceOffline,
+    /// The tag has no `writable: true`, or the device has no such tag (named).
+    NotWritable { unknown_tag: Option<String> },
+    /// Outside the tag's `min` / `max`.
+    OutOfRange { min: Option<f64>, max: Option<f64> },
+    /// `expires` passed this many milliseconds before the command was handled.
+    Expired { ago_ms: u64 },
+    /// Not a value of the tag's type; says what was expected.
+    InvalidValue { expected: String },
+    /// The device is offline; the error of its last poll.
+    DeviceOffline { error: Option<String> },
     /// The device refused or failed the write.
     Failed(String),
 }
@@ -31,13 +36,43 @@ pub enum Refusal {
 impl Refusal {
     pub fn message(&self) -> String {
         match self {
-            Refusal::NotWritable => "not writable".into(),
-            Refusal::OutOfRange => "out of range".into(),
-            Refusal::Expired => "expired".into(),
-            Refusal::InvalidValue => "invalid value".into(),
-            Refusal::DeviceOffline => "device offline".into(),
+            Refusal::NotWritable { unknown_tag: None } => {
+                "not writable (the tag has no `writable: true` in the config)".into()
+            }
+            Refusal::NotWritable {
+                unknown_tag: Some(tag),
+            } => format!("not writable (the device has no tag `{tag}`)"),
+            Refusal::OutOfRange { min, max } => match (min, max) {
+                (Some(lo), Some(hi)) => format!("out of range ({lo} … {hi})"),
+                (Some(lo), None) => format!("out of range (at least {lo})"),
+                (None, Some(hi)) => format!("out of range (at most {hi})"),
+                (None, None) => "out of range".into(),
+            },
+            Refusal::Expired { ago_ms } if *ago_ms < 1000 => {
+                format!("expired ({ago_ms} ms ago)")
+            }
+            Refusal::Expired { ago_ms } => format!("expired ({} s ago)", ago_ms / 1000),
+            Refusal::InvalidValue { expected } => format!("invalid value (expected {expected})"),
+            Refusal::DeviceOffline { error: Some(e) } => format!("device offline ({e})"),
+            Refusal::DeviceOffline { error: None } => "device offline".into(),
             Refusal::Failed(e) => e.clone(),
         }
+    }
+}
+
+/// What a value of type `ty` looks like, for [`Refusal::InvalidValue`].
+fn expected(ty: DataType) -> String {
+    let whole = |lo: &str, hi: &str| format!("a whole number from {lo} to {hi}");
+    match ty {
+        DataType::Bool => "true or false".into(),
+        DataType::U16 => whole("0", "65535"),
+        DataType::I16 => whole("-32768", "32767"),
+        DataType::U32 => whole("0", "4294967295"),
+        DataType::I32 => whole("-2147483648", "2147483647"),
+        DataType::U64 => whole("0", "18446744073709551615"),
+        DataType::I64 => whole("-9223372036854775808", "9223372036854775807"),
+        DataType::F32 | DataType::F64 => "a number".into(),
+        DataType::String(n) => format!("a string of at most {n} bytes"),
     }
 }
 
@@ -67,10 +102,10 @@ pub fn parse(payload: &[u8]) -> Command {
 /// `now` (Unix ms) for the expiry.
 pub fn check(tag: &Tag, cmd: &Command, now: u64, default_type: DataType) -> Result<Value, Refusal> {
     if !tag.writable {
-        return Err(Refusal::NotWritable);
+        return Err(Refusal::NotWritable { unknown_tag: None });
     }
-    if cmd.expires.is_some_and(|e| e <= now) {
-        return Err(Refusal::Expired);
+    if let Some(e) = cmd.expires.filter(|e| *e <= now) {
+        return Err(Refusal::Expired { ago_ms: now - e });
     }
     let mut ty = tag.data_type.unwrap_or(default_type);
     if ty.is_numeric() && (tag.scale.is_some() || tag.offset.is_some()) {
@@ -78,10 +113,15 @@ pub fn check(tag: &Tag, cmd: &Command, now: u64, default_type: DataType) -> Resu
         // driver checks that the raw value fits its register.
         ty = DataType::F64;
     }
-    let value = convert(&cmd.value, ty).ok_or(Refusal::InvalidValue)?;
+    let value = convert(&cmd.value, ty).ok_or_else(|| Refusal::InvalidValue {
+        expected: expected(ty),
+    })?;
     if let Some(x) = value.as_f64() {
         if tag.min.is_some_and(|m| x < m) || tag.max.is_some_and(|m| x > m) {
-            return Err(Refusal::OutOfRange);
+            return Err(Refusal::OutOfRange {
+                min: tag.min,
+                max: tag.max,
+            });
         }
     }
     Ok(value)
@@ -174,19 +214,30 @@ mod tests {
             expires,
         };
         let now = 1000;
+        let u16_expected = "invalid value (expected a whole number from 0 to 65535)";
         let cases = [
-            (&ro, cmd(json!(1), None), Err(Refusal::NotWritable)),
-            (&sp, cmd(json!(1), Some(999)), Err(Refusal::Expired)),
-            (&sp, cmd(json!(1.5), None), Err(Refusal::InvalidValue)),
-            (&sp, cmd(json!("abc"), None), Err(Refusal::InvalidValue)),
-            (&sp, cmd(json!(-1), None), Err(Refusal::InvalidValue)),
-            (&sp, cmd(json!(901), None), Err(Refusal::OutOfRange)),
+            (
+                &ro,
+                cmd(json!(1), None),
+                Err("not writable (the tag has no `writable: true` in the config)"),
+            ),
+            (&sp, cmd(json!(1), Some(999)), Err("expired (1 ms ago)")),
+            (&sp, cmd(json!(1.5), None), Err(u16_expected)),
+            (&sp, cmd(json!("abc"), None), Err(u16_expected)),
+            (&sp, cmd(json!(-1), None), Err(u16_expected)),
+            (&sp, cmd(json!(901), None), Err("out of range (0 … 900)")),
             (&sp, cmd(json!(900), Some(2000)), Ok(Value::UInt(900))),
             (&sp, cmd(json!("42"), None), Ok(Value::UInt(42))),
         ];
         for (t, c, want) in cases {
-            assert_eq!(check(t, &c, now, DataType::U16), want, "{c:?}");
+            let got = check(t, &c, now, DataType::U16).map_err(|r| r.message());
+            assert_eq!(got, want.map_err(String::from), "{c:?}");
         }
+        let late = cmd(json!(1), Some(1000));
+        assert_eq!(
+            check(&sp, &late, 6500, DataType::U16).map_err(|r| r.message()),
+            Err("expired (5 s ago)".to_string())
+        );
         // A scaled tag takes engineering values: 21.5 for an i16 of tenths.
         let scaled = tag("{name: t, register: holding, address: 1, type: i16, scale: 0.1, writable: true, max: 90}");
         assert_eq!(
@@ -194,8 +245,8 @@ mod tests {
             Ok(Value::Float(21.5))
         );
         assert_eq!(
-            check(&scaled, &cmd(json!(90.5), None), now, DataType::U16),
-            Err(Refusal::OutOfRange)
+            check(&scaled, &cmd(json!(90.5), None), now, DataType::U16).map_err(|r| r.message()),
+            Err("out of range (at most 90)".to_string())
         );
         let coil = tag("{name: c, register: coil, address: 0, writable: true}");
         assert_eq!(
@@ -203,8 +254,8 @@ mod tests {
             Ok(Value::Bool(true))
         );
         assert_eq!(
-            check(&coil, &cmd(json!(2), None), now, DataType::Bool),
-            Err(Refusal::InvalidValue)
+            check(&coil, &cmd(json!(2), None), now, DataType::Bool).map_err(|r| r.message()),
+            Err("invalid value (expected true or false)".to_string())
         );
     }
 
@@ -215,10 +266,14 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&ok).unwrap(),
             json!({"id": "abc", "ok": true, "value": 42})
         );
-        let no = result(&None, &Err(Refusal::OutOfRange));
+        let range = Refusal::OutOfRange {
+            min: Some(0.0),
+            max: Some(3.0),
+        };
+        let no = result(&None, &Err(range));
         assert_eq!(
             serde_json::from_str::<serde_json::Value>(&no).unwrap(),
-            json!({"id": null, "ok": false, "error": "out of range"})
+            json!({"id": null, "ok": false, "error": "out of range (0 … 3)"})
         );
     }
 }

@@ -50,12 +50,7 @@ impl Value {
 /// One read of one tag: the value, or why there is none.
 pub type TagRead = Result<Value, String>;
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::clock::now_ms;
 
 /// What was last published for one tag.
 #[derive(Debug)]

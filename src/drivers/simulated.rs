@@ -44,12 +44,17 @@ impl Simulated {
             .map(|t| {
                 let min = t.min.unwrap_or(0.0);
                 let max = t.max.unwrap_or(100.0);
+                let signal = t.signal.unwrap_or(Signal::Sine);
                 SimTag {
-                    signal: t.signal.unwrap_or(Signal::Sine),
+                    signal,
                     min,
                     max,
                     period: t.period.map_or(Duration::from_secs(60), |p| p.0),
-                    ty: t.data_type.unwrap_or(DataType::F64),
+                    ty: t.data_type.unwrap_or(match signal {
+                        // A counter counts in whole numbers: 5, not 5.0.
+                        Signal::Counter => DataType::I64,
+                        _ => DataType::F64,
+                    }),
                     held: None,
                     count: min,
                     walk: min + (max - min) / 2.0,
@@ -183,6 +188,14 @@ mod tests {
             tokio::time::advance(Duration::from_millis(2500)).await;
         }
         assert_eq!(seen, [1.0, 1.0, 3.0, 3.0]);
+    }
+
+    #[tokio::test]
+    async fn a_counter_without_a_type_counts_in_whole_numbers() {
+        let mut sim = Simulated::new(&device("{name: c, signal: counter, min: 5, max: 9}"));
+        let first = sim.poll().await.unwrap()[0].clone().unwrap();
+        assert_eq!(first, Value::Int(5));
+        assert_eq!(first.to_json().to_string(), "5");
     }
 
     #[tokio::test]

@@ -52,4 +52,34 @@ pub fn retain(keep: impl Fn(&str) -> bool) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|k, _| keep(k));
+    bad_tags()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(d, _), _| keep(d));
+}
+
+/// Bad readings (failed reads, whether published or not) per (device, tag).
+fn bad_tags() -> &'static Mutex<HashMap<(String, String), u64>> {
+    static BAD: std::sync::OnceLock<Mutex<HashMap<(String, String), u64>>> =
+        std::sync::OnceLock::new();
+    BAD.get_or_init(Default::default)
+}
+
+/// Counts one bad reading of `device`/`tag`.
+pub fn record_bad(device: &str, tag: &str) {
+    let mut bad = bad_tags().lock().unwrap_or_else(|e| e.into_inner());
+    *bad.entry((device.to_string(), tag.to_string()))
+        .or_default() += 1;
+}
+
+/// The bad readings of every tag that had one: ((device, tag), count), sorted.
+pub fn bad_readings() -> Vec<((String, String), u64)> {
+    let mut out: Vec<_> = bad_tags()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    out.sort();
+    out
 }

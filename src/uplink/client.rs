@@ -8,11 +8,9 @@
 
 use crate::broker::codec::QoS as Q;
 use crate::config::{self, Protocol};
-use anyhow::Context;
 use bytes::Bytes;
 use rumqttc::{TlsConfiguration, Transport};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::rustls;
@@ -89,10 +87,9 @@ fn tls(tls: Option<&config::ClientTls>) -> anyhow::Result<TlsConfiguration> {
     let mut roots = rustls::RootCertStore::empty();
     match tls.and_then(|t| t.ca.as_ref()) {
         Some(ca) => {
-            for cert in CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("cannot read CA {}", ca.display()))?
-            {
-                roots.add(cert.with_context(|| format!("bad certificate in {}", ca.display()))?)?;
+            // Under the config's file rules (regular files only, without blocking).
+            for cert in crate::config::files::read_certs(ca).map_err(anyhow::Error::msg)? {
+                roots.add(cert)?;
             }
         }
         None => {
@@ -107,11 +104,9 @@ fn tls(tls: Option<&config::ClientTls>) -> anyhow::Result<TlsConfiguration> {
         .with_root_certificates(roots);
     let config = match tls.and_then(|t| t.cert.as_ref().zip(t.key.as_ref())) {
         Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("cannot read {}", cert.display()))?
-                .collect::<Result<_, _>>()?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("cannot read {}", key.display()))?;
+            let chain: Vec<CertificateDer<'static>> =
+                crate::config::files::read_certs(cert).map_err(anyhow::Error::msg)?;
+            let key = crate::config::files::read_private_key(key).map_err(anyhow::Error::msg)?;
             builder.with_client_auth_cert(chain, key)?
         }
         None => builder.with_no_client_auth(),
@@ -234,10 +229,23 @@ impl Client {
         Ok(())
     }
 
+    /// Subscribes at the cloud for an `in` rule. Under MQTT 5 with No Local (what the uplink
+    /// publishes upstream never comes back down to it) and Retain As Published (a retained
+    /// message keeps its flag); MQTT 3.1.1 has neither: the uplink drops its own echoes
+    /// itself ([`super::echo`]), and a message comes down retained only when the cloud sends
+    /// it for the new subscription.
     pub async fn subscribe(&self, filter: &str, qos: Q) -> anyhow::Result<()> {
         match self {
             Client::V4(c) => c.subscribe(filter, q4(qos)).await?,
-            Client::V5(c) => c.subscribe(filter, q5(qos)).await?,
+            Client::V5(c) => {
+                use rumqttc::v5::mqttbytes::v5::Filter;
+                let f = Filter {
+                    nolocal: true,
+                    preserve_retain: true,
+                    ..Filter::new(filter, q5(qos))
+                };
+                c.subscribe_many([f]).await?
+            }
         }
         Ok(())
     }
@@ -319,6 +327,25 @@ impl Connection {
     }
 }
 
+/// An error and its causes as one line, without repeating a cause that the message before
+/// it already quotes: rumqttc's `I/O: {0}` wraps an `io::Error` and also names it as its
+/// source, which `{:#}` would print twice (`I/O: Connection refused (os error 111):
+/// Connection refused (os error 111)`).
+pub fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
+}
+
 /// Whether a connection ended because the broker stopped answering keep-alive pings: the
 /// link was up but stalled (rumqttc's `AwaitPingResp`), not refused or closed.
 pub fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
@@ -333,4 +360,20 @@ pub fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
             rumqttc::v5::StateError::AwaitPingResp
         ))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_does_not_repeat_a_quoted_cause() {
+        let io = std::io::Error::from_raw_os_error(111);
+        let e = anyhow::Error::from(rumqttc::ConnectionError::Io(io));
+        let text = describe(&e);
+        assert_eq!(text.matches("os error 111").count(), 1, "{text}");
+        assert!(text.starts_with("I/O: Connection refused"), "{text}");
+        let chained = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(describe(&chained), "outer: inner");
+    }
 }

@@ -81,6 +81,11 @@ pub struct QueueSummary {
     pub file_bytes: u64,
     /// `buffer.max_bytes` from the config, when configured.
     pub max_bytes: Option<u64>,
+    /// Messages in the quarantine table: undecodable (bit rot), set aside, never forwarded.
+    pub quarantined: u64,
+    /// Messages dropped over the life of the file, by reason (`full`, `expired`,
+    /// `rejected`, `write_error`, `qos0_offline`, `purged`); reasons never seen are absent.
+    pub dropped: std::collections::BTreeMap<String, u64>,
 }
 
 /// One queued message as `list` shows it.
@@ -199,6 +204,16 @@ fn file_bytes(path: &Path) -> u64 {
     size(path.to_path_buf()) + size(PathBuf::from(wal))
 }
 
+fn has_drops(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'drops'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|r| r.is_some())
+}
+
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -225,6 +240,8 @@ pub fn summary(
         newest_received_at_ms: None,
         file_bytes: 0,
         max_bytes,
+        quarantined: 0,
+        dropped: Default::default(),
     };
     if !s.exists {
         return Ok(s);
@@ -257,6 +274,20 @@ pub fn summary(
         .oldest_received_at_ms
         .map(|t| now_ms.saturating_sub(t) / 1000);
     s.newest_received_at_ms = r.5.map(to_u64);
+    s.quarantined = super::queue::quarantined_rows(&conn).map_err(sqlite(path))?;
+    // Schema version 2 on: a file the daemon has not opened since an upgrade has none yet.
+    if has_drops(&conn).map_err(sqlite(path))? {
+        let mut stmt = conn
+            .prepare("SELECT reason, count FROM drops ORDER BY reason")
+            .map_err(sqlite(path))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(sqlite(path))?;
+        for row in rows {
+            let (reason, n) = row.map_err(sqlite(path))?;
+            s.dropped.insert(reason, to_u64(n));
+        }
+    }
     drop(conn);
     s.file_bytes = file_bytes(path);
     Ok(s)
@@ -287,9 +318,16 @@ pub fn list(
             |r| {
                 let payload: Vec<u8> = r.get(2)?;
                 let received: i64 = r.get(6)?;
+                // Lossy: `list` shows what is there, bit rot included.
+                let topic = match r.get_ref(1)? {
+                    rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => {
+                        String::from_utf8_lossy(b).into_owned()
+                    }
+                    other => format!("{other:?}"),
+                };
                 Ok(QueuedMessage {
                     seq: to_u64(r.get(0)?),
-                    topic: r.get(1)?,
+                    topic,
                     qos: u8::try_from(r.get::<_, i64>(3)?).unwrap_or(u8::MAX),
                     retain: r.get::<_, i64>(4)? != 0,
                     size: to_u64(r.get(5)?),
@@ -340,6 +378,7 @@ pub fn purge(path: &Path) -> Result<u64, InspectError> {
         .query_row("SELECT max(id) FROM messages", [], |r| r.get(0))
         .map_err(sqlite(path))?;
     let Some(high) = high else { return Ok(0) };
+    let count = has_drops(&conn).map_err(sqlite(path))?;
     let mut deleted = 0u64;
     loop {
         conn.execute_batch("BEGIN IMMEDIATE")
@@ -349,6 +388,13 @@ pub fn purge(path: &Path) -> Result<u64, InspectError> {
                 (SELECT id FROM messages WHERE id <= ?1 ORDER BY id LIMIT ?2)",
             params![high, PURGE_CHUNK],
         );
+        // What is deleted is counted as `purged` in the same transaction.
+        let result = result.and_then(|n| {
+            if count {
+                super::queue::count_drops(&conn, "purged", n as u64)?;
+            }
+            Ok(n)
+        });
         let n = match result {
             Ok(n) => n,
             Err(e) => {
@@ -400,7 +446,7 @@ pub fn run_cli(
     out: &mut dyn std::io::Write,
     confirm: &mut dyn FnMut(&str, u64) -> bool,
 ) -> Result<(), InspectError> {
-    let now = crate::drivers::reading::now_ms();
+    let now = crate::clock::now_ms();
     let targets = targets(config, only)?;
     let max_bytes = |name: &str| {
         config
@@ -580,5 +626,24 @@ fn write_summary(out: &mut dyn std::io::Write, s: &QueueSummary) -> std::io::Res
         writeln!(out, "  oldest:   {} ago", age(a))?;
     }
     writeln!(out, "  on disk:  {} (database + WAL)", bytes(s.file_bytes))?;
+    if s.quarantined > 0 {
+        writeln!(
+            out,
+            "  quarantined: {} undecodable message{} (table `quarantine`; not forwarded)",
+            s.quarantined,
+            if s.quarantined == 1 { "" } else { "s" }
+        )?;
+    }
+    if s.dropped.values().all(|n| *n == 0) {
+        writeln!(out, "  dropped:  none")?;
+    } else {
+        let by_reason: Vec<String> = s
+            .dropped
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        writeln!(out, "  dropped:  {}", by_reason.join(", "))?;
+    }
     Ok(())
 }

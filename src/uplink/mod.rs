@@ -6,6 +6,7 @@
 //! - [`tracker`] — ties the cloud broker's acknowledgements to queued messages (rumqttc does
 //!   not), so only the contiguous acknowledged prefix is deleted.
 //! - [`drain`] — the `drain_rate` cap on catching up, and the drain ETA.
+//! - [`echo`] — drops the cloud's echoes of the uplink's own messages (MQTT 3.1.1).
 //! - [`client`] — one rumqttc connection, MQTT 3.1.1 or 5, over TCP, TLS or WebSocket.
 //! - [`run`] — the uplink task that ties them together.
 //! - [`inspect`] — `tidegate queue stats | list | purge`, on the database beside the daemon.
@@ -16,6 +17,7 @@
 
 pub mod client;
 pub mod drain;
+pub mod echo;
 pub mod inspect;
 pub mod queue;
 pub mod rules;
@@ -25,6 +27,27 @@ pub mod tracker;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// What the config makes an uplink drop while the cloud is unreachable: for each `out`
+/// rule at QoS 0 under `buffer.qos0: drop`, its index in `topics` and a sentence saying so.
+/// `tidegate check` prints them as warnings (not errors), the uplink logs them at start.
+pub fn offline_drop_warnings(u: &crate::config::Uplink) -> Vec<(usize, String)> {
+    if u.buffer.qos0 != crate::config::Qos0Policy::Drop {
+        return Vec::new();
+    }
+    u.topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i, rules::Rule::from_config(t)))
+        .filter(|(_, r)| r.out && r.qos == crate::broker::codec::QoS::AtMostOnce)
+        .map(|(i, r)| {
+            (i, format!(
+                "the out rule `{}` of uplink {} has qos 0 and buffer.qos0 is drop: its messages are dropped while the cloud is unreachable (counted as dropped/qos0_offline); use qos: 1 to store and forward them, or buffer.qos0: buffer",
+                r.filter, u.name
+            ))
+        })
+        .collect()
+}
 
 /// The connection state shown in the ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,7 +132,7 @@ impl Ledger {
             .store(state == LinkState::Connected, Ordering::Relaxed);
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if st.0 != state || st.1 == 0 {
-            st.1 = crate::drivers::reading::now_ms();
+            st.1 = crate::clock::now_ms();
         }
         // A plain disconnect after a stall keeps showing the stall until a connect.
         if !(st.0 == LinkState::Stalled && state == LinkState::Disconnected) {
@@ -145,7 +168,7 @@ impl Ledger {
             .as_ref()
             .map(|q| q.stats())
             .unwrap_or_default();
-        let now = crate::drivers::reading::now_ms();
+        let now = crate::clock::now_ms();
         let ack_rate = f64::from_bits(get(&self.ack_rate_bits));
         let draining = self.draining.load(Ordering::Relaxed) && state == LinkState::Connected;
         LedgerSnapshot {
@@ -169,6 +192,7 @@ impl Ledger {
                 write_error: q.failed_messages + get(&self.dropped_write_error),
                 qos0_offline: get(&self.dropped_qos0_offline),
                 purged: q.purged,
+                quarantined: q.quarantined,
             },
             queue: QueueGauges {
                 messages: q.depth,
@@ -238,6 +262,8 @@ pub struct Dropped {
     pub qos0_offline: u64,
     /// Deleted by `tidegate queue purge` while the daemon ran.
     pub purged: u64,
+    /// Could not be decoded from the queue (bit rot), moved to its quarantine table.
+    pub quarantined: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -291,6 +317,7 @@ impl LedgerSnapshot {
             ("dropped/write_error", d.write_error.to_string()),
             ("dropped/qos0_offline", d.qos0_offline.to_string()),
             ("dropped/purged", d.purged.to_string()),
+            ("dropped/quarantined", d.quarantined.to_string()),
             ("queue/messages", q.messages.to_string()),
             ("queue/bytes", q.bytes.to_string()),
             (

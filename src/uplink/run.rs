@@ -3,9 +3,13 @@
 //! One task per uplink, one `select!` loop, so the order of everything is the order it
 //! happened in:
 //! - **ingest**: a *durable* in-process subscription to the local topics of the `out` rules.
-//!   QoS 1/2 messages are appended to the SQLite queue and acknowledged to the broker only
-//!   once committed — so the device's PUBACK means "on disk". QoS 0 goes straight out while
-//!   connected (or into the queue with `qos0: buffer`), and is dropped and counted otherwise.
+//!   A rule's QoS is the guarantee toward the cloud: every message a QoS 1/2 rule takes,
+//!   whatever its local QoS, is appended to the SQLite queue at the rule's QoS, and a local
+//!   QoS 1/2 message is acknowledged to the broker only once committed — so the device's
+//!   PUBACK means "on disk". A QoS 0 rule's messages go straight out while connected (or
+//!   into the queue with `qos0: buffer`), and are dropped and counted otherwise. The retain
+//!   flag goes up as published (Retain As Published), so the cloud's retained state follows
+//!   the gateway's.
 //! - **send**: while connected, queued messages go out in id order within the in-flight
 //!   window; the [`Tracker`] ties each PUBACK/PUBCOMP to its message, and the queue deletes
 //!   the contiguous acknowledged prefix. On every (re)connect, sending starts again after the
@@ -14,28 +18,35 @@
 //! - **commands**: `in` rules subscribe at the cloud; a message is published into the local
 //!   broker at the rule's QoS and acknowledged to the cloud only after (manual acks). It is
 //!   published under the uplink's own name, and the ingest subscription has No Local, so it
-//!   never goes back out (no loops with `direction: both`).
+//!   never goes back out (no loops with `direction: both`). The other way round, what the
+//!   uplink sends up never comes back down: its cloud subscriptions have No Local under MQTT
+//!   5, and under 3.1.1 it drops the cloud's echoes itself ([`super::echo`]).
 //! - **status**: every CONNECT carries the Will (`online: false`, "connection lost",
 //!   retained, QoS 1); once connected, the birth message (`online: true`, ...) is published
 //!   retained; a graceful stop publishes `online: false`, "shutdown" before DISCONNECT.
-//! - **stall**: messages in flight and no acknowledgement for 2 × keepalive: the connection
-//!   is recycled (HiveMQ Edge #1290: "connected" but stalled), and the ledger's state says
-//!   `stalled` until the next successful connect.
+//! - **stall**: messages in flight and the link has not moved for 2 × keepalive — no
+//!   acknowledgement and no queued QoS 0 message written since the last one, or since the
+//!   first message went into an empty window: the connection is recycled (HiveMQ Edge #1290:
+//!   "connected" but stalled), and the ledger's state says `stalled` until the next
+//!   successful connect. (Measuring from the last acknowledgement alone recycled healthy
+//!   links: QoS 0 traffic never acknowledged, and a quiet link's next message looked
+//!   overdue the moment it was sent — issue 18.)
 //! - **drain**: a connect that finds a backlog starts a drain, paced by `buffer.drain_rate`
 //!   until the sender has caught up (see [`super::drain`]); the ledger shows it with an ETA.
 
 use super::client::{self, Client, Connection, Up};
 use super::drain::{AckRate, Pacer};
+use super::echo::Echoes;
 use super::queue::Stored;
 use super::queue::{Bounds, NewMessage, Queue, WhenFull};
 use super::rules::{self, Rule};
 use super::tracker::Tracker;
 use super::{Ledger, LinkState};
-use crate::app::TaskError;
 use crate::broker::codec::QoS;
 use crate::broker::{Broker, LocalSubscription};
+use crate::clock::now_ms;
 use crate::config::{self, Qos0Policy};
-use crate::drivers::reading::now_ms;
+use crate::task::TaskError;
 use bytes::Bytes;
 use serde_json::json;
 use std::collections::{HashSet, VecDeque};
@@ -209,15 +220,19 @@ impl Uplink {
         let target = client::target(cfg).map_err(TaskError::Fatal)?;
         let password = match (&cfg.password, &cfg.password_file) {
             (Some(p), _) => Some(p.clone()),
-            (None, Some(f)) => Some(
-                tokio::fs::read_to_string(f)
-                    .await
-                    .map_err(|e| {
-                        TaskError::Failed(anyhow::anyhow!("cannot read {}: {e}", f.display()))
-                    })?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-            ),
+            (None, Some(f)) => {
+                // The rules of docs/SECURITY.md "Secret files", checked again as it is read
+                // (its place was checked when the config was validated).
+                let f = f.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    crate::config::files::read_password(&f, None)
+                })
+                .await
+                .map_err(|e| {
+                    TaskError::Failed(anyhow::anyhow!("reading the password file: {e}"))
+                })?;
+                Some(read.map_err(|e| TaskError::Failed(anyhow::anyhow!(e)))?)
+            }
             (None, None) => None,
         };
         let settings = client::Settings {
@@ -255,6 +270,12 @@ impl Uplink {
             error!(uplink = %name, moved_to = %moved.display(), "The uplink queue was corrupt; moved it aside and started a new one");
         }
         info!(uplink = %name, url = %cfg.url, queued = opened.depth, "Uplink started");
+        for (rule, w) in super::offline_drop_warnings(cfg) {
+            warn!(uplink = %name, rule, "{w}");
+        }
+        // `dropped/qos0_offline` is counted in the ledger; its growth also goes into the queue
+        // file for `tidegate queue stats`.
+        let mut qos0_recorded = self.ledger.dropped_qos0_offline.load(Ordering::Relaxed);
 
         let local_cell = self.local.clone();
         let mut local = local_cell.lock().await;
@@ -271,12 +292,15 @@ impl Uplink {
         let mut last_ledger: Option<Instant> = None;
         let mut ack_rate = AckRate::default();
         let (damaged_tx, mut damaged_rx) = tokio::sync::mpsc::unbounded_channel();
+        // MQTT 5 clouds honour No Local; 3.1.1 ones echo, and the uplink drops the echoes.
+        let mut echoes = (cfg.protocol == config::Protocol::V311)
+            .then(|| Echoes::new((cfg.keepalive.0 * 2).max(Duration::from_secs(30))));
 
         loop {
             // Keep the window full while connected.
             if let Some(l) = link.as_mut().filter(|l| l.connected) {
-                if let Err(e) = self.send_more(l, &queue).await {
-                    warn!(uplink = %name, error = %format!("{e:#}"), "Sending failed; reconnecting");
+                if let Err(e) = self.send_more(l, &queue, &rules, &mut echoes).await {
+                    warn!(uplink = %name, error = %client::describe(&e), "Sending failed; reconnecting");
                     link = None;
                     retry_at = Instant::now() + backoff;
                 }
@@ -284,6 +308,7 @@ impl Uplink {
             let pace = pace_at(&link);
             tokio::select! {
                 _ = stop.cancelled() => {
+                    self.record_qos0_drops(&queue, &mut qos0_recorded);
                     if let Some(mut l) = link.take().filter(|l| l.connected) {
                         l.flush_acks();
                         self.shut_down(l, &status_topic).await;
@@ -299,7 +324,7 @@ impl Uplink {
                             None => break,
                         }
                     }
-                    self.ingest(batch, &rules, &queue, link.as_mut(), &damaged_tx).await;
+                    self.ingest(batch, &rules, &queue, link.as_mut(), &damaged_tx, &mut echoes).await;
                 }
                 Some(e) = damaged_rx.recv() => {
                     // Damaged under us: end this run; the supervisor starts the uplink
@@ -312,7 +337,7 @@ impl Uplink {
                 }
                 ev = next_event(&mut link), if link.is_some() => {
                     let result = match ev {
-                        Ok(up) => self.on_event(up, link.as_mut(), &rules, &queue, &status_topic).await,
+                        Ok(up) => self.on_event(up, link.as_mut(), &rules, &queue, &status_topic, &mut echoes).await,
                         Err(e) => Err(e),
                     };
                     if let Err(e) = result {
@@ -321,15 +346,15 @@ impl Uplink {
                             // Up, but the broker stopped answering: a stall, not a close.
                             warn!(uplink = %name, "Uplink stalled: no answer to the keep-alive ping; recycling the connection");
                             self.ledger.stalls.fetch_add(1, Ordering::Relaxed);
-                            self.ledger.set_state(LinkState::Stalled, Some(format!("stalled: {e:#}")));
+                            self.ledger.set_state(LinkState::Stalled, Some(format!("stalled: {}", client::describe(&e))));
                         } else {
-                            self.ledger.set_state(LinkState::Disconnected, Some(format!("{e:#}")));
+                            self.ledger.set_state(LinkState::Disconnected, Some(client::describe(&e)));
                         }
                         if was_up {
-                            warn!(uplink = %name, error = %format!("{e:#}"), "Uplink connection lost");
+                            warn!(uplink = %name, error = %client::describe(&e), "Uplink connection lost");
                             backoff = cfg.reconnect.min.0;
                         } else {
-                            warn!(uplink = %name, error = %format!("{e:#}"), retry_in = ?backoff, "Cannot connect the uplink");
+                            warn!(uplink = %name, error = %client::describe(&e), retry_in = ?backoff, "Cannot connect the uplink");
                         }
                         link = None;
                         retry_at = Instant::now() + jitter(backoff);
@@ -364,6 +389,7 @@ impl Uplink {
                 }
                 _ = housekeeping.tick() => {
                     queue.refresh();
+                    self.record_qos0_drops(&queue, &mut qos0_recorded);
                     if let Some(l) = link.as_mut() {
                         l.flush_acks();
                     }
@@ -394,6 +420,13 @@ impl Uplink {
         }
     }
 
+    /// Adds the `qos0_offline` drops counted since the last call to the queue file's counts.
+    fn record_qos0_drops(&self, queue: &Queue, recorded: &mut u64) {
+        let now = self.ledger.dropped_qos0_offline.load(Ordering::Relaxed);
+        queue.count_drops("qos0_offline", now.saturating_sub(*recorded));
+        *recorded = now;
+    }
+
     /// The loss ledger as retained `$SYS/tidegate/uplinks/<name>/...` topics, one value each
     /// (see [`super::LedgerSnapshot::sys_topics`]).
     async fn publish_ledger(&self) {
@@ -413,6 +446,7 @@ impl Uplink {
         queue: &Queue,
         link: Option<&mut Link>,
         damaged: &tokio::sync::mpsc::UnboundedSender<super::queue::QueueError>,
+        echoes: &mut Option<Echoes>,
     ) {
         let l = &self.ledger;
         let connected = link.as_ref().is_some_and(|l| l.connected);
@@ -425,11 +459,15 @@ impl Uplink {
                 m.ack();
                 continue;
             };
-            let qos = m.qos().min(rule_qos);
+            // The rule's QoS is the guarantee toward the cloud, whatever the local QoS (device
+            // readings are QoS 0 locally): a QoS 1/2 rule stores and forwards every message it
+            // takes. `buffer.qos0` decides for QoS 0 rules only. The retain flag goes as
+            // published, so the cloud's retained state follows the local one.
+            let retain = m.published_retain();
             let buffer_qos0 = self.cfg.buffer.qos0 == Qos0Policy::Buffer;
-            if qos == QoS::AtMostOnce && !buffer_qos0 {
+            if rule_qos == QoS::AtMostOnce && !buffer_qos0 {
                 if connected {
-                    direct.push((remote, m.payload().clone(), m.retain()));
+                    direct.push((remote, m.payload().clone(), retain));
                 } else {
                     l.dropped_qos0_offline.fetch_add(1, Ordering::Relaxed);
                 }
@@ -439,8 +477,8 @@ impl Uplink {
             to_queue.push(NewMessage {
                 topic: remote,
                 payload: m.payload().clone(),
-                qos: qos.as_u8(),
-                retain: m.retain(),
+                qos: rule_qos.as_u8(),
+                retain,
                 properties: Bytes::new(),
                 received_at_ms: now_ms(),
             });
@@ -448,6 +486,7 @@ impl Uplink {
         }
         if let Some(link) = link {
             for (topic, payload, retain) in direct {
+                note_sent(echoes, rules, &topic, &payload);
                 link.handed.push_back(Handed::Direct);
                 if link
                     .client
@@ -506,7 +545,13 @@ impl Uplink {
 
     /// Fills the in-flight window from the queue, in id order; while a drain runs, each
     /// message waits for a token of the `drain_rate` pacer.
-    async fn send_more(&self, l: &mut Link, queue: &Queue) -> anyhow::Result<()> {
+    async fn send_more(
+        &self,
+        l: &mut Link,
+        queue: &Queue,
+        rules: &[Rule],
+        echoes: &mut Option<Echoes>,
+    ) -> anyhow::Result<()> {
         if let Some(at) = l.pace_at {
             if at > Instant::now() {
                 return Ok(());
@@ -538,7 +583,13 @@ impl Uplink {
                 continue;
             };
             let qos = QoS::from_u8(m.qos).unwrap_or(QoS::AtLeastOnce);
+            if l.tracker.in_flight() == 0 {
+                // The stall clock starts with the first message in flight, not at the last
+                // acknowledgement, which may be long ago on a quiet link.
+                l.last_progress = Instant::now();
+            }
             l.tracker.sent(m.id, m.qos)?;
+            note_sent(echoes, rules, &m.topic, &m.payload);
             l.handed.push_back(Handed::Queued);
             l.client.publish(&m.topic, qos, m.retain, m.payload).await?;
             self.ledger.sent.fetch_add(1, Ordering::Relaxed);
@@ -557,6 +608,7 @@ impl Uplink {
         rules: &[Rule],
         queue: &Queue,
         status_topic: &str,
+        echoes: &mut Option<Echoes>,
     ) -> anyhow::Result<()> {
         let Some(l) = link else { return Ok(()) };
         match up {
@@ -588,6 +640,10 @@ impl Uplink {
             }
             Up::Sent(pkid) => match l.handed.pop_front() {
                 Some(Handed::Queued) => {
+                    if pkid == 0 {
+                        // A QoS 0 message is done once written: the link moves.
+                        l.last_progress = Instant::now();
+                    }
                     if let Some(through) = l.tracker.assigned(pkid)? {
                         l.acked_through(through);
                     }
@@ -598,16 +654,24 @@ impl Uplink {
                 Some(Handed::Direct) | None => {}
             },
             Up::Acked(pkid) => {
+                l.last_progress = Instant::now();
                 if l.status_pkids.remove(&pkid) {
                     return Ok(());
                 }
-                l.last_progress = Instant::now();
                 if let Some(through) = l.tracker.acked(pkid)? {
                     l.acked_through(through);
                 }
             }
             Up::Message(m) => {
+                let echo = echoes
+                    .as_mut()
+                    .is_some_and(|e| e.is_echo(&m.topic, &m.payload, Instant::now().into_std()));
                 match rules::inbound(rules, &m.topic) {
+                    // The cloud sent back what this uplink had just sent (MQTT 3.1.1 has no No
+                    // Local): delivering it would make a local command run twice.
+                    Some(_) if echo => {
+                        debug!(uplink = %self.name(), topic = %m.topic, "Dropped the cloud's echo of a message this uplink sent");
+                    }
                     Some((local, rule_qos)) => {
                         let qos = m.qos.min(rule_qos);
                         let me = format!("uplink/{}", self.name());
@@ -660,6 +724,16 @@ impl Uplink {
         })
         .await;
         info!(uplink = %self.name(), "Uplink disconnected (shutdown)");
+    }
+}
+
+/// Notes a message handed to the cloud connection on a topic one of the uplink's own `in`
+/// rules takes, so its echo can be told apart (MQTT 3.1.1 only; see [`super::echo`]).
+fn note_sent(echoes: &mut Option<Echoes>, rules: &[Rule], topic: &str, payload: &Bytes) {
+    if let Some(e) = echoes {
+        if rules::inbound(rules, topic).is_some() {
+            e.sent(topic, payload, Instant::now().into_std());
+        }
     }
 }
 

@@ -16,7 +16,8 @@
 use super::api::{apply_error, locked};
 use super::auth::{self, Caller, LoginError};
 use super::{error, ApiError, Served, State};
-use crate::app::live::{self, Change};
+use crate::config::history;
+use crate::gateway::{ApplyError, Change};
 use axum::extract::State as AxState;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -149,7 +150,7 @@ async fn store(st: &Arc<State>, username: &str, hash: &str) -> Result<String, Re
         return Ok(file.display().to_string());
     }
     let Some(path) = st.gw.config_path().map(std::path::Path::to_path_buf) else {
-        return Err(apply_error(live::ApplyError::NoFile));
+        return Err(apply_error(ApplyError::NoFile));
     };
     // Reading and validating the file (which checks the files it names) is blocking work.
     let (file, user, h) = (path.clone(), username.to_string(), hash.to_string());
@@ -160,9 +161,13 @@ async fn store(st: &Arc<State>, username: &str, hash: &str) -> Result<String, Re
                 format!("cannot read config file {}: {e}", file.display()),
             )
         })?;
-        let edited =
-            crate::config::edit::set_web_password_hash(&text, live::config_base(&file), &user, &h)
-                .map_err(|message| ApiError::from_parts(StatusCode::CONFLICT, message))?;
+        let edited = crate::config::edit::set_web_password_hash(
+            &text,
+            history::config_base(&file),
+            &user,
+            &h,
+        )
+        .map_err(|message| ApiError::from_parts(StatusCode::CONFLICT, message))?;
         Ok::<_, ApiError>((text, edited))
     })
     .await
@@ -171,7 +176,7 @@ async fn store(st: &Arc<State>, username: &str, hash: &str) -> Result<String, Re
     st.gw
         .reconfigure(Change {
             text: edited,
-            if_match: Some(live::version(&text)),
+            if_match: Some(history::version(&text)),
             by: format!("password change ({username})"),
         })
         .await

@@ -3,6 +3,13 @@
 //! (`devices/<d>/<t>`) and every device's availability (`devices/<d>/$status`); each change is
 //! also sent to the SSE streams. Once a second it samples the broker's counters (messages per
 //! second) and the uplinks' state (a connect or disconnect is a `status` event).
+//!
+//! Anyone on the LAN may publish under `devices/`, so the hub keeps only the devices and tags
+//! of the running config, and only payloads of at most [`MAX_PAYLOAD`] bytes. A message for a
+//! device or tag not (yet) configured waits in a small pending set ([`MAX_PENDING`] topics,
+//! the latest payload of each) until the next config change: a new device's first (retained)
+//! readings can reach the hub just before the config that names it does. What is neither kept
+//! nor pending is counted ([`Hub::ignored`]).
 
 use super::State;
 use crate::broker::codec::QoS;
@@ -10,16 +17,19 @@ use crate::broker::Broker;
 use crate::config::Config;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-/// Tags and devices the hub keeps at most: anything can be published under `devices/`, and a
-/// LAN client must not grow the daemon's memory without bound.
-pub const MAX_ENTRIES: usize = 10_000;
+/// The largest payload the hub keeps or passes to the SSE streams: a reading is a small JSON
+/// object (a `string(250)` tag's is under 1 KiB).
+pub const MAX_PAYLOAD: usize = 4096;
+
+/// Topics of devices or tags not in the config kept until the next config change.
+pub const MAX_PENDING: usize = 256;
 
 /// Events buffered per SSE stream before a slow one starts losing the oldest.
 pub const EVENT_BUFFER: usize = 8192;
@@ -73,6 +83,18 @@ pub struct Hub {
     events: broadcast::Sender<Event>,
     rates: Mutex<Rates>,
     uplinks: Mutex<HashMap<String, &'static str>>,
+    /// The configured tags of each configured device; `None` before the first config.
+    known: Mutex<Option<HashMap<String, HashSet<String>>>>,
+    /// The latest payload of topics under `devices/` not in the config (yet).
+    pending: Mutex<HashMap<(String, String), Vec<u8>>>,
+    ignored_unconfigured: AtomicU64,
+    ignored_too_large: AtomicU64,
+}
+
+/// Whether a `devices/<d>/<t>` message is for the running config.
+enum Fit {
+    Configured,
+    Unconfigured,
 }
 
 impl Default for Hub {
@@ -89,6 +111,29 @@ impl Hub {
             events: broadcast::channel(EVENT_BUFFER).0,
             rates: Mutex::default(),
             uplinks: Mutex::default(),
+            known: Mutex::default(),
+            pending: Mutex::default(),
+            ignored_unconfigured: AtomicU64::new(0),
+            ignored_too_large: AtomicU64::new(0),
+        }
+    }
+
+    /// Messages under `devices/` not kept, by reason: `(unconfigured, too_large)`.
+    /// Unconfigured ones are counted only once the pending set is full.
+    pub fn ignored(&self) -> (u64, u64) {
+        (
+            self.ignored_unconfigured.load(Ordering::Relaxed),
+            self.ignored_too_large.load(Ordering::Relaxed),
+        )
+    }
+
+    fn fit(&self, device: &str, tag: &str) -> Fit {
+        match &*lock(&self.known) {
+            Some(known) => match known.get(device) {
+                Some(tags) if tag == "$status" || tags.contains(tag) => Fit::Configured,
+                _ => Fit::Unconfigured,
+            },
+            None => Fit::Unconfigured,
         }
     }
 
@@ -139,6 +184,24 @@ impl Hub {
             } else {
                 lock(&self.values).remove(&(device.to_string(), tag.to_string()));
             }
+            lock(&self.pending).remove(&(device.to_string(), tag.to_string()));
+            return;
+        }
+        if tag.starts_with('$') && tag != "$status" {
+            return;
+        }
+        if payload.len() > MAX_PAYLOAD {
+            self.ignored_too_large.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Fit::Unconfigured = self.fit(device, tag) {
+            let mut pending = lock(&self.pending);
+            let key = (device.to_string(), tag.to_string());
+            if pending.len() < MAX_PENDING || pending.contains_key(&key) {
+                pending.insert(key, payload.to_vec());
+            } else {
+                self.ignored_unconfigured.fetch_add(1, Ordering::Relaxed);
+            }
             return;
         }
         let json: Option<serde_json::Map<String, Value>> = serde_json::from_slice(payload).ok();
@@ -149,9 +212,6 @@ impl Hub {
             let error = obj.get("error").and_then(Value::as_str).map(str::to_string);
             {
                 let mut devices = lock(&self.devices);
-                if devices.len() >= MAX_ENTRIES && !devices.contains_key(device) {
-                    return;
-                }
                 let d = devices.entry(device.to_string()).or_default();
                 d.online = online;
                 d.since = since;
@@ -164,9 +224,6 @@ impl Hub {
                     "since": since, "error": error,
                 }),
             );
-            return;
-        }
-        if tag.starts_with('$') {
             return;
         }
         let v = match json {
@@ -198,16 +255,7 @@ impl Hub {
         };
         let key = (v.device.clone(), v.tag.clone());
         {
-            let values = lock(&self.values);
-            if values.len() >= MAX_ENTRIES && !values.contains_key(&key) {
-                return;
-            }
-        }
-        {
             let mut devices = lock(&self.devices);
-            if devices.len() >= MAX_ENTRIES && !devices.contains_key(device) {
-                return;
-            }
             let d = devices.entry(device.to_string()).or_default();
             d.readings += 1;
             if v.quality != "good" {
@@ -219,7 +267,7 @@ impl Hub {
     }
 
     /// Once a second: broker rates and uplink state changes.
-    fn tick(&self, broker: &Broker, gw: &crate::app::live::Gateway) {
+    fn tick(&self, broker: &Broker, gw: &crate::gateway::Gateway) {
         let stats = broker.stats();
         let received = stats.messages_received.load(Ordering::Relaxed);
         let sent = stats.messages_sent.load(Ordering::Relaxed);
@@ -258,18 +306,30 @@ impl Hub {
         }
     }
 
-    /// Forgets devices (and their tags) no longer in the config.
+    /// Follows a new config: forgets devices (and their tags) no longer in it, and takes the
+    /// pending messages of those it now names.
     pub fn retain_devices(&self, config: &Config) {
-        let known = |d: &str| config.devices.iter().any(|c| c.name == d);
-        lock(&self.values).retain(|(d, t), _| {
-            known(d)
-                && config
-                    .devices
-                    .iter()
-                    .any(|c| c.name == *d && c.tags.iter().any(|x| x.name == *t))
-        });
-        lock(&self.devices).retain(|d, _| known(d));
-        crate::drivers::stats::retain(known);
+        let known: HashMap<String, HashSet<String>> = config
+            .devices
+            .iter()
+            .map(|d| {
+                (
+                    d.name.clone(),
+                    d.tags.iter().map(|t| t.name.clone()).collect(),
+                )
+            })
+            .collect();
+        let is_known = |d: &str| known.contains_key(d);
+        lock(&self.values)
+            .retain(|(d, t), _| known.get(d.as_str()).is_some_and(|tags| tags.contains(t)));
+        lock(&self.devices).retain(|d, _| is_known(d));
+        crate::drivers::stats::retain(is_known);
+        *lock(&self.known) = Some(known);
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for ((device, tag), payload) in pending {
+            // Configured now: kept; still unknown: pending again (there is room: it was).
+            self.ingest(&format!("devices/{device}/{tag}"), &payload);
+        }
     }
 }
 
@@ -279,7 +339,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The hub's task: follows `broker` until `stop` (restarted when the broker is rebuilt).
 pub async fn run(state: Arc<State>, broker: Broker, stop: CancellationToken) {
-    let mut sub = broker.subscribe("web", &[("devices/#", QoS::AtMostOnce)], false);
+    let mut sub = broker.subscribe(
+        "web",
+        &[(crate::topics::ALL_DEVICES, QoS::AtMostOnce)],
+        false,
+    );
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -302,9 +366,16 @@ pub async fn run(state: Arc<State>, broker: Broker, stop: CancellationToken) {
 mod tests {
     use super::*;
 
+    fn config(devices: &str) -> Config {
+        crate::config::parse(&format!("devices:\n{devices}")).unwrap()
+    }
+
     #[test]
     fn readings_and_status_are_kept_and_sent() {
         let hub = Hub::new();
+        hub.retain_devices(&config(
+            "  - {name: boiler, driver: simulated, tags: [{name: temp, signal: sine}, {name: raw, signal: sine}]}\n",
+        ));
         let mut rx = hub.subscribe();
         hub.ingest(
             "devices/boiler/temp",
@@ -334,5 +405,50 @@ mod tests {
         assert_eq!(kinds, ["value", "value", "status", "value"]);
         hub.ingest("devices/boiler/raw", b"");
         assert_eq!(hub.values().len(), 1);
+    }
+
+    /// Issue 12 finding 6: 146 MiB of publishes under `devices/x/y` (not configured) stayed
+    /// in the hub, and /api/values returned 288 MB.
+    #[test]
+    fn only_configured_tags_are_kept_and_payloads_are_capped() {
+        let hub = Hub::new();
+        hub.retain_devices(&config(
+            "  - {name: boiler, driver: simulated, tags: [{name: temp, signal: sine}]}\n",
+        ));
+        let big = format!(r#"{{"value":"{}"}}"#, "x".repeat(100_000));
+        for i in 0..10_000 {
+            hub.ingest(&format!("devices/flood{i}/t{i}"), big.as_bytes());
+            hub.ingest(&format!("devices/flood{i}/$status"), br#"{"online":true}"#);
+            hub.ingest(&format!("devices/boiler/t{i}"), br#"{"value":1}"#);
+        }
+        hub.ingest("devices/boiler/temp", big.as_bytes());
+        assert!(hub.values().is_empty());
+        assert_eq!(hub.device("flood1").online, None);
+        hub.ingest("devices/boiler/temp", br#"{"value":21.5}"#);
+        assert_eq!(hub.values().len(), 1);
+        let pending: usize = lock(&hub.pending).values().map(Vec::len).sum();
+        assert!(
+            pending <= MAX_PENDING * MAX_PAYLOAD,
+            "{pending} bytes pending"
+        );
+        let (unconfigured, too_large) = hub.ignored();
+        assert_eq!(too_large, 10_001);
+        assert_eq!(unconfigured, 20_000 - MAX_PENDING as u64);
+    }
+
+    /// A device's retained readings that arrive before the config naming it are shown once
+    /// it applies.
+    #[test]
+    fn readings_before_their_config_are_taken_when_it_applies() {
+        let hub = Hub::new();
+        hub.ingest("devices/pump/speed", br#"{"value":3}"#);
+        hub.ingest("devices/pump/$status", br#"{"online":true,"since":1}"#);
+        assert!(hub.values().is_empty());
+        hub.retain_devices(&config(
+            "  - {name: pump, driver: simulated, tags: [{name: speed, signal: sine}]}\n",
+        ));
+        assert_eq!(hub.values().len(), 1);
+        assert_eq!(hub.device("pump").online, Some(true));
+        assert!(lock(&hub.pending).is_empty());
     }
 }

@@ -63,13 +63,14 @@ pub struct Counters {
 }
 
 /// Reasons a message bound for an uplink was dropped, as the ledger names them.
-pub const DROP_REASONS: [&str; 6] = [
+pub const DROP_REASONS: [&str; 7] = [
     "full",
     "expired",
     "rejected",
     "write_error",
     "qos0_offline",
     "purged",
+    "quarantined",
 ];
 
 /// Maps one uplink's ledger snapshot to the view.
@@ -82,6 +83,7 @@ pub fn uplink_view(s: &crate::uplink::LedgerSnapshot) -> UplinkView {
         ("write_error", d.write_error),
         ("qos0_offline", d.qos0_offline),
         ("purged", d.purged),
+        ("quarantined", d.quarantined),
     ]);
     UplinkView {
         name: s.name.clone(),
@@ -245,6 +247,40 @@ pub fn render(st: &State) -> String {
         st.gw.started.elapsed().as_secs(),
     );
     o.one(
+        "tidegate_web_connections_refused_total",
+        "counter",
+        "Web connections closed at once: too many open from their address or in all.",
+        g(&st.refused.connections),
+    );
+    o.one(
+        "tidegate_web_requests_timed_out_total",
+        "counter",
+        "Web requests answered 408: the body did not arrive in time.",
+        g(&st.refused.slow_bodies),
+    );
+    let (unconfigured, too_large) = st.hub.ignored();
+    o.family(
+        "tidegate_web_values_ignored_total",
+        "counter",
+        "Messages under devices/ the web UI did not keep, by reason (not a configured tag, or over 4 KiB).",
+    );
+    o.sample(
+        "tidegate_web_values_ignored_total",
+        &[("reason", "unconfigured")],
+        unconfigured,
+    );
+    o.sample(
+        "tidegate_web_values_ignored_total",
+        &[("reason", "too_large")],
+        too_large,
+    );
+    o.one(
+        "tidegate_broker_store_rows_quarantined",
+        "gauge",
+        "Rows of the broker store that could not be decoded, kept in its quarantine table.",
+        g(&s.store_rows_quarantined),
+    );
+    o.one(
         "tidegate_broker_clients_connected",
         "gauge",
         "MQTT clients connected to the local broker.",
@@ -297,6 +333,24 @@ pub fn render(st: &State) -> String {
         "counter",
         "Malformed packets received.",
         g(&s.malformed_packets),
+    );
+    o.one(
+        "tidegate_broker_publishes_denied_total",
+        "counter",
+        "PUBLISHes and wills refused by the ACL.",
+        g(&s.publishes_denied),
+    );
+    o.one(
+        "tidegate_broker_subscriptions_denied_total",
+        "counter",
+        "SUBSCRIBE topic filters refused by the ACL.",
+        g(&s.subscriptions_denied),
+    );
+    o.one(
+        "tidegate_broker_deliveries_denied_total",
+        "counter",
+        "Messages not delivered to a subscriber because the ACL denies it read access.",
+        g(&s.deliveries_denied),
     );
     // The broker's global bounds (SPEC §3.2) and what they refused.
     let usage = broker.usage();
@@ -464,7 +518,7 @@ pub async fn metrics(axum::extract::State(st): axum::extract::State<Arc<State>>)
             "metrics are turned off (web.metrics: false)",
         );
     }
-    let mut r = render(&st).into_response();
+    let mut r = (render(&st) + &super::health::render(&st)).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

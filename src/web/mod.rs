@@ -9,6 +9,8 @@
 //! - [`api`] — the `/api/*` handlers; [`account`] — a user changing their password;
 //!   [`metrics`] — `/metrics` and `/healthz`.
 //! - [`assets`] — the files under `web/`, embedded by `build.rs`.
+//! - [`server`] — accepting connections under limits: header and body timeouts, connections
+//!   per source address and in all.
 //!
 //! The server is one supervised task of the app ([`Bound::serve`]); its state ([`State`])
 //! outlives it, so sessions survive a restart of the server (a new `web.bind`).
@@ -20,11 +22,13 @@ pub mod account;
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod health;
 pub mod hub;
 pub mod metrics;
+pub mod server;
 
-use crate::app::live::Gateway;
 use crate::config::{self, Config};
+use crate::gateway::Gateway;
 use anyhow::Context;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,15 +36,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 /// The largest request body accepted (a config file is far smaller).
 pub const BODY_LIMIT: usize = 1 << 20;
-/// How long a client may take to send a request's headers, and a TLS handshake.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the web server keeps across restarts: the gateway it shows, users and sessions, the hub.
 pub struct State {
@@ -48,6 +49,10 @@ pub struct State {
     pub auth: auth::Auth,
     pub hub: hub::Hub,
     metrics: AtomicBool,
+    /// This machine's host name, which the UI answers to ([`host_allowed`]).
+    hostname: String,
+    /// What the web server's connection and body limits refused ([`server`]).
+    pub refused: Arc<server::Refused>,
     /// The generated admin password and its hash, so a config change does not hash it again.
     initial: Mutex<Option<(String, String)>>,
     /// Where the built-in `admin`'s password comes from, while `web.users` is empty.
@@ -71,6 +76,9 @@ impl State {
             auth: auth::Auth::new(),
             hub: hub::Hub::new(),
             metrics: AtomicBool::new(metrics),
+            refused: Arc::new(server::Refused::default()),
+            // Read once, at start: procfs does not block, and the handlers do no file I/O.
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default(),
             initial: Mutex::new(None),
             admin: Mutex::new(None),
         })
@@ -211,77 +219,25 @@ impl Bound {
         }
     }
 
-    /// Accepts connections until `stop`. Then open connections finish the request they are
-    /// in (the one that asked for this restart included) and close; SSE streams end.
+    /// Accepts connections until `stop`, under the limits of [`server`]. Then open
+    /// connections finish the request they are in (the one that asked for this restart
+    /// included) and close; SSE streams end.
     pub async fn serve(&self, state: Arc<State>, stop: CancellationToken) -> anyhow::Result<()> {
-        use hyper_util::rt::{TokioIo, TokioTimer};
         let served = Served {
             tls: self.tls.is_some(),
             stop: stop.clone(),
         };
+        let refused = state.refused.clone();
         let app = router(state).layer(axum::Extension(served));
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = stop.cancelled() => break,
-                r = self.tcp.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(addr = %self.addr, error = %e, "Web server cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let service = hyper_util::service::TowerToHyperService::new(app.clone());
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true);
-            match &self.tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn);
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            debug!(%peer, error = %e, "Web connection ended with an error");
-                        }
-                    });
-                }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
-                    let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        let tls =
-                            match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream))
-                                .await
-                            {
-                                Ok(Ok(tls)) => tls,
-                                Ok(Err(e)) => {
-                                    debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn =
-                            watcher.watch(builder.serve_connection(TokioIo::new(tls), service));
-                        if let Err(e) = conn.await {
-                            debug!(%peer, error = %e, "Web connection ended with an error");
-                        }
-                    });
-                }
-            }
-        }
-        // Ask every connection to close after its current request; they finish on their own
-        // tasks, so a request waiting for this very restart is answered.
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
-        });
+        server::serve(
+            &self.tcp,
+            self.tls.as_ref(),
+            app,
+            stop,
+            server::Limits::default(),
+            refused,
+        )
+        .await;
         Ok(())
     }
 }
@@ -298,6 +254,7 @@ pub fn router(state: Arc<State>) -> axum::Router {
         .route("/api/events", get(api::events))
         .route("/api/config", get(api::get_config).put(api::put_config))
         .route("/api/config/validate", post(api::validate_config))
+        .route("/api/config/add-tag", post(api::add_tag))
         .route("/api/config/history", get(api::history))
         .route("/api/config/history/{id}", get(api::history_entry))
         .route(
@@ -311,10 +268,14 @@ pub fn router(state: Arc<State>) -> axum::Router {
             auth::require_session,
         ));
     axum::Router::new()
-        .route("/api/login", post(api::login))
+        .route(
+            "/api/login",
+            post(api::login).route_layer(axum::middleware::from_fn(require_json)),
+        )
         .merge(authed)
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/", get(assets::index))
         .route("/{*path}", get(assets::file))
         .fallback(api::not_found)
@@ -322,7 +283,95 @@ pub fn router(state: Arc<State>) -> axum::Router {
         .layer(axum::middleware::map_response(json_errors))
         .layer(axum::middleware::from_fn(close_after_refused_body))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_host,
+        ))
         .with_state(state)
+}
+
+/// 415 unless the body is declared JSON: a login form posted cross-site by another page
+/// (`text/plain` or a form type, which need no CORS preflight) is refused before its body is
+/// read.
+async fn require_json(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON, sent with Content-Type: application/json",
+        );
+    }
+    next.run(request).await
+}
+
+/// Whether the UI answers to `host` (the `Host` header without its port): an IP address,
+/// `localhost` (and `*.localhost`), this machine's host name with or without `.local`, or a
+/// name in `web.allowed_hosts` (`*` there allows any). Anything else is a name the operator
+/// did not give the gateway — a DNS rebinding page, most likely.
+pub fn host_allowed(host: &str, machine: &str, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a == "*") {
+        return true;
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    let machine = machine.trim().to_ascii_lowercase();
+    if !machine.is_empty() && (name == machine || name == format!("{machine}.local")) {
+        return true;
+    }
+    allowed
+        .iter()
+        .any(|a| a.trim_end_matches('.').eq_ignore_ascii_case(&name))
+}
+
+/// Splits the port off a `Host` header value (`h:8080`, `[::1]:8080`, `h`).
+fn host_without_port(value: &str) -> &str {
+    if let Some(rest) = value.strip_prefix('[') {
+        return match rest.find(']') {
+            Some(i) => &value[..i + 2],
+            None => value,
+        };
+    }
+    match value.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => value,
+    }
+}
+
+/// 421 for a `Host` the UI does not answer to ([`host_allowed`]): a page on another site whose
+/// name was re-pointed at the gateway (DNS rebinding) cannot talk to it. A request without
+/// `Host` (HTTP/1.0 tools; browsers always send it) passes.
+async fn check_host(
+    axum::extract::State(st): axum::extract::State<Arc<State>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(value) = request.headers().get(header::HOST) {
+        let host = value.to_str().map(host_without_port).unwrap_or("");
+        let config = st.gw.config();
+        if !host_allowed(host, &st.hostname, &config.web.allowed_hosts) {
+            let shown: String = host.chars().take(100).collect();
+            tracing::debug!(host = %shown, "Web request refused: unknown Host");
+            return error(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "this gateway does not answer to the name `{shown}`: use its address, or add \
+                     the name to web.allowed_hosts"
+                ),
+            );
+        }
+    }
+    next.run(request).await
 }
 
 /// An error answer: `{"error": message}` with `status`.
@@ -449,4 +498,33 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        let allowed = vec!["gw.example.com".to_string()];
+        for (value, ok) in [
+            ("127.0.0.1:8080", true),
+            ("192.168.1.20", true),
+            ("[::1]:8080", true),
+            ("[fe80::1]", true),
+            ("localhost:8080", true),
+            ("app.localhost", true),
+            ("line3-pi:8080", true),
+            ("LINE3-PI.local", true),
+            ("gw.example.com:443", true),
+            ("gw.example.com.", true),
+            ("attacker.example:8080", false),
+            ("line3-pi.attacker.example", false),
+            ("", false),
+        ] {
+            let host = host_without_port(value);
+            assert_eq!(host_allowed(host, "line3-pi\n", &allowed), ok, "{value}");
+        }
+        assert!(host_allowed("anything", "x", &["*".to_string()]));
+    }
 }

@@ -24,7 +24,15 @@ pub fn have_mosquitto() -> bool {
 pub struct Mosquitto {
     pub child: Child,
     pub addr: SocketAddr,
+    log: Arc<std::sync::Mutex<String>>,
     _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Mosquitto's log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
 }
 
 impl Drop for Mosquitto {
@@ -54,26 +62,48 @@ pub fn wait_listening(addr: SocketAddr) {
 }
 
 pub fn mosquitto() -> Mosquitto {
+    mosquitto_with("max_queued_messages 1000000\nmax_inflight_messages 100\n")
+}
+
+/// Mosquitto with `conf_lines` after the listener (anonymous allowed); its log is kept for
+/// [`Mosquitto::log`] (`log_type all` in `conf_lines` logs every packet).
+pub fn mosquitto_with(conf_lines: &str) -> Mosquitto {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let conf = dir.path().join("m.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000000\nmax_inflight_messages 100\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stdout\n{conf_lines}"),
     )
     .unwrap();
-    let child = Command::new("/usr/sbin/mosquitto")
+    let mut child = Command::new("/usr/sbin/mosquitto")
         .arg("-c")
         .arg(&conf)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let mut out = child.stdout.take().expect("stdout piped");
+    let l = log.clone();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            l.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_listening(addr);
     Mosquitto {
         child,
         addr,
+        log,
         _dir: dir,
     }
 }
@@ -83,19 +113,23 @@ const CUT: u8 = 1;
 const STALLED: u8 = 2;
 
 /// A TCP proxy the test controls: `cut` drops every connection and refuses new ones,
-/// `stall` keeps connections open (and accepts new ones) but forwards nothing in either
-/// direction, `restore` goes back to forwarding.
+/// `stall` keeps connections open (and accepts new ones, holding them) and forwards what the
+/// gateway sends but nothing the cloud answers — a link that is up but stalled, while the
+/// cloud still sees a live client —, `restore` goes back to forwarding.
 pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<watch::Sender<(u8, u64)>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Forwards `from` → `to` chunk by chunk, holding a chunk while stalled; ends on a cut.
+/// Forwards `from` → `to` chunk by chunk, holding a chunk while stalled when `holds`;
+/// ends on a cut.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut state: watch::Receiver<(u8, u64)>,
     generation: u64,
+    holds: bool,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -105,7 +139,7 @@ async fn pump(
         };
         // Hold the chunk while stalled.
         let Ok(s) = state
-            .wait_for(|s| s.0 != STALLED || s.1 != generation)
+            .wait_for(|s| !holds || s.0 != STALLED || s.1 != generation)
             .await
             .map(|r| *r)
         else {
@@ -127,11 +161,14 @@ impl Proxy {
         let (tx, _) = watch::channel((UP, 0u64));
         let state = Arc::new(tx);
         let st = state.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut rx = st.subscribe();
                 let (mode, generation) = *rx.borrow();
                 if mode == CUT {
@@ -152,13 +189,22 @@ impl Proxy {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::select! {
-                        _ = pump(cr, sw, rx.clone(), generation) => {}
-                        _ = pump(sr, cw, rx.clone(), generation) => {}
+                        _ = pump(cr, sw, rx.clone(), generation, false) => {}
+                        _ = pump(sr, cw, rx.clone(), generation, true) => {}
                     }
                 });
             }
         });
-        Proxy { addr, state }
+        Proxy {
+            addr,
+            state,
+            accepted,
+        }
+    }
+
+    /// TCP connections accepted so far (refused ones during a cut included).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drops every connection and refuses new ones until `restore`.
@@ -166,7 +212,8 @@ impl Proxy {
         self.state.send_modify(|s| *s = (CUT, s.1 + 1));
     }
 
-    /// Keeps connections open but forwards nothing; accepts new ones and holds them.
+    /// Keeps connections open, forwarding only what the gateway sends; accepts new ones and
+    /// holds them.
     pub fn stall(&self) {
         self.state.send_modify(|s| s.0 = STALLED);
     }

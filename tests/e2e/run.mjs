@@ -1,5 +1,5 @@
 // Browser end-to-end test of tidegate's web UI against the real daemon (started by
-// tests/web_e2e.rs): node run.mjs URL PASSWORD [SCREENSHOT_DIR]
+// tests/web_e2e.rs): node run.mjs URL PASSWORD [SCREENSHOT_DIR [CONFIG_FILE DAEMON_PID]]
 //
 // Logs in with the generated admin password, changes it under Account, watches a simulated tag's value change live on
 // Devices, writes a writable tag through the confirmation step, types an invalid config and
@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { launch } from './lib.mjs';
 
-const [url, generated, shotDir] = process.argv.slice(2);
+const [url, generated, shotDir, configFile, daemonPid] = process.argv.slice(2);
 let password = generated; // until the step that changes it
 if (!url || !password) {
   console.error('usage: node run.mjs URL PASSWORD [SCREENSHOT_DIR]');
@@ -155,6 +155,26 @@ try {
     await page.locator('.write-panel .form-msg.error', { hasText: 'out of range' }).waitFor();
   });
 
+  await step('one write form at a time, under its own row; a refusal says why', async () => {
+    await page.getByRole('button', { name: 'Write demo/mode' }).click();
+    const rows = page.locator('section[data-device="demo"] tr.write-row');
+    await page.getByLabel('New value of mode').waitFor();
+    if ((await rows.count()) !== 1) throw new Error(`${await rows.count()} write forms open`);
+    // The form is the row right after mode's.
+    const after = await page.locator('section[data-device="demo"] tr[data-tag="mode"] + tr.write-row').count();
+    if (after !== 1) throw new Error('the write form is not under its row');
+    await page.getByLabel('New value of mode').fill('5');
+    await page.getByRole('button', { name: 'Review write…' }).click();
+    await page.getByRole('button', { name: 'Confirm write' }).click();
+    await page.locator('.write-panel .form-msg.error', { hasText: 'out of range (0 … 3)' }).waitFor();
+    // Opening another closes this one.
+    await page.getByRole('button', { name: 'Write demo/setpoint' }).click();
+    await page.getByLabel('New value of setpoint').waitFor();
+    if ((await rows.count()) !== 1 || (await page.getByLabel('New value of mode').count()) !== 0) throw new Error('two write forms open at once');
+    await page.getByRole('button', { name: 'Close' }).click();
+    if ((await rows.count()) !== 0) throw new Error('Close left the form open');
+  });
+
   await step('a tag that is not writable: no write, or the gateway refuses it', async () => {
     // The UI offers a write only for writable tags when the gateway says which ones are; when
     // it does not, the gateway's own check must answer.
@@ -182,6 +202,29 @@ try {
     if (await card.getByLabel('Count', { exact: true }).evaluate((el) => el.validity.valid)) throw new Error('126 holding registers accepted');
     await card.getByLabel('Register', { exact: true }).selectOption('coil');
     if (!(await card.getByLabel('Count', { exact: true }).evaluate((el) => el.validity.valid))) throw new Error('126 coils refused');
+  });
+
+  await step('a test-read decoding becomes a tag through the config editor', async () => {
+    const card = page.locator('section[data-device="rig"]');
+    await card.locator('summary', { hasText: 'Test read' }).click();
+    await card.getByLabel('Register', { exact: true }).selectOption('holding');
+    await card.getByLabel('Address', { exact: true }).fill('0');
+    await card.getByLabel('Count', { exact: true }).fill('2');
+    await card.getByRole('button', { name: 'Read' }).click();
+    // The f32 in big/big order is 21.5: add that row as a tag.
+    const row = card.locator('table.pairs tbody tr', { hasText: '21.5' }).first();
+    await row.getByRole('button', { name: 'Add as tag…' }).click();
+    await card.getByLabel('Tag name').fill('flow');
+    await card.getByLabel('Decoding').selectOption('f32');
+    await card.getByRole('button', { name: 'Add to config' }).click();
+    await page.getByRole('heading', { level: 1 }).filter({ hasText: /config/i }).waitFor();
+    await vstatus().filter({ hasText: /Valid · \+1/ }).waitFor();
+    await page.locator('pre.diff .add', { hasText: '- { name: flow, register: holding, address: 0, type: f32, byte_order: big, word_order: big }' }).waitFor();
+    await page.getByRole('button', { name: 'Apply…' }).click();
+    await page.getByRole('button', { name: 'Apply now' }).click();
+    await page.locator('.banner.ok', { hasText: 'Applied' }).waitFor();
+    await page.getByRole('link', { name: 'Devices' }).click();
+    await valueCell('rig', 'flow').filter({ hasText: /^21\.5/ }).waitFor();
   });
 
   let original = '';
@@ -290,10 +333,40 @@ try {
       await page.locator(route === 'devices' ? 'section.device' : 'section.uplink').first().waitFor();
       const wide = await page.evaluate(() => document.documentElement.scrollWidth);
       if (wide > 391) throw new Error(`${route} is ${wide}px wide at a 390px viewport`);
+      if (route === 'devices') {
+        // Write… and Updated fit on the screen, not behind a sideways scroll of the table.
+        for (const el of [page.getByRole('button', { name: 'Write demo/setpoint' }), page.locator('section[data-device="demo"] tr[data-tag="setpoint"] td.age')]) {
+          const box = await el.boundingBox();
+          if (!box || box.x < 0 || box.x + box.width > 390) throw new Error(`off-screen at 390px: ${JSON.stringify(box)}`);
+        }
+      }
       await shot(name, { fullPage: true });
     }
     await page.setViewportSize({ width: 1280, height: 860 });
   });
+
+  if (configFile && daemonPid) {
+    await step('a file that SIGHUP refused is shown as differing from the running config', async () => {
+      const good = fs.readFileSync(configFile, 'utf8');
+      fs.writeFileSync(configFile, good.replace(/poll_interval: 250ms/, 'poll_interval: whenever'));
+      process.kill(Number(daemonPid), 'SIGHUP');
+      await page.getByRole('link', { name: 'Dashboard' }).click();
+      await page.locator('.banner.file-differs', { hasText: 'differs from the running config' }).waitFor();
+      await page.getByRole('link', { name: 'See what differs on the Config page' }).click();
+      const notice = page.locator('.file-slot .banner.file-differs');
+      await notice.waitFor();
+      await notice.locator('summary').click();
+      await notice.locator('pre.diff .add', { hasText: 'poll_interval: whenever' }).waitFor();
+      await notice.locator('pre.diff .del', { hasText: 'poll_interval: 250ms' }).waitFor();
+      await shot('config-file-differs', { fullPage: true });
+      // Put the file back: the notice goes.
+      fs.writeFileSync(configFile, good);
+      await page.getByRole('link', { name: 'Dashboard' }).click();
+      await page.locator('.banner.file-differs').waitFor({ state: 'detached' });
+      await page.getByRole('link', { name: 'Devices' }).click();
+      await page.getByRole('heading', { level: 1, name: 'Devices' }).waitFor();
+    });
+  }
 
   await step('a session ended elsewhere sends the page back to the login', async () => {
     // End this session behind the page's back (as an idle expiry or a password change does).

@@ -767,3 +767,76 @@ fn disk_full_fails_writes_until_space_returns() {
     assert_eq!(seqs, (0..21).collect::<Vec<u64>>());
     store.close().expect("close");
 }
+
+/// Issue 12 finding 8: a retained topic that is not UTF-8 in broker.db stopped the broker at
+/// start (exit 1, a restart loop under systemd). Bad rows are now moved to the quarantine
+/// table and counted; everything else loads, and the next open is clean.
+#[test]
+fn undecodable_rows_are_quarantined_and_the_rest_loads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("broker.db");
+    let (store, _) = Store::open(&path).expect("open new");
+    wait(store.write(vec![
+        Op::PutRetained(retained("t/good", "kept")),
+        Op::PutSession(session("good")),
+        Op::PutSession(session("bad-session")),
+        Op::PutSubscription(subscription("good", "a/#")),
+        Op::PutSubscription(subscription("bad-session", "b/#")),
+        Op::Enqueue(queued("good", 1, 8)),
+        Op::Enqueue(queued("good", 2, 8)),
+        Op::Enqueue(queued("bad-session", 1, 8)),
+    ]))
+    .expect("write");
+    store.close().expect("close");
+
+    // Bit rot, written with plain SQL: invalid UTF-8 in TEXT columns, a number for a blob.
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open for corruption");
+        conn.execute(
+            "INSERT INTO retained (topic, payload, qos, properties, stored_at_ms)
+             VALUES (CAST(X'74FF2F78' AS TEXT), X'01', 1, X'', 1)",
+            [],
+        )
+        .expect("bad retained topic");
+        conn.execute(
+            "UPDATE queue SET topic = CAST(X'C328' AS TEXT) WHERE client_id = 'good' AND seq = 2",
+            [],
+        )
+        .expect("bad queue topic");
+        conn.execute(
+            "UPDATE sessions SET data = 42 WHERE client_id = 'bad-session'",
+            [],
+        )
+        .expect("bad session");
+    }
+
+    let (store, snapshot) = Store::open(&path).expect("opens despite the bad rows");
+    assert_eq!(snapshot.recovered_from_corruption, None);
+    assert_eq!(snapshot.retained.len(), 1);
+    assert_eq!(snapshot.retained[0].topic, "t/good");
+    let good = session_of(&snapshot, "good").expect("good session");
+    assert_eq!(good.subscriptions.len(), 1);
+    assert_eq!(good.queue.len(), 1);
+    assert_eq!(good.queue[0].seq, 1);
+    assert!(session_of(&snapshot, "bad-session").is_none());
+    // retained 1 + queue 1 + the session with its subscription and queued message.
+    assert_eq!(snapshot.quarantined_now, 5);
+    assert_eq!(snapshot.quarantined, 5);
+    store.close().expect("close");
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM quarantine"), 5);
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM quarantine WHERE source = 'retained' AND topic = X'74FF2F78'"
+        ),
+        1,
+        "the original bytes are kept"
+    );
+
+    // The next open finds nothing new, and still counts what is quarantined.
+    let (store, snapshot) = Store::open(&path).expect("reopen");
+    assert_eq!(snapshot.quarantined_now, 0);
+    assert_eq!(snapshot.quarantined, 5);
+    assert_eq!(snapshot.retained.len(), 1);
+    store.close().expect("close");
+}

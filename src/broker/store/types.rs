@@ -99,6 +99,10 @@ pub struct Snapshot {
     pub sessions: Vec<SessionSnapshot>,
     /// Where the corrupt database was moved, when `open` had to start a new one.
     pub recovered_from_corruption: Option<PathBuf>,
+    /// Rows that could not be decoded and were moved to the quarantine table at this open.
+    pub quarantined_now: u64,
+    /// Rows in the quarantine table in all (this open's and earlier ones').
+    pub quarantined: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -258,7 +258,7 @@ impl<C: Chip> Driver for Gpio<C> {
     async fn write(&mut self, index: usize, value: Value) -> Result<Value, String> {
         let tag = self.tags.get(index).ok_or("no such tag")?;
         if !tag.output {
-            return Err("not writable".into());
+            return Err("not writable (the line is an input)".into());
         }
         let offset = tag.offset;
         let level = match value {

@@ -123,7 +123,7 @@ async fn active_low_bias_and_outputs() {
     assert_eq!(sim.pin(27), Some(false));
     assert_eq!(
         g.write(0, Value::Bool(true)).await,
-        Err("not writable".into())
+        Err("not writable (the line is an input)".into())
     );
 }
 
@@ -163,7 +163,7 @@ struct Rig {
     client: AsyncClient,
     events: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
     stop: CancellationToken,
-    device: tokio::task::JoinHandle<Result<(), crate::app::TaskError>>,
+    device: tokio::task::JoinHandle<Result<(), crate::task::TaskError>>,
 }
 
 async fn rig(sim: &SimChip, tags: &str) -> Rig {
@@ -296,9 +296,12 @@ async fn inputs_and_outputs_over_mqtt() {
     assert_eq!(sim.pin(27), Some(false));
     // Refusals.
     let res = r.command("open", "true").await;
-    assert_eq!(res["error"], "not writable");
+    assert_eq!(
+        res["error"],
+        "not writable (the tag has no `writable: true` in the config)"
+    );
     let res = r.command("siren", "maybe").await;
-    assert_eq!(res["error"], "invalid value");
+    assert_eq!(res["error"], "invalid value (expected true or false)");
     assert_eq!(sim.pin(27), Some(false));
     r.stop().await;
 }

@@ -26,6 +26,8 @@ pub struct TagSpec {
     pub word_order: Order,
     pub scale: Option<f64>,
     pub offset: Option<f64>,
+    /// One bit of the (single) register, read as a bool; written by read-modify-write.
+    pub bit: Option<u8>,
 }
 
 impl TagSpec {
@@ -36,11 +38,15 @@ impl TagSpec {
         TagSpec {
             register,
             address: tag.address.unwrap_or(0),
-            ty: tag.data_type.unwrap_or(default_type(register)),
+            ty: match tag.bit {
+                Some(_) => DataType::Bool,
+                None => tag.data_type.unwrap_or(default_type(register)),
+            },
             byte_order: tag.byte_order.unwrap_or(Order::Big),
             word_order: tag.word_order.unwrap_or(Order::Big),
             scale: tag.scale,
             offset: tag.offset,
+            bit: tag.bit,
         }
     }
 
@@ -130,6 +136,9 @@ pub fn decode_registers(words: &[u16], spec: &TagSpec) -> Result<Value, String> 
         return Err(format!("short read: {} of {n} registers", words.len()));
     }
     let words = &words[..n];
+    if let Some(bit) = spec.bit {
+        return Ok(Value::Bool(words[0] >> bit & 1 == 1));
+    }
     if let DataType::String(len) = spec.ty {
         let bytes = to_bytes(words, spec.byte_order, Order::Big);
         let bytes = &bytes[..usize::from(len).min(bytes.len())];
@@ -168,6 +177,23 @@ fn apply_scale(raw: Value, spec: &TagSpec) -> Value {
     ))
 }
 
+/// `word` with bit `bit` set to `value` (a command's value: a bool, or 0 / 1), for the
+/// read-modify-write of a `bit` tag.
+///
+/// Fails when the value is not a bit.
+pub fn set_bit(word: u16, bit: u8, value: &Value) -> Result<u16, String> {
+    let on = match value {
+        Value::Bool(b) => *b,
+        other => match other.as_f64() {
+            Some(0.0) => false,
+            Some(1.0) => true,
+            _ => return Err("invalid value (a bit takes true or false)".into()),
+        },
+    };
+    let mask = 1u16 << bit;
+    Ok(if on { word | mask } else { word & !mask })
+}
+
 /// Decodes a bit tag (coil or discrete input).
 pub fn decode_bit(bit: bool) -> Value {
     Value::Bool(bit)
@@ -191,17 +217,23 @@ pub fn encode(value: &Value, spec: &TagSpec) -> Result<Encoded, String> {
             other => match other.as_f64() {
                 Some(0.0) => Ok(Encoded::Bit(false)),
                 Some(1.0) => Ok(Encoded::Bit(true)),
-                _ => Err("invalid value: a coil takes true or false".into()),
+                _ => Err("invalid value (a coil takes true or false)".into()),
             },
         };
     }
+    if let Some(bit) = spec.bit {
+        // The caller read the register first (`set_bit`): a bit alone cannot be written.
+        return Err(format!(
+            "bit {bit} of a register is written by read-modify-write"
+        ));
+    }
     if let DataType::String(len) = spec.ty {
         let Value::Text(s) = value else {
-            return Err("invalid value: a string tag takes a string".into());
+            return Err("invalid value (a string tag takes a string)".into());
         };
         let len = usize::from(len);
         if s.len() > len {
-            return Err(format!("invalid value: longer than {len} bytes"));
+            return Err(format!("invalid value (longer than {len} bytes)"));
         }
         let mut bytes = s.as_bytes().to_vec();
         bytes.resize(spec.ty.registers() as usize * 2, 0);
@@ -507,6 +539,7 @@ mod tests {
             word_order: wo,
             scale: None,
             offset: None,
+            bit: None,
         }
     }
 

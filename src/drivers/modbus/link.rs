@@ -45,6 +45,34 @@ impl Failure {
     }
 }
 
+/// What an I/O error on a Modbus link means, in the words an operator looks for: `connection
+/// lost`, `connection refused`, `timeout`, ... with the system's text after it.
+///
+/// tokio-modbus 0.17 reports a TCP connection the device closed as `io::Error::last_os_error()`
+/// (`service/tcp.rs`), so the error then carries whatever errno was left over — typically
+/// EAGAIN ("Resource temporarily unavailable") or EINPROGRESS. Neither can come from a real
+/// read on a tokio socket, so they are read as "the device closed the connection".
+pub fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    const EAGAIN: i32 = 11;
+    const EINPROGRESS: i32 = 115;
+    if matches!(e.raw_os_error(), Some(0 | EAGAIN | EINPROGRESS)) || e.kind() == K::UnexpectedEof {
+        return "connection lost (the device closed the connection)".into();
+    }
+    let what = match e.kind() {
+        K::ConnectionRefused => "connection refused (nothing listens on that port)",
+        K::ConnectionReset | K::ConnectionAborted => "connection lost (reset by the device)",
+        K::BrokenPipe => "connection lost",
+        K::TimedOut => "timeout",
+        K::HostUnreachable => "host unreachable",
+        K::NetworkUnreachable => "network unreachable",
+        K::NotFound => "not found",
+        K::PermissionDenied => "permission denied",
+        _ => return e.to_string(),
+    };
+    format!("{what}: {e}")
+}
+
 /// `exception 2 (illegal data address)`.
 pub fn exception_message(code: u8) -> String {
     let name = match code {
@@ -176,7 +204,12 @@ impl Link {
                 let connect = tokio::net::TcpStream::connect((host.as_str(), *port));
                 let stream = match tokio::time::timeout(self.open_timeout, connect).await {
                     Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return Err(format!("cannot connect to {host}:{port}: {e}")),
+                    Ok(Err(e)) => {
+                        return Err(format!(
+                            "cannot connect to {host}:{port}: {}",
+                            io_reason(&e)
+                        ))
+                    }
                     Err(_) => return Err(format!("cannot connect to {host}:{port}: timeout")),
                 };
                 let _ = stream.set_nodelay(true);
@@ -248,7 +281,7 @@ impl Link {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(code))) => Err(Failure::Exception(u8::from(code))),
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
-                let why = format!("{}: {e}", self.endpoint.describe());
+                let why = format!("{}: {}", self.endpoint.describe(), io_reason(&e));
                 self.lost(why.clone());
                 Err(Failure::Lost(why))
             }
@@ -396,6 +429,19 @@ mod tests {
             "exception 2 (illegal data address)"
         );
         assert_eq!(Failure::Timeout.message(), "timeout");
+        use std::io::{Error, ErrorKind};
+        // What tokio-modbus hands over when the device closes the connection.
+        for errno in [11, 115] {
+            assert_eq!(
+                io_reason(&Error::from_raw_os_error(errno)),
+                "connection lost (the device closed the connection)"
+            );
+        }
+        assert_eq!(
+            io_reason(&Error::from_raw_os_error(111)),
+            "connection refused (nothing listens on that port): Connection refused (os error 111)"
+        );
+        assert!(io_reason(&Error::from(ErrorKind::ConnectionReset)).starts_with("connection lost"));
         assert_eq!(exception_message(0x42), "exception 66 (unknown exception)");
     }
 }

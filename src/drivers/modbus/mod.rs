@@ -28,9 +28,9 @@ pub mod plan;
 
 use super::reading::{TagRead, Value};
 use super::{run_device, Driver, Registry};
-use crate::app::TaskError;
 use crate::broker::Broker;
 use crate::config::{DataType, Device, Register};
+use crate::task::TaskError;
 use codec::{Decodings, TagSpec};
 use link::{Backoff, Data, Endpoint, Failure, Link};
 use plan::Block;
@@ -358,7 +358,25 @@ impl Unit {
             .get(index)
             .ok_or_else(|| "no such tag".to_string())?
             .clone();
-        let encoded = codec::encode(value, &spec)?;
+        let block = Block {
+            register: spec.register,
+            start: spec.address,
+            count: spec.width(),
+            tags: vec![index],
+        };
+        let encoded = match spec.bit {
+            // Read-modify-write: the register's other bits are written back as read. (FC 22,
+            // mask write, would be atomic, but many devices do not implement it.)
+            Some(bit) => {
+                let word = match self.read_block(link, &block).await {
+                    Ok(Data::Words(w)) if !w.is_empty() => w[0],
+                    Ok(_) => return Err("protocol error: no register read".into()),
+                    Err(f) => return Err(f.message()),
+                };
+                codec::Encoded::Registers(vec![codec::set_bit(word, bit, value)?])
+            }
+            None => codec::encode(value, &spec)?,
+        };
         link.call(
             self.id,
             link::write_request(spec.address, &encoded),
@@ -366,12 +384,6 @@ impl Unit {
         )
         .await
         .map_err(|f| f.message())?;
-        let block = Block {
-            register: spec.register,
-            start: spec.address,
-            count: spec.width(),
-            tags: vec![index],
-        };
         let data = self
             .read_block(link, &block)
             .await

@@ -110,6 +110,7 @@ mod tests {
             word_order: Order::Big,
             scale: None,
             offset: None,
+            bit: None,
         }
     }
 

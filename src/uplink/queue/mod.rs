@@ -19,7 +19,7 @@
 //!   (duplicates are possible — at-least-once — losses are not).
 //! * A timer calls [`Queue::expire`] (say once a minute); [`Queue::stats`] feeds metrics.
 //!
-//! # Schema (version 1, in `PRAGMA user_version`)
+//! # Schema (version 2, in `PRAGMA user_version`)
 //!
 //! ```sql
 //! CREATE TABLE messages (
@@ -32,6 +32,8 @@
 //!     received_at_ms INTEGER NOT NULL CHECK (received_at_ms >= 0),
 //!     size           INTEGER NOT NULL CHECK (size >= 0));  -- topic + payload + properties
 //! CREATE INDEX messages_by_age ON messages (received_at_ms);
+//! -- version 2: drops over the life of the file, by reason, for `tidegate queue stats`
+//! CREATE TABLE drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL CHECK (count >= 0));
 //! ```
 //!
 //! Migrations work as in the broker's store: step `i` goes from version `i` to `i + 1` in the
@@ -150,7 +152,7 @@ use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 use tracing::warn;
 
 pub use self::error::{ErrorKind, QueueError};
-pub use self::schema::SCHEMA_VERSION;
+pub use self::schema::{count_drops, SCHEMA_VERSION};
 use self::writer::{Cmd, Config, Counters, Writer, NO_OLDEST};
 
 /// What an append's receiver resolves to: per message `Ok(id)` or why it was refused, or the
@@ -296,6 +298,16 @@ pub struct QueueStats {
     pub last_commit_latency: Duration,
     /// Size of the database file plus its WAL, after the last transaction.
     pub file_bytes: u64,
+    /// Messages that could not be decoded, moved to the quarantine table (never forwarded).
+    pub quarantined: u64,
+}
+
+/// Messages in the quarantine table of the queue database on `conn` (undecodable rows set
+/// aside, SPEC §5); 0 when there never was one.
+///
+/// Fails when the database cannot be read.
+pub fn quarantined_rows(conn: &rusqlite::Connection) -> Result<u64, rusqlite::Error> {
+    schema::quarantined(conn)
 }
 
 struct Shared {
@@ -512,6 +524,15 @@ impl Queue {
         }
     }
 
+    /// Adds `n` messages the uplink dropped outside the queue (`qos0_offline`) to the drop
+    /// counts persisted in the file (`tidegate queue stats`). Returns at once; committed with
+    /// the next batch (a failed batch loses these counts, not messages).
+    pub fn count_drops(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            let _ = self.tx.send(Cmd::Drops { reason, n });
+        }
+    }
+
     /// Looks for changes made by another process (`tidegate queue purge`) and, if there were
     /// any, counts the queue again (the difference is counted as `purged`). Cheap when nothing
     /// changed (one pragma). Returns at once; served with the next batch.
@@ -537,6 +558,7 @@ impl Queue {
             overloaded: get(&c.overloaded),
             write_failures: get(&c.write_failures),
             failed_messages: get(&c.failed_messages),
+            quarantined: get(&c.quarantined),
             commits: get(&c.commits),
             last_commit_latency: Duration::from_micros(get(&c.last_commit_latency_us)),
             file_bytes: get(&c.file_bytes),

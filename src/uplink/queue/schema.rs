@@ -12,13 +12,13 @@ use tracing::{error, info};
 use super::error::QueueError;
 
 /// The schema version this build writes, stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. Each runs inside the one
 /// IMMEDIATE transaction that also bumps `user_version`, so an interrupted upgrade leaves the
 /// old version in place and is simply redone at the next open. Add new steps at the end and
 /// bump [`SCHEMA_VERSION`]; never edit a step that has shipped.
-const MIGRATIONS: &[fn(&Connection) -> rusqlite::Result<()>] = &[migrate_0_to_1];
+const MIGRATIONS: &[fn(&Connection) -> rusqlite::Result<()>] = &[migrate_0_to_1, migrate_1_to_2];
 
 fn migrate_0_to_1(conn: &Connection) -> rusqlite::Result<()> {
     // AUTOINCREMENT: ids are never reused, not even after the queue drained completely
@@ -37,6 +37,65 @@ fn migrate_0_to_1(conn: &Connection) -> rusqlite::Result<()> {
         );
         CREATE INDEX messages_by_age ON messages (received_at_ms);",
     )
+}
+
+/// The table undecodable messages are moved to (SPEC §5), made when the first one is: a
+/// healthy queue never has it. Values are kept as bytes, for a person to look at.
+pub(super) const QUARANTINE_TABLE: &str = "CREATE TABLE IF NOT EXISTS quarantine (
+    id             INTEGER PRIMARY KEY,
+    message_id     INTEGER NOT NULL,
+    reason         TEXT    NOT NULL,
+    quarantined_ms INTEGER NOT NULL,
+    topic          BLOB,
+    payload        BLOB,
+    qos            INTEGER,
+    retain         INTEGER,
+    properties     BLOB,
+    received_at_ms INTEGER
+)";
+
+/// Messages in the quarantine table of the queue on `conn` (0 when it was never made).
+pub(crate) fn quarantined(conn: &Connection) -> Result<u64, rusqlite::Error> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(0);
+    }
+    let n: i64 = conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Messages dropped over the life of the file, by reason (`full`, `expired`, `rejected`,
+/// `write_error`, `qos0_offline`, `purged`): what `tidegate queue stats` shows, daemon
+/// running or not. Updated in the transactions that drop (or, for drops the daemon counts
+/// outside the queue, in the next one).
+fn migrate_1_to_2(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE drops (
+            reason TEXT    PRIMARY KEY,
+            count  INTEGER NOT NULL CHECK (count >= 0)
+        );",
+    )
+}
+
+/// Adds `n` to the persisted drop count of `reason` (see [`migrate_1_to_2`]); inside the
+/// caller's transaction.
+pub fn count_drops(conn: &Connection, reason: &str, n: u64) -> rusqlite::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO drops (reason, count) VALUES (?1, ?2)
+         ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count",
+    )?
+    .execute(rusqlite::params![
+        reason,
+        i64::try_from(n).unwrap_or(i64::MAX)
+    ])?;
+    Ok(())
 }
 
 /// What is in the queue, as counted at open (and again after an outside write).

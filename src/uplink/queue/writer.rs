@@ -40,6 +40,12 @@ pub(super) enum Cmd {
     },
     /// Count again if another process changed the database.
     Refresh,
+    /// Messages the uplink dropped outside the queue (`qos0_offline`), to add to the
+    /// persisted drop counts with the next transaction.
+    Drops {
+        reason: &'static str,
+        n: u64,
+    },
     /// Everything queued before this has been handled when it is answered.
     Close {
         reply: SyncSender<Result<(), QueueError>>,
@@ -73,6 +79,8 @@ pub(super) struct Counters {
     pub commits: AtomicU64,
     pub last_commit_latency_us: AtomicU64,
     pub file_bytes: AtomicU64,
+    /// Messages moved to the quarantine table: undecodable, never forwarded.
+    pub quarantined: AtomicU64,
 }
 
 pub(super) const NO_OLDEST: u64 = u64::MAX;
@@ -104,6 +112,7 @@ enum Write {
     },
     Ack(u64),
     Expire(u64),
+    Drops(&'static str, u64),
 }
 
 /// The effect of one batch, applied to `Writer::totals` and the counters only on COMMIT.
@@ -140,6 +149,9 @@ pub(super) struct Writer {
     /// (an operator's `tidegate queue purge`), and then `totals` are counted again.
     data_version: i64,
     consecutive_failures: u64,
+    /// Messages lost to failed transactions, not yet in the persisted drop counts (they go
+    /// into the next transaction that commits).
+    unrecorded_write_errors: u64,
 }
 
 /// SQLite stores signed 64-bit integers; ids, sizes and times are never near the limit.
@@ -192,6 +204,7 @@ impl Writer {
             totals,
             data_version,
             consecutive_failures: 0,
+            unrecorded_write_errors: 0,
         };
         writer.update_file_bytes();
         Ok(writer)
@@ -249,6 +262,10 @@ impl Writer {
                         reply,
                     } => reads.push((after, limit, reply)),
                     Cmd::Refresh => refresh = true,
+                    Cmd::Drops { reason, n } => {
+                        messages += 1;
+                        writes.push(Write::Drops(reason, n));
+                    }
                     #[cfg(test)]
                     Cmd::QueryInt { sql, reply } => {
                         let r = self
@@ -309,6 +326,7 @@ impl Writer {
             Ok(()) => {
                 let latency = started.elapsed();
                 self.totals = tally.totals;
+                self.unrecorded_write_errors = 0;
                 let c = &self.counters;
                 // Counters first, so a waiter that looks at the stats sees its own write.
                 c.store_totals(&tally.totals);
@@ -375,6 +393,7 @@ impl Writer {
                 let c = &self.counters;
                 c.write_failures.fetch_add(1, Ordering::Relaxed);
                 c.failed_messages.fetch_add(messages, Ordering::Relaxed);
+                self.unrecorded_write_errors += messages;
                 self.consecutive_failures += 1;
                 // A full disk fails every batch; log the first one loudly, the rest quietly.
                 if self.consecutive_failures == 1 {
@@ -460,12 +479,23 @@ impl Writer {
                     tally.dropped_expired += removed.rows;
                     remove(tally, &removed);
                 }
+                Write::Drops(reason, n) => schema::count_drops(&self.conn, reason, *n)?,
             }
         }
         if self.config.bounds.when_full == WhenFull::DropOldest
             && tally.totals.bytes > self.config.bounds.max_bytes
         {
             self.drop_oldest(tally)?;
+        }
+        // Drops by reason over the life of the file, for `tidegate queue stats`. `purged` is
+        // not here: `tidegate queue purge` counts what it deletes itself.
+        for (reason, n) in [
+            ("full", tally.dropped_full),
+            ("expired", tally.dropped_expired),
+            ("rejected", tally.rejected),
+            ("write_error", self.unrecorded_write_errors),
+        ] {
+            schema::count_drops(&self.conn, reason, n)?;
         }
         if tally.deleted {
             let oldest: Option<i64> =
@@ -593,7 +623,37 @@ impl Writer {
         }
     }
 
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Stored>, QueueError> {
+    /// Up to `limit` messages after id `after`, in id order. A row whose values cannot be
+    /// decoded (bit rot: a topic that is not UTF-8, a value of the wrong type) is moved to the
+    /// quarantine table, logged and counted (`dropped.quarantined`), and the read goes on past
+    /// it: one bad row must not stop the uplink (SPEC §5).
+    fn read_after(&mut self, after: u64, limit: usize) -> Result<Vec<Stored>, QueueError> {
+        let mut after = after;
+        let mut out = Vec::new();
+        // Each pass reads past the bad rows it quarantined; bounded, since each pass that
+        // finds none ends the loop, and each that finds some removes them.
+        loop {
+            let want = limit.saturating_sub(out.len());
+            if want == 0 {
+                return Ok(out);
+            }
+            let (rows, bad, last) = self.read_rows(after, want)?;
+            out.extend(rows);
+            if bad.is_empty() {
+                return Ok(out);
+            }
+            self.quarantine(&bad)?;
+            after = last;
+        }
+    }
+
+    /// One read: the decoded rows, the undecodable ones (id, reason), and the last id seen.
+    #[allow(clippy::type_complexity)]
+    fn read_rows(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Stored>, Vec<(i64, String)>, u64), QueueError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, topic, payload, qos, retain, properties, received_at_ms
              FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
@@ -603,20 +663,94 @@ impl Writer {
             i64::try_from(limit).unwrap_or(i64::MAX)
         ])?;
         let mut out = Vec::new();
+        let mut bad = Vec::new();
+        let mut last = after;
         while let Some(r) = rows.next()? {
-            let qos: i64 = r.get(3)?;
-            out.push(Stored {
-                id: to_u64(r.get(0)?),
-                topic: r.get(1)?,
-                payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                qos: u8::try_from(qos)
-                    .map_err(|_| QueueError::InvalidRow(format!("qos = {qos}")))?,
-                retain: r.get::<_, i64>(4)? != 0,
-                properties: Bytes::from(r.get::<_, Vec<u8>>(5)?),
-                received_at_ms: to_u64(r.get(6)?),
-            });
+            let id: i64 = r.get(0)?;
+            last = to_u64(id);
+            let decoded = (|| -> Result<Stored, QueueError> {
+                let qos: i64 = r.get(3)?;
+                Ok(Stored {
+                    id: to_u64(id),
+                    topic: r.get(1)?,
+                    payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+                    qos: u8::try_from(qos)
+                        .map_err(|_| QueueError::InvalidRow(format!("qos = {qos}")))?,
+                    retain: r.get::<_, i64>(4)? != 0,
+                    properties: Bytes::from(r.get::<_, Vec<u8>>(5)?),
+                    received_at_ms: to_u64(r.get(6)?),
+                })
+            })();
+            match decoded {
+                Ok(m) => out.push(m),
+                Err(e) if row_level(&e) => bad.push((id, e.to_string())),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(out)
+        Ok((out, bad, last))
+    }
+
+    /// Moves the `bad` rows to the quarantine table (made on first use; the original bytes
+    /// kept, with the reason) in one transaction, and counts them out of the queue.
+    fn quarantine(&mut self, bad: &[(i64, String)]) -> Result<(), QueueError> {
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0),
+        )
+        .unwrap_or(i64::MAX);
+        exec(&self.conn, "BEGIN IMMEDIATE")?;
+        let result = (|| -> rusqlite::Result<Removed> {
+            self.conn.execute_batch(schema::QUARANTINE_TABLE)?;
+            let mut removed = Removed::default();
+            for (id, reason) in bad {
+                self.conn.execute(
+                    "INSERT INTO quarantine (message_id, reason, quarantined_ms, topic, payload,
+                                             qos, retain, properties, received_at_ms)
+                     SELECT id, ?1, ?2, CAST(topic AS BLOB), CAST(payload AS BLOB), qos, retain,
+                            CAST(properties AS BLOB), received_at_ms
+                     FROM messages WHERE id = ?3",
+                    params![reason, now, id],
+                )?;
+                let gone = delete_returning(
+                    &self.conn,
+                    "DELETE FROM messages WHERE id = ?1 RETURNING size",
+                    *id,
+                )?;
+                removed.rows += gone.rows;
+                removed.bytes += gone.bytes;
+            }
+            exec(&self.conn, "COMMIT")?;
+            Ok(removed)
+        })();
+        let removed = match result {
+            Ok(r) => r,
+            Err(e) => {
+                if !self.conn.is_autocommit() {
+                    let _ = exec(&self.conn, "ROLLBACK");
+                }
+                return Err(e.into());
+            }
+        };
+        for (id, reason) in bad {
+            error!(
+                path = %self.db_path.display(),
+                id,
+                reason = %reason,
+                "Uplink queue message cannot be decoded; moved it to the quarantine table (not forwarded)"
+            );
+        }
+        // Counted again rather than adjusted: the oldest message may be the one removed.
+        // Rare enough (bit rot) for a full count.
+        self.totals = schema::count(&self.conn)?;
+        self.counters.store_totals(&self.totals);
+        self.counters
+            .quarantined
+            .fetch_add(removed.rows, Ordering::Relaxed);
+        // Our own commit changed data_version; not an outside change to count again.
+        self.data_version = data_version(&self.conn)?;
+        Ok(())
     }
 
     fn update_file_bytes(&self) {
@@ -638,7 +772,7 @@ impl Writer {
                 Cmd::Read { reply, .. } => {
                     let _ = reply.send(Err(QueueError::Closed));
                 }
-                Cmd::Ack { .. } | Cmd::Expire { .. } | Cmd::Refresh => {}
+                Cmd::Ack { .. } | Cmd::Expire { .. } | Cmd::Refresh | Cmd::Drops { .. } => {}
                 Cmd::Close { reply } => {
                     let _ = reply.send(Ok(()));
                 }
@@ -661,6 +795,21 @@ impl Writer {
         self.conn.close().map_err(|(_, e)| QueueError::from(e))?;
         info!(path = %path.display(), "Uplink queue closed");
         Ok(())
+    }
+}
+
+/// Whether a read error is about one row's values rather than the database.
+fn row_level(e: &QueueError) -> bool {
+    match e {
+        QueueError::InvalidRow(_) => true,
+        QueueError::Sqlite(e) => matches!(
+            **e,
+            rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..)
+                | rusqlite::Error::Utf8Error(..)
+        ),
+        _ => false,
     }
 }
 
