@@ -148,3 +148,48 @@ fn an_unreachable_modbus_device_is_retried_and_the_rest_runs() {
     let (status, _) = wait_exit(&mut daemon, Duration::from_secs(12));
     assert_eq!(status.code(), Some(0));
 }
+
+/// Issue 12, finding 13: a burst of malformed CONNECTs from one address is logged once per
+/// period, not once each.
+#[test]
+fn malformed_connects_are_logged_at_a_limited_rate() {
+    use std::io::{BufRead, Read, Write};
+    let cfg = TempConfig::new("");
+    let mut daemon = spawn_run(&cfg.path);
+    let err = daemon.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line.clone()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("tidegate is running"))
+    {
+        log.push(
+            rx.recv_timeout(Duration::from_secs(20))
+                .expect("the daemon starts"),
+        );
+    }
+    let port = mqtt_port(&log.join("\n"));
+    for _ in 0..20 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // CONNECT with the protocol name "XXXX": malformed.
+        s.write_all(&[0x10, 0x0c, 0, 4, b'X', b'X', b'X', b'X', 4, 2, 0, 60, 0, 0])
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+    signal(&daemon, "TERM");
+    wait_exit(&mut daemon, Duration::from_secs(15));
+    reader.join().unwrap();
+    log.extend(rx.try_iter());
+    let bad = log.iter().filter(|l| l.contains("Bad CONNECT")).count();
+    assert_eq!(bad, 1, "{}", log.join("\n"));
+}

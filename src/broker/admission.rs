@@ -14,9 +14,10 @@
 //!   username from that source for [`BLOCK`]: they are refused (CONNACK "banned" / 3.1.1 "not
 //!   authorized") without a password check, even with the right password, as fail2ban would.
 //!   A success clears the count. The table holds at most [`MAX_TRACKED`] sources.
-//! - Log lines about refused or malformed connections are limited to one per source per
-//!   [`LOG_PERIOD`] (the next one says how many were suppressed), so a flood cannot flood the
-//!   journal too.
+//! - Log lines about refused or malformed connections are limited to one per source and kind
+//!   per [`LOG_PERIOD`], and [`LOG_LINES`] per kind over all sources (a flood from many
+//!   addresses); the next line written says how many were suppressed, so a flood cannot flood
+//!   the journal too.
 
 use crate::auth::source_key;
 use std::collections::HashMap;
@@ -35,6 +36,8 @@ pub const BLOCK: Duration = Duration::from_secs(60);
 pub const MAX_TRACKED: usize = 4096;
 /// One log line per source and kind this often.
 pub const LOG_PERIOD: Duration = Duration::from_secs(10);
+/// Log lines of one kind per [`LOG_PERIOD`], over all sources.
+pub const LOG_LINES: u32 = 10;
 
 /// How many MQTT sockets may be open at once for `max_connections` clients.
 pub fn socket_limit(max_connections: usize) -> usize {
@@ -54,12 +57,21 @@ struct Logged {
     suppressed: u64,
 }
 
+/// One kind of log line over all sources, in the current period.
+#[derive(Debug)]
+struct KindWindow {
+    since: Instant,
+    lines: u32,
+    suppressed: u64,
+}
+
 /// Admission state of one broker (all its listeners).
 #[derive(Debug, Default)]
 pub struct Admission {
     sockets: Arc<AtomicUsize>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
     logged: Mutex<HashMap<(IpAddr, &'static str), Logged>>,
+    kinds: Mutex<HashMap<&'static str, KindWindow>>,
 }
 
 /// An open MQTT socket, counted until dropped.
@@ -162,9 +174,31 @@ impl Admission {
     }
 
     /// Whether a log line of `kind` about `ip` may be written now: `Some(suppressed)` (how
-    /// many were left out since the last one), or `None` to leave this one out.
+    /// many lines of this kind were left out since this source's last one, and over all
+    /// sources since the last one), or `None` to leave this one out.
     pub fn may_log(&self, ip: IpAddr, kind: &'static str) -> Option<u64> {
         let now = Instant::now();
+        let mut kinds = lock(&self.kinds);
+        let window = kinds.entry(kind).or_insert(KindWindow {
+            since: now,
+            lines: 0,
+            suppressed: 0,
+        });
+        if now - window.since >= LOG_PERIOD {
+            window.since = now;
+            window.lines = 0;
+        }
+        if window.lines >= LOG_LINES {
+            window.suppressed += 1;
+            return None;
+        }
+        let from_source = self.may_log_source(ip, kind, now)?;
+        window.lines += 1;
+        Some(from_source + std::mem::take(&mut window.suppressed))
+    }
+
+    /// The per-source part of [`Admission::may_log`].
+    fn may_log_source(&self, ip: IpAddr, kind: &'static str, now: Instant) -> Option<u64> {
         let key = (source_key(ip), kind);
         let mut all = lock(&self.logged);
         if let Some(l) = all.get_mut(&key) {
@@ -246,5 +280,16 @@ mod tests {
         assert_eq!(a.may_log(ip, "other"), Some(0));
         tokio::time::advance(LOG_PERIOD).await;
         assert_eq!(a.may_log(ip, "bad"), Some(2));
+        // Many sources: LOG_LINES per period in all; the next says how many were left out.
+        tokio::time::advance(LOG_PERIOD).await;
+        let mut written = 0;
+        for i in 0..100u8 {
+            if a.may_log(IpAddr::from([10, 1, 0, i]), "bad").is_some() {
+                written += 1;
+            }
+        }
+        assert_eq!(written, LOG_LINES);
+        tokio::time::advance(LOG_PERIOD).await;
+        assert_eq!(a.may_log(IpAddr::from([10, 2, 0, 1]), "bad"), Some(90));
     }
 }

@@ -320,7 +320,7 @@ impl Broker {
         for l in &config.listeners {
             let transport = transport::Transport::from_config(l)
                 .map_err(|e| anyhow::anyhow!("listener {}: {e:#}", l.bind))?;
-            let tcp = TcpListener::bind(&l.bind)
+            let tcp = listen(&l.bind)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", l.bind))?;
             let addr = tcp.local_addr()?;
@@ -495,6 +495,27 @@ impl Broker {
             .map(|m| (m.topic.to_string(), m.payload.clone()))
             .collect()
     }
+}
+
+/// Connections the kernel holds for a listener before the accept loop takes them (capped by
+/// `net.core.somaxconn`, 4096 on current kernels). The usual 128 overflowed when a few hundred
+/// clients connected at once (a flood, or every device after a restart): the SYNs beyond it
+/// were dropped and those clients, a good one among them, retried only a second later.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `bind` (an `IP:PORT`, as the config validator checks) with [`LISTEN_BACKLOG`].
+async fn listen(bind: &str) -> std::io::Result<TcpListener> {
+    let Ok(addr) = bind.parse::<SocketAddr>() else {
+        return TcpListener::bind(bind).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// A bound listener, served by [`Listener::serve`].

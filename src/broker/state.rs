@@ -890,6 +890,22 @@ mod tests {
         );
     }
 
+    #[test]
+    fn expiry_is_capped_and_never_becomes_the_cap() {
+        let week = 7 * 24 * 3600;
+        for (asked, max, granted) in [
+            (Expiry::Never, week, Expiry::After(week)),
+            (Expiry::After(60), week, Expiry::After(60)),
+            (Expiry::After(u32::MAX - 1), week, Expiry::After(week)),
+            (Expiry::AtDisconnect, week, Expiry::AtDisconnect),
+            (Expiry::After(60), 0, Expiry::AtDisconnect),
+        ] {
+            assert_eq!(asked.capped(max), granted, "{asked:?} capped at {max}");
+        }
+        assert_eq!(Expiry::After(60).as_v5(), 60);
+        assert_eq!(Expiry::AtDisconnect.as_v5(), 0);
+    }
+
     #[tokio::test]
     async fn ack_group_completes_when_all_release() {
         let g = Arc::new(AckGroup::new(2));
