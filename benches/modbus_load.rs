@@ -40,6 +40,9 @@ struct Opts {
     changing: u16,
     persistence: bool,
     tidegate: PathBuf,
+    /// An uplink to this MQTT URL forwarding `devices/#` at QoS 1 (issue 18: readings go
+    /// through the durable queue).
+    uplink: Option<String>,
 }
 
 const HELP: &str =
@@ -50,6 +53,8 @@ const HELP: &str =
   --changing N      registers per device that change at every poll (default 100)
   --no-persistence  broker.persistence: false (retained readings not kept in SQLite)
   --tidegate PATH   the tidegate binary (default target/release/tidegate)
+  --uplink URL      an uplink to URL (e.g. mqtt://127.0.0.1:1883, a Mosquitto) forwarding
+                    devices/# at QoS 1; also reports the bytes written per reading
 
 Needs `cargo build --release` first.";
 
@@ -60,6 +65,7 @@ fn parse_args() -> Result<Opts, String> {
         changing: REGISTERS,
         persistence: true,
         tidegate: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tidegate"),
+        uplink: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -74,6 +80,7 @@ fn parse_args() -> Result<Opts, String> {
                 }
             }
             "--tidegate" => o.tidegate = value()?.into(),
+            "--uplink" => o.uplink = Some(value()?),
             "--no-persistence" => o.persistence = false,
             "--bench" => {}
             "--help" | "-h" => return Err(HELP.into()),
@@ -128,6 +135,16 @@ impl tokio_modbus::server::Service for Devices {
             _ => Err(ExceptionCode::IllegalFunction),
         })
     }
+}
+
+/// A `key: value` line of `/proc/<pid>/io` (0 when unreadable).
+fn io_field(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -231,6 +248,11 @@ async fn run(opts: Opts) -> ExitCode {
             ));
         }
     }
+    if let Some(url) = &opts.uplink {
+        cfg.push_str(&format!(
+            "uplinks:\n  - name: cloud\n    url: {url}\n    topics:\n      - {{filter: \"devices/#\", direction: out, qos: 1, remote_prefix: \"bench/\"}}\n"
+        ));
+    }
     let path = dir.path().join("tidegate.yaml");
     std::fs::write(&path, cfg).unwrap();
     let mut child = Command::new(&opts.tidegate)
@@ -317,6 +339,7 @@ async fn run(opts: Opts) -> ExitCode {
     tokio::time::sleep(Duration::from_secs(opts.warmup)).await;
     let reads0: u64 = state.0.lock().unwrap().reads.values().sum();
     let ticks0 = cpu_ticks(pid);
+    let written0 = io_field(pid, "write_bytes:");
     let t0 = Instant::now();
     state.0.lock().unwrap().answered.clear();
     measuring.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -324,6 +347,7 @@ async fn run(opts: Opts) -> ExitCode {
     measuring.store(false, std::sync::atomic::Ordering::Relaxed);
     let window = t0.elapsed();
     let ticks = cpu_ticks(pid) - ticks0;
+    let written = io_field(pid, "write_bytes:").saturating_sub(written0);
     let rss = status_kib(pid, "VmRSS:");
     let hwm = status_kib(pid, "VmHWM:");
     let (anon, file) = (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"));
@@ -347,6 +371,11 @@ async fn run(opts: Opts) -> ExitCode {
     println!("  request sizes (FC 3): {}", sizes.join(", "));
     println!("  readings received by the subscriber: {msgs:.0}/s");
     println!("  daemon CPU: {cpu:.2} % of one core");
+    println!(
+        "  written to the block device: {:.0} B per reading received ({:.1} KiB/s)",
+        written as f64 / (msgs * window.as_secs_f64()).max(1.0),
+        written as f64 / 1024.0 / window.as_secs_f64()
+    );
     println!(
         "  daemon RSS: {:.1} MB at the end, peak {:.1} MB ({:.1} MB anonymous, {:.1} MB file-backed: the binary's code mapped from the page cache)",
         rss as f64 / 1024.0,

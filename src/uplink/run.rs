@@ -63,6 +63,9 @@ const WINDOW: usize = 100;
 /// Messages read from the queue at a time (read ahead of the window, so a freed slot never
 /// waits for a read).
 const READ_BATCH: usize = 500;
+/// Committed batches handed from the ingest's commit waiters to the sender (see
+/// [`Link::offer`]); a full channel only makes the sender read them from SQLite instead.
+const COMMITTED_CAPACITY: usize = 64;
 /// The acknowledged prefix is deleted from the queue once it has advanced this far (or the
 /// window is empty, or a second passed, or the connection ends): one transaction per
 /// PUBACK would make every send wait for an fsync. A prefix acknowledged by the cloud but
@@ -86,8 +89,12 @@ struct Link {
     /// Sending continues after this queue id.
     after: u64,
     last_progress: Instant,
-    /// Read from the queue, not yet sent (waiting for a drain token).
+    /// Read from the queue (or taken from committed appends), not yet sent.
     ready: VecDeque<Stored>,
+    /// Every queued message up to this id is sent or in `ready`, and the last read found
+    /// nothing after it: while this holds, committed appends are sent from memory and the
+    /// queue is not read (see [`Link::offer`]).
+    caught_up: Option<u64>,
     /// Catching up on a backlog: sends take a token from `pacer`.
     draining: bool,
     pacer: Pacer,
@@ -100,6 +107,17 @@ struct Link {
 }
 
 impl Link {
+    /// A batch of messages just committed to the queue (ids ascending). While the sender has
+    /// caught up and the batch follows on without a gap, it goes out from memory: the queue
+    /// is only read for a backlog. Ids are consecutive — this uplink is the queue's only
+    /// writer and AUTOINCREMENT never skips one — so a gap means a batch came out of order
+    /// or was not handed over: the sender falls back to reading the queue, which has them.
+    /// (A message dropped by `drop_oldest` between its commit and now is still sent; the
+    /// cloud gets it, and its later acknowledgement finds nothing to delete.)
+    fn offer(&mut self, batch: Vec<Stored>) {
+        self.caught_up = follow_on(self.caught_up, &mut self.ready, batch);
+    }
+
     /// The acknowledged prefix advanced to `through`; deletes it in batches (see
     /// [`ACK_EVERY`]).
     fn acked_through(&mut self, through: u64) {
@@ -122,6 +140,14 @@ impl Drop for Link {
         // The cloud acknowledged these: delete them whatever ends the connection.
         self.flush_acks();
     }
+}
+
+/// Where the ingest's commit waiters report back to the uplink task.
+struct Commits {
+    /// The queue database was found damaged.
+    damaged: tokio::sync::mpsc::UnboundedSender<super::queue::QueueError>,
+    /// Messages just committed, for the sender to send from memory ([`Link::offer`]).
+    committed: tokio::sync::mpsc::Sender<Vec<Stored>>,
 }
 
 pub struct Uplink {
@@ -292,6 +318,11 @@ impl Uplink {
         let mut last_ledger: Option<Instant> = None;
         let mut ack_rate = AckRate::default();
         let (damaged_tx, mut damaged_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (committed_tx, mut committed_rx) = tokio::sync::mpsc::channel(COMMITTED_CAPACITY);
+        let commits = Commits {
+            damaged: damaged_tx,
+            committed: committed_tx,
+        };
         // MQTT 5 clouds honour No Local; 3.1.1 ones echo, and the uplink drops the echoes.
         let mut echoes = (cfg.protocol == config::Protocol::V311)
             .then(|| Echoes::new((cfg.keepalive.0 * 2).max(Duration::from_secs(30))));
@@ -324,7 +355,12 @@ impl Uplink {
                             None => break,
                         }
                     }
-                    self.ingest(batch, &rules, &queue, link.as_mut(), &damaged_tx, &mut echoes).await;
+                    self.ingest(batch, &rules, &queue, link.as_mut(), &commits, &mut echoes).await;
+                }
+                Some(batch) = committed_rx.recv() => {
+                    if let Some(l) = link.as_mut().filter(|l| l.connected) {
+                        l.offer(batch);
+                    }
                 }
                 Some(e) = damaged_rx.recv() => {
                     // Damaged under us: end this run; the supervisor starts the uplink
@@ -373,6 +409,7 @@ impl Uplink {
                         after: 0,
                         last_progress: Instant::now(),
                         ready: VecDeque::new(),
+                        caught_up: None,
                         draining: false,
                         pacer: Pacer::new(cfg.buffer.drain_rate, Instant::now().into_std()),
                         pace_at: None,
@@ -392,6 +429,9 @@ impl Uplink {
                     self.record_qos0_drops(&queue, &mut qos0_recorded);
                     if let Some(l) = link.as_mut() {
                         l.flush_acks();
+                        // A committed batch whose copy did not reach the sender (its channel
+                        // was full) is read from the queue within a second.
+                        l.caught_up = None;
                     }
                     ack_rate.sample(Instant::now().into_std(), queue.stats().acked);
                     self.ledger.set_ack_rate(ack_rate.per_second());
@@ -445,7 +485,7 @@ impl Uplink {
         rules: &[Rule],
         queue: &Queue,
         link: Option<&mut Link>,
-        damaged: &tokio::sync::mpsc::UnboundedSender<super::queue::QueueError>,
+        commits: &Commits,
         echoes: &mut Option<Echoes>,
     ) {
         let l = &self.ledger;
@@ -502,13 +542,17 @@ impl Uplink {
             return;
         }
         let n = to_queue.len() as u64;
+        // A copy for the sender, to send from memory once committed (see `Link::offer`);
+        // only while connected, since a disconnected sender reads the queue on reconnect.
+        let copies = connected.then(|| to_queue.clone());
         // Queued in order now; the commit is awaited in a task of its own, so the uplink
         // goes on sending and taking messages meanwhile (and the next append joins the
         // same group commit).
         let rx = queue.append_wait(to_queue).await;
-        let (ledger, damaged, name) = (
+        let (ledger, damaged, committed, name) = (
             self.ledger.clone(),
-            damaged.clone(),
+            commits.damaged.clone(),
+            commits.committed.clone(),
             self.name().to_string(),
         );
         tokio::spawn(async move {
@@ -516,6 +560,25 @@ impl Uplink {
             match rx.await {
                 // Stored or refused: the queue counts both (`appended`, `rejected`).
                 Ok(Ok(results)) => {
+                    if let Some(copies) = copies {
+                        let stored: Vec<Stored> = copies
+                            .into_iter()
+                            .zip(&results)
+                            .filter_map(|(m, r)| {
+                                r.as_ref().ok().map(|&id| Stored {
+                                    id,
+                                    topic: m.topic,
+                                    payload: m.payload,
+                                    qos: m.qos,
+                                    retain: m.retain,
+                                    properties: m.properties,
+                                    received_at_ms: m.received_at_ms,
+                                })
+                            })
+                            .collect();
+                        // Full: the sender reads these from the queue instead.
+                        let _ = committed.try_send(stored);
+                    }
                     for (m, r) in held.into_iter().zip(results) {
                         match r {
                             // On disk: the local publisher may have its PUBACK.
@@ -560,9 +623,14 @@ impl Uplink {
         }
         while l.tracker.can_send() {
             if l.ready.is_empty() {
+                if l.caught_up.is_some() {
+                    // Nothing queued beyond what was sent; new messages come from memory.
+                    return Ok(());
+                }
                 let want = READ_BATCH;
                 let after = l.tracker.last_sent().unwrap_or(l.after);
                 let batch = queue.read_after(after, want).await?;
+                l.caught_up = batch.is_empty().then_some(after);
                 if batch.is_empty() {
                     if l.draining {
                         l.draining = false;
@@ -618,6 +686,7 @@ impl Uplink {
                 // Everything not acknowledged goes again, in order.
                 l.after = 0;
                 l.ready.clear();
+                l.caught_up = None;
                 let depth = queue.stats().depth;
                 l.draining = depth > 0;
                 l.pacer.reset(Instant::now().into_std());
@@ -737,6 +806,27 @@ fn note_sent(echoes: &mut Option<Echoes>, rules: &[Rule], topic: &str, payload: 
     }
 }
 
+/// [`Link::offer`] without the link: appends to `ready` what follows `caught_up` without a
+/// gap; returns the new `caught_up` (`None`: read the queue).
+fn follow_on(
+    caught_up: Option<u64>,
+    ready: &mut VecDeque<Stored>,
+    batch: Vec<Stored>,
+) -> Option<u64> {
+    let mut next = caught_up? + 1;
+    for m in batch {
+        if m.id < next {
+            continue; // already read from the queue
+        }
+        if m.id != next {
+            return None;
+        }
+        next += 1;
+        ready.push_back(m);
+    }
+    Some(next - 1)
+}
+
 fn far_future() -> Instant {
     // Far enough never to fire, near enough not to overflow.
     static FAR: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -762,4 +852,47 @@ fn jitter(d: Duration) -> Duration {
     use password_hash::rand_core::RngCore;
     let r = password_hash::rand_core::OsRng.next_u32() % 500;
     d.mul_f64(0.75 + f64::from(r) / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(id: u64) -> Stored {
+        Stored {
+            id,
+            topic: "t".into(),
+            payload: Bytes::new(),
+            qos: 1,
+            retain: false,
+            properties: Bytes::new(),
+            received_at_ms: 0,
+        }
+    }
+
+    fn ids(r: &VecDeque<Stored>) -> Vec<u64> {
+        r.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn committed_batches_go_from_memory_only_without_a_gap() {
+        let mut ready = VecDeque::new();
+        // Not caught up: the queue is read; nothing taken.
+        assert_eq!(follow_on(None, &mut ready, vec![m(1)]), None);
+        assert!(ready.is_empty());
+        // Follows on: taken.
+        assert_eq!(follow_on(Some(4), &mut ready, vec![m(5), m(6)]), Some(6));
+        assert_eq!(ids(&ready), [5, 6]);
+        // Partly read from the queue already: the rest is taken.
+        assert_eq!(
+            follow_on(Some(6), &mut ready, vec![m(5), m(6), m(7)]),
+            Some(7)
+        );
+        assert_eq!(ids(&ready), [5, 6, 7]);
+        // A gap (an earlier batch not seen yet): read the queue instead.
+        assert_eq!(follow_on(Some(7), &mut ready, vec![m(9)]), None);
+        assert_eq!(ids(&ready), [5, 6, 7]);
+        // An empty batch (every message refused) changes nothing.
+        assert_eq!(follow_on(Some(7), &mut ready, vec![]), Some(7));
+    }
 }
