@@ -17,6 +17,7 @@
 //! `WATCHDOG_USEC` — from a task on the runtime, so a wedged runtime stops the pings and
 //! systemd restarts the daemon.
 
+mod build;
 pub mod live;
 
 use crate::config::{Config, Origin};

@@ -27,7 +27,8 @@
 //! previous config is restored: the file gets its previous text back and the running system is
 //! moved back to the previous config; the error is returned.
 
-use super::{prepare_data_dir, BROKER_DB};
+use super::build::{build_core, clear_leftovers, parse_off_runtime, without_access, LocalSub};
+use super::prepare_data_dir;
 use crate::broker::Broker;
 use crate::config::{self, Config, Origin};
 use crate::drivers::DeviceGroup;
@@ -41,7 +42,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use crate::config::history::{config_base, note_running, save_history, version, write_atomic};
+use crate::config::history::{note_running, save_history, version, write_atomic};
 
 /// What runs now, per section.
 struct Running {
@@ -653,145 +654,4 @@ impl Controller {
                 u.run(stop)
             })
     }
-}
-
-/// An uplink's durable local subscription, shared across restarts of its task.
-type LocalSub = Arc<tokio::sync::Mutex<crate::broker::LocalSubscription>>;
-
-/// The `broker` section without what [`Broker::set_access`] changes in place: when two configs
-/// differ only there, the broker is not rebuilt.
-fn without_access(b: &config::Broker) -> config::Broker {
-    config::Broker {
-        allow_anonymous: false,
-        users: Vec::new(),
-        acl: None,
-        ..b.clone()
-    }
-}
-
-/// Builds the broker, binds its listeners and starts them and the `$SYS` task.
-async fn build_core(
-    config: &Config,
-    sup: &mut Supervisor,
-    lines: &mut Vec<String>,
-) -> anyhow::Result<(
-    Broker,
-    Vec<TaskHandle>,
-    Vec<SocketAddr>,
-    Vec<(config::Uplink, LocalSub)>,
-)> {
-    let settings = crate::broker::Settings::from_config(&config.broker);
-    let broker = if config.broker.persistence {
-        let path = config.gateway.data_dir.join(BROKER_DB);
-        lines.push(format!("Broker state persisted in {}", path.display()));
-        Broker::open(settings, &path)?
-    } else {
-        Broker::new(settings)
-    };
-    // The uplinks' durable local subscriptions exist before any client can publish: a message
-    // a device saw acknowledged must already have its consumer.
-    let subs = config
-        .uplinks
-        .iter()
-        .map(|u| {
-            let sub = crate::uplink::run::local_subscription(&broker, u);
-            (u.clone(), Arc::new(tokio::sync::Mutex::new(sub)))
-        })
-        .collect();
-    let listeners = match broker.bind(&config.broker).await {
-        Ok(l) => l,
-        Err(e) => {
-            let b = broker.clone();
-            let _ = tokio::task::spawn_blocking(move || b.close_store()).await;
-            return Err(e);
-        }
-    };
-    let mut core = Vec::new();
-    let mut addrs = Vec::new();
-    for listener in listeners {
-        let addr = listener.local_addr();
-        addrs.push(addr);
-        lines.push(format!(
-            "MQTT broker listening on {addr} (MQTT 3.1, 3.1.1 and 5.0)"
-        ));
-        core.push(sup.spawn(format!("mqtt listener {addr}"), move |stop| {
-            let listener = listener.clone();
-            async move { listener.serve(stop).await.map_err(TaskError::Failed) }
-        }));
-    }
-    let sys = broker.clone();
-    core.push(sup.spawn("broker $SYS", move |stop| {
-        let sys = sys.clone();
-        async move {
-            crate::broker::sys::run(sys, stop).await;
-            Ok(())
-        }
-    }));
-    Ok((broker, core, addrs, subs))
-}
-
-/// [`config::parse_in`] of the config file at `path`, on the blocking pool: it reads the files
-/// the config names and may take a while on a big text, and the task calling it also answers
-/// signals.
-async fn parse_off_runtime(
-    text: &str,
-    path: &Path,
-) -> Result<config::Config, Vec<config::ConfigError>> {
-    let (text, path) = (text.to_string(), path.to_path_buf());
-    tokio::task::spawn_blocking(move || config::parse_in(&text, config_base(&path)))
-        .await
-        .unwrap_or_else(|e| {
-            Err(vec![config::ConfigError {
-                path: String::new(),
-                line: None,
-                column: None,
-                message: format!("checking the config failed: {e}"),
-            }])
-        })
-}
-
-/// Clears (publishes empty retained messages on) what devices removed from the config left
-/// in the broker: everything retained under `devices/<name>/` and
-/// `$SYS/tidegate/devices/<name>/`, and, for a device that stays, the topics of its removed
-/// tags. Otherwise a subscriber would see a device that no longer exists as online, with its
-/// last values, for ever. Returns how many topics were cleared. Run after the removed devices'
-/// tasks have stopped, so nothing publishes them again.
-async fn clear_leftovers(broker: &Broker, old: &Config, new: &Config) -> usize {
-    let mut topics = Vec::new();
-    for device in &old.devices {
-        match new.devices.iter().find(|d| d.name == device.name) {
-            None => {
-                for filter in [
-                    crate::topics::device_all(&device.name),
-                    crate::topics::counters_of(&device.name),
-                ] {
-                    topics.extend(broker.retained(&filter).into_iter().map(|(t, _)| t));
-                }
-            }
-            Some(kept) => {
-                for tag in &device.tags {
-                    if !kept.tags.iter().any(|t| t.name == tag.name) {
-                        let topic = crate::topics::reading(&device.name, &tag.name);
-                        if !broker.retained(&topic).is_empty() {
-                            topics.push(topic);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for topic in &topics {
-        let cleared = broker
-            .publish(
-                topic,
-                bytes::Bytes::new(),
-                crate::broker::codec::QoS::AtMostOnce,
-                true,
-            )
-            .await;
-        if let Err(e) = cleared {
-            warn!(%topic, error = %e, "Cannot clear a removed device's retained topic");
-        }
-    }
-    topics.len()
 }

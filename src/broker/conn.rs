@@ -1,5 +1,5 @@
-//! One client connection: the MQTT protocol flows over any byte stream (TCP, and later TLS
-//! and WebSocket).
+//! One client connection: the MQTT protocol flows over any byte stream (TCP, TLS or
+//! WebSocket; see `transport`).
 //!
 //! A connection task reads the CONNECT (with a deadline, so a silent socket cannot hold a
 //! slot), authenticates, attaches to its session (taking it over from an older connection

@@ -7,8 +7,11 @@
 //! `validate` checking that files the config names (TLS certificates, password files) can be
 //! read.
 //!
-//! Used by `tidegate check`, by `tidegate run` before anything starts, and (later) by the web
-//! UI's validate/apply, so they all say the same thing about the same text.
+//! Used by `tidegate check`, by `tidegate run` before anything starts, and by the web UI's
+//! validate/apply and SIGHUP, so they all say the same thing about the same text. Beside the
+//! errors, [`warnings`] lists what is valid but likely not meant. [`history`] keeps the
+//! versions a change replaced; [`edit`] changes the text in place; [`files`] reads the files
+//! a config names, under its rules.
 
 pub mod de;
 pub mod edit;
