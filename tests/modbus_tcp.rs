@@ -68,6 +68,20 @@ struct Feed {
 }
 
 impl Feed {
+    /// Sends `payload` to `devices/plc/<tag>/set` and returns the result that comes back.
+    async fn command(&mut self, tag: &str, payload: &str) -> Value {
+        self.mark();
+        let topic = format!("devices/plc/{tag}/set");
+        self.client
+            .publish(&topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+        let result = format!("{topic}/result");
+        self.wait_for(Duration::from_secs(10), &result, |t, _| t == result)
+            .await
+            .1
+    }
+
     /// Later `wait_for`s only look at messages that arrive from now on.
     fn mark(&mut self) {
         self.from = self.log.len();
@@ -735,39 +749,13 @@ async fn bit_tags_read_one_bit_and_write_by_read_modify_write() {
     }
     // The other bits of the register stay as the device had them (it changed one meanwhile).
     sim.set_holding(40, &[0b1010_0000_0000_1100]);
-    c.mark();
-    c.client
-        .publish("devices/plc/pump/set", QoS::AtLeastOnce, false, "true")
-        .await
-        .unwrap();
-    let (_, r) = c
-        .wait_for(Duration::from_secs(10), "result", |t, _| {
-            t == "devices/plc/pump/set/result"
-        })
-        .await;
-    assert_eq!(r["ok"], true, "{r}");
-    assert_eq!(r["value"], true, "{r}");
+    let r = c.command("pump", "true").await;
+    assert_eq!((&r["ok"], &r["value"]), (&json!(true), &json!(true)), "{r}");
     assert_eq!(sim.holding(40), 0b1010_0000_0000_1101);
-    c.client
-        .publish("devices/plc/fan/set", QoS::AtLeastOnce, false, "0")
-        .await
-        .unwrap();
-    let (_, r) = c
-        .wait_for(Duration::from_secs(10), "result", |t, _| {
-            t == "devices/plc/fan/set/result"
-        })
-        .await;
+    let r = c.command("fan", "0").await;
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(sim.holding(40), 0b1010_0000_0000_0101);
-    c.client
-        .publish("devices/plc/pump/set", QoS::AtLeastOnce, false, "2")
-        .await
-        .unwrap();
-    let (_, r) = c
-        .wait_for(Duration::from_secs(10), "result", |t, v| {
-            t == "devices/plc/pump/set/result" && v["ok"] == false
-        })
-        .await;
+    let r = c.command("pump", "2").await;
     assert_eq!(r["error"], "invalid value (expected true or false)", "{r}");
     // FC 3 then FC 6 for each write: a read-modify-write, never a whole-register guess.
     let writes: Vec<u8> = sim
