@@ -309,6 +309,7 @@ try {
     await page.getByRole('button', { name: 'Pause' }).click();
     await page.getByRole('button', { name: 'Resume' }).waitFor();
     await page.getByRole('button', { name: 'Resume' }).click();
+    await page.locator('#conn.ok').waitFor();
     await shot('logs');
   });
 
@@ -322,6 +323,8 @@ try {
       const c = document.querySelector('section.uplink figcaption');
       return c && Number((/\((\d+) samples/.exec(c.textContent) || [])[1]) >= 4;
     }, null, { timeout: T });
+    // The live stream is up (it reconnects within a second after the session was renamed).
+    await page.locator('#conn.ok').waitFor();
     await shot('dashboard', { fullPage: true });
   });
 

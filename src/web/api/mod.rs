@@ -194,6 +194,9 @@ pub async fn events(
         events: tokio::sync::broadcast::Receiver<super::hub::Event>,
         logs: tokio::sync::broadcast::Receiver<crate::logging::LogLine>,
         check: tokio::time::Interval,
+        /// The stream's first item tells the browser to reconnect after 1 s, not its default
+        /// 3 s, when the stream ends (e.g. the session was renamed by a password change).
+        first: bool,
     }
     let backlog = if q.logs.as_deref() == Some("0") {
         Default::default()
@@ -210,6 +213,7 @@ pub async fn events(
         stop: served.stop,
         backlog,
         check,
+        first: true,
     };
     use tokio::sync::broadcast::error::RecvError;
     let log_event = |line: &crate::logging::LogLine| {
@@ -218,6 +222,13 @@ pub async fn events(
             .data(serde_json::to_string(line).unwrap_or_default())
     };
     let stream = futures_util::stream::unfold(s, move |mut s| async move {
+        if s.first {
+            s.first = false;
+            let retry = SseEvent::default()
+                .retry(Duration::from_secs(1))
+                .comment("");
+            return Some((Ok::<_, std::convert::Infallible>(retry), s));
+        }
         if let Some(line) = s.backlog.pop_front() {
             return Some((Ok::<_, std::convert::Infallible>(log_event(&line)), s));
         }
