@@ -1,4 +1,4 @@
-//! Broker flow control (issue 13, docs/BROKER.md): a live subscriber slower than its
+//! Broker flow control (issue 13; policy in src/broker/flow.rs and docs/CONFIG.md `stall_timeout`): a live subscriber slower than its
 //! publisher slows the publisher and loses nothing; a subscriber that stops reading is
 //! declared stalled after `broker.stall_timeout`, its messages are dropped and counted, and
 //! the publisher and a healthy subscriber keep flowing. Real rumqttc clients over TCP; the

@@ -2,7 +2,7 @@
 //! losing their messages; a subscriber that makes no progress at all is declared stalled and
 //! stops holding anyone up.
 //!
-//! The policy (docs/BROKER.md):
+//! The policy (documented with `broker.stall_timeout` in docs/CONFIG.md):
 //! - A network client's session is *congested* while its queue holds at least half of
 //!   `max_queued_messages` or half of `max_queued_bytes` (the high-water mark), it is online,
 //!   and it is not stalled. The drop policy of the session bound (QoS 0 first, then the
