@@ -255,6 +255,7 @@ where
             0
         },
         pending_acks: VecDeque::new(),
+        throttle: None,
         session_expiry_zero: asked == Expiry::AtDisconnect,
         expiry_cap,
     };
@@ -477,6 +478,7 @@ fn attach(
         wake: tokio::sync::Notify::new(),
         online: std::sync::atomic::AtomicBool::new(true),
         durable: false,
+        flow: Default::default(),
     });
     lock(&shared.sessions).insert(client_id.clone(), cell.clone());
     (cell, false, 1)
@@ -506,6 +508,7 @@ fn detach(ctx: &Arc<Ctx>, cell: &Arc<SessionCell>, generation: u64, will: Option
         if ours {
             st.kick = None;
             cell.online.store(false, Ordering::Relaxed);
+            cell.flow.release();
             if st.persisted && st.expiry != Expiry::AtDisconnect {
                 // The disconnect time starts the expiry clock, also across restarts.
                 shared.persist(vec![persist::session_op(&cell.client_id, &st, true)]);
@@ -627,6 +630,9 @@ struct Conn {
     out_aliases: HashMap<Arc<str>, u16>,
     out_alias_max: u16,
     pending_acks: VecDeque<PendingAck>,
+    /// Subscribers this client's publishes found congested: while set, its socket is not read
+    /// (see [`super::flow`]).
+    throttle: Option<super::flow::Congestion>,
     session_expiry_zero: bool,
     /// The longest session expiry a DISCONNECT may set, in seconds (0: the session was not
     /// kept, see `granted_expiry`).
@@ -718,7 +724,7 @@ impl Conn {
                     self.disconnect(reason::SESSION_TAKEN_OVER);
                     return End::Abnormal("session taken over".into());
                 }
-                r = rd.read_buf(rbuf) => match r {
+                r = rd.read_buf(rbuf), if self.throttle.is_none() => match r {
                     Ok(0) => return End::Abnormal("connection closed by the client".into()),
                     Ok(n) => {
                         self.ctx.shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
@@ -760,7 +766,15 @@ impl Conn {
                     }
                     self.flush_acks();
                 }
-                _ = sleep_until(deadline), if deadline.is_some() => {
+                _ = wait_throttle(&mut self.throttle, &self.ctx.shared.stats), if self.throttle.is_some() => {
+                    self.throttle = None;
+                    // The client's keepalive ran while we did not read it.
+                    deadline = keepalive.map(|k| Instant::now() + k);
+                    if let Some(end) = self.process(rbuf) {
+                        return end;
+                    }
+                }
+                _ = sleep_until(deadline), if deadline.is_some() && self.throttle.is_none() => {
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT);
                     return End::Abnormal("keepalive timeout".into());
                 }
@@ -769,8 +783,12 @@ impl Conn {
     }
 
     /// Decodes and handles every whole packet in `rbuf`. `Some(end)` closes the connection.
+    /// Stops early while the client is throttled (the rest waits in `rbuf`).
     fn process(&mut self, rbuf: &mut BytesMut) -> Option<End> {
         loop {
+            if self.throttle.is_some() {
+                return None;
+            }
             match codec::decode(rbuf, self.version, self.ctx.settings.max_packet_size) {
                 Ok(None) => return None,
                 Ok(Some(packet)) => {
@@ -880,7 +898,13 @@ impl Conn {
                 expires_at,
                 publisher: Some(self.client_id.clone()),
             });
-            let p = shared.route(msg);
+            let mut p = shared.route(msg);
+            if let Some(c) = p.take_congestion(shared.bounds.stall_timeout) {
+                match &mut self.throttle {
+                    Some(t) => t.merge(c),
+                    None => self.throttle = Some(c),
+                }
+            }
             pending = (!p.is_empty()).then_some(p);
         } else {
             shared
@@ -1223,6 +1247,7 @@ impl Conn {
         if st.generation != self.generation {
             return;
         }
+        let queued = st.queue.len();
         while self.out.len() < OUT_HIGH_WATER {
             let Some(front) = st.queue.front() else {
                 break;
@@ -1318,6 +1343,8 @@ impl Conn {
                 );
             }
         }
+        let taken = queued - st.queue.len();
+        self.cell.flow.progressed(&self.client_id, &st, taken);
         drop(st);
         shared.persist(marked);
     }
@@ -1406,6 +1433,17 @@ async fn write_some<W: AsyncWrite + Unpin>(
         *needs_flush = false;
     }
     Ok(())
+}
+
+/// Waits out a throttle (pending forever without one; the caller guards the arm).
+async fn wait_throttle(
+    throttle: &mut Option<super::flow::Congestion>,
+    stats: &super::state::Stats,
+) {
+    match throttle {
+        Some(t) => t.wait(stats).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

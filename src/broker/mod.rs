@@ -52,6 +52,7 @@ pub mod acl;
 pub(crate) mod admission;
 pub mod codec;
 pub(crate) mod conn;
+pub mod flow;
 mod persist;
 pub mod state;
 pub mod store;
@@ -177,6 +178,7 @@ impl Settings {
                 max_retained_bytes: usize::try_from(c.max_retained_bytes.0).unwrap_or(usize::MAX),
                 max_persistent_sessions: c.max_persistent_sessions as usize,
                 session_expiry: u32::try_from(c.session_expiry.0.as_secs()).unwrap_or(u32::MAX),
+                stall_timeout: c.stall_timeout.0,
             },
             max_inflight: usize::from(c.max_inflight_messages),
             receive_maximum: 1024,
@@ -426,6 +428,7 @@ impl Broker {
             wake: tokio::sync::Notify::new(),
             online: AtomicBool::new(true),
             durable,
+            flow: Default::default(),
         });
         if let Some(old) = lock(&shared.sessions).insert(client_id, cell.clone()) {
             warn!(consumer = %name, "An in-process consumer of that name existed; replacing it");

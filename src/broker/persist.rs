@@ -234,6 +234,7 @@ pub fn restore(shared: &Arc<Shared>, snapshot: Snapshot) -> (usize, usize) {
             wake: tokio::sync::Notify::new(),
             online: AtomicBool::new(false),
             durable: false,
+            flow: Default::default(),
         });
         {
             let mut st = lock(&cell.state);

@@ -228,6 +228,9 @@ pub struct Bounds {
     pub max_persistent_sessions: usize,
     /// The longest a persistent session outlives its connection, in seconds.
     pub session_expiry: u32,
+    /// How long a congested subscriber may make no progress before it stops slowing its
+    /// publishers (see [`super::flow`]).
+    pub stall_timeout: std::time::Duration,
 }
 
 impl Default for Bounds {
@@ -239,6 +242,7 @@ impl Default for Bounds {
             max_retained_bytes: 16 << 20,
             max_persistent_sessions: 1000,
             session_expiry: 7 * 24 * 3600,
+            stall_timeout: super::flow::DEFAULT_STALL_TIMEOUT,
         }
     }
 }
@@ -406,6 +410,8 @@ pub struct SessionCell {
     pub online: AtomicBool,
     /// An in-process consumer whose acknowledgements hold the publisher's PUBACK.
     pub durable: bool,
+    /// Whether this session slows its publishers now (see [`super::flow`]).
+    pub flow: super::flow::Flow,
 }
 
 /// What the subscription tree holds for one subscription.
@@ -457,6 +463,9 @@ pub struct Stats {
     /// Sessions that asked to outlive their connection but were not kept:
     /// `max_persistent_sessions` reached.
     pub sessions_refused: AtomicU64,
+    /// Subscribers declared stalled: no progress for `stall_timeout` while a publisher
+    /// waited on them (see [`super::flow`]).
+    pub subscribers_stalled: AtomicU64,
 }
 
 /// The state every connection and in-process client shares.
@@ -487,11 +496,22 @@ pub struct Pending {
     group: Option<Arc<AckGroup>>,
     stored: Option<tokio::sync::oneshot::Receiver<Result<(), super::store::StoreError>>>,
     ok: bool,
+    /// Subscribers above their high-water mark: the publisher waits for them before it
+    /// reads on (see [`super::flow`]); taken with [`Pending::take_congestion`].
+    congested: Vec<Arc<SessionCell>>,
 }
 
 impl Pending {
     pub fn is_empty(&self) -> bool {
         self.group.is_none() && self.stored.is_none()
+    }
+
+    /// The subscribers this message found congested, for the publisher to wait on.
+    pub fn take_congestion(
+        &mut self,
+        stall_timeout: std::time::Duration,
+    ) -> Option<super::flow::Congestion> {
+        super::flow::Congestion::new(std::mem::take(&mut self.congested), stall_timeout)
     }
 
     /// Waits for everything; false when a durable consumer lost the message or the store
@@ -674,7 +694,9 @@ impl Shared {
                 let ack = (cell.durable && qos != QoS::AtMostOnce)
                     .then(|| pending.group.clone())
                     .flatten();
-                self.deliver_into(
+                // A publisher never waits on its own session (see `flow`).
+                let own = msg.publisher.as_deref() == Some(&*cell.client_id);
+                let congested = self.deliver_into(
                     &cell,
                     Delivery {
                         msg: msg.clone(),
@@ -687,6 +709,9 @@ impl Shared {
                     Some(&access),
                     &mut ops,
                 );
+                if congested && !own {
+                    pending.congested.push(cell);
+                }
             }
         }
         if let (Some(store), false) = (&self.store, ops.is_empty()) {
@@ -711,21 +736,23 @@ impl Shared {
     /// is not kept (as Mosquitto does by default). With `access`, a message the session's
     /// owner may not read is skipped (and counted) here already, so it takes no room in the
     /// queue; the connection checks again when it sends (the owner or the ACL may change).
+    /// True when the session is congested now (see [`super::flow`]).
     fn deliver_into(
         &self,
         cell: &SessionCell,
         mut d: Delivery,
         access: Option<&super::Access>,
         ops: &mut Vec<super::store::Op>,
-    ) {
+    ) -> bool {
         if d.qos == QoS::AtMostOnce && !cell.online.load(Ordering::Relaxed) && !cell.durable {
-            return;
+            return false;
         }
+        let congested;
         let dropped = {
             let mut st = lock(&cell.state);
             if let Some(access) = access.filter(|a| a.acl.is_some()) {
                 if !self.may_read(access, st.owner.as_ref(), &cell.client_id, &d.msg.topic) {
-                    return;
+                    return false;
                 }
             }
             if st.over_total(d.msg.cost()) {
@@ -733,7 +760,7 @@ impl Shared {
                 self.stats.queue_total_drops.fetch_add(1, Ordering::Relaxed);
                 self.stats.publishes_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(client = %cell.client_id, "All sessions' queues are full (max_queued_bytes_total); dropped the message");
-                return;
+                return false;
             }
             if st.persisted && d.qos != QoS::AtMostOnce && self.store.is_some() {
                 let seq = st.next_seq;
@@ -741,7 +768,9 @@ impl Shared {
                 d.seq = Some(seq);
                 ops.push(super::persist::enqueue_op(&cell.client_id, &d, seq));
             }
-            st.enqueue(d)
+            let dropped = st.enqueue(d);
+            congested = cell.flow.congested(cell, &st);
+            dropped
         };
         if !dropped.is_empty() {
             for old in &dropped {
@@ -758,6 +787,7 @@ impl Shared {
             tracing::debug!(client = %cell.client_id, dropped = dropped.len(), "Session queue full; dropped messages");
         }
         cell.wake.notify_one();
+        congested
     }
 
     /// Retained messages matching `filter`, for a new subscription.
@@ -791,6 +821,7 @@ impl Shared {
             }
             st.clear_queue();
             st.inflight.clear();
+            cell.flow.release();
             st.subscriptions.drain().map(|(f, _)| f).collect()
         };
         {

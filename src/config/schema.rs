@@ -136,6 +136,10 @@ pub struct Broker {
     /// How long a persistent session outlives its connection at most: MQTT 3.1.1 sessions
     /// (clean session 0) get exactly this, MQTT 5 clients at most this (told in the CONNACK).
     pub session_expiry: Dur,
+    /// How long a subscriber that slows its publishers (its queue above half full) may make
+    /// no progress before it counts as stalled: it then no longer slows them, and its
+    /// messages beyond the queue bound are dropped (counted).
+    pub stall_timeout: Dur,
     pub persistence: bool,
 }
 
@@ -187,6 +191,7 @@ impl Default for Broker {
             max_retained_bytes: ByteSize(16 << 20),
             max_persistent_sessions: 1000,
             session_expiry: Dur::secs(7 * 24 * 3600),
+            stall_timeout: Dur::secs(5),
             persistence: true,
         }
     }

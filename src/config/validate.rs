@@ -260,6 +260,13 @@ fn broker(v: &mut V, b: &Broker, binds: &mut HashMap<SocketAddr, String>) {
             "session_expiry must be whole seconds from 1s to 136 years (MQTT's limit)",
         );
     }
+    let st = b.stall_timeout.0;
+    if st < std::time::Duration::from_millis(100) || st > std::time::Duration::from_secs(3600) {
+        v.err(
+            "broker.stall_timeout",
+            "stall_timeout must be from 100ms to 1h: a live subscriber needs time to catch up, and a dead one must not hold its publishers for long",
+        );
+    }
     if b.max_inflight_messages == 0 {
         v.err(
             "broker.max_inflight_messages",
