@@ -4,39 +4,14 @@
 mod common;
 
 use bytes::BytesMut;
+use common::broker::{start, TestBroker};
 use common::mqtt::{options, Client, WAIT};
 use rumqttc::{AsyncClient, ConnectionError, Event, LastWill, MqttOptions, QoS};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tidegate::broker::codec::{self, Connect, ProtocolVersion};
-use tidegate::broker::{Broker, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-
-struct TestBroker {
-    broker: Broker,
-    addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn start(broker_yaml: &str) -> TestBroker {
-    let yaml = format!("broker:\n  listeners: [{{bind: 127.0.0.1:0}}]\n{broker_yaml}");
-    let cfg = tidegate::config::parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
-    let broker = Broker::new(Settings::from_config(&cfg.broker));
-    let listener = broker.bind(&cfg.broker).await.unwrap().remove(0);
-    let addr = listener.local_addr();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move { listener.serve(s).await });
-    TestBroker { broker, addr, stop }
-}
 
 #[tokio::test]
 async fn publish_and_subscribe_at_every_qos() {

@@ -6,41 +6,13 @@
 
 mod common;
 
+use common::broker::start;
 use common::mqtt::{options, Client, WAIT};
 use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tidegate::broker::{codec, Access, Broker, Settings};
-use tokio_util::sync::CancellationToken;
-
-struct TestBroker {
-    broker: Broker,
-    addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-fn broker_config(broker_yaml: &str) -> tidegate::config::Config {
-    let yaml = format!("broker:\n  listeners: [{{bind: 127.0.0.1:0}}]\n{broker_yaml}");
-    tidegate::config::parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"))
-}
-
-async fn start(broker_yaml: &str) -> TestBroker {
-    let cfg = broker_config(broker_yaml);
-    let broker = Broker::new(Settings::from_config(&cfg.broker));
-    let listener = broker.bind(&cfg.broker).await.unwrap().remove(0);
-    let addr = listener.local_addr();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move { listener.serve(s).await });
-    TestBroker { broker, addr, stop }
-}
+use tidegate::broker::{codec, Access};
 
 /// The argon2 hash of "hunter2".
 const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$EiUG1fqUSs4MuCwimvva0Q$k8arja9ucnUOA6fWt3+lP9XIGzhvs4/Gt3zKcEjyjqA";
@@ -259,7 +231,7 @@ async fn a_change_of_users_and_acl_applies_to_connected_clients() {
     let (mut bob, _) = Client::connect(user(b.addr, "bob", "bob")).await;
     bob.subscribe("#", QoS::AtLeastOnce).await;
 
-    let new = broker_config(
+    let new = common::broker::config(
         &yaml("    - {username: '*', access: deny, subscribe: ['secret/#']}\n").replace(
             &format!("    - {{username: bob, password_hash: '{HASH}'}}\n"),
             "",

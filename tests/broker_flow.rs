@@ -6,40 +6,15 @@
 
 mod common;
 
+use common::broker::start;
 use common::mqtt::options;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tidegate::broker::{Broker, Settings};
-use tokio_util::sync::CancellationToken;
 
 /// Long enough for a debug build on a loaded 2-core machine; only a hang reaches it.
 const HANG: Duration = Duration::from_secs(120);
-
-struct TestBroker {
-    broker: Broker,
-    addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn start(broker_yaml: &str) -> TestBroker {
-    let yaml = format!("broker:\n  listeners: [{{bind: 127.0.0.1:0}}]\n{broker_yaml}");
-    let cfg = tidegate::config::parse(&yaml).unwrap_or_else(|e| panic!("{e:?}"));
-    let broker = Broker::new(Settings::from_config(&cfg.broker));
-    let listener = broker.bind(&cfg.broker).await.unwrap().remove(0);
-    let addr = listener.local_addr();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move { listener.serve(s).await });
-    TestBroker { broker, addr, stop }
-}
 
 /// Connects a client and drives its event loop until the SUBACK of `filter`; the caller then
 /// owns the event loop (and decides whether it is ever polled again).
