@@ -111,14 +111,16 @@ impl Process {
     /// Reads /proc/self; figures it cannot read stay 0 / None.
     pub fn read() -> Process {
         let mut p = Process::default();
-        let page = 4096u64;
-        if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-            if let Some(rss) = statm
-                .split_whitespace()
-                .nth(1)
+        // VmRSS is in kB whatever the page size (4 KiB on most boards, 16 KiB on a Pi 5's
+        // kernel), unlike /proc/self/statm's page counts.
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
                 .and_then(|x| x.parse::<u64>().ok())
             {
-                p.resident_bytes = rss * page;
+                p.resident_bytes = kb * 1024;
             }
         }
         // Clock ticks are 100 a second on every Linux this runs on (USER_HZ).
