@@ -13,10 +13,13 @@
 //! Run: `cargo build --release && cargo bench --bench auth_flood` (uses target/release/tidegate,
 //! or `-- --bin PATH`).
 
+#[path = "support/daemon.rs"]
+mod daemon;
+
 use bytes::BytesMut;
 use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,38 +116,13 @@ fn main() {
     );
     let path = dir.path().join("tidegate.yaml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(&bin)
-        .args(["run", "-c"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let daemon::Daemon {
+        mut child,
+        log: mut err,
+        web,
+        mqtt,
+    } = daemon::start(bin.as_ref(), &path);
     let pid = child.id();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (mut web, mut mqtt) = (0u16, 0u16);
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 {
-        let port = |marker: &str| -> Option<u16> {
-            let rest = line.split(marker).nth(1)?;
-            rest.split_whitespace()
-                .next()?
-                .rsplit(':')
-                .next()?
-                .parse()
-                .ok()
-        };
-        if let Some(p) = port("Web UI listening on ") {
-            web = p;
-        }
-        if let Some(p) = port("MQTT broker listening on ") {
-            mqtt = p;
-        }
-        if line.contains("tidegate is running") {
-            break;
-        }
-        line.clear();
-    }
     let log_lines = Arc::new(AtomicU64::new(0));
     let counted = log_lines.clone();
     std::thread::spawn(move || {

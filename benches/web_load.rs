@@ -11,8 +11,11 @@
 //!
 //! Run: `cargo build --release && cargo bench --bench web_load` (uses target/release/tidegate).
 
+#[path = "support/daemon.rs"]
+mod daemon;
+
 use std::io::{BufRead, Read};
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,38 +58,13 @@ fn main() {
     }
     let path = dir.path().join("tidegate.yaml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(&bin)
-        .args(["run", "-c"])
-        .arg(&path)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let daemon::Daemon {
+        mut child,
+        log: mut err,
+        web,
+        mqtt,
+    } = daemon::start(bin.as_ref(), &path);
     let pid = child.id();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (mut web, mut mqtt) = (0u16, 0u16);
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 {
-        let port = |marker: &str| -> Option<u16> {
-            let rest = line.split(marker).nth(1)?;
-            rest.split_whitespace()
-                .next()?
-                .rsplit(':')
-                .next()?
-                .parse()
-                .ok()
-        };
-        if let Some(p) = port("Web UI listening on ") {
-            web = p;
-        }
-        if let Some(p) = port("MQTT broker listening on ") {
-            mqtt = p;
-        }
-        if line.contains("tidegate is running") {
-            break;
-        }
-        line.clear();
-    }
     std::thread::spawn(move || {
         let mut sink = Vec::new();
         let _ = err.read_to_end(&mut sink);
