@@ -454,7 +454,7 @@ fn expiry_drops_old_messages_and_counts_them() {
     let (q, _) = Queue::open(&path, b.clone()).expect("open");
     // received_at_ms not in id order: expiry goes by age, wherever the row sits.
     let ages_s = [600u64, 10, 120, 30, 61, 0];
-    let now = schema::unix_ms();
+    let now = crate::clock::now_ms();
     let msgs = ages_s
         .iter()
         .enumerate()
@@ -482,7 +482,7 @@ fn expiry_drops_old_messages_and_counts_them() {
     append_ok(
         &q,
         vec![NewMessage {
-            received_at_ms: schema::unix_ms() - 600_000,
+            received_at_ms: crate::clock::now_ms() - 600_000,
             ..msg(9, 10)
         }],
     );

@@ -13,9 +13,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tracing::{debug, error, info, warn};
 
-use super::error::{ErrorKind, QueueError};
 use super::schema::{self, Totals};
 use super::{AppendResult, Bounds, NewMessage, Rejected, Stored, WhenFull};
+use super::{ErrorKind, QueueError};
+use crate::sqlite::{exec, quarantine, Failures};
 
 pub(super) type AppendReply = oneshot::Sender<AppendResult>;
 pub(super) type ReadReply = oneshot::Sender<Result<Vec<Stored>, QueueError>>;
@@ -148,7 +149,7 @@ pub(super) struct Writer {
     /// `PRAGMA data_version` as last seen: it changes only when another connection commits
     /// (an operator's `tidegate queue purge`), and then `totals` are counted again.
     data_version: i64,
-    consecutive_failures: u64,
+    failures: Failures,
     /// Messages lost to failed transactions, not yet in the persisted drop counts (they go
     /// into the next transaction that commits).
     unrecorded_write_errors: u64,
@@ -161,10 +162,6 @@ fn to_i64(v: u64) -> i64 {
 
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -197,13 +194,13 @@ impl Writer {
         counters.store_totals(&totals);
         let writer = Writer {
             conn,
-            wal_path: schema::wal_path(&db_path),
+            wal_path: crate::sqlite::wal_path(&db_path),
             db_path,
             counters,
             config,
             totals,
             data_version,
-            consecutive_failures: 0,
+            failures: Failures::default(),
             unrecorded_write_errors: 0,
         };
         writer.update_file_bytes();
@@ -339,18 +336,15 @@ impl Writer {
                 c.rejected.fetch_add(tally.rejected, Ordering::Relaxed);
                 c.purged.fetch_add(tally.purged, Ordering::Relaxed);
                 c.commits.fetch_add(1, Ordering::Relaxed);
-                c.last_commit_latency_us.store(
-                    u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-                    Ordering::Relaxed,
-                );
+                c.last_commit_latency_us
+                    .store(crate::sqlite::micros(latency), Ordering::Relaxed);
                 self.update_file_bytes();
-                if self.consecutive_failures > 0 {
+                if let Some(failed) = self.failures.succeeded() {
                     info!(
                         path = %self.db_path.display(),
-                        failed_transactions = self.consecutive_failures,
+                        failed_transactions = failed,
                         "Uplink queue writes succeed again after failures"
                     );
-                    self.consecutive_failures = 0;
                 }
                 if tally.dropped_full > 0 {
                     debug!(
@@ -394,9 +388,9 @@ impl Writer {
                 c.write_failures.fetch_add(1, Ordering::Relaxed);
                 c.failed_messages.fetch_add(messages, Ordering::Relaxed);
                 self.unrecorded_write_errors += messages;
-                self.consecutive_failures += 1;
+                let consecutive_failures = self.failures.failed();
                 // A full disk fails every batch; log the first one loudly, the rest quietly.
-                if self.consecutive_failures == 1 {
+                if consecutive_failures == 1 {
                     error!(
                         path = %self.db_path.display(),
                         error = %e,
@@ -410,7 +404,7 @@ impl Writer {
                         error = %e,
                         kind = %e.kind(),
                         messages,
-                        consecutive_failures = self.consecutive_failures,
+                        consecutive_failures,
                         "Uplink queue transaction failed again"
                     );
                 }
@@ -674,8 +668,10 @@ impl Writer {
                     id: to_u64(id),
                     topic: r.get(1)?,
                     payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                    qos: u8::try_from(qos)
-                        .map_err(|_| QueueError::InvalidRow(format!("qos = {qos}")))?,
+                    qos: u8::try_from(qos).map_err(|_| QueueError::InvalidRow {
+                        table: "messages",
+                        detail: format!("qos = {qos}"),
+                    })?,
                     retain: r.get::<_, i64>(4)? != 0,
                     properties: Bytes::from(r.get::<_, Vec<u8>>(5)?),
                     received_at_ms: to_u64(r.get(6)?),
@@ -683,7 +679,7 @@ impl Writer {
             })();
             match decoded {
                 Ok(m) => out.push(m),
-                Err(e) if row_level(&e) => bad.push((id, e.to_string())),
+                Err(e) if e.is_row_level() => bad.push((id, e.to_string())),
                 Err(e) => return Err(e),
             }
         }
@@ -693,16 +689,9 @@ impl Writer {
     /// Moves the `bad` rows to the quarantine table (made on first use; the original bytes
     /// kept, with the reason) in one transaction, and counts them out of the queue.
     fn quarantine(&mut self, bad: &[(i64, String)]) -> Result<(), QueueError> {
-        let now = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0),
-        )
-        .unwrap_or(i64::MAX);
-        exec(&self.conn, "BEGIN IMMEDIATE")?;
-        let result = (|| -> rusqlite::Result<Removed> {
-            self.conn.execute_batch(schema::QUARANTINE_TABLE)?;
+        let now = quarantine::now_ms();
+        let removed = crate::sqlite::transaction(&self.conn, || {
+            quarantine::create(&self.conn, schema::QUARANTINE_COLUMNS)?;
             let mut removed = Removed::default();
             for (id, reason) in bad {
                 self.conn.execute(
@@ -721,18 +710,8 @@ impl Writer {
                 removed.rows += gone.rows;
                 removed.bytes += gone.bytes;
             }
-            exec(&self.conn, "COMMIT")?;
             Ok(removed)
-        })();
-        let removed = match result {
-            Ok(r) => r,
-            Err(e) => {
-                if !self.conn.is_autocommit() {
-                    let _ = exec(&self.conn, "ROLLBACK");
-                }
-                return Err(e.into());
-            }
-        };
+        })?;
         for (id, reason) in bad {
             error!(
                 path = %self.db_path.display(),
@@ -754,9 +733,8 @@ impl Writer {
     }
 
     fn update_file_bytes(&self) {
-        let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         self.counters.file_bytes.store(
-            size(&self.db_path) + size(&self.wal_path),
+            crate::sqlite::file_bytes(&self.db_path, &self.wal_path),
             Ordering::Relaxed,
         );
     }
@@ -795,21 +773,6 @@ impl Writer {
         self.conn.close().map_err(|(_, e)| QueueError::from(e))?;
         info!(path = %path.display(), "Uplink queue closed");
         Ok(())
-    }
-}
-
-/// Whether a read error is about one row's values rather than the database.
-fn row_level(e: &QueueError) -> bool {
-    match e {
-        QueueError::InvalidRow(_) => true,
-        QueueError::Sqlite(e) => matches!(
-            **e,
-            rusqlite::Error::FromSqlConversionFailure(..)
-                | rusqlite::Error::InvalidColumnType(..)
-                | rusqlite::Error::IntegralValueOutOfRange(..)
-                | rusqlite::Error::Utf8Error(..)
-        ),
-        _ => false,
     }
 }
 
