@@ -23,9 +23,12 @@ mod open;
 pub mod quarantine;
 mod writer;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub use self::error::{Error, ErrorKind};
 pub use self::open::{open, wal_path, Migration, Opened, Settings, Synchronous};
-pub use self::writer::{Failures, WriterThread};
+pub use self::writer::{collect_batch, Failures, WriterThread};
 
 use std::path::Path;
 use std::time::Duration;

@@ -5,6 +5,7 @@
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::Error;
 
@@ -107,5 +108,33 @@ impl Failures {
     pub fn succeeded(&mut self) -> Option<u64> {
         let before = std::mem::take(&mut self.consecutive);
         (before > 0).then_some(before)
+    }
+}
+
+/// Group commit: collects one batch of commands, starting with `first` (which the writer
+/// blocked for), then taking only what is *already* queued (`try_next`), without waiting for
+/// more. `take` files each command and returns its weight (messages, ops), or `None` to end
+/// the batch after it (close). The batch also ends once the weights reach `max_weight` or
+/// `max_time` has passed since it began. While a transaction runs, new commands pile up and
+/// form the next batch, so batches grow with the load by themselves.
+pub fn collect_batch<C>(
+    first: C,
+    mut try_next: impl FnMut() -> Option<C>,
+    max_weight: usize,
+    max_time: Duration,
+    mut take: impl FnMut(C) -> Option<usize>,
+) {
+    let started = Instant::now();
+    let mut weight = 0usize;
+    let mut next = Some(first);
+    while let Some(cmd) = next.take() {
+        let Some(w) = take(cmd) else {
+            return;
+        };
+        weight += w;
+        if weight >= max_weight || started.elapsed() >= max_time {
+            return;
+        }
+        next = try_next();
     }
 }

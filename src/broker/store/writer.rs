@@ -11,7 +11,7 @@ use tracing::{debug, error, info, warn};
 
 use super::types::{to_i64, Op};
 use super::StoreError;
-use crate::sqlite::{exec, Failures};
+use crate::sqlite::{collect_batch, exec, Failures};
 
 pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -335,31 +335,27 @@ impl Writer {
             let mut commands = 0u64;
             let mut close_reply = None;
             if let Some(first) = first {
-                let mut n_ops = 0usize;
-                let started = Instant::now();
-                let mut next = Some(first);
-                while let Some(cmd) = next.take() {
-                    match cmd {
+                // Only what is already queued; a disconnect shows up at the next recv.
+                collect_batch(
+                    first,
+                    || rx.try_recv().ok(),
+                    self.config.max_batch_ops,
+                    self.config.max_batch_time,
+                    |cmd| match cmd {
                         Cmd::Write { ops, reply } => {
                             commands += 1;
-                            n_ops += ops.len();
+                            let n = ops.len();
                             if !ops.is_empty() || reply.is_some() {
                                 batch.push(Pending { ops, reply });
                             }
+                            Some(n)
                         }
                         Cmd::Close { reply } => {
                             close_reply = Some(reply);
-                            break;
+                            None
                         }
-                    }
-                    if n_ops >= self.config.max_batch_ops
-                        || started.elapsed() >= self.config.max_batch_time
-                    {
-                        break;
-                    }
-                    // Only what is already queued; a disconnect shows up at the next recv.
-                    next = rx.try_recv().ok();
-                }
+                    },
+                );
             }
 
             self.counters

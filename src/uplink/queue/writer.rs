@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 use super::schema::{self, Totals};
 use super::{AppendResult, Bounds, NewMessage, Rejected, Stored, WhenFull};
 use super::{ErrorKind, QueueError};
-use crate::sqlite::{exec, quarantine, Failures};
+use crate::sqlite::{collect_batch, exec, quarantine, Failures};
 
 pub(super) type AppendReply = oneshot::Sender<AppendResult>;
 pub(super) type ReadReply = oneshot::Sender<Result<Vec<Stored>, QueueError>>;
@@ -228,40 +228,50 @@ impl Writer {
             let mut reads = Vec::new();
             let mut close_reply = None;
             let mut refresh = false;
-            let mut messages = 0usize;
-            let started = Instant::now();
-            let mut next = Some(first);
-            while let Some(cmd) = next.take() {
-                match cmd {
+            // Only what is already queued: the batch grows with the load by itself,
+            // because commands pile up while the previous transaction is committing.
+            collect_batch(
+                first,
+                || rx.try_recv().ok(),
+                self.config.max_batch_messages,
+                self.config.max_batch_time,
+                |cmd| match cmd {
                     Cmd::Append {
                         msgs,
                         reply,
                         permit,
                     } => {
-                        messages += msgs.len().max(1);
+                        let n = msgs.len().max(1);
                         writes.push(Write::Append {
                             msgs,
                             reply,
                             _permit: permit,
                         });
+                        Some(n)
                     }
                     Cmd::Ack { through } => {
-                        messages += 1;
                         writes.push(Write::Ack(through));
+                        Some(1)
                     }
                     Cmd::Expire { now_ms } => {
-                        messages += 1;
                         writes.push(Write::Expire(now_ms));
+                        Some(1)
                     }
                     Cmd::Read {
                         after,
                         limit,
                         reply,
-                    } => reads.push((after, limit, reply)),
-                    Cmd::Refresh => refresh = true,
+                    } => {
+                        reads.push((after, limit, reply));
+                        Some(0)
+                    }
+                    Cmd::Refresh => {
+                        refresh = true;
+                        Some(0)
+                    }
                     Cmd::Drops { reason, n } => {
-                        messages += 1;
                         writes.push(Write::Drops(reason, n));
+                        Some(1)
                     }
                     #[cfg(test)]
                     Cmd::QueryInt { sql, reply } => {
@@ -270,21 +280,14 @@ impl Writer {
                             .query_row(sql, [], |r| r.get(0))
                             .map_err(QueueError::from);
                         let _ = reply.send(r);
+                        Some(0)
                     }
                     Cmd::Close { reply } => {
                         close_reply = Some(reply);
-                        break;
+                        None
                     }
-                }
-                if messages >= self.config.max_batch_messages
-                    || started.elapsed() >= self.config.max_batch_time
-                {
-                    break;
-                }
-                // Only what is already queued: the batch grows with the load by itself,
-                // because commands pile up while the previous transaction is committing.
-                next = rx.try_recv().ok();
-            }
+                },
+            );
 
             if !writes.is_empty() {
                 // A transaction looks at `data_version` anyway.
