@@ -6,7 +6,7 @@
 //! here and `validate` checks that a device has exactly the keys its driver needs, with a clear
 //! error ("`baud` is not a setting of a modbus_tcp device") rather than serde's "unknown variant".
 //!
-//! One file per section: [`broker`], [`devices`], [`uplinks`], [`web`] (web and log); the
+//! One file per section: `broker`, `devices`, `uplinks`, `web` (web and log); the
 //! document ([`Config`]) and the `gateway` section are here. Everything is re-exported, so
 //! `crate::config::Device` is the path to use. A new driver adds its keys to [`Device`] /
 //! [`Tag`] (optional, so other drivers' configs are unaffected) and a [`Driver`] variant; a

@@ -12,10 +12,10 @@
 //! - topic filters are valid MQTT filters; prefixes hold no wildcards;
 //! - `min <= max`; QoS is 0..=2; TLS certificate pairs are complete and readable.
 //!
-//! One file per section: [`broker`], [`devices`] (with one file per driver), [`uplinks`],
-//! [`web`] (web and log); the gateway section and the helpers they share (names, listen
+//! One file per section: `broker`, `devices` (with one file per driver), `uplinks`,
+//! `web` (web and log); the gateway section and the helpers they share (names, listen
 //! addresses, readable files, topic filters, QoS) are here. A new driver or uplink format
-//! adds its rules in its own file (or its own module, taking a [`V`]) and one call from the
+//! adds its rules in its own file (or its own module, taking a `V`) and one call from the
 //! section's dispatch: `devices::device` for a driver, `uplinks::uplinks` for an uplink.
 
 mod broker;
