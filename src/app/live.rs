@@ -641,6 +641,25 @@ impl Controller {
             config.gateway.data_dir.clone(),
             self.run.broker.clone(),
         );
+        if let Some(sparkplug) = uplink.sparkplug.clone() {
+            // A Sparkplug B edge node (SPEC §7) instead of topic rules.
+            let devices = config.devices.clone();
+            return self
+                .sup
+                .spawn(format!("uplink {}", uplink.name), move |stop| {
+                    crate::uplink::sparkplug::node::Node {
+                        cfg: cfg.clone(),
+                        sparkplug: sparkplug.clone(),
+                        devices: devices.clone(),
+                        local: local.clone(),
+                        gateway: gateway.clone(),
+                        data_dir: data_dir.clone(),
+                        broker: b.clone(),
+                        ledger: ledger.clone(),
+                    }
+                    .run(stop)
+                });
+        }
         self.sup
             .spawn(format!("uplink {}", uplink.name), move |stop| {
                 let u = crate::uplink::run::Uplink {

@@ -22,6 +22,7 @@ pub mod inspect;
 pub mod queue;
 pub mod rules;
 pub mod run;
+pub mod sparkplug;
 pub mod tracker;
 
 use serde::Serialize;
