@@ -60,6 +60,11 @@ const WINDOW: usize = 100;
 const READ_BATCH: usize = 1000;
 /// Metrics in one DDATA at most.
 const MAX_METRICS: usize = 500;
+/// Reading bytes (their JSON, larger than their metrics) gathered into one DDATA at most:
+/// keeps a DDATA far below the packet limits of cloud brokers (AWS IoT Core: 128 KiB).
+const MAX_DDATA_BYTES: usize = 32 << 10;
+/// The largest packet sent or taken (rumqttc's default is 10 KiB).
+const MAX_PACKET: usize = 256 << 10;
 
 /// The local topics a Sparkplug uplink takes: every reading and every `$status`.
 pub fn local_filters() -> Vec<String> {
@@ -509,8 +514,9 @@ impl Node {
                 continue;
             }
             // A run of readings of this device with the same historical flag.
+            let mut bytes = first.payload.len();
             let mut rows = vec![first];
-            while rows.len() < MAX_METRICS {
+            while rows.len() < MAX_METRICS && bytes < MAX_DDATA_BYTES {
                 let next_fits = l.ready.front().is_some_and(|r| {
                     (r.received_at_ms < l.live_since) == historical
                         && split(&r.topic).is_some_and(|(d, t)| d == device && t != "$status")
@@ -520,6 +526,7 @@ impl Node {
                 }
                 if let Some(r) = l.ready.pop_front() {
                     l.after = r.id;
+                    bytes += r.payload.len();
                     rows.push(r);
                 }
             }
@@ -543,6 +550,17 @@ impl Node {
             }
             let seq = l.next_seq();
             let p = catalogue.ddata(&readings, historical, seq, now_ms());
+            if p.encoded_len() + 1024 > MAX_PACKET {
+                // One reading larger than any packet (a huge string): it could never be sent,
+                // and retrying it would stop everything behind it.
+                warn!(uplink = %self.name(), device = %device, bytes = p.encoded_len(), "A reading too large for a Sparkplug packet was dropped (dropped/write_error)");
+                self.ledger
+                    .dropped_write_error
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                l.seq = l.seq.wrapping_sub(1);
+                self.skip(l, queue, last_id);
+                continue;
+            }
             l.tracker.sent(last_id, 1)?;
             l.handed.push_back(Handed::Queued);
             l.client
@@ -784,6 +802,7 @@ fn connect(
                 .set_clean_session(true)
                 .set_manual_acks(true)
                 .set_inflight(WINDOW as u16)
+                .set_max_packet_size(MAX_PACKET, MAX_PACKET)
                 .set_request_channel_capacity(cap)
                 .set_transport(target.transport.clone())
                 .set_last_will(rumqttc::LastWill::new(
@@ -804,6 +823,7 @@ fn connect(
                 .set_clean_start(true)
                 .set_manual_acks(true)
                 .set_outgoing_inflight_upper_limit(WINDOW as u16)
+                .set_max_packet_size(Some(MAX_PACKET as u32))
                 .set_request_channel_capacity(cap)
                 .set_transport(target.transport.clone())
                 .set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
