@@ -509,3 +509,99 @@ fn decode_with_sparkplug_payload(records: &[Value]) {
         }
     }
 }
+
+/// Kills a child when the test ends, however it ends.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn dcmd_write_runs_the_command_path_changes_a_pymodbus_register_and_the_read_back_is_ddata() {
+    if !have_mosquitto()
+        || !have_host()
+        || !have(
+            "python3 with pymodbus",
+            &["python3", "-c", "import pymodbus"],
+            "pip install pymodbus",
+        )
+    {
+        return;
+    }
+    let mut server = Kill(
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/pymodbus_server.py"
+            ))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = server.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait = |what: &str, pred: &dyn Fn(&str) -> bool| loop {
+        match rx.recv_timeout(LIMIT) {
+            Ok(l) if pred(&l) => return l,
+            Ok(_) => {}
+            Err(_) => panic!("pymodbus: no {what} within {LIMIT:?}"),
+        }
+    };
+    let port: u16 = wait("LISTENING", &|l| l.starts_with("LISTENING "))
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let m = mosquitto();
+    let mut host = Host::start(m.addr, "dcmd", None);
+    let body = sparkplug_body(m.addr, "dcmd", "").replace(
+        "devices:\n",
+        &format!("devices:\n  - name: plc\n    driver: modbus_tcp\n    host: 127.0.0.1\n    port: {port}\n    unit_id: 1\n    poll_interval: 200ms\n    tags:\n      - {{name: setpoint, register: holding, address: 100, type: u16, writable: true, min: 0, max: 90}}\n"),
+    );
+    let cfg = TempConfig::new(&body);
+    let gw = Gateway::start(&cfg);
+    let birth = host.next("the plc's DBIRTH", |v| {
+        v["type"] == "DBIRTH" && v["device"] == "plc"
+    });
+    assert_eq!(metric(&birth, "setpoint")["datatype"], "UINT16");
+    // The first poll may land after the births: wait for the register's value 40 either way.
+    if metric(&birth, "setpoint")["value"] != 40 {
+        host.next("setpoint 40", |v| {
+            v["device"] == "plc"
+                && v["metrics"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|m| m["value"] == 40))
+        });
+    }
+    // Out of range (max 90): refused by the command path, nothing written.
+    host.send(&format!("dcmd {NODE} plc setpoint 95"));
+    gw.wait_log("DCMD write passed to the command path", LIMIT);
+    host.send(&format!("dcmd {NODE} plc setpoint 77"));
+    let write = wait("a register write", &|l| l.starts_with("WRITE "));
+    assert_eq!(
+        write, "WRITE 6 100 [77]",
+        "only the in-range write reaches the device"
+    );
+    let back = host.next("the read-back DDATA", |v| {
+        v["type"] == "DDATA"
+            && v["device"] == "plc"
+            && v["metrics"].as_array().is_some_and(|ms| {
+                ms.iter()
+                    .any(|m| m["name"] == "setpoint" && m["value"] == 77)
+            })
+    });
+    assert_eq!(metric(&back, "setpoint")["historical"], false);
+    gw.stop();
+}
