@@ -328,6 +328,18 @@ fn tck_ncmd_rebirth_republishes_nbirth_and_every_dbirth_with_the_same_bdseq() {
     let d = host.next_kind("DBIRTH");
     assert_eq!(d["seq"], 1);
     assert_seq_order(&host.all());
+
+    // A devices change applied without a restart (SIGHUP) makes new births with the new tag.
+    let text = std::fs::read_to_string(&cfg.path).unwrap().replace(
+        "      - {name: count,",
+        "      - {name: added, signal: random}\n      - {name: count,",
+    );
+    std::fs::write(&cfg.path, text).unwrap();
+    signal(&gw.child, "HUP");
+    host.next_kind("NDEATH");
+    host.next_kind("NBIRTH");
+    let d = host.next_kind("DBIRTH");
+    metric(&d, "added");
     gw.stop();
 }
 

@@ -445,7 +445,9 @@ impl Controller {
         let mut kept = Vec::new();
         let mut restarted = std::collections::BTreeSet::new();
         for (cfg, ledger, handle) in std::mem::take(&mut self.run.uplinks) {
-            if new.uplinks.contains(&cfg) {
+            // A Sparkplug uplink publishes every device: a devices change means new births.
+            let sparkplug_stale = cfg.sparkplug.is_some() && old.devices != new.devices;
+            if new.uplinks.contains(&cfg) && !sparkplug_stale {
                 kept.push((cfg, ledger, handle));
                 continue;
             }
