@@ -141,6 +141,18 @@ impl Node {
         &self.cfg.name
     }
 
+    /// Updates the ledger's Sparkplug status.
+    fn status(&self, f: impl FnOnce(&mut super::Status)) {
+        let mut s = self
+            .ledger
+            .sparkplug
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(s) = s.as_mut() {
+            f(s);
+        }
+    }
+
     /// Runs until `stop`.
     pub async fn run(self, stop: CancellationToken) -> Result<(), TaskError> {
         let cfg = &self.cfg;
@@ -191,6 +203,18 @@ impl Node {
         }
         info!(uplink = %name, url = %cfg.url, group = %topics.group, edge_node = %topics.node, primary_host = ?self.sparkplug.primary_host, queued = opened.depth, "Sparkplug edge node started");
         let bdseq_path = super::bdseq::path(&self.data_dir, &name);
+        *self
+            .ledger
+            .sparkplug
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(super::Status {
+            group_id: topics.group.clone(),
+            edge_node_id: topics.node.clone(),
+            primary_host: self.sparkplug.primary_host.clone(),
+            host_online: None,
+            bd_seq: None,
+            born: false,
+        });
 
         let local_cell = self.local.clone();
         let mut local = local_cell.lock().await;
@@ -208,6 +232,7 @@ impl Node {
                 if let Err(e) = self.send_more(l, &queue, &catalogue, &topics).await {
                     warn!(uplink = %name, error = %client::describe(&e), "Sending failed; reconnecting");
                     link = None;
+                    self.status(|s| s.born = false);
                     retry_at = Instant::now() + backoff;
                 }
             }
@@ -249,6 +274,7 @@ impl Node {
                                 self.goodbye(l, &topics).await;
                             }
                             self.ledger.set_state(LinkState::Disconnected, Some("primary host offline".into()));
+                            self.status(|s| s.born = false);
                             retry_at = Instant::now() + cfg.reconnect.min.0;
                         }
                         Err(e) => {
@@ -261,6 +287,7 @@ impl Node {
                                 warn!(uplink = %name, error = %client::describe(&e), retry_in = ?backoff, "Cannot connect the Sparkplug uplink");
                             }
                             link = None;
+                            self.status(|s| s.born = false);
                             retry_at = Instant::now() + backoff;
                             backoff = (backoff * 2).min(cfg.reconnect.max.0);
                         }
@@ -280,6 +307,10 @@ impl Node {
                     let will = Bytes::from(model::ndeath(bd_seq, now_ms()).encode_to_vec());
                     let (client, conn) = connect(cfg, &target, &client_id, password.clone(), (topics.node("NDEATH"), will));
                     debug!(uplink = %name, bd_seq, "Connecting the Sparkplug edge node");
+                    self.status(|s| {
+                        s.bd_seq = Some(bd_seq);
+                        s.born = false;
+                    });
                     link = Some(Link {
                         client,
                         conn,
@@ -447,6 +478,7 @@ impl Node {
             l.live_since = now;
         }
         l.born = true;
+        self.status(|s| s.born = true);
         info!(uplink = %self.name(), bd_seq = l.bd_seq, devices = catalogue.devices.len(), queued = queue.stats().depth, "Sparkplug births published");
         Ok(())
     }
@@ -653,6 +685,9 @@ impl Node {
                 let online = serde_json::from_slice::<serde_json::Value>(payload)
                     .ok()
                     .and_then(|v| v["online"].as_bool());
+                if online.is_some() {
+                    self.status(|s| s.host_online = online);
+                }
                 match online {
                     Some(true) if !l.born => {
                         info!(uplink = %self.name(), host = %host, "The primary host is online");
