@@ -140,6 +140,14 @@ mod tests {
                 "uplinks[0].sparkplug.primary_host"
             ]
         );
+        // Semantic errors carry the line and column of their key, like every other one.
+        let yaml = "uplinks:\n  - name: scada\n    url: mqtt://127.0.0.1:1883\n    format: sparkplug_b\n    sparkplug:\n      group_id: \"a+b\"\n";
+        let errs = crate::config::parse(yaml).unwrap_err();
+        let e = errs
+            .iter()
+            .find(|e| e.path == "uplinks[0].sparkplug.group_id")
+            .unwrap();
+        assert_eq!(e.line, Some(6), "{e:?}");
         let e = errors("    format: sparkplug_c\n");
         assert_eq!(e[0].0, "uplinks[0].format", "{e:?}");
         let e = errors("    format: sparkplug_b\n    sparkplug: {group_id: g, colour: red}\n");
