@@ -656,6 +656,13 @@ impl Node {
             }
             Up::Acked(pkid) => {
                 if let Some(through) = l.tracker.acked(pkid)? {
+                    // Nothing left in flight: rows skipped after the last DDATA (historical
+                    // `$status`) go with it.
+                    let through = if l.tracker.in_flight() == 0 {
+                        through.max(l.after)
+                    } else {
+                        through
+                    };
                     queue.ack_through(through);
                 }
             }
