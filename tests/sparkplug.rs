@@ -617,3 +617,43 @@ fn dcmd_write_runs_the_command_path_changes_a_pymodbus_register_and_the_read_bac
     assert_eq!(metric(&back, "setpoint")["historical"], false);
     gw.stop();
 }
+
+#[test]
+fn tck_ddeath_follows_the_device_status_and_a_dbirth_comes_back_with_it() {
+    if !have_mosquitto() || !have_host() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let m = mosquitto();
+    let mut host = Host::start(m.addr, "status", None);
+    let cfg = TempConfig::new(&sparkplug_body(m.addr, "status", ""));
+    let gw = Gateway::start(&cfg);
+    host.next_kind("DBIRTH");
+    let status = |online: bool| {
+        rt.block_on(async {
+            let (mut c, _) =
+                Client::connect(options(gw.addr, &format!("st-{}", free_port()))).await;
+            let body = format!(r#"{{"online": {online}, "since": 1, "error": null}}"#);
+            c.client
+                .publish("devices/line/$status", QoS::AtLeastOnce, true, body)
+                .await
+                .unwrap();
+            loop {
+                match tokio::time::timeout(LIMIT, c.events.recv()).await {
+                    Ok(Some(Ok(Event::Incoming(Packet::PubAck(_))))) => break,
+                    Ok(Some(Ok(_))) => {}
+                    other => panic!("no PUBACK for the status: {other:?}"),
+                }
+            }
+        })
+    };
+    status(false);
+    let d = host.next_kind("DDEATH");
+    assert_eq!(d["topic"], format!("spBv1.0/status/DDEATH/{NODE}/line"));
+    status(true);
+    let b = host.next_kind("DBIRTH");
+    assert_eq!(b["device"], "line");
+    metric(&b, "count");
+    assert_seq_order(&host.all());
+    gw.stop();
+}
