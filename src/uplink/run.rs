@@ -58,8 +58,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-/// Unacknowledged messages toward the cloud at once.
+/// Unacknowledged messages toward an MQTT 3.1.1 cloud at once: 3.1.1 brokers cannot say how
+/// many they take, and managed ones cap in-flight messages per connection.
 const WINDOW: usize = 100;
+/// The same toward an MQTT 5 cloud, which states its limit (Receive Maximum in CONNACK); the
+/// connection keeps below the smaller of the two ([`client::Connection::can_write`]).
+const WINDOW_V5: usize = 500;
+/// Events already read from the cloud connection handled in one turn of the loop, before
+/// the window is filled again.
+const EVENT_BATCH: usize = 256;
 /// Messages read from the queue at a time (read ahead of the window, so a freed slot never
 /// waits for a read).
 const READ_BATCH: usize = 500;
@@ -72,7 +79,9 @@ const COMMITTED_CAPACITY: usize = 64;
 /// not yet deleted when power is lost is sent again at restart (a duplicate, never a loss).
 const ACK_EVERY: u64 = 256;
 
-/// What a publish handed to rumqttc was, so its `Outgoing::Publish` event can be matched.
+/// What a publish written to the cloud was, so its packet id can be matched: known at once,
+/// or from rumqttc's `Outgoing::Publish` event when the id collided ([`Up::Sent`]).
+#[derive(Clone, Copy)]
 enum Handed {
     Queued,
     Direct,
@@ -84,6 +93,8 @@ struct Link {
     conn: Connection,
     connected: bool,
     tracker: Tracker,
+    /// Publishes rumqttc writes itself, in order, waiting for their `Up::Sent` ids (see
+    /// [`client::Connection::write_publish`]).
     handed: VecDeque<Handed>,
     status_pkids: HashSet<u16>,
     /// Sending continues after this queue id.
@@ -125,6 +136,49 @@ impl Link {
         if through.saturating_sub(self.ack_flushed) >= ACK_EVERY || self.tracker.in_flight() == 0 {
             self.flush_acks();
         }
+    }
+
+    /// Writes a publish into the connection's buffer (flushed by the caller, once per
+    /// batch) and files its packet id by what it is.
+    async fn write(
+        &mut self,
+        kind: Handed,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Bytes,
+    ) -> anyhow::Result<()> {
+        match self.conn.write_publish(topic, qos, retain, payload).await? {
+            Some(pkid) => self.written(kind, pkid)?,
+            None => self.handed.push_back(kind),
+        }
+        Ok(())
+    }
+
+    /// Whether a message may be written now. Under MQTT 3.1.1 nothing is written while a
+    /// publish waits on a packet id collision, so ids stay in the order messages were sent.
+    fn can_write(&self) -> bool {
+        self.conn.can_write() && (self.handed.is_empty() || self.conn.ids_come_later())
+    }
+
+    /// A publish of `kind` went out with `pkid`.
+    fn written(&mut self, kind: Handed, pkid: u16) -> anyhow::Result<()> {
+        match kind {
+            Handed::Queued => {
+                if pkid == 0 {
+                    // A QoS 0 message is done once written: the link moves.
+                    self.last_progress = Instant::now();
+                }
+                if let Some(through) = self.tracker.assigned(pkid)? {
+                    self.acked_through(through);
+                }
+            }
+            Handed::Status => {
+                self.status_pkids.insert(pkid);
+            }
+            Handed::Direct => {}
+        }
+        Ok(())
     }
 
     fn flush_acks(&mut self) {
@@ -261,6 +315,10 @@ impl Uplink {
             }
             (None, None) => None,
         };
+        let window = match cfg.protocol {
+            config::Protocol::V311 => WINDOW,
+            config::Protocol::V5 => WINDOW_V5,
+        };
         let settings = client::Settings {
             client_id: cfg.client_id.replace("{gateway}", &self.gateway),
             username: cfg.username.clone(),
@@ -271,7 +329,7 @@ impl Uplink {
                 status_topic.clone(),
                 self.offline_payload("connection lost"),
             ),
-            window: WINDOW as u16,
+            window: window as u16,
         };
         let path = super::inspect::queue_path(&self.data_dir, &name);
         let bounds = Bounds {
@@ -372,10 +430,24 @@ impl Uplink {
                     return Err(TaskError::Failed(anyhow::anyhow!("uplink queue damaged: {e}")));
                 }
                 ev = next_event(&mut link), if link.is_some() => {
-                    let result = match ev {
+                    let mut result = match ev {
                         Ok(up) => self.on_event(up, link.as_mut(), &rules, &queue, &status_topic, &mut echoes).await,
                         Err(e) => Err(e),
                     };
+                    // The rest of what that socket read brought (rumqttc hands out one
+                    // packet per poll), before the window is filled again.
+                    for _ in 0..EVENT_BATCH {
+                        if result.is_err() {
+                            break;
+                        }
+                        let Some(ev) = link.as_mut().and_then(|l| l.conn.next_buffered()) else {
+                            break;
+                        };
+                        result = match ev {
+                            Ok(up) => self.on_event(up, link.as_mut(), &rules, &queue, &status_topic, &mut echoes).await,
+                            Err(e) => Err(e),
+                        };
+                    }
                     if let Err(e) = result {
                         let was_up = link.as_ref().is_some_and(|l| l.connected);
                         if was_up && client::is_keepalive_timeout(&e) {
@@ -403,7 +475,7 @@ impl Uplink {
                         client,
                         conn,
                         connected: false,
-                        tracker: Tracker::new(WINDOW),
+                        tracker: Tracker::new(window),
                         handed: VecDeque::new(),
                         status_pkids: HashSet::new(),
                         after: 0,
@@ -524,18 +596,22 @@ impl Uplink {
             });
             held.push(m);
         }
-        if let Some(link) = link {
+        if let Some(link) = link.filter(|_| !direct.is_empty()) {
+            let mut written = 0;
             for (topic, payload, retain) in direct {
                 note_sent(echoes, rules, &topic, &payload);
-                link.handed.push_back(Handed::Direct);
                 if link
-                    .client
-                    .publish(&topic, QoS::AtMostOnce, retain, payload)
+                    .write(Handed::Direct, topic, QoS::AtMostOnce, retain, payload)
                     .await
-                    .is_ok()
+                    .is_err()
                 {
-                    l.sent.fetch_add(1, Ordering::Relaxed);
+                    break;
                 }
+                written += 1;
+            }
+            // A failed write or flush ends the connection; the event loop reports it.
+            if link.conn.flush().await.is_ok() {
+                l.sent.fetch_add(written, Ordering::Relaxed);
             }
         }
         if to_queue.is_empty() {
@@ -606,8 +682,8 @@ impl Uplink {
         });
     }
 
-    /// Fills the in-flight window from the queue, in id order; while a drain runs, each
-    /// message waits for a token of the `drain_rate` pacer.
+    /// Fills the in-flight window from the queue, in id order, with one flush for all it
+    /// wrote; while a drain runs, each message waits for a token of the `drain_rate` pacer.
     async fn send_more(
         &self,
         l: &mut Link,
@@ -615,17 +691,31 @@ impl Uplink {
         rules: &[Rule],
         echoes: &mut Option<Echoes>,
     ) -> anyhow::Result<()> {
+        self.write_more(l, queue, rules, echoes).await?;
+        // With any acknowledgements to the cloud written meanwhile.
+        l.conn.flush().await
+    }
+
+    /// [`Uplink::send_more`]'s writes; returns how many.
+    async fn write_more(
+        &self,
+        l: &mut Link,
+        queue: &Queue,
+        rules: &[Rule],
+        echoes: &mut Option<Echoes>,
+    ) -> anyhow::Result<usize> {
+        let mut written = 0;
         if let Some(at) = l.pace_at {
             if at > Instant::now() {
-                return Ok(());
+                return Ok(written);
             }
             l.pace_at = None;
         }
-        while l.tracker.can_send() {
+        while l.tracker.can_send() && l.can_write() {
             if l.ready.is_empty() {
                 if l.caught_up.is_some() {
                     // Nothing queued beyond what was sent; new messages come from memory.
-                    return Ok(());
+                    return Ok(written);
                 }
                 let want = READ_BATCH;
                 let after = l.tracker.last_sent().unwrap_or(l.after);
@@ -637,14 +727,14 @@ impl Uplink {
                         self.ledger.draining.store(false, Ordering::Relaxed);
                         info!(uplink = %self.name(), "Uplink caught up with its backlog");
                     }
-                    return Ok(());
+                    return Ok(written);
                 }
                 l.ready.extend(batch);
             }
             if l.draining {
                 if let Err(at) = l.pacer.take(Instant::now().into_std()) {
                     l.pace_at = Some(at.into());
-                    return Ok(());
+                    return Ok(written);
                 }
             }
             let Some(m) = l.ready.pop_front() else {
@@ -658,15 +748,16 @@ impl Uplink {
             }
             l.tracker.sent(m.id, m.qos)?;
             note_sent(echoes, rules, &m.topic, &m.payload);
-            l.handed.push_back(Handed::Queued);
-            l.client.publish(&m.topic, qos, m.retain, m.payload).await?;
+            l.write(Handed::Queued, m.topic, qos, m.retain, m.payload)
+                .await?;
+            written += 1;
             self.ledger.sent.fetch_add(1, Ordering::Relaxed);
             if self.ledger.max_sent_id.fetch_max(m.id, Ordering::Relaxed) >= m.id {
                 // Sent before, on a connection that dropped before its acknowledgement.
                 self.ledger.redelivered.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Ok(())
+        Ok(written)
     }
 
     async fn on_event(
@@ -680,8 +771,15 @@ impl Uplink {
     ) -> anyhow::Result<()> {
         let Some(l) = link else { return Ok(()) };
         match up {
-            Up::Connected { session_present } => {
+            Up::Connected {
+                session_present,
+                receive_max,
+            } => {
                 l.connected = true;
+                if self.cfg.protocol == config::Protocol::V5 {
+                    // The cloud's limit, when lower than ours (rumqttc keeps to it too).
+                    l.tracker = Tracker::new(WINDOW_V5.min(usize::from(receive_max)));
+                }
                 l.last_progress = Instant::now();
                 // Everything not acknowledged goes again, in order.
                 l.after = 0;
@@ -694,34 +792,24 @@ impl Uplink {
                 self.ledger.connections.fetch_add(1, Ordering::Relaxed);
                 self.ledger.set_state(LinkState::Connected, None);
                 info!(uplink = %self.name(), session_present, queued = depth, drain_rate = self.cfg.buffer.drain_rate, "Uplink connected");
-                l.handed.push_back(Handed::Status);
-                l.client
-                    .publish(
-                        status_topic,
-                        QoS::AtLeastOnce,
-                        true,
-                        Bytes::from(self.birth_payload()),
-                    )
-                    .await?;
+                l.write(
+                    Handed::Status,
+                    status_topic.to_string(),
+                    QoS::AtLeastOnce,
+                    true,
+                    Bytes::from(self.birth_payload()),
+                )
+                .await?;
+                l.conn.flush().await?;
                 for r in rules.iter().filter(|r| r.inbound) {
                     l.client.subscribe(&r.remote_filter(), r.qos).await?;
                 }
             }
-            Up::Sent(pkid) => match l.handed.pop_front() {
-                Some(Handed::Queued) => {
-                    if pkid == 0 {
-                        // A QoS 0 message is done once written: the link moves.
-                        l.last_progress = Instant::now();
-                    }
-                    if let Some(through) = l.tracker.assigned(pkid)? {
-                        l.acked_through(through);
-                    }
+            Up::Sent(pkid) => {
+                if let Some(kind) = l.handed.pop_front() {
+                    l.written(kind, pkid)?;
                 }
-                Some(Handed::Status) => {
-                    l.status_pkids.insert(pkid);
-                }
-                Some(Handed::Direct) | None => {}
-            },
+            }
             Up::Acked(pkid) => {
                 l.last_progress = Instant::now();
                 if l.status_pkids.remove(&pkid) {
@@ -758,7 +846,7 @@ impl Uplink {
                     }
                 }
                 // Acknowledged to the cloud only now that the local broker has it.
-                l.client.ack(&m).await?;
+                l.conn.ack(&m).await?;
             }
             Up::Other => {}
         }
@@ -768,22 +856,41 @@ impl Uplink {
     /// Graceful stop: the offline status ("shutdown"), then DISCONNECT, within a second or two.
     async fn shut_down(&self, mut l: Link, status_topic: &str) {
         let payload = Bytes::from(self.offline_payload("shutdown"));
-        l.handed.push_back(Handed::Status);
-        let _ = l
-            .client
-            .publish(status_topic, QoS::AtLeastOnce, true, payload)
-            .await;
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            // Wait for a free packet id if the window is full.
+            while !l.can_write() {
+                match l.conn.next().await {
+                    Ok(Up::Sent(pkid)) => {
+                        if let Some(kind) = l.handed.pop_front() {
+                            let _ = l.written(kind, pkid);
+                        }
+                    }
+                    Ok(Up::Acked(pkid)) => {
+                        let _ = l.tracker.acked(pkid);
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+            // Only this status's acknowledgement matters now.
+            l.status_pkids.clear();
+            let topic = status_topic.to_string();
+            if l.write(Handed::Status, topic, QoS::AtLeastOnce, true, payload)
+                .await
+                .is_err()
+                || l.conn.flush().await.is_err()
+            {
+                return;
+            }
             // Drive the connection until the status is acknowledged, then disconnect.
-            let mut status_sent = None;
             loop {
                 match l.conn.next().await {
                     Ok(Up::Sent(pkid)) => {
-                        if let Some(Handed::Status) = l.handed.pop_front() {
-                            status_sent = Some(pkid);
+                        if let Some(kind) = l.handed.pop_front() {
+                            let _ = l.written(kind, pkid);
                         }
                     }
-                    Ok(Up::Acked(pkid)) if Some(pkid) == status_sent => break,
+                    Ok(Up::Acked(pkid)) if l.status_pkids.contains(&pkid) => break,
                     Ok(_) => {}
                     Err(_) => return,
                 }
