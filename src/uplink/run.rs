@@ -9,12 +9,13 @@
 //!   PUBACK means "on disk". A QoS 0 rule's messages go straight out while connected (or
 //!   into the queue with `qos0: buffer`), and are dropped and counted otherwise. The retain
 //!   flag goes up as published (Retain As Published), so the cloud's retained state follows
-//!   the gateway's.
+//!   the gateway's. In [`super::ingest`].
 //! - **send**: while connected, queued messages go out in id order within the in-flight
 //!   window; the [`Tracker`] ties each PUBACK/PUBCOMP to its message, and the queue deletes
 //!   the contiguous acknowledged prefix. On every (re)connect, sending starts again after the
 //!   acknowledged prefix: what was in flight when the link dropped is sent again (counted as
-//!   redelivered; the cloud may see it twice, never zero times).
+//!   redelivered; the cloud may see it twice, never zero times). In [`super::link`]: each
+//!   batch is written into the connection's buffer and flushed once.
 //! - **commands**: `in` rules subscribe at the cloud; a message is published into the local
 //!   broker at the rule's QoS and acknowledged to the cloud only after (manual acks). It is
 //!   published under the uplink's own name, and the ingest subscription has No Local, so it
@@ -34,18 +35,20 @@
 //! - **drain**: a connect that finds a backlog starts a drain, paced by `buffer.drain_rate`
 //!   until the sender has caught up (see [`super::drain`]); the ledger shows it with an ETA.
 
-use super::client::{self, Client, Connection, Up};
+use super::client::{self, Up};
 use super::drain::{AckRate, Pacer};
 use super::echo::Echoes;
-use super::queue::Stored;
-use super::queue::{Bounds, NewMessage, Queue, WhenFull};
+use super::ingest::{Commits, COMMITTED_CAPACITY};
+use super::link::{Handed, Link};
+
+use super::queue::{Bounds, Queue, WhenFull};
 use super::rules::{self, Rule};
 use super::tracker::Tracker;
 use super::{Ledger, LinkState};
 use crate::broker::codec::QoS;
 use crate::broker::{Broker, LocalSubscription};
 use crate::clock::now_ms;
-use crate::config::{self, Qos0Policy};
+use crate::config;
 use crate::task::TaskError;
 use bytes::Bytes;
 use serde_json::json;
@@ -67,142 +70,6 @@ const WINDOW_V5: usize = 500;
 /// Events already read from the cloud connection handled in one turn of the loop, before
 /// the window is filled again.
 const EVENT_BATCH: usize = 256;
-/// Messages read from the queue at a time (read ahead of the window, so a freed slot never
-/// waits for a read).
-const READ_BATCH: usize = 500;
-/// Committed batches handed from the ingest's commit waiters to the sender (see
-/// [`Link::offer`]); a full channel only makes the sender read them from SQLite instead.
-const COMMITTED_CAPACITY: usize = 64;
-/// The acknowledged prefix is deleted from the queue once it has advanced this far (or the
-/// window is empty, or a second passed, or the connection ends): one transaction per
-/// PUBACK would make every send wait for an fsync. A prefix acknowledged by the cloud but
-/// not yet deleted when power is lost is sent again at restart (a duplicate, never a loss).
-const ACK_EVERY: u64 = 256;
-
-/// What a publish written to the cloud was, so its packet id can be matched: known at once,
-/// or from rumqttc's `Outgoing::Publish` event when the id collided ([`Up::Sent`]).
-#[derive(Clone, Copy)]
-enum Handed {
-    Queued,
-    Direct,
-    Status,
-}
-
-struct Link {
-    client: Client,
-    conn: Connection,
-    connected: bool,
-    tracker: Tracker,
-    /// Publishes rumqttc writes itself, in order, waiting for their `Up::Sent` ids (see
-    /// [`client::Connection::write_publish`]).
-    handed: VecDeque<Handed>,
-    status_pkids: HashSet<u16>,
-    /// Sending continues after this queue id.
-    after: u64,
-    last_progress: Instant,
-    /// Read from the queue (or taken from committed appends), not yet sent.
-    ready: VecDeque<Stored>,
-    /// Every queued message up to this id is sent or in `ready`, and the last read found
-    /// nothing after it: while this holds, committed appends are sent from memory and the
-    /// queue is not read (see [`Link::offer`]).
-    caught_up: Option<u64>,
-    /// Catching up on a backlog: sends take a token from `pacer`.
-    draining: bool,
-    pacer: Pacer,
-    /// No token until then.
-    pace_at: Option<Instant>,
-    queue: Queue,
-    /// Acknowledged through this id, not yet passed to `Queue::ack_through`.
-    ack_pending: Option<u64>,
-    ack_flushed: u64,
-}
-
-impl Link {
-    /// A batch of messages just committed to the queue (ids ascending). While the sender has
-    /// caught up and the batch follows on without a gap, it goes out from memory: the queue
-    /// is only read for a backlog. Ids are consecutive — this uplink is the queue's only
-    /// writer and AUTOINCREMENT never skips one — so a gap means a batch came out of order
-    /// or was not handed over: the sender falls back to reading the queue, which has them.
-    /// (A message dropped by `drop_oldest` between its commit and now is still sent; the
-    /// cloud gets it, and its later acknowledgement finds nothing to delete.)
-    fn offer(&mut self, batch: Vec<Stored>) {
-        self.caught_up = follow_on(self.caught_up, &mut self.ready, batch);
-    }
-
-    /// The acknowledged prefix advanced to `through`; deletes it in batches (see
-    /// [`ACK_EVERY`]).
-    fn acked_through(&mut self, through: u64) {
-        self.ack_pending = Some(through);
-        if through.saturating_sub(self.ack_flushed) >= ACK_EVERY || self.tracker.in_flight() == 0 {
-            self.flush_acks();
-        }
-    }
-
-    /// Writes a publish into the connection's buffer (flushed by the caller, once per
-    /// batch) and files its packet id by what it is.
-    async fn write(
-        &mut self,
-        kind: Handed,
-        topic: String,
-        qos: QoS,
-        retain: bool,
-        payload: Bytes,
-    ) -> anyhow::Result<()> {
-        match self.conn.write_publish(topic, qos, retain, payload).await? {
-            Some(pkid) => self.written(kind, pkid)?,
-            None => self.handed.push_back(kind),
-        }
-        Ok(())
-    }
-
-    /// Whether a message may be written now. Under MQTT 3.1.1 nothing is written while a
-    /// publish waits on a packet id collision, so ids stay in the order messages were sent.
-    fn can_write(&self) -> bool {
-        self.conn.can_write() && (self.handed.is_empty() || self.conn.ids_come_later())
-    }
-
-    /// A publish of `kind` went out with `pkid`.
-    fn written(&mut self, kind: Handed, pkid: u16) -> anyhow::Result<()> {
-        match kind {
-            Handed::Queued => {
-                if pkid == 0 {
-                    // A QoS 0 message is done once written: the link moves.
-                    self.last_progress = Instant::now();
-                }
-                if let Some(through) = self.tracker.assigned(pkid)? {
-                    self.acked_through(through);
-                }
-            }
-            Handed::Status => {
-                self.status_pkids.insert(pkid);
-            }
-            Handed::Direct => {}
-        }
-        Ok(())
-    }
-
-    fn flush_acks(&mut self) {
-        if let Some(through) = self.ack_pending.take() {
-            self.queue.ack_through(through);
-            self.ack_flushed = through;
-        }
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // The cloud acknowledged these: delete them whatever ends the connection.
-        self.flush_acks();
-    }
-}
-
-/// Where the ingest's commit waiters report back to the uplink task.
-struct Commits {
-    /// The queue database was found damaged.
-    damaged: tokio::sync::mpsc::UnboundedSender<super::queue::QueueError>,
-    /// Messages just committed, for the sender to send from memory ([`Link::offer`]).
-    committed: tokio::sync::mpsc::Sender<Vec<Stored>>,
-}
 
 pub struct Uplink {
     pub cfg: config::Uplink,
@@ -251,7 +118,7 @@ fn local_filters(cfg: &config::Uplink) -> Vec<String> {
 }
 
 impl Uplink {
-    fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         &self.cfg.name
     }
 
@@ -550,216 +417,6 @@ impl Uplink {
         }
     }
 
-    /// Takes local messages: QoS 1/2 into the queue (acknowledged locally once committed).
-    async fn ingest(
-        &self,
-        batch: Vec<crate::broker::LocalMessage>,
-        rules: &[Rule],
-        queue: &Queue,
-        link: Option<&mut Link>,
-        commits: &Commits,
-        echoes: &mut Option<Echoes>,
-    ) {
-        let l = &self.ledger;
-        let connected = link.as_ref().is_some_and(|l| l.connected);
-        let mut to_queue = Vec::new();
-        let mut held = Vec::new();
-        let mut direct = Vec::new();
-        for m in batch {
-            l.received.fetch_add(1, Ordering::Relaxed);
-            let Some((remote, rule_qos)) = rules::outbound(rules, m.topic()) else {
-                m.ack();
-                continue;
-            };
-            // The rule's QoS is the guarantee toward the cloud, whatever the local QoS (device
-            // readings are QoS 0 locally): a QoS 1/2 rule stores and forwards every message it
-            // takes. `buffer.qos0` decides for QoS 0 rules only. The retain flag goes as
-            // published, so the cloud's retained state follows the local one.
-            let retain = m.published_retain();
-            let buffer_qos0 = self.cfg.buffer.qos0 == Qos0Policy::Buffer;
-            if rule_qos == QoS::AtMostOnce && !buffer_qos0 {
-                if connected {
-                    direct.push((remote, m.payload().clone(), retain));
-                } else {
-                    l.dropped_qos0_offline.fetch_add(1, Ordering::Relaxed);
-                }
-                m.ack();
-                continue;
-            }
-            to_queue.push(NewMessage {
-                topic: remote,
-                payload: m.payload().clone(),
-                qos: rule_qos.as_u8(),
-                retain,
-                properties: Bytes::new(),
-                received_at_ms: now_ms(),
-            });
-            held.push(m);
-        }
-        if let Some(link) = link.filter(|_| !direct.is_empty()) {
-            let mut written = 0;
-            for (topic, payload, retain) in direct {
-                note_sent(echoes, rules, &topic, &payload);
-                if link
-                    .write(Handed::Direct, topic, QoS::AtMostOnce, retain, payload)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                written += 1;
-            }
-            // A failed write or flush ends the connection; the event loop reports it.
-            if link.conn.flush().await.is_ok() {
-                l.sent.fetch_add(written, Ordering::Relaxed);
-            }
-        }
-        if to_queue.is_empty() {
-            return;
-        }
-        let n = to_queue.len() as u64;
-        // A copy for the sender, to send from memory once committed (see `Link::offer`);
-        // only while connected, since a disconnected sender reads the queue on reconnect.
-        let copies = connected.then(|| to_queue.clone());
-        // Queued in order now; the commit is awaited in a task of its own, so the uplink
-        // goes on sending and taking messages meanwhile (and the next append joins the
-        // same group commit).
-        let rx = queue.append_wait(to_queue).await;
-        let (ledger, damaged, committed, name) = (
-            self.ledger.clone(),
-            commits.damaged.clone(),
-            commits.committed.clone(),
-            self.name().to_string(),
-        );
-        tokio::spawn(async move {
-            let l = &ledger;
-            match rx.await {
-                // Stored or refused: the queue counts both (`appended`, `rejected`).
-                Ok(Ok(results)) => {
-                    if let Some(copies) = copies {
-                        let stored: Vec<Stored> = copies
-                            .into_iter()
-                            .zip(&results)
-                            .filter_map(|(m, r)| {
-                                r.as_ref().ok().map(|&id| Stored {
-                                    id,
-                                    topic: m.topic,
-                                    payload: m.payload,
-                                    qos: m.qos,
-                                    retain: m.retain,
-                                    properties: m.properties,
-                                    received_at_ms: m.received_at_ms,
-                                })
-                            })
-                            .collect();
-                        // Full: the sender reads these from the queue instead.
-                        let _ = committed.try_send(stored);
-                    }
-                    for (m, r) in held.into_iter().zip(results) {
-                        match r {
-                            // On disk: the local publisher may have its PUBACK.
-                            Ok(_) => m.ack(),
-                            // Refused (reject_new, too large) and counted: not acknowledged, so
-                            // an MQTT 5 publisher is told (0x97 quota exceeded).
-                            Err(_) => drop(m),
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    // The writer logs the failure itself (loudly the first time of a run).
-                    debug!(uplink = %name, error = %e, kind = %e.kind(), messages = n, "Cannot store messages for the uplink; they are dropped (dropped/write_error)");
-                    // Counted by the queue as `failed_messages`. Dropped without an ack: the broker tells MQTT 5 publishers (0x97).
-                    drop(held);
-                    if e.kind() == super::queue::ErrorKind::Corrupt {
-                        let _ = damaged.send(e);
-                    }
-                }
-                Err(_) => {
-                    // The queue's thread is gone: nothing else counted these.
-                    l.dropped_write_error.fetch_add(n, Ordering::Relaxed);
-                }
-            }
-        });
-    }
-
-    /// Fills the in-flight window from the queue, in id order, with one flush for all it
-    /// wrote; while a drain runs, each message waits for a token of the `drain_rate` pacer.
-    async fn send_more(
-        &self,
-        l: &mut Link,
-        queue: &Queue,
-        rules: &[Rule],
-        echoes: &mut Option<Echoes>,
-    ) -> anyhow::Result<()> {
-        self.write_more(l, queue, rules, echoes).await?;
-        // With any acknowledgements to the cloud written meanwhile.
-        l.conn.flush().await
-    }
-
-    /// [`Uplink::send_more`]'s writes; returns how many.
-    async fn write_more(
-        &self,
-        l: &mut Link,
-        queue: &Queue,
-        rules: &[Rule],
-        echoes: &mut Option<Echoes>,
-    ) -> anyhow::Result<usize> {
-        let mut written = 0;
-        if let Some(at) = l.pace_at {
-            if at > Instant::now() {
-                return Ok(written);
-            }
-            l.pace_at = None;
-        }
-        while l.tracker.can_send() && l.can_write() {
-            if l.ready.is_empty() {
-                if l.caught_up.is_some() {
-                    // Nothing queued beyond what was sent; new messages come from memory.
-                    return Ok(written);
-                }
-                let want = READ_BATCH;
-                let after = l.tracker.last_sent().unwrap_or(l.after);
-                let batch = queue.read_after(after, want).await?;
-                l.caught_up = batch.is_empty().then_some(after);
-                if batch.is_empty() {
-                    if l.draining {
-                        l.draining = false;
-                        self.ledger.draining.store(false, Ordering::Relaxed);
-                        info!(uplink = %self.name(), "Uplink caught up with its backlog");
-                    }
-                    return Ok(written);
-                }
-                l.ready.extend(batch);
-            }
-            if l.draining {
-                if let Err(at) = l.pacer.take(Instant::now().into_std()) {
-                    l.pace_at = Some(at.into());
-                    return Ok(written);
-                }
-            }
-            let Some(m) = l.ready.pop_front() else {
-                continue;
-            };
-            let qos = QoS::from_u8(m.qos).unwrap_or(QoS::AtLeastOnce);
-            if l.tracker.in_flight() == 0 {
-                // The stall clock starts with the first message in flight, not at the last
-                // acknowledgement, which may be long ago on a quiet link.
-                l.last_progress = Instant::now();
-            }
-            l.tracker.sent(m.id, m.qos)?;
-            note_sent(echoes, rules, &m.topic, &m.payload);
-            l.write(Handed::Queued, m.topic, qos, m.retain, m.payload)
-                .await?;
-            written += 1;
-            self.ledger.sent.fetch_add(1, Ordering::Relaxed);
-            if self.ledger.max_sent_id.fetch_max(m.id, Ordering::Relaxed) >= m.id {
-                // Sent before, on a connection that dropped before its acknowledgement.
-                self.ledger.redelivered.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(written)
-    }
-
     async fn on_event(
         &self,
         up: Up,
@@ -903,37 +560,6 @@ impl Uplink {
     }
 }
 
-/// Notes a message handed to the cloud connection on a topic one of the uplink's own `in`
-/// rules takes, so its echo can be told apart (MQTT 3.1.1 only; see [`super::echo`]).
-fn note_sent(echoes: &mut Option<Echoes>, rules: &[Rule], topic: &str, payload: &Bytes) {
-    if let Some(e) = echoes {
-        if rules::inbound(rules, topic).is_some() {
-            e.sent(topic, payload, Instant::now().into_std());
-        }
-    }
-}
-
-/// [`Link::offer`] without the link: appends to `ready` what follows `caught_up` without a
-/// gap; returns the new `caught_up` (`None`: read the queue).
-fn follow_on(
-    caught_up: Option<u64>,
-    ready: &mut VecDeque<Stored>,
-    batch: Vec<Stored>,
-) -> Option<u64> {
-    let mut next = caught_up? + 1;
-    for m in batch {
-        if m.id < next {
-            continue; // already read from the queue
-        }
-        if m.id != next {
-            return None;
-        }
-        next += 1;
-        ready.push_back(m);
-    }
-    Some(next - 1)
-}
-
 fn far_future() -> Instant {
     // Far enough never to fire, near enough not to overflow.
     static FAR: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -959,47 +585,4 @@ fn jitter(d: Duration) -> Duration {
     use password_hash::rand_core::RngCore;
     let r = password_hash::rand_core::OsRng.next_u32() % 500;
     d.mul_f64(0.75 + f64::from(r) / 1000.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(id: u64) -> Stored {
-        Stored {
-            id,
-            topic: "t".into(),
-            payload: Bytes::new(),
-            qos: 1,
-            retain: false,
-            properties: Bytes::new(),
-            received_at_ms: 0,
-        }
-    }
-
-    fn ids(r: &VecDeque<Stored>) -> Vec<u64> {
-        r.iter().map(|m| m.id).collect()
-    }
-
-    #[test]
-    fn committed_batches_go_from_memory_only_without_a_gap() {
-        let mut ready = VecDeque::new();
-        // Not caught up: the queue is read; nothing taken.
-        assert_eq!(follow_on(None, &mut ready, vec![m(1)]), None);
-        assert!(ready.is_empty());
-        // Follows on: taken.
-        assert_eq!(follow_on(Some(4), &mut ready, vec![m(5), m(6)]), Some(6));
-        assert_eq!(ids(&ready), [5, 6]);
-        // Partly read from the queue already: the rest is taken.
-        assert_eq!(
-            follow_on(Some(6), &mut ready, vec![m(5), m(6), m(7)]),
-            Some(7)
-        );
-        assert_eq!(ids(&ready), [5, 6, 7]);
-        // A gap (an earlier batch not seen yet): read the queue instead.
-        assert_eq!(follow_on(Some(7), &mut ready, vec![m(9)]), None);
-        assert_eq!(ids(&ready), [5, 6, 7]);
-        // An empty batch (every message refused) changes nothing.
-        assert_eq!(follow_on(Some(7), &mut ready, vec![]), Some(7));
-    }
 }
