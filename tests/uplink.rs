@@ -24,14 +24,32 @@ fn num(m: &std::collections::HashMap<String, String>, k: &str) -> u64 {
     m.get(k).and_then(|v| v.parse().ok()).unwrap_or(u64::MAX)
 }
 
+/// What most tests here start with: Mosquitto as the cloud, a proxy in front of it that
+/// can cut or stall the link, and a runtime for the test's MQTT clients. `None` when
+/// Mosquitto is missing (a failure instead under CI=true, see `have_mosquitto`).
+struct Rig {
+    rt: tokio::runtime::Runtime,
+    m: Mosquitto,
+    proxy: Proxy,
+}
+
+impl Rig {
+    fn start() -> Option<Rig> {
+        if !have_mosquitto() {
+            return None;
+        }
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let m = mosquitto();
+        let proxy = rt.block_on(Proxy::start(m.addr));
+        Some(Rig { rt, m, proxy })
+    }
+}
+
 #[test]
 fn outage_loses_nothing_and_keeps_order() {
-    if !have_mosquitto() {
+    let Some(Rig { rt, m, proxy }) = Rig::start() else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let m = mosquitto();
-    let proxy = rt.block_on(Proxy::start(m.addr));
+    };
     let cfg = gateway_config(proxy.addr, "");
     let gw = Gateway::start(&cfg);
     rt.block_on(async {
@@ -81,12 +99,9 @@ fn outage_loses_nothing_and_keeps_order() {
 
 #[test]
 fn kill_9_with_messages_queued_then_restart_delivers_all() {
-    if !have_mosquitto() {
+    let Some(Rig { rt, m, proxy }) = Rig::start() else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let m = mosquitto();
-    let proxy = rt.block_on(Proxy::start(m.addr));
+    };
     let cfg = gateway_config(proxy.addr, "");
     let gw = Gateway::start(&cfg);
     rt.block_on(async {
@@ -130,12 +145,9 @@ fn kill_9_with_messages_queued_then_restart_delivers_all() {
 
 #[test]
 fn kill_9_mid_drain_and_mid_stream_loses_no_acknowledged_message() {
-    if !have_mosquitto() {
+    let Some(Rig { rt, m, proxy }) = Rig::start() else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let m = mosquitto();
-    let proxy = rt.block_on(Proxy::start(m.addr));
+    };
     // A paced drain, so the kill lands in the middle of it.
     let cfg = gateway_config(proxy.addr, "    buffer: {drain_rate: 400}\n");
     let gw = Gateway::start(&cfg);
@@ -186,12 +198,9 @@ fn kill_9_mid_drain_and_mid_stream_loses_no_acknowledged_message() {
 
 #[test]
 fn drain_rate_caps_the_catch_up() {
-    if !have_mosquitto() {
+    let Some(Rig { rt, m, proxy }) = Rig::start() else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let m = mosquitto();
-    let proxy = rt.block_on(Proxy::start(m.addr));
+    };
     let cfg = gateway_config(proxy.addr, "    buffer: {drain_rate: 100}\n");
     let gw = Gateway::start(&cfg);
     rt.block_on(async {
@@ -317,12 +326,9 @@ fn bounds_drop_oldest_and_reject_new_are_counted() {
 
 #[test]
 fn max_age_expires_and_counts() {
-    if !have_mosquitto() {
+    let Some(Rig { rt, m, proxy }) = Rig::start() else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let m = mosquitto();
-    let proxy = rt.block_on(Proxy::start(m.addr));
+    };
     let cfg = gateway_config(proxy.addr, "    buffer: {max_age: 2s}\n");
     let gw = Gateway::start(&cfg);
     rt.block_on(async {
@@ -425,12 +431,9 @@ fn start_with_file_limit(cfg: &TempConfig, kib: u64) -> Gateway {
 
 #[test]
 fn full_disk_drops_counted_and_recovers() {
-    if !have_mosquitto() {
+    let Some(Rig { rt, m, proxy }) = Rig::start() else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let m = mosquitto();
-    let proxy = rt.block_on(Proxy::start(m.addr));
+    };
     let cfg = gateway_config(proxy.addr, "");
     // No broker persistence: only the uplink queue writes files.
     let text = std::fs::read_to_string(&cfg.path)
@@ -515,12 +518,9 @@ fn full_disk_drops_counted_and_recovers() {
 
 #[test]
 fn stall_is_detected_recycled_and_delivery_resumes() {
-    if !have_mosquitto() {
+    let Some(Rig { rt, m, proxy }) = Rig::start() else {
         return;
-    }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let m = mosquitto();
-    let proxy = rt.block_on(Proxy::start(m.addr));
+    };
     let cfg = gateway_config(proxy.addr, "");
     let gw = Gateway::start(&cfg);
     rt.block_on(async {

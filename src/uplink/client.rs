@@ -18,10 +18,14 @@ use tokio_rustls::rustls;
 /// What the uplink needs from a connection's event stream.
 #[derive(Debug)]
 pub enum Up {
-    /// CONNACK with success.
-    Connected { session_present: bool },
-    /// A PUBLISH was written with this packet id (0 for QoS 0), in the order they were handed
-    /// over.
+    /// CONNACK with success; `receive_max`: the cloud's limit on publishes in flight (MQTT 5
+    /// Receive Maximum; `u16::MAX` when it sets none).
+    Connected {
+        session_present: bool,
+        receive_max: u16,
+    },
+    /// rumqttc wrote a PUBLISH with this packet id itself: one [`Connection::write_publish`]
+    /// returned no id for, in the order they were handed over.
     Sent(u16),
     /// The cloud broker acknowledged packet id: PUBACK (QoS 1) or PUBCOMP (QoS 2).
     Acked(u16),
@@ -53,9 +57,18 @@ pub enum Client {
     V5(rumqttc::v5::AsyncClient),
 }
 
-pub enum Connection {
+/// The event loop of one connection, and a writer over its state ([`Connection::write_publish`]).
+pub struct Connection {
+    inner: Inner,
+    /// Unacknowledged QoS 1/2 publishes allowed (the uplink's window).
+    window: u16,
+    /// Written into rumqttc's buffer since the last [`Connection::flush`].
+    unflushed: bool,
+}
+
+enum Inner {
     V4(Box<rumqttc::EventLoop>),
-    V5(Box<rumqttc::v5::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>, rumqttc::v5::AsyncClient),
 }
 
 fn q4(q: Q) -> rumqttc::QoS {
@@ -162,6 +175,14 @@ pub struct Settings {
     pub window: u16,
 }
 
+/// TCP_NODELAY (MQTT 3.1.1): the uplink writes its publishes in batches and flushes each batch once, so
+/// Nagle's algorithm would only hold the last one back (up to a delayed ACK, ~40 ms).
+fn network_options() -> rumqttc::NetworkOptions {
+    let mut n = rumqttc::NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
 /// Makes a client and its event loop (not yet connected: the first poll connects).
 pub fn connect(protocol: Protocol, target: &Target, s: &Settings) -> (Client, Connection) {
     let cap = usize::from(s.window) * 2 + 16;
@@ -183,8 +204,16 @@ pub fn connect(protocol: Protocol, target: &Target, s: &Settings) -> (Client, Co
             if let Some(u) = &s.username {
                 o.set_credentials(u, s.password.clone().unwrap_or_default());
             }
-            let (c, e) = rumqttc::AsyncClient::new(o, cap);
-            (Client::V4(c), Connection::V4(Box::new(e)))
+            let (c, mut e) = rumqttc::AsyncClient::new(o, cap);
+            e.set_network_options(network_options());
+            (
+                Client::V4(c),
+                Connection {
+                    inner: Inner::V4(Box::new(e)),
+                    window: s.window,
+                    unflushed: false,
+                },
+            )
         }
         Protocol::V5 => {
             let mut o = rumqttc::v5::MqttOptions::new(&s.client_id, &target.host, target.port);
@@ -209,26 +238,19 @@ pub fn connect(protocol: Protocol, target: &Target, s: &Settings) -> (Client, Co
                 o.set_credentials(u, s.password.clone().unwrap_or_default());
             }
             let (c, e) = rumqttc::v5::AsyncClient::new(o, cap);
-            (Client::V5(c), Connection::V5(Box::new(e)))
+            (
+                Client::V5(c.clone()),
+                Connection {
+                    inner: Inner::V5(Box::new(e), c),
+                    window: s.window,
+                    unflushed: false,
+                },
+            )
         }
     }
 }
 
 impl Client {
-    pub async fn publish(
-        &self,
-        topic: &str,
-        qos: Q,
-        retain: bool,
-        payload: Bytes,
-    ) -> anyhow::Result<()> {
-        match self {
-            Client::V4(c) => c.publish_bytes(topic, q4(qos), retain, payload).await?,
-            Client::V5(c) => c.publish_bytes(topic, q5(qos), retain, payload).await?,
-        }
-        Ok(())
-    }
-
     /// Subscribes at the cloud for an `in` rule. Under MQTT 5 with No Local (what the uplink
     /// publishes upstream never comes back down to it) and Retain As Published (a retained
     /// message keeps its flag); MQTT 3.1.1 has neither: the uplink drops its own echoes
@@ -250,7 +272,26 @@ impl Client {
         Ok(())
     }
 
-    /// Acknowledges a message from the cloud (manual acks: only once it is in the local broker).
+    /// Publishes through rumqttc's request channel: written and flushed on its own, its packet
+    /// id reported as [`Up::Sent`]. For a link that does not write through
+    /// [`Connection::write_publish`] (the Sparkplug node); one connection uses one of the two,
+    /// never both (a publish of the other path would come back as a `Sent` of no message).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        qos: Q,
+        retain: bool,
+        payload: Bytes,
+    ) -> anyhow::Result<()> {
+        match self {
+            Client::V4(c) => c.publish_bytes(topic, q4(qos), retain, payload).await?,
+            Client::V5(c) => c.publish_bytes(topic, q5(qos), retain, payload).await?,
+        }
+        Ok(())
+    }
+
+    /// Acknowledges a message from the cloud through rumqttc's request channel, for a link
+    /// that publishes with [`Client::publish`]; see [`Connection::ack`] for the other.
     pub async fn ack(&self, m: &Incoming) -> anyhow::Result<()> {
         match (self, &m.raw) {
             (Client::V4(c), Raw::V4(p)) => c.ack(p).await?,
@@ -270,61 +311,228 @@ impl Client {
 }
 
 impl Connection {
+    /// A connection over an MQTT 3.1.1 event loop made elsewhere (the Sparkplug node's own
+    /// options), with `window` publishes in flight.
+    pub fn v4(e: rumqttc::EventLoop, window: u16) -> Self {
+        Connection {
+            inner: Inner::V4(Box::new(e)),
+            window,
+            unflushed: false,
+        }
+    }
+
+    /// A connection over an MQTT 5 event loop made elsewhere, with its client.
+    pub fn v5(e: rumqttc::v5::EventLoop, c: rumqttc::v5::AsyncClient, window: u16) -> Self {
+        Connection {
+            inner: Inner::V5(Box::new(e), c),
+            window,
+            unflushed: false,
+        }
+    }
+
     /// The next event; an error ends the connection.
     pub async fn next(&mut self) -> anyhow::Result<Up> {
-        match self {
-            Connection::V4(e) => {
-                use rumqttc::{Event, Outgoing, Packet};
-                Ok(match e.poll().await? {
-                    Event::Incoming(Packet::ConnAck(a)) => {
-                        if a.code != rumqttc::ConnectReturnCode::Success {
-                            anyhow::bail!("connection refused: {:?}", a.code);
-                        }
-                        Up::Connected {
-                            session_present: a.session_present,
-                        }
-                    }
-                    Event::Outgoing(Outgoing::Publish(id)) => Up::Sent(id),
-                    Event::Incoming(Packet::PubAck(a)) => Up::Acked(a.pkid),
-                    Event::Incoming(Packet::PubComp(c)) => Up::Acked(c.pkid),
-                    Event::Incoming(Packet::Publish(p)) => Up::Message(Box::new(Incoming {
-                        topic: p.topic.clone(),
-                        payload: p.payload.clone(),
-                        qos: Q::from_u8(p.qos as u8).unwrap_or(Q::AtMostOnce),
-                        retain: p.retain,
-                        raw: Raw::V4(p),
-                    })),
-                    _ => Up::Other,
-                })
+        match &mut self.inner {
+            Inner::V4(e) => {
+                let ev = e.poll().await?;
+                up4(ev)
             }
-            Connection::V5(e) => {
-                use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
-                use rumqttc::v5::Event;
-                use rumqttc::Outgoing;
-                Ok(match e.poll().await? {
-                    Event::Incoming(Packet::ConnAck(a)) => {
-                        if a.code != ConnectReturnCode::Success {
-                            anyhow::bail!("connection refused: {:?}", a.code);
-                        }
-                        Up::Connected {
-                            session_present: a.session_present,
-                        }
-                    }
-                    Event::Outgoing(Outgoing::Publish(id)) => Up::Sent(id),
-                    Event::Incoming(Packet::PubAck(a)) => Up::Acked(a.pkid),
-                    Event::Incoming(Packet::PubComp(c)) => Up::Acked(c.pkid),
-                    Event::Incoming(Packet::Publish(p)) => Up::Message(Box::new(Incoming {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload.clone(),
-                        qos: Q::from_u8(p.qos as u8).unwrap_or(Q::AtMostOnce),
-                        retain: p.retain,
-                        raw: Raw::V5(p),
-                    })),
-                    _ => Up::Other,
-                })
+            Inner::V5(e, _) => up5(e.poll().await?),
+        }
+    }
+
+    /// An event rumqttc has already read and decoded (it reads and acknowledges many packets
+    /// per socket read, then hands them out one per poll), without polling: the uplink takes
+    /// a whole read's worth in one turn of its loop.
+    pub fn next_buffered(&mut self) -> Option<anyhow::Result<Up>> {
+        match &mut self.inner {
+            Inner::V4(e) => e.state.events.pop_front().map(up4),
+            Inner::V5(e, _) => e.state.events.pop_front().map(up5),
+        }
+    }
+
+    /// Whether a QoS 1/2 publish may be written now ([`Connection::write_publish`]): the
+    /// connection is up, fewer than the window are in flight, and no publish waits on a
+    /// packet id collision — the same conditions under which rumqttc's own loop takes the
+    /// next request.
+    pub fn can_write(&self) -> bool {
+        let limit = self.window;
+        match &self.inner {
+            Inner::V4(e) => {
+                e.network.is_some() && e.state.collision.is_none() && e.state.inflight() < limit
+            }
+            // Its request channel waits for a free packet id itself.
+            Inner::V5(..) => true,
+        }
+    }
+
+    /// Puts a PUBLISH into the connection's write buffer through rumqttc's own state (packet
+    /// id, in-flight record for a resend), without flushing: the uplink writes a batch and
+    /// then [`Connection::flush`]es once, where rumqttc's request channel writes and flushes
+    /// every packet on its own (one `write(2)` per message). Returns the packet id (0 for
+    /// QoS 0); `None` when rumqttc writes it itself and reports its id as [`Up::Sent`], in the
+    /// order handed over: an MQTT 5 publish (through rumqttc's request channel, flushed on
+    /// its own), or one whose id collided with one still in flight (sent on that id's
+    /// acknowledgement).
+    pub async fn write_publish(
+        &mut self,
+        topic: String,
+        qos: Q,
+        retain: bool,
+        payload: Bytes,
+    ) -> anyhow::Result<Option<u16>> {
+        match &mut self.inner {
+            Inner::V4(e) => {
+                let mut p = rumqttc::Publish::from_bytes(topic, q4(qos), payload);
+                p.retain = retain;
+                let Some(packet) = e
+                    .state
+                    .handle_outgoing_packet(rumqttc::Request::Publish(p))?
+                else {
+                    return Ok(None);
+                };
+                let pkid = match &packet {
+                    rumqttc::Packet::Publish(p) => p.pkid,
+                    _ => anyhow::bail!("rumqttc turned a publish into another packet"),
+                };
+                // The `Outgoing::Publish` event just queued is this write's; it is answered
+                // here, not by the event loop.
+                if matches!(e.state.events.back(), Some(rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(id))) if *id == pkid)
+                {
+                    e.state.events.pop_back();
+                }
+                let Some(net) = e.network.as_mut() else {
+                    anyhow::bail!("not connected");
+                };
+                net.write(packet).await?;
+                self.unflushed = true;
+                Ok(Some(pkid))
+            }
+            // rumqttc 0.25 does not expose an MQTT 5 connection's socket: its request
+            // channel writes the publish (and reports its id as `Up::Sent`).
+            Inner::V5(_, c) => {
+                c.publish_bytes(topic, q5(qos), retain, payload).await?;
+                Ok(None)
             }
         }
     }
+
+    /// Acknowledges a message from the cloud (manual acks: only once it is in the local
+    /// broker). Under MQTT 3.1.1 the PUBACK / PUBREC goes into the write buffer like
+    /// [`Connection::write_publish`]'s publishes (rumqttc's request channel stops taking
+    /// requests while the publish window is full, and would hold it back).
+    pub async fn ack(&mut self, m: &Incoming) -> anyhow::Result<()> {
+        match (&mut self.inner, &m.raw) {
+            (Inner::V4(e), Raw::V4(p)) => {
+                let request = match p.qos {
+                    rumqttc::QoS::AtMostOnce => return Ok(()),
+                    rumqttc::QoS::AtLeastOnce => {
+                        rumqttc::Request::PubAck(rumqttc::PubAck::new(p.pkid))
+                    }
+                    rumqttc::QoS::ExactlyOnce => {
+                        rumqttc::Request::PubRec(rumqttc::PubRec::new(p.pkid))
+                    }
+                };
+                let Some(packet) = e.state.handle_outgoing_packet(request)? else {
+                    return Ok(());
+                };
+                // Its `Outgoing` event is of no use to the uplink.
+                e.state.events.pop_back();
+                let Some(net) = e.network.as_mut() else {
+                    anyhow::bail!("not connected");
+                };
+                net.write(packet).await?;
+                self.unflushed = true;
+            }
+            (Inner::V5(_, c), Raw::V5(p)) => c.ack(p).await?,
+            _ => anyhow::bail!("a message of the other protocol version"),
+        }
+        Ok(())
+    }
+
+    /// Whether [`Connection::write_publish`] leaves packet ids to [`Up::Sent`] (MQTT 5).
+    pub fn ids_come_later(&self) -> bool {
+        matches!(self.inner, Inner::V5(..))
+    }
+
+    /// Writes out what [`Connection::write_publish`] buffered, within rumqttc's network
+    /// timeout (as its own loop does).
+    pub async fn flush(&mut self) -> anyhow::Result<()> {
+        if !std::mem::take(&mut self.unflushed) {
+            return Ok(());
+        }
+        let done = match &mut self.inner {
+            Inner::V4(e) => {
+                let t = Duration::from_secs(e.network_options.connection_timeout());
+                match e.network.as_mut() {
+                    Some(net) => tokio::time::timeout(t, net.flush())
+                        .await
+                        .map(|r| r.map_err(anyhow::Error::from)),
+                    None => Ok(Ok(())),
+                }
+            }
+            Inner::V5(..) => Ok(Ok(())),
+        };
+        done.map_err(|_| anyhow::anyhow!("timed out writing to the cloud broker"))?
+    }
+}
+
+fn up4(ev: rumqttc::Event) -> anyhow::Result<Up> {
+    use rumqttc::{Event, Outgoing, Packet};
+    Ok(match ev {
+        Event::Incoming(Packet::ConnAck(a)) => {
+            if a.code != rumqttc::ConnectReturnCode::Success {
+                anyhow::bail!("connection refused: {:?}", a.code);
+            }
+            Up::Connected {
+                session_present: a.session_present,
+                receive_max: u16::MAX,
+            }
+        }
+        Event::Outgoing(Outgoing::Publish(id)) => Up::Sent(id),
+        Event::Incoming(Packet::PubAck(a)) => Up::Acked(a.pkid),
+        Event::Incoming(Packet::PubComp(c)) => Up::Acked(c.pkid),
+        Event::Incoming(Packet::Publish(p)) => Up::Message(Box::new(Incoming {
+            topic: p.topic.clone(),
+            payload: p.payload.clone(),
+            qos: Q::from_u8(p.qos as u8).unwrap_or(Q::AtMostOnce),
+            retain: p.retain,
+            raw: Raw::V4(p),
+        })),
+        _ => Up::Other,
+    })
+}
+
+fn up5(ev: rumqttc::v5::Event) -> anyhow::Result<Up> {
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+    use rumqttc::v5::Event;
+    use rumqttc::Outgoing;
+    Ok(match ev {
+        Event::Incoming(Packet::ConnAck(a)) => {
+            if a.code != ConnectReturnCode::Success {
+                anyhow::bail!("connection refused: {:?}", a.code);
+            }
+            Up::Connected {
+                session_present: a.session_present,
+                receive_max: a
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.receive_max)
+                    .unwrap_or(u16::MAX),
+            }
+        }
+        Event::Outgoing(Outgoing::Publish(id)) => Up::Sent(id),
+        Event::Incoming(Packet::PubAck(a)) => Up::Acked(a.pkid),
+        Event::Incoming(Packet::PubComp(c)) => Up::Acked(c.pkid),
+        Event::Incoming(Packet::Publish(p)) => Up::Message(Box::new(Incoming {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.clone(),
+            qos: Q::from_u8(p.qos as u8).unwrap_or(Q::AtMostOnce),
+            retain: p.retain,
+            raw: Raw::V5(p),
+        })),
+        _ => Up::Other,
+    })
 }
 
 /// An error and its causes as one line, without repeating a cause that the message before

@@ -18,7 +18,9 @@
 pub mod client;
 pub mod drain;
 pub mod echo;
+mod ingest;
 pub mod inspect;
+mod link;
 pub mod queue;
 pub mod rules;
 pub mod run;

@@ -9,12 +9,13 @@
 //!   PUBACK means "on disk". A QoS 0 rule's messages go straight out while connected (or
 //!   into the queue with `qos0: buffer`), and are dropped and counted otherwise. The retain
 //!   flag goes up as published (Retain As Published), so the cloud's retained state follows
-//!   the gateway's.
+//!   the gateway's. In [`super::ingest`].
 //! - **send**: while connected, queued messages go out in id order within the in-flight
 //!   window; the [`Tracker`] ties each PUBACK/PUBCOMP to its message, and the queue deletes
 //!   the contiguous acknowledged prefix. On every (re)connect, sending starts again after the
 //!   acknowledged prefix: what was in flight when the link dropped is sent again (counted as
-//!   redelivered; the cloud may see it twice, never zero times).
+//!   redelivered; the cloud may see it twice, never zero times). In [`super::link`]: each
+//!   batch is written into the connection's buffer and flushed once.
 //! - **commands**: `in` rules subscribe at the cloud; a message is published into the local
 //!   broker at the rule's QoS and acknowledged to the cloud only after (manual acks). It is
 //!   published under the uplink's own name, and the ingest subscription has No Local, so it
@@ -34,18 +35,20 @@
 //! - **drain**: a connect that finds a backlog starts a drain, paced by `buffer.drain_rate`
 //!   until the sender has caught up (see [`super::drain`]); the ledger shows it with an ETA.
 
-use super::client::{self, Client, Connection, Up};
+use super::client::{self, Up};
 use super::drain::{AckRate, Pacer};
 use super::echo::Echoes;
-use super::queue::Stored;
-use super::queue::{Bounds, NewMessage, Queue, WhenFull};
+use super::ingest::{Commits, COMMITTED_CAPACITY};
+use super::link::{Handed, Link};
+
+use super::queue::{Bounds, Queue, WhenFull};
 use super::rules::{self, Rule};
 use super::tracker::Tracker;
 use super::{Ledger, LinkState};
 use crate::broker::codec::QoS;
 use crate::broker::{Broker, LocalSubscription};
 use crate::clock::now_ms;
-use crate::config::{self, Qos0Policy};
+use crate::config;
 use crate::task::TaskError;
 use bytes::Bytes;
 use serde_json::json;
@@ -58,97 +61,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-/// Unacknowledged messages toward the cloud at once.
+/// Unacknowledged messages toward an MQTT 3.1.1 cloud at once: 3.1.1 brokers cannot say how
+/// many they take, and managed ones cap in-flight messages per connection.
 const WINDOW: usize = 100;
-/// Messages read from the queue at a time (read ahead of the window, so a freed slot never
-/// waits for a read).
-const READ_BATCH: usize = 500;
-/// Committed batches handed from the ingest's commit waiters to the sender (see
-/// [`Link::offer`]); a full channel only makes the sender read them from SQLite instead.
-const COMMITTED_CAPACITY: usize = 64;
-/// The acknowledged prefix is deleted from the queue once it has advanced this far (or the
-/// window is empty, or a second passed, or the connection ends): one transaction per
-/// PUBACK would make every send wait for an fsync. A prefix acknowledged by the cloud but
-/// not yet deleted when power is lost is sent again at restart (a duplicate, never a loss).
-const ACK_EVERY: u64 = 256;
-
-/// What a publish handed to rumqttc was, so its `Outgoing::Publish` event can be matched.
-enum Handed {
-    Queued,
-    Direct,
-    Status,
-}
-
-struct Link {
-    client: Client,
-    conn: Connection,
-    connected: bool,
-    tracker: Tracker,
-    handed: VecDeque<Handed>,
-    status_pkids: HashSet<u16>,
-    /// Sending continues after this queue id.
-    after: u64,
-    last_progress: Instant,
-    /// Read from the queue (or taken from committed appends), not yet sent.
-    ready: VecDeque<Stored>,
-    /// Every queued message up to this id is sent or in `ready`, and the last read found
-    /// nothing after it: while this holds, committed appends are sent from memory and the
-    /// queue is not read (see [`Link::offer`]).
-    caught_up: Option<u64>,
-    /// Catching up on a backlog: sends take a token from `pacer`.
-    draining: bool,
-    pacer: Pacer,
-    /// No token until then.
-    pace_at: Option<Instant>,
-    queue: Queue,
-    /// Acknowledged through this id, not yet passed to `Queue::ack_through`.
-    ack_pending: Option<u64>,
-    ack_flushed: u64,
-}
-
-impl Link {
-    /// A batch of messages just committed to the queue (ids ascending). While the sender has
-    /// caught up and the batch follows on without a gap, it goes out from memory: the queue
-    /// is only read for a backlog. Ids are consecutive — this uplink is the queue's only
-    /// writer and AUTOINCREMENT never skips one — so a gap means a batch came out of order
-    /// or was not handed over: the sender falls back to reading the queue, which has them.
-    /// (A message dropped by `drop_oldest` between its commit and now is still sent; the
-    /// cloud gets it, and its later acknowledgement finds nothing to delete.)
-    fn offer(&mut self, batch: Vec<Stored>) {
-        self.caught_up = follow_on(self.caught_up, &mut self.ready, batch);
-    }
-
-    /// The acknowledged prefix advanced to `through`; deletes it in batches (see
-    /// [`ACK_EVERY`]).
-    fn acked_through(&mut self, through: u64) {
-        self.ack_pending = Some(through);
-        if through.saturating_sub(self.ack_flushed) >= ACK_EVERY || self.tracker.in_flight() == 0 {
-            self.flush_acks();
-        }
-    }
-
-    fn flush_acks(&mut self) {
-        if let Some(through) = self.ack_pending.take() {
-            self.queue.ack_through(through);
-            self.ack_flushed = through;
-        }
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // The cloud acknowledged these: delete them whatever ends the connection.
-        self.flush_acks();
-    }
-}
-
-/// Where the ingest's commit waiters report back to the uplink task.
-struct Commits {
-    /// The queue database was found damaged.
-    damaged: tokio::sync::mpsc::UnboundedSender<super::queue::QueueError>,
-    /// Messages just committed, for the sender to send from memory ([`Link::offer`]).
-    committed: tokio::sync::mpsc::Sender<Vec<Stored>>,
-}
+/// The same toward an MQTT 5 cloud, which states its limit (Receive Maximum in CONNACK); the
+/// connection keeps below the smaller of the two ([`client::Connection::can_write`]).
+const WINDOW_V5: usize = 500;
+/// Events already read from the cloud connection handled in one turn of the loop, before
+/// the window is filled again.
+const EVENT_BATCH: usize = 256;
 
 pub struct Uplink {
     pub cfg: config::Uplink,
@@ -200,7 +121,7 @@ fn local_filters(cfg: &config::Uplink) -> Vec<String> {
 }
 
 impl Uplink {
-    fn name(&self) -> &str {
+    pub(super) fn name(&self) -> &str {
         &self.cfg.name
     }
 
@@ -264,6 +185,10 @@ impl Uplink {
             }
             (None, None) => None,
         };
+        let window = match cfg.protocol {
+            config::Protocol::V311 => WINDOW,
+            config::Protocol::V5 => WINDOW_V5,
+        };
         let settings = client::Settings {
             client_id: cfg.client_id.replace("{gateway}", &self.gateway),
             username: cfg.username.clone(),
@@ -274,7 +199,7 @@ impl Uplink {
                 status_topic.clone(),
                 self.offline_payload("connection lost"),
             ),
-            window: WINDOW as u16,
+            window: window as u16,
         };
         let path = super::inspect::queue_path(&self.data_dir, &name);
         let bounds = Bounds {
@@ -375,10 +300,24 @@ impl Uplink {
                     return Err(TaskError::Failed(anyhow::anyhow!("uplink queue damaged: {e}")));
                 }
                 ev = next_event(&mut link), if link.is_some() => {
-                    let result = match ev {
+                    let mut result = match ev {
                         Ok(up) => self.on_event(up, link.as_mut(), &rules, &queue, &status_topic, &mut echoes).await,
                         Err(e) => Err(e),
                     };
+                    // The rest of what that socket read brought (rumqttc hands out one
+                    // packet per poll), before the window is filled again.
+                    for _ in 0..EVENT_BATCH {
+                        if result.is_err() {
+                            break;
+                        }
+                        let Some(ev) = link.as_mut().and_then(|l| l.conn.next_buffered()) else {
+                            break;
+                        };
+                        result = match ev {
+                            Ok(up) => self.on_event(up, link.as_mut(), &rules, &queue, &status_topic, &mut echoes).await,
+                            Err(e) => Err(e),
+                        };
+                    }
                     if let Err(e) = result {
                         let was_up = link.as_ref().is_some_and(|l| l.connected);
                         if was_up && client::is_keepalive_timeout(&e) {
@@ -406,7 +345,7 @@ impl Uplink {
                         client,
                         conn,
                         connected: false,
-                        tracker: Tracker::new(WINDOW),
+                        tracker: Tracker::new(window),
                         handed: VecDeque::new(),
                         status_pkids: HashSet::new(),
                         after: 0,
@@ -481,197 +420,6 @@ impl Uplink {
         }
     }
 
-    /// Takes local messages: QoS 1/2 into the queue (acknowledged locally once committed).
-    async fn ingest(
-        &self,
-        batch: Vec<crate::broker::LocalMessage>,
-        rules: &[Rule],
-        queue: &Queue,
-        link: Option<&mut Link>,
-        commits: &Commits,
-        echoes: &mut Option<Echoes>,
-    ) {
-        let l = &self.ledger;
-        let connected = link.as_ref().is_some_and(|l| l.connected);
-        let mut to_queue = Vec::new();
-        let mut held = Vec::new();
-        let mut direct = Vec::new();
-        for m in batch {
-            l.received.fetch_add(1, Ordering::Relaxed);
-            let Some((remote, rule_qos)) = rules::outbound(rules, m.topic()) else {
-                m.ack();
-                continue;
-            };
-            // The rule's QoS is the guarantee toward the cloud, whatever the local QoS (device
-            // readings are QoS 0 locally): a QoS 1/2 rule stores and forwards every message it
-            // takes. `buffer.qos0` decides for QoS 0 rules only. The retain flag goes as
-            // published, so the cloud's retained state follows the local one.
-            let retain = m.published_retain();
-            let buffer_qos0 = self.cfg.buffer.qos0 == Qos0Policy::Buffer;
-            if rule_qos == QoS::AtMostOnce && !buffer_qos0 {
-                if connected {
-                    direct.push((remote, m.payload().clone(), retain));
-                } else {
-                    l.dropped_qos0_offline.fetch_add(1, Ordering::Relaxed);
-                }
-                m.ack();
-                continue;
-            }
-            to_queue.push(NewMessage {
-                topic: remote,
-                payload: m.payload().clone(),
-                qos: rule_qos.as_u8(),
-                retain,
-                properties: Bytes::new(),
-                received_at_ms: now_ms(),
-            });
-            held.push(m);
-        }
-        if let Some(link) = link {
-            for (topic, payload, retain) in direct {
-                note_sent(echoes, rules, &topic, &payload);
-                link.handed.push_back(Handed::Direct);
-                if link
-                    .client
-                    .publish(&topic, QoS::AtMostOnce, retain, payload)
-                    .await
-                    .is_ok()
-                {
-                    l.sent.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        if to_queue.is_empty() {
-            return;
-        }
-        let n = to_queue.len() as u64;
-        // A copy for the sender, to send from memory once committed (see `Link::offer`);
-        // only while connected, since a disconnected sender reads the queue on reconnect.
-        let copies = connected.then(|| to_queue.clone());
-        // Queued in order now; the commit is awaited in a task of its own, so the uplink
-        // goes on sending and taking messages meanwhile (and the next append joins the
-        // same group commit).
-        let rx = queue.append_wait(to_queue).await;
-        let (ledger, damaged, committed, name) = (
-            self.ledger.clone(),
-            commits.damaged.clone(),
-            commits.committed.clone(),
-            self.name().to_string(),
-        );
-        tokio::spawn(async move {
-            let l = &ledger;
-            match rx.await {
-                // Stored or refused: the queue counts both (`appended`, `rejected`).
-                Ok(Ok(results)) => {
-                    if let Some(copies) = copies {
-                        let stored: Vec<Stored> = copies
-                            .into_iter()
-                            .zip(&results)
-                            .filter_map(|(m, r)| {
-                                r.as_ref().ok().map(|&id| Stored {
-                                    id,
-                                    topic: m.topic,
-                                    payload: m.payload,
-                                    qos: m.qos,
-                                    retain: m.retain,
-                                    properties: m.properties,
-                                    received_at_ms: m.received_at_ms,
-                                })
-                            })
-                            .collect();
-                        // Full: the sender reads these from the queue instead.
-                        let _ = committed.try_send(stored);
-                    }
-                    for (m, r) in held.into_iter().zip(results) {
-                        match r {
-                            // On disk: the local publisher may have its PUBACK.
-                            Ok(_) => m.ack(),
-                            // Refused (reject_new, too large) and counted: not acknowledged, so
-                            // an MQTT 5 publisher is told (0x97 quota exceeded).
-                            Err(_) => drop(m),
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    // The writer logs the failure itself (loudly the first time of a run).
-                    debug!(uplink = %name, error = %e, kind = %e.kind(), messages = n, "Cannot store messages for the uplink; they are dropped (dropped/write_error)");
-                    // Counted by the queue as `failed_messages`. Dropped without an ack: the broker tells MQTT 5 publishers (0x97).
-                    drop(held);
-                    if e.kind() == super::queue::ErrorKind::Corrupt {
-                        let _ = damaged.send(e);
-                    }
-                }
-                Err(_) => {
-                    // The queue's thread is gone: nothing else counted these.
-                    l.dropped_write_error.fetch_add(n, Ordering::Relaxed);
-                }
-            }
-        });
-    }
-
-    /// Fills the in-flight window from the queue, in id order; while a drain runs, each
-    /// message waits for a token of the `drain_rate` pacer.
-    async fn send_more(
-        &self,
-        l: &mut Link,
-        queue: &Queue,
-        rules: &[Rule],
-        echoes: &mut Option<Echoes>,
-    ) -> anyhow::Result<()> {
-        if let Some(at) = l.pace_at {
-            if at > Instant::now() {
-                return Ok(());
-            }
-            l.pace_at = None;
-        }
-        while l.tracker.can_send() {
-            if l.ready.is_empty() {
-                if l.caught_up.is_some() {
-                    // Nothing queued beyond what was sent; new messages come from memory.
-                    return Ok(());
-                }
-                let want = READ_BATCH;
-                let after = l.tracker.last_sent().unwrap_or(l.after);
-                let batch = queue.read_after(after, want).await?;
-                l.caught_up = batch.is_empty().then_some(after);
-                if batch.is_empty() {
-                    if l.draining {
-                        l.draining = false;
-                        self.ledger.draining.store(false, Ordering::Relaxed);
-                        info!(uplink = %self.name(), "Uplink caught up with its backlog");
-                    }
-                    return Ok(());
-                }
-                l.ready.extend(batch);
-            }
-            if l.draining {
-                if let Err(at) = l.pacer.take(Instant::now().into_std()) {
-                    l.pace_at = Some(at.into());
-                    return Ok(());
-                }
-            }
-            let Some(m) = l.ready.pop_front() else {
-                continue;
-            };
-            let qos = QoS::from_u8(m.qos).unwrap_or(QoS::AtLeastOnce);
-            if l.tracker.in_flight() == 0 {
-                // The stall clock starts with the first message in flight, not at the last
-                // acknowledgement, which may be long ago on a quiet link.
-                l.last_progress = Instant::now();
-            }
-            l.tracker.sent(m.id, m.qos)?;
-            note_sent(echoes, rules, &m.topic, &m.payload);
-            l.handed.push_back(Handed::Queued);
-            l.client.publish(&m.topic, qos, m.retain, m.payload).await?;
-            self.ledger.sent.fetch_add(1, Ordering::Relaxed);
-            if self.ledger.max_sent_id.fetch_max(m.id, Ordering::Relaxed) >= m.id {
-                // Sent before, on a connection that dropped before its acknowledgement.
-                self.ledger.redelivered.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Ok(())
-    }
-
     async fn on_event(
         &self,
         up: Up,
@@ -683,8 +431,15 @@ impl Uplink {
     ) -> anyhow::Result<()> {
         let Some(l) = link else { return Ok(()) };
         match up {
-            Up::Connected { session_present } => {
+            Up::Connected {
+                session_present,
+                receive_max,
+            } => {
                 l.connected = true;
+                if self.cfg.protocol == config::Protocol::V5 {
+                    // The cloud's limit, when lower than ours (rumqttc keeps to it too).
+                    l.tracker = Tracker::new(WINDOW_V5.min(usize::from(receive_max)));
+                }
                 l.last_progress = Instant::now();
                 // Everything not acknowledged goes again, in order.
                 l.after = 0;
@@ -697,34 +452,24 @@ impl Uplink {
                 self.ledger.connections.fetch_add(1, Ordering::Relaxed);
                 self.ledger.set_state(LinkState::Connected, None);
                 info!(uplink = %self.name(), session_present, queued = depth, drain_rate = self.cfg.buffer.drain_rate, "Uplink connected");
-                l.handed.push_back(Handed::Status);
-                l.client
-                    .publish(
-                        status_topic,
-                        QoS::AtLeastOnce,
-                        true,
-                        Bytes::from(self.birth_payload()),
-                    )
-                    .await?;
+                l.write(
+                    Handed::Status,
+                    status_topic.to_string(),
+                    QoS::AtLeastOnce,
+                    true,
+                    Bytes::from(self.birth_payload()),
+                )
+                .await?;
+                l.conn.flush().await?;
                 for r in rules.iter().filter(|r| r.inbound) {
                     l.client.subscribe(&r.remote_filter(), r.qos).await?;
                 }
             }
-            Up::Sent(pkid) => match l.handed.pop_front() {
-                Some(Handed::Queued) => {
-                    if pkid == 0 {
-                        // A QoS 0 message is done once written: the link moves.
-                        l.last_progress = Instant::now();
-                    }
-                    if let Some(through) = l.tracker.assigned(pkid)? {
-                        l.acked_through(through);
-                    }
+            Up::Sent(pkid) => {
+                if let Some(kind) = l.handed.pop_front() {
+                    l.written(kind, pkid)?;
                 }
-                Some(Handed::Status) => {
-                    l.status_pkids.insert(pkid);
-                }
-                Some(Handed::Direct) | None => {}
-            },
+            }
             Up::Acked(pkid) => {
                 l.last_progress = Instant::now();
                 if l.status_pkids.remove(&pkid) {
@@ -761,7 +506,7 @@ impl Uplink {
                     }
                 }
                 // Acknowledged to the cloud only now that the local broker has it.
-                l.client.ack(&m).await?;
+                l.conn.ack(&m).await?;
             }
             Up::Other => {}
         }
@@ -771,22 +516,41 @@ impl Uplink {
     /// Graceful stop: the offline status ("shutdown"), then DISCONNECT, within a second or two.
     async fn shut_down(&self, mut l: Link, status_topic: &str) {
         let payload = Bytes::from(self.offline_payload("shutdown"));
-        l.handed.push_back(Handed::Status);
-        let _ = l
-            .client
-            .publish(status_topic, QoS::AtLeastOnce, true, payload)
-            .await;
         let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            // Wait for a free packet id if the window is full.
+            while !l.can_write() {
+                match l.conn.next().await {
+                    Ok(Up::Sent(pkid)) => {
+                        if let Some(kind) = l.handed.pop_front() {
+                            let _ = l.written(kind, pkid);
+                        }
+                    }
+                    Ok(Up::Acked(pkid)) => {
+                        let _ = l.tracker.acked(pkid);
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+            // Only this status's acknowledgement matters now.
+            l.status_pkids.clear();
+            let topic = status_topic.to_string();
+            if l.write(Handed::Status, topic, QoS::AtLeastOnce, true, payload)
+                .await
+                .is_err()
+                || l.conn.flush().await.is_err()
+            {
+                return;
+            }
             // Drive the connection until the status is acknowledged, then disconnect.
-            let mut status_sent = None;
             loop {
                 match l.conn.next().await {
                     Ok(Up::Sent(pkid)) => {
-                        if let Some(Handed::Status) = l.handed.pop_front() {
-                            status_sent = Some(pkid);
+                        if let Some(kind) = l.handed.pop_front() {
+                            let _ = l.written(kind, pkid);
                         }
                     }
-                    Ok(Up::Acked(pkid)) if Some(pkid) == status_sent => break,
+                    Ok(Up::Acked(pkid)) if l.status_pkids.contains(&pkid) => break,
                     Ok(_) => {}
                     Err(_) => return,
                 }
@@ -797,37 +561,6 @@ impl Uplink {
         .await;
         info!(uplink = %self.name(), "Uplink disconnected (shutdown)");
     }
-}
-
-/// Notes a message handed to the cloud connection on a topic one of the uplink's own `in`
-/// rules takes, so its echo can be told apart (MQTT 3.1.1 only; see [`super::echo`]).
-fn note_sent(echoes: &mut Option<Echoes>, rules: &[Rule], topic: &str, payload: &Bytes) {
-    if let Some(e) = echoes {
-        if rules::inbound(rules, topic).is_some() {
-            e.sent(topic, payload, Instant::now().into_std());
-        }
-    }
-}
-
-/// [`Link::offer`] without the link: appends to `ready` what follows `caught_up` without a
-/// gap; returns the new `caught_up` (`None`: read the queue).
-fn follow_on(
-    caught_up: Option<u64>,
-    ready: &mut VecDeque<Stored>,
-    batch: Vec<Stored>,
-) -> Option<u64> {
-    let mut next = caught_up? + 1;
-    for m in batch {
-        if m.id < next {
-            continue; // already read from the queue
-        }
-        if m.id != next {
-            return None;
-        }
-        next += 1;
-        ready.push_back(m);
-    }
-    Some(next - 1)
 }
 
 fn far_future() -> Instant {
@@ -855,47 +588,4 @@ fn jitter(d: Duration) -> Duration {
     use password_hash::rand_core::RngCore;
     let r = password_hash::rand_core::OsRng.next_u32() % 500;
     d.mul_f64(0.75 + f64::from(r) / 1000.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn m(id: u64) -> Stored {
-        Stored {
-            id,
-            topic: "t".into(),
-            payload: Bytes::new(),
-            qos: 1,
-            retain: false,
-            properties: Bytes::new(),
-            received_at_ms: 0,
-        }
-    }
-
-    fn ids(r: &VecDeque<Stored>) -> Vec<u64> {
-        r.iter().map(|m| m.id).collect()
-    }
-
-    #[test]
-    fn committed_batches_go_from_memory_only_without_a_gap() {
-        let mut ready = VecDeque::new();
-        // Not caught up: the queue is read; nothing taken.
-        assert_eq!(follow_on(None, &mut ready, vec![m(1)]), None);
-        assert!(ready.is_empty());
-        // Follows on: taken.
-        assert_eq!(follow_on(Some(4), &mut ready, vec![m(5), m(6)]), Some(6));
-        assert_eq!(ids(&ready), [5, 6]);
-        // Partly read from the queue already: the rest is taken.
-        assert_eq!(
-            follow_on(Some(6), &mut ready, vec![m(5), m(6), m(7)]),
-            Some(7)
-        );
-        assert_eq!(ids(&ready), [5, 6, 7]);
-        // A gap (an earlier batch not seen yet): read the queue instead.
-        assert_eq!(follow_on(Some(7), &mut ready, vec![m(9)]), None);
-        assert_eq!(ids(&ready), [5, 6, 7]);
-        // An empty batch (every message refused) changes nothing.
-        assert_eq!(follow_on(Some(7), &mut ready, vec![]), Some(7));
-    }
 }

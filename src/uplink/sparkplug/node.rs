@@ -857,7 +857,7 @@ fn connect(
                 o.set_credentials(u, password.unwrap_or_default());
             }
             let (c, e) = rumqttc::AsyncClient::new(o, cap);
-            (Client::V4(c), Connection::V4(Box::new(e)))
+            (Client::V4(c), Connection::v4(e, WINDOW as u16))
         }
         config::Protocol::V5 => {
             let mut o = rumqttc::v5::MqttOptions::new(client_id, &target.host, target.port);
@@ -879,7 +879,7 @@ fn connect(
                 o.set_credentials(u, password.unwrap_or_default());
             }
             let (c, e) = rumqttc::v5::AsyncClient::new(o, cap);
-            (Client::V5(c), Connection::V5(Box::new(e)))
+            (Client::V5(c.clone()), Connection::v5(e, c, WINDOW as u16))
         }
     }
 }
