@@ -97,6 +97,11 @@ usage: cargo bench --bench mqtt_load -- [options]
                     (with --soak: the soak section)
   --tidegate PATH   the tidegate binary (default target/release/tidegate)
 
+  --burst-qos1 N    messages per unthrottled QoS 1 burst (default 100000)
+  --burst-qos0 N    messages per unthrottled QoS 0 burst (default 200000)
+  --publishers N    publishers in the several-publishers bursts (default 4)
+  --no-burst        skip the unthrottled bursts
+
   --soak            run the slow-subscriber soak instead of the scenarios above:
                     a firehose publisher, one slow and one stalled subscriber, QoS 0
                     then QoS 1, broker RSS sampled every second (takes minutes)
@@ -155,6 +160,10 @@ struct Options {
     runs: usize,
     write_docs: bool,
     tidegate: PathBuf,
+    burst_qos1: u64,
+    burst_qos0: u64,
+    publishers: usize,
+    burst: bool,
     soak: bool,
     soak_messages: u64,
     help: bool,
@@ -174,6 +183,10 @@ impl Options {
             runs: 3,
             write_docs: false,
             tidegate: repo_root().join("target/release/tidegate"),
+            burst_qos1: 100_000,
+            burst_qos0: 200_000,
+            publishers: 4,
+            burst: true,
             soak: false,
             soak_messages: 10_000_000,
             help: false,
@@ -203,14 +216,18 @@ impl Options {
                 "--runs" => o.runs = number(&arg, &value()?)?,
                 "--tidegate" => o.tidegate = PathBuf::from(value()?),
                 "--write-docs" => o.write_docs = true,
+                "--burst-qos1" => o.burst_qos1 = number(&arg, &value()?)?,
+                "--burst-qos0" => o.burst_qos0 = number(&arg, &value()?)?,
+                "--publishers" => o.publishers = number(&arg, &value()?)?,
+                "--no-burst" => o.burst = false,
                 "--soak" => o.soak = true,
                 "--soak-messages" => o.soak_messages = number(&arg, &value()?)?,
                 "-h" | "--help" => o.help = true,
                 other => bail!("unknown option `{other}`"),
             }
         }
-        if o.runs == 0 || o.subscribers == 0 || o.window == 0 {
-            bail!("--runs, --subscribers and --window must be at least 1");
+        if o.runs == 0 || o.subscribers == 0 || o.window == 0 || o.publishers == 0 {
+            bail!("--runs, --subscribers, --window and --publishers must be at least 1");
         }
         if o.soak_messages < 10 {
             bail!("--soak-messages must be at least 10");
@@ -274,7 +291,18 @@ async fn run(opts: &Options) -> Result<()> {
         let broker = BrokerProcess::start(kind, opts)?;
         results.push(measure(&broker, opts).await?);
     }
-    let report = report(opts, &results[0], &results[1])?;
+    let mut bursts = Vec::new();
+    if opts.burst {
+        for kind in [Kind::Tidegate, Kind::Mosquitto] {
+            eprintln!("== {} bursts (a freshly started broker)", kind.name());
+            let broker = BrokerProcess::start(kind, opts)?;
+            bursts.push(burst(&broker, opts).await?);
+        }
+    }
+    let mut report = report(opts, &results[0], &results[1])?;
+    if let [t, m] = &bursts[..] {
+        report.push_str(&burst_report(opts, t, m)?);
+    }
     println!("{report}");
     if opts.write_docs {
         let path = repo_root().join("docs/BENCHMARKS.md");
@@ -371,6 +399,7 @@ async fn scenario(
             topic: format!("bench/{name}/{i}"),
             qos,
             subscribers,
+            publishers: 1,
             count,
             window: opts.window,
             payload: payload.clone(),
@@ -388,6 +417,73 @@ async fn scenario(
         runs.push(t);
     }
     Ok(median(runs))
+}
+
+/// The unthrottled bursts on one broker, started fresh so its VmHWM is theirs.
+#[derive(Debug)]
+struct BurstFigures {
+    rows: Vec<BurstRow>,
+    peak_rss_kib: u64,
+}
+
+/// One burst shape, every round.
+#[derive(Debug)]
+struct BurstRow {
+    qos: QoS,
+    publishers: usize,
+    sent: u64,
+    rounds: Vec<Throughput>,
+}
+
+/// The unthrottled bursts: every publisher sends as fast as rumqttc goes (no window of the
+/// bench's own; rumqttc keeps at most 100 QoS 1 messages unacknowledged), one subscriber at
+/// the same QoS reads as fast as it can. Messages/s is delivered ÷ time from the first
+/// publish to the last message delivered.
+async fn burst(broker: &BrokerProcess, opts: &Options) -> Result<BurstFigures> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let payload = Bytes::from(vec![b'x'; opts.payload]);
+    let mut rows = Vec::new();
+    let shapes = [
+        (QoS::AtLeastOnce, 1, opts.burst_qos1),
+        (QoS::AtLeastOnce, opts.publishers, opts.burst_qos1),
+        (QoS::AtMostOnce, 1, opts.burst_qos0),
+        (QoS::AtMostOnce, opts.publishers, opts.burst_qos0),
+    ];
+    for (qos, publishers, count) in shapes {
+        let name = format!("burst-qos{}-{publishers}p", qos as u8);
+        let mut rounds = Vec::new();
+        for i in 0..opts.runs {
+            let load = Load {
+                topic: format!("bench/{name}/{i}"),
+                qos,
+                subscribers: 1,
+                publishers,
+                count,
+                window: u64::MAX,
+                payload: payload.clone(),
+            };
+            let t = throughput(broker, &load).await?;
+            eprintln!(
+                "   {name} round {}: {:.0}/s, {} of {count} delivered, CPU broker {:.0} % clients {:.0} %",
+                i + 1,
+                t.per_second,
+                t.received,
+                t.cpu_load * 100.0,
+                t.client_load * 100.0
+            );
+            rounds.push(t);
+        }
+        rows.push(BurstRow {
+            qos,
+            publishers,
+            sent: count,
+            rounds,
+        });
+    }
+    Ok(BurstFigures {
+        rows,
+        peak_rss_kib: broker.memory()?.hwm_kib,
+    })
 }
 
 fn median(mut runs: Vec<Throughput>) -> Throughput {
@@ -661,9 +757,37 @@ struct Load {
     topic: String,
     qos: QoS,
     subscribers: usize,
+    /// With more than one, publisher `j` sends to `topic/pj` and the subscribers subscribe
+    /// to `topic/#`; the messages are shared out among them.
+    publishers: usize,
     count: u64,
+    /// `u64::MAX` for an unthrottled burst.
     window: u64,
     payload: Bytes,
+}
+
+impl Load {
+    fn filter(&self) -> String {
+        if self.publishers > 1 {
+            format!("{}/#", self.topic)
+        } else {
+            self.topic.clone()
+        }
+    }
+
+    fn publish_topic(&self, j: usize) -> String {
+        if self.publishers > 1 {
+            format!("{}/p{j}", self.topic)
+        } else {
+            self.topic.clone()
+        }
+    }
+
+    /// How many of the messages publisher `j` sends.
+    fn share(&self, j: usize) -> u64 {
+        let n = self.publishers as u64;
+        self.count / n + u64::from((j as u64) < self.count % n)
+    }
 }
 
 /// What one subscriber has received, shared with the publisher's window.
@@ -717,7 +841,7 @@ async fn subscriber(
     progress: Arc<Notify>,
 ) -> Result<(Arc<Counter>, AsyncClient, JoinHandle<()>)> {
     let (client, mut eventloop) = new_client(&id, port, 100);
-    client.subscribe(load.topic.clone(), load.qos).await?;
+    client.subscribe(load.filter(), load.qos).await?;
     handshake(&mut eventloop, true).await?;
     let counter = Arc::new(Counter {
         received: AtomicU64::new(0),
@@ -729,7 +853,7 @@ async fn subscriber(
         // Ends when the client is dropped or the broker closes the connection.
         while let Ok(event) = eventloop.poll().await {
             if let Event::Incoming(Packet::Publish(p)) = event {
-                if p.topic == topic {
+                if p.topic.starts_with(&topic) {
                     let n = c.received.fetch_add(1, Ordering::Relaxed) + 1;
                     let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     c.last_ns.store(ns, Ordering::Relaxed);
@@ -756,25 +880,49 @@ async fn throughput(broker: &BrokerProcess, load: &Load) -> Result<Throughput> {
         counters.push(counter);
         subs.push((client, task));
     }
-    let window = Window {
+    let window = Arc::new(Window {
         counters,
         progress,
         window: load.window,
-    };
+    });
 
-    let id = format!("pub-{}", load.topic.replace('/', "-"));
-    let (publisher, mut eventloop) = new_client(&id, broker.port, 1000);
-    handshake(&mut eventloop, false).await?;
-    let pub_task = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let mut publishers = Vec::new();
+    for j in 0..load.publishers {
+        let id = format!("pub-{}-{j}", load.topic.replace('/', "-"));
+        let (publisher, mut eventloop) = new_client(&id, broker.port, 1000);
+        handshake(&mut eventloop, false).await?;
+        let task = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        publishers.push((publisher, task));
+    }
 
     let cpu_before = broker.cpu_ticks()?;
     let client_cpu_before = cpu_ticks(std::process::id())?;
     let t0 = start.elapsed();
-    for sent in 0..load.count {
-        window.room_for(sent).await;
-        publisher
-            .publish_bytes(load.topic.clone(), load.qos, false, load.payload.clone())
-            .await?;
+    let mut senders = Vec::new();
+    for (j, (publisher, _)) in publishers.iter().enumerate() {
+        let (publisher, window) = (publisher.clone(), window.clone());
+        let (topic, qos, payload, n) = (
+            load.publish_topic(j),
+            load.qos,
+            load.payload.clone(),
+            load.share(j),
+        );
+        // The window is only kept with one publisher (the bursts run unthrottled).
+        let windowed = load.publishers == 1;
+        senders.push(tokio::spawn(async move {
+            for sent in 0..n {
+                if windowed {
+                    window.room_for(sent).await;
+                }
+                publisher
+                    .publish_bytes(topic.clone(), qos, false, payload.clone())
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for s in senders {
+        s.await??;
     }
     let expected = load.count * load.subscribers as u64;
     wait_until_settled(&window.counters, expected).await;
@@ -802,8 +950,10 @@ async fn throughput(broker: &BrokerProcess, load: &Load) -> Result<Throughput> {
         }
     };
 
-    let _ = publisher.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), pub_task).await;
+    for (publisher, task) in publishers {
+        let _ = publisher.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     for (client, task) in subs {
         let _ = client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -955,6 +1105,59 @@ fn report(opts: &Options, t: &Figures, m: &Figures) -> Result<String> {
         t.peak_rss_kib as f64,
         m.peak_rss_kib as f64,
         mib,
+    )?;
+    Ok(r)
+}
+
+/// The bursts' table, beside Mosquitto's.
+fn burst_report(opts: &Options, t: &BurstFigures, m: &BurstFigures) -> Result<String> {
+    let mut r = String::new();
+    writeln!(
+        r,
+        "\nUnthrottled bursts (no publisher window; each broker freshly started for them): one \
+         QoS 0 or QoS 1 subscriber reading as fast as it can, 1 or {} publishers sending as \
+         fast as rumqttc goes. msg/s = delivered ÷ time from the first publish to the last \
+         delivery, median of {} rounds; every round's delivered count is shown.\n",
+        opts.publishers, opts.runs
+    )?;
+    writeln!(r, "| burst | tidegate | mosquitto | ratio |")?;
+    writeln!(r, "| --- | ---: | ---: | ---: |")?;
+    let rounds = |row: &BurstRow| {
+        row.rounds
+            .iter()
+            .map(|t| t.received.to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    for (a, b) in t.rows.iter().zip(&m.rows) {
+        let shape = format!(
+            "{} → 1, QoS {}, {} × {} B",
+            a.publishers, a.qos as u8, a.sent, opts.payload
+        );
+        writeln!(
+            r,
+            "| {shape}: delivered per round | {} | {} | – |",
+            rounds(a),
+            rounds(b)
+        )?;
+        let (ra, rb) = (
+            median(a.rounds.clone()).per_second,
+            median(b.rounds.clone()).per_second,
+        );
+        let ratio = if rb > 0.0 {
+            format!("{:.2}", ra / rb)
+        } else {
+            "–".into()
+        };
+        writeln!(r, "| {shape}: msg/s | {ra:.0} | {rb:.0} | {ratio} |")?;
+    }
+    let (pa, pb) = (t.peak_rss_kib as f64, m.peak_rss_kib as f64);
+    writeln!(
+        r,
+        "| peak RSS (VmHWM) over the bursts | {:.1} MiB | {:.1} MiB | {:.2} |",
+        pa / 1024.0,
+        pb / 1024.0,
+        pa / pb.max(1.0)
     )?;
     Ok(r)
 }
