@@ -43,6 +43,15 @@ use tracing::{debug, info, warn};
 
 /// Stop pulling from the session queue once this much is waiting to be written.
 const OUT_HIGH_WATER: usize = 64 * 1024;
+/// An empty write buffer larger than this is given back, so an idle client holds none of
+/// what a burst to it grew.
+const OUT_KEEP: usize = 4096;
+/// The read buffer's size while a client sends little (a CONNECT, PINGREQs) ...
+const READ_MIN: usize = 256;
+/// ... and while its reads fill the buffer. Decoded packets share the buffer's memory
+/// (their payloads are not copied), so a larger one would let a few queued messages hold
+/// much more.
+const READ_MAX: usize = 4096;
 /// How long a closing connection may take to write its last packets.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection we closed keeps draining the client's input.
@@ -77,7 +86,7 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::with_capacity(READ_MIN);
     let max_in = ctx.settings.max_packet_size;
     let connect = tokio::select! {
         _ = shutdown.cancelled() => return,
@@ -128,7 +137,9 @@ where
         return;
     }
     let access = shared.access();
-    if let Err(code) = authenticate(&ctx, &access, peer, &connect).await {
+    // Boxed, as is the connection's loop below: a task is allocated at the size of its
+    // largest state, held by every connection for its whole life.
+    if let Err(code) = Box::pin(authenticate(&ctx, &access, peer, &connect)).await {
         shared
             .stats
             .connections_refused
@@ -236,7 +247,7 @@ where
         deny_log: DenyLog::default(),
         cell: cell.clone(),
         generation,
-        out: BytesMut::with_capacity(4096),
+        out: BytesMut::new(),
         send_window: if version.is_v5() {
             usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX))
                 .min(settings.max_inflight)
@@ -269,9 +280,7 @@ where
 
     let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
     let mut will = connect.will.clone();
-    let end = conn
-        .run(&mut rd, &mut wr, &mut rbuf, keepalive, &kick, &shutdown)
-        .await;
+    let end = Box::pin(conn.run(&mut rd, &mut wr, &mut rbuf, keepalive, &kick, &shutdown)).await;
     let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
         if !conn.out.is_empty() {
             let _ = wr.write_all(&conn.out).await;
@@ -301,7 +310,8 @@ where
     // resets it) and the client can read the DISCONNECT's reason code.
     if matches!(end, End::Abnormal(_)) {
         let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
-            let mut sink = [0u8; 4096];
+            // On the heap: an array here would be part of every connection's task.
+            let mut sink = vec![0u8; 4096];
             while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
         })
         .await;
@@ -704,6 +714,7 @@ impl Conn {
         // TLS and WebSocket buffer writes: flush once the buffer has been handed over.
         let mut needs_flush = false;
         let mut access_watch = true;
+        let mut read_size = ReadSize::default();
         self.access_rx.borrow_and_update();
         // Packets already buffered behind the CONNECT.
         if let Some(end) = self.process(rbuf) {
@@ -711,6 +722,7 @@ impl Conn {
         }
         loop {
             self.pump();
+            let spare = read_size.prepare(rbuf);
             let waiting = self
                 .pending_acks
                 .front()
@@ -727,6 +739,7 @@ impl Conn {
                 r = rd.read_buf(rbuf), if self.throttle.is_none() => match r {
                     Ok(0) => return End::Abnormal("connection closed by the client".into()),
                     Ok(n) => {
+                        read_size.read(n, spare);
                         self.ctx.shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                         deadline = keepalive.map(|k| Instant::now() + k);
                         if let Some(end) = self.process(rbuf) {
@@ -1427,12 +1440,51 @@ async fn write_some<W: AsyncWrite + Unpin>(
     if !out.is_empty() {
         wr.write_buf(out).await?;
         *needs_flush = true;
+        if out.is_empty() && out.capacity() > OUT_KEEP {
+            *out = BytesMut::new();
+        }
     }
     if out.is_empty() && *needs_flush {
         wr.flush().await?;
         *needs_flush = false;
     }
     Ok(())
+}
+
+/// Sizes the read buffer: [`READ_MIN`] while the client sends little, doubling up to
+/// [`READ_MAX`] while its reads fill the buffer, halving again when they do not.
+#[derive(Debug)]
+struct ReadSize {
+    target: usize,
+}
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize { target: READ_MIN }
+    }
+}
+
+impl ReadSize {
+    /// Called before a read: makes room for the target size, first giving back an empty
+    /// buffer much larger than it. Returns the room there is.
+    fn prepare(&self, rbuf: &mut BytesMut) -> usize {
+        if rbuf.is_empty() && rbuf.capacity() > 2 * self.target {
+            *rbuf = BytesMut::new();
+        }
+        if rbuf.capacity() - rbuf.len() < self.target / 2 {
+            rbuf.reserve(self.target);
+        }
+        rbuf.capacity() - rbuf.len()
+    }
+
+    /// Called after a read of `n` bytes into `spare` bytes of room.
+    fn read(&mut self, n: usize, spare: usize) {
+        if n >= spare {
+            self.target = (self.target * 2).min(READ_MAX);
+        } else if n < self.target / 4 {
+            self.target = (self.target / 2).max(READ_MIN);
+        }
+    }
 }
 
 /// Waits out a throttle (pending forever without one; the caller guards the arm).
@@ -1477,5 +1529,44 @@ mod tests {
                 assert_eq!(log.take_suppressed(), suppressed, "at {at:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod read_size_tests {
+    use super::*;
+
+    /// The read buffer grows while reads fill it, shrinks when they do not, and an empty
+    /// one much larger than needed is given back (issue 13: per idle client memory).
+    #[test]
+    fn read_size_follows_the_reads() {
+        let mut size = ReadSize::default();
+        let mut rbuf = BytesMut::new();
+        let spare = size.prepare(&mut rbuf);
+        assert!(spare >= READ_MIN);
+        // Reads that fill the buffer double the target, up to READ_MAX.
+        for _ in 0..10 {
+            let spare = size.prepare(&mut rbuf);
+            size.read(spare, spare);
+        }
+        assert_eq!(size.target, READ_MAX);
+        rbuf.reserve(READ_MAX);
+        assert!(rbuf.capacity() >= READ_MAX);
+        // Small reads (PINGREQs) bring it back down; the empty large buffer is given back.
+        for _ in 0..10 {
+            let spare = size.prepare(&mut rbuf);
+            size.read(2, spare);
+        }
+        assert_eq!(size.target, READ_MIN);
+        size.prepare(&mut rbuf);
+        assert!(
+            rbuf.capacity() < 2 * READ_MIN + READ_MIN,
+            "{}",
+            rbuf.capacity()
+        );
+        // A buffer holding part of a packet is kept and grown, never replaced.
+        rbuf.extend_from_slice(&[0x30; 100]);
+        size.prepare(&mut rbuf);
+        assert_eq!(&rbuf[..], &[0x30; 100][..]);
     }
 }
