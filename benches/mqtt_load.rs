@@ -4,8 +4,8 @@
 //! Run it with `cargo build --release && cargo bench --bench mqtt_load -- [options]`
 //! (`--help` lists them; `--write-docs` also rewrites the Broker section of
 //! `docs/BENCHMARKS.md`). It is a `harness = false` bench, so nothing here runs under
-//! `cargo test`. `--soak` runs the slow-subscriber soak instead (see [the soak
-//! section](#the-slow-subscriber-soak---soak) below); with `--write-docs` it rewrites its own
+//! `cargo test`. `--soak` runs the stalled-subscriber soak instead (see [the soak
+//! section](#the-stalled-subscriber-soak---soak) below); with `--write-docs` it rewrites its own
 //! section of the doc, so each can be rerun without the other.
 //!
 //! # What it measures
@@ -15,7 +15,13 @@
 //! 3. 1 publisher → 1 subscriber, QoS 0, `--payload`-byte messages: messages/s received;
 //! 4. the same at QoS 1 (publisher and subscriber QoS 1);
 //! 5. 1 publisher → `--subscribers` subscribers, QoS 0: deliveries/s summed over subscribers;
-//! 6. peak RSS (VmHWM) over the whole run, and the broker's CPU time per delivered message.
+//! 6. peak RSS (VmHWM) over the whole run, and the broker's CPU time per delivered message;
+//! 7. unless `--no-burst`, on a second freshly started broker: the unthrottled bursts (issue
+//!    13): `--burst-qos1` QoS 1 and `--burst-qos0` QoS 0 messages from 1 and `--publishers`
+//!    publishers sending as fast as rumqttc goes (its own 100-message QoS 1 window is the only
+//!    limit) to one subscriber reading as fast as it can, `--runs` rounds each. Every round's
+//!    delivered count is shown; msg/s is delivered ÷ time from the first publish to the last
+//!    delivery; the broker's VmHWM over the bursts is their peak RSS.
 //!
 //! # How
 //! - Memory comes from `/proc/<pid>/status` (VmRSS, VmHWM), CPU from `/proc/<pid>/stat`
@@ -45,29 +51,36 @@
 //! comparison is against Mosquitto at its better setting.
 //! Clients set TCP_NODELAY (see [`new_client`]).
 //!
-//! # The slow-subscriber soak (`--soak`)
-//! Checks the broker's memory bound: "a slow or stalled subscriber never grows memory without
+//! # The stalled-subscriber soak (`--soak`)
+//! Checks the broker's memory bound: "a stalled subscriber never grows memory without
 //! bound — QoS 0 is dropped first, then the oldest queued, and each drop is counted", target
-//! "RSS flat (within 10 %) over 10 M messages to a slow subscriber". Two passes per broker
+//! "RSS flat (within 10 %) over 10 M messages", and (issue 13) that a healthy subscriber's
+//! rate does not fall below half its rate without the stalled one. Two passes per broker
 //! (QoS 0, then QoS 1), each on a freshly started broker with the settings above:
-//! - one **slow subscriber** (raw TCP, MQTT 3.1.1, small receive buffer) that reads
-//!   [`SLOW_READ_BYTES`] every [`SLOW_TICK`] (≈ 40 KB/s, a few hundred messages/s) and
-//!   PUBACKs what it reads, and one **stalled subscriber** that reads nothing after its
-//!   SUBACK, so its socket buffers fill and everything else must be queued or dropped;
+//! - one **healthy subscriber** (raw TCP, MQTT 3.1.1, small receive buffer) that reads as
+//!   fast as it can and PUBACKs what it reads; first alone, for a **reference phase** of a
+//!   tenth of the messages (its rate alone), then with one **stalled subscriber** that reads
+//!   nothing after its SUBACK, so its socket buffers fill and everything else must be queued
+//!   or dropped. (Before flow control the first was a slow subscriber reading
+//!   [`SLOW_READ_BYTES`] every [`SLOW_TICK`]; a live slow subscriber now slows the publisher
+//!   to its pace, which is the point of flow control, and would make the soak take hours.)
 //! - one **firehose publisher** (raw TCP) sending `--soak-messages` messages of `--payload`
 //!   bytes, in batches of [`PUB_BATCH`] per `write`. At QoS 0 nothing throttles it but TCP;
 //!   at QoS 1 it keeps up to [`PUB_WINDOW`] PUBLISHes unacknowledged (under tidegate's
-//!   receive maximum, 1024), and both brokers acknowledge them independently of the
-//!   subscribers. The publish rate is reported;
+//!   receive maximum, 1024). tidegate holds it back while the healthy subscriber is behind
+//!   (flow control) and, once the stalled one is declared stalled (`stall_timeout`), no
+//!   longer for that one; Mosquitto acknowledges independently of the subscribers. The
+//!   publish rate is reported;
 //! - the broker's VmRSS is sampled every second (also written to
 //!   `target/mqtt_soak/<broker>-qos<q>.csv`); the report gives RSS when 10 %, 50 % and 100 %
 //!   of the messages were published, the maximum from 10 % to 100 %, the largest deviation
 //!   from the 10 % value over that span, and whether it stays within 10 %;
 //! - drops: `$SYS/broker/publish/messages/dropped` (retained; both brokers refresh it every
 //!   10 s, Mosquitto only when it changed and with a 60 s expiry) is read with a short
-//!   subscribe 11 s after the last publish; then the slow subscriber is left to drain what
-//!   is queued for it, and the stalled one is drained at full speed and counted. Every message is delivered to two
-//!   subscribers, so `2 × messages − received by both − dropped` should be 0: anything else
+//!   subscribe 11 s after the last publish; then the healthy subscriber is left to drain what
+//!   is queued for it, and the stalled one is drained at full speed and counted. Every
+//!   main-phase message is delivered to two subscribers and every reference one to one, so
+//!   `2 × messages + reference − received − dropped` should be 0: anything else
 //!   is a message lost without being counted (or, negative, one counted but delivered).
 
 use anyhow::{bail, Context, Result};
@@ -102,8 +115,8 @@ usage: cargo bench --bench mqtt_load -- [options]
   --publishers N    publishers in the several-publishers bursts (default 4)
   --no-burst        skip the unthrottled bursts
 
-  --soak            run the slow-subscriber soak instead of the scenarios above:
-                    a firehose publisher, one slow and one stalled subscriber, QoS 0
+  --soak            run the stalled-subscriber soak instead of the scenarios above:
+                    a firehose publisher, one healthy and one stalled subscriber, QoS 0
                     then QoS 1, broker RSS sampled every second (takes minutes)
   --soak-messages N messages per soak pass (default 10000000)
 
@@ -1243,7 +1256,7 @@ fn write_docs(path: &Path, report: &str, open: &str, close: &str) -> Result<()> 
 }
 
 // ---------------------------------------------------------------------------------------
-// The slow-subscriber soak (`--soak`)
+// The stalled-subscriber soak (`--soak`)
 
 /// The slow subscriber reads at most this many bytes per [`SLOW_TICK`].
 const SLOW_READ_BYTES: usize = 4096;
@@ -1286,7 +1299,14 @@ struct SoakRun {
     rss_before_kib: u64,
     samples: Vec<Sample>,
     hwm_kib: u64,
-    slow_received: u64,
+    /// What the healthy subscriber received in the main phase (with the stalled one).
+    healthy_received: u64,
+    /// Its rate, messages/s, from the first publish to its last message: alone (the
+    /// reference phase, before the stalled subscriber connects) and with the stalled one.
+    healthy_rate_alone: f64,
+    healthy_rate_with_stalled: f64,
+    /// Messages of the reference phase (to the healthy subscriber only).
+    reference: u64,
     stalled_received: u64,
     /// `$SYS/broker/publish/messages/dropped`; `None` when the broker did not publish it.
     dropped: Option<u64>,
@@ -1334,11 +1354,27 @@ impl SoakRun {
         }
     }
 
-    /// Deliveries neither received nor counted as dropped (2 subscribers per message).
+    /// Deliveries neither received nor counted as dropped (2 subscribers per message of the
+    /// main phase, the healthy one alone in the reference phase).
     fn unaccounted(&self) -> Option<i64> {
-        let expected = 2 * self.messages as i64;
+        let expected = 2 * self.messages as i64 + self.reference as i64;
         let dropped = self.dropped? as i64;
-        Some(expected - self.slow_received as i64 - self.stalled_received as i64 - dropped)
+        Some(
+            expected
+                - self.healthy_received as i64
+                - self.reference as i64
+                - self.stalled_received as i64
+                - dropped,
+        )
+    }
+
+    /// The healthy subscriber's rate with the stalled one over its rate alone.
+    fn healthy_ratio(&self) -> f64 {
+        if self.healthy_rate_alone > 0.0 {
+            self.healthy_rate_with_stalled / self.healthy_rate_alone
+        } else {
+            0.0
+        }
     }
 }
 
@@ -1382,15 +1418,30 @@ fn write_samples(run: &SoakRun) -> Result<()> {
     Ok(())
 }
 
-/// One pass: a fresh broker, a slow and a stalled subscriber, the firehose.
+/// One pass: a fresh broker, a healthy subscriber; the firehose's reference phase to it
+/// alone; then a stalled subscriber and the firehose's main phase.
 async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
     let broker = BrokerProcess::start(kind, opts)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let port = broker.port;
     let topic = format!("soak/qos{qos}");
     let stop = tokio_util::sync::CancellationToken::new();
-    let slow = RawSub::start(port, "soak-slow", &topic, qos, SLOW_READ_BYTES, &stop).await?;
-    let stalled = RawSub::start(port, "soak-stalled", &topic, qos, 0, &stop).await?;
+    let epoch = Instant::now();
+    let healthy =
+        RawSub::start(port, "soak-healthy", &topic, qos, usize::MAX, epoch, &stop).await?;
+    let payload = vec![b'x'; opts.payload];
+
+    // The reference: the healthy subscriber's rate without a stalled one.
+    let reference = (opts.soak_messages / 10).max(1);
+    let ref_start = epoch.elapsed();
+    firehose(port, &topic, qos, reference, &payload, &AtomicU64::new(0)).await?;
+    let reference_received = healthy.drain_wait().await;
+    let healthy_rate_alone = healthy.rate(reference_received, ref_start);
+    eprintln!(
+        "   reference: {reference_received} of {reference} to the healthy subscriber alone, {healthy_rate_alone:.0}/s"
+    );
+
+    let stalled = RawSub::start(port, "soak-stalled", &topic, qos, 0, epoch, &stop).await?;
     let rss_before_kib = broker.memory()?.rss_kib;
 
     let start = Instant::now();
@@ -1412,7 +1463,7 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
     };
     let sampler = {
         let sample = sample.clone();
-        let slow = slow.received.clone();
+        let healthy = healthy.received.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -1426,11 +1477,11 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
                 let Ok(s) = sample() else { return };
                 if n.is_multiple_of(10) {
                     eprintln!(
-                        "   {:>5.0} s: {} published, RSS {:.1} MiB, slow subscriber {} received",
+                        "   {:>5.0} s: {} published, RSS {:.1} MiB, healthy subscriber {} received",
                         s.secs,
                         s.published,
                         s.rss_kib as f64 / 1024.0,
-                        slow.load(Ordering::Relaxed)
+                        healthy.load(Ordering::Relaxed)
                     );
                 }
                 n += 1;
@@ -1439,7 +1490,7 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
     };
 
     let cpu_before = broker.cpu_ticks()?;
-    let payload = vec![b'x'; opts.payload];
+    let main_start = epoch.elapsed();
     let elapsed = firehose(port, &topic, qos, opts.soak_messages, &payload, &published).await?;
     let cpu = broker.cpu_ticks()? - cpu_before;
     let published_at = Instant::now();
@@ -1458,14 +1509,15 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
             None
         }
     };
-    let slow_received = slow.drain_wait().await;
+    let healthy_received = healthy.drain_wait().await - reference_received;
+    let healthy_rate_with_stalled = healthy.rate(healthy_received, main_start);
     stalled.set_budget(usize::MAX);
     let stalled_received = stalled.drain_wait().await;
     sample()?;
     let hwm_kib = broker.memory()?.hwm_kib;
     stop.cancel();
     let _ = sampler.await;
-    slow.finish().await;
+    healthy.finish().await;
     stalled.finish().await;
 
     let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
@@ -1478,13 +1530,18 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
         rss_before_kib,
         samples,
         hwm_kib,
-        slow_received,
+        healthy_received,
+        healthy_rate_alone,
+        healthy_rate_with_stalled,
+        reference: reference_received,
         stalled_received,
         dropped,
     };
     eprintln!(
-        "   slow received {}, stalled received {}, dropped {:?}, unaccounted {:?}, max RSS {:.1} MiB, flat {:?}",
-        run.slow_received,
+        "   healthy received {} ({:.0}/s, {:.2} of its rate alone), stalled received {}, dropped {:?}, unaccounted {:?}, max RSS {:.1} MiB, flat {:?}",
+        run.healthy_received,
+        run.healthy_rate_with_stalled,
+        run.healthy_ratio(),
         run.stalled_received,
         run.dropped,
         run.unaccounted(),
@@ -1617,6 +1674,8 @@ async fn sys_dropped(port: u16) -> Result<u64> {
 /// reads nothing; `usize::MAX`: as fast as it can) and PUBACKs what it reads.
 struct RawSub {
     received: Arc<AtomicU64>,
+    /// When the last message arrived, in ns since the pass's epoch.
+    last_ns: Arc<AtomicU64>,
     budget: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -1628,25 +1687,39 @@ impl RawSub {
         topic: &str,
         qos: u8,
         budget: usize,
+        epoch: Instant,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Result<Self> {
         let (mut stream, mut buf) = raw::connect(port, id, Some(SUB_RCVBUF)).await?;
         raw::subscribe(&mut stream, &mut buf, topic, qos).await?;
         let received = Arc::new(AtomicU64::new(0));
+        let last_ns = Arc::new(AtomicU64::new(0));
         let budget = Arc::new(std::sync::atomic::AtomicUsize::new(budget));
         let task = tokio::spawn(sub_loop(
             stream,
             buf,
             topic.to_string(),
-            received.clone(),
+            (received.clone(), last_ns.clone(), epoch),
             budget.clone(),
             stop.clone(),
         ));
         Ok(RawSub {
             received,
+            last_ns,
             budget,
             task,
         })
+    }
+
+    /// `count` messages over the time from `since` (since the epoch) to the last one.
+    fn rate(&self, count: u64, since: Duration) -> f64 {
+        let last = Duration::from_nanos(self.last_ns.load(Ordering::Relaxed));
+        let secs = last.saturating_sub(since).as_secs_f64();
+        if secs > 0.0 {
+            count as f64 / secs
+        } else {
+            0.0
+        }
     }
 
     fn set_budget(&self, bytes: usize) {
@@ -1680,7 +1753,7 @@ async fn sub_loop(
     mut stream: tokio::net::TcpStream,
     mut buf: bytes::BytesMut,
     topic: String,
-    received: Arc<AtomicU64>,
+    (received, last_ns, epoch): (Arc<AtomicU64>, Arc<AtomicU64>, Instant),
     budget: Arc<std::sync::atomic::AtomicUsize>,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -1722,6 +1795,8 @@ async fn sub_loop(
             if let Ok(Some(p)) = raw::parse_publish(first, &body) {
                 if p.topic == topic.as_bytes() {
                     received.fetch_add(1, Ordering::Relaxed);
+                    let ns = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    last_ns.store(ns, Ordering::Relaxed);
                 }
                 if let Some(id) = p.packet_id {
                     acks.extend_from_slice(&raw::puback(id));
@@ -1752,11 +1827,16 @@ fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
     writeln!(r, "```sh\ncargo build --release\n{}\n```\n", opts.command())?;
     writeln!(
         r,
-        "{} messages of {} bytes per pass, each pass on a freshly started broker; \
-         one slow subscriber ({} bytes every {} ms) and one stalled subscriber (reads nothing \
-         until the end); RSS sampled every second.\n",
+        "{} messages of {} bytes per pass, each pass on a freshly started broker; one \
+         healthy subscriber reading as fast as it can and one stalled subscriber (reads \
+         nothing until the end); RSS sampled every second. Before the stalled subscriber \
+         connects, a reference phase of {} messages to the healthy one alone gives its rate \
+         without the stalled one. (Before flow control this soak had a slow subscriber, \
+         {} bytes every {} ms, in place of the healthy one: a live slow subscriber now slows \
+         the publisher to its pace, so 10 M messages would take hours.)\n",
         opts.soak_messages,
         opts.payload,
+        (opts.soak_messages / 10).max(1),
         SLOW_READ_BYTES,
         SLOW_TICK.as_millis()
     )?;
@@ -1778,7 +1858,7 @@ fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
     }
     /// One table cell from one pass.
     type Cell = fn(&SoakRun) -> String;
-    let rows: [(&str, Cell); 14] = [
+    let rows: [(&str, Cell); 16] = [
         ("publisher: msg/s (time)", |x: &SoakRun| {
             format!("{:.0} ({:.0} s)", x.per_second(), x.publish_secs)
         }),
@@ -1808,9 +1888,22 @@ fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
         ("peak RSS (VmHWM) over the pass", |x: &SoakRun| {
             mib(x.hwm_kib)
         }),
-        ("slow subscriber received", |x: &SoakRun| {
-            x.slow_received.to_string()
+        ("healthy subscriber received", |x: &SoakRun| {
+            x.healthy_received.to_string()
         }),
+        (
+            "healthy subscriber: msg/s alone → with the stalled one",
+            |x: &SoakRun| {
+                format!(
+                    "{:.0} → {:.0}",
+                    x.healthy_rate_alone, x.healthy_rate_with_stalled
+                )
+            },
+        ),
+        (
+            "**healthy rate with the stalled one ÷ alone (≥ 0.5)**",
+            |x: &SoakRun| format!("**{:.2}**", x.healthy_ratio()),
+        ),
         (
             "stalled subscriber received (drained at the end)",
             |x: &SoakRun| x.stalled_received.to_string(),
@@ -1819,9 +1912,10 @@ fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
             "dropped (`$SYS/broker/publish/messages/dropped`)",
             |x: &SoakRun| x.dropped.map_or("not published".into(), |d| d.to_string()),
         ),
-        ("2 × messages − received − dropped", |x: &SoakRun| {
-            x.unaccounted().map_or("–".into(), |u| u.to_string())
-        }),
+        (
+            "2 × messages + reference − received − dropped",
+            |x: &SoakRun| x.unaccounted().map_or("–".into(), |u| u.to_string()),
+        ),
     ];
     for (name, cell) in &rows {
         write!(r, "| {name} |")?;
