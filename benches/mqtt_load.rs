@@ -41,7 +41,9 @@
 //! - Clients speak MQTT 3.1.1 (rumqttc's default protocol) to both brokers.
 //!
 //! # Broker settings, chosen to be comparable
-//! tidegate: one listener on 127.0.0.1:0 (port read from its log), no devices, no web UI,
+//! tidegate: run with `MALLOC_ARENA_MAX=2` as its systemd unit sets it (unless the variable
+//! is already set: `MALLOC_ARENA_MAX=64` gives glibc's default back); one listener on
+//! 127.0.0.1:0 (port read from its log), no devices, no web UI,
 //! persistence off, `max_connections: 2000`; it always keeps a 100-message in-flight window
 //! and 1000 messages / 16 MiB queued per session, and sets TCP_NODELAY.
 //! Mosquitto: `listener PORT 127.0.0.1`, `allow_anonymous true`, `persistence false`,
@@ -619,7 +621,12 @@ fn start_tidegate(bin: &Path, dir: &Path) -> Result<(Child, u16)> {
             dir.join("data").display()
         ),
     )?;
-    let mut child = Command::new(bin)
+    let mut command = Command::new(bin);
+    // As the systemd unit runs it (systemd/tidegate.service), unless the caller chose.
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        command.env("MALLOC_ARENA_MAX", "2");
+    }
+    let mut child = command
         .args(["run", "-c"])
         .arg(&config)
         .stdin(Stdio::null())

@@ -87,19 +87,97 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut rbuf = BytesMut::with_capacity(READ_MIN);
+    // Each phase is boxed: a task is allocated at the size of its largest state, and the
+    // connection's task lives as long as the client (issue 13: memory per idle client).
+    let opened = Box::pin(open(&ctx, &mut rd, &mut wr, &mut rbuf, peer, &shutdown)).await;
+    let Some(Opened {
+        mut conn,
+        mut will,
+        keepalive,
+        kick,
+        cell,
+        generation,
+        client_id,
+    }) = opened
+    else {
+        return;
+    };
+    let shared = &ctx.shared;
+    let end = Box::pin(conn.run(&mut rd, &mut wr, &mut rbuf, keepalive, &kick, &shutdown)).await;
+    let _ = Box::pin(tokio::time::timeout(FLUSH_TIMEOUT, async {
+        if !conn.out.is_empty() {
+            let _ = wr.write_all(&conn.out).await;
+        }
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+    }))
+    .await;
+
+    match &end {
+        End::Normal => will = None,
+        End::WithWill | End::Shutdown => {}
+        End::Abnormal(why) => debug!(client = %client_id, reason = %why, "Connection closed"),
+    }
+    if matches!(end, End::Shutdown) {
+        // Wills are for clients that vanish; a broker stopping is not that.
+        will = None;
+    }
+    detach(&ctx, &cell, generation, will);
+    shared
+        .stats
+        .clients_connected
+        .fetch_sub(1, Ordering::Relaxed);
+    // Lingering close: when we end the connection (v5 DISCONNECT with an error, keepalive,
+    // takeover), keep reading and discarding what the client still sends for a moment, so
+    // our last packets are not destroyed by a TCP RST (closing a socket with unread input
+    // resets it) and the client can read the DISCONNECT's reason code.
+    if matches!(end, End::Abnormal(_)) {
+        let _ = Box::pin(tokio::time::timeout(LINGER_TIMEOUT, async {
+            let mut sink = vec![0u8; 4096];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        }))
+        .await;
+    }
+}
+
+/// What [`open`] hands to the connection's loop.
+struct Opened {
+    conn: Conn,
+    will: Option<codec::Will>,
+    keepalive: Option<Duration>,
+    kick: CancellationToken,
+    cell: Arc<SessionCell>,
+    generation: u64,
+    client_id: Arc<str>,
+}
+
+/// Reads the CONNECT, admits and authenticates the client, attaches its session and queues
+/// the CONNACK. `None` when the connection is refused or ends first.
+async fn open<R, W>(
+    ctx: &Arc<Ctx>,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Option<Opened>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let max_in = ctx.settings.max_packet_size;
     let connect = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        r = tokio::time::timeout(ctx.settings.connect_timeout, read_connect(&mut rd, &mut rbuf, max_in)) => r,
+        _ = shutdown.cancelled() => return None,
+        r = tokio::time::timeout(ctx.settings.connect_timeout, read_connect(rd, rbuf, max_in)) => r,
     };
     let connect = match connect {
         Err(_) => {
             debug!(%peer, "No CONNECT in time; closing");
-            return;
+            return None;
         }
         Ok(Err(ReadError::Io(e))) => {
             debug!(%peer, error = %e, "Connection closed before CONNECT");
-            return;
+            return None;
         }
         Ok(Err(ReadError::Decode(e))) => {
             ctx.shared
@@ -110,9 +188,9 @@ where
                 warn!(%peer, error = %e, suppressed, "Bad CONNECT; closing the connection");
             }
             if let Some((version, code)) = e.connack_response() {
-                refuse(&mut wr, version, code).await;
+                refuse(wr, version, code).await;
             }
-            return;
+            return None;
         }
         Ok(Ok(c)) => c,
     };
@@ -129,12 +207,12 @@ where
         if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "max_connections") {
             warn!(%peer, max = settings.max_connections, suppressed, "Connection refused: max_connections reached");
         }
-        refuse(&mut wr, version, reason::SERVER_UNAVAILABLE).await;
-        return;
+        refuse(wr, version, reason::SERVER_UNAVAILABLE).await;
+        return None;
     }
     if connect.properties.authentication_method.is_some() {
-        refuse(&mut wr, version, reason::BAD_AUTHENTICATION_METHOD).await;
-        return;
+        refuse(wr, version, reason::BAD_AUTHENTICATION_METHOD).await;
+        return None;
     }
     let access = shared.access();
     // Boxed, as is the connection's loop below: a task is allocated at the size of its
@@ -147,8 +225,8 @@ where
         if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "not_authorized") {
             info!(%peer, client = %connect.client_id, username = ?connect.username, reason_code = code, suppressed, "Connection refused: not authorized");
         }
-        refuse(&mut wr, version, code).await;
-        return;
+        refuse(wr, version, code).await;
+        return None;
     }
     let mut assigned = None;
     let client_id: Arc<str> = if connect.client_id.is_empty() {
@@ -165,8 +243,8 @@ where
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
         warn!(%peer, client = %client_id, username = ?connect.username, "Connection refused: client ids beginning with $internal/ are reserved for the gateway itself");
-        refuse(&mut wr, version, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
-        return;
+        refuse(wr, version, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return None;
     }
     if let Some(will) = &connect.will {
         if !access.may(
@@ -180,8 +258,8 @@ where
                 .publishes_denied
                 .fetch_add(1, Ordering::Relaxed);
             info!(%peer, client = %client_id, topic = %will.topic, "Connection refused: will topic not allowed");
-            refuse(&mut wr, version, reason::NOT_AUTHORIZED).await;
-            return;
+            refuse(wr, version, reason::NOT_AUTHORIZED).await;
+            return None;
         }
     }
 
@@ -279,43 +357,15 @@ where
     debug!(%peer, client = %client_id, protocol = ?version, session_present, "Client connected");
 
     let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    let mut will = connect.will.clone();
-    let end = Box::pin(conn.run(&mut rd, &mut wr, &mut rbuf, keepalive, &kick, &shutdown)).await;
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
-        if !conn.out.is_empty() {
-            let _ = wr.write_all(&conn.out).await;
-        }
-        let _ = wr.flush().await;
-        let _ = wr.shutdown().await;
+    Some(Opened {
+        conn,
+        will: connect.will,
+        keepalive,
+        kick,
+        cell,
+        generation,
+        client_id,
     })
-    .await;
-
-    match &end {
-        End::Normal => will = None,
-        End::WithWill | End::Shutdown => {}
-        End::Abnormal(why) => debug!(client = %client_id, reason = %why, "Connection closed"),
-    }
-    if matches!(end, End::Shutdown) {
-        // Wills are for clients that vanish; a broker stopping is not that.
-        will = None;
-    }
-    detach(&ctx, &cell, generation, will);
-    shared
-        .stats
-        .clients_connected
-        .fetch_sub(1, Ordering::Relaxed);
-    // Lingering close: when we end the connection (v5 DISCONNECT with an error, keepalive,
-    // takeover), keep reading and discarding what the client still sends for a moment, so
-    // our last packets are not destroyed by a TCP RST (closing a socket with unread input
-    // resets it) and the client can read the DISCONNECT's reason code.
-    if matches!(end, End::Abnormal(_)) {
-        let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
-            // On the heap: an array here would be part of every connection's task.
-            let mut sink = vec![0u8; 4096];
-            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
-        })
-        .await;
-    }
 }
 
 /// Answers a refused CONNECT (the encoder writes the 3.x return code for a v3 client).
