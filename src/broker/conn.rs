@@ -217,7 +217,7 @@ where
     let access = shared.access();
     // Boxed, as is the connection's loop below: a task is allocated at the size of its
     // largest state, held by every connection for its whole life.
-    if let Err(code) = Box::pin(authenticate(&ctx, &access, peer, &connect)).await {
+    if let Err(code) = Box::pin(authenticate(ctx, &access, peer, &connect)).await {
         shared
             .stats
             .connections_refused
@@ -271,7 +271,7 @@ where
     } else {
         Expiry::Never
     };
-    let (expiry, expiry_cap) = granted_expiry(&ctx, peer, &client_id, asked);
+    let (expiry, expiry_cap) = granted_expiry(ctx, peer, &client_id, asked);
     let kick = CancellationToken::new();
     let owner = Owner {
         username: connect.username.as_deref().map(Arc::from),
