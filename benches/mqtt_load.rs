@@ -4,8 +4,8 @@
 //! Run it with `cargo build --release && cargo bench --bench mqtt_load -- [options]`
 //! (`--help` lists them; `--write-docs` also rewrites the Broker section of
 //! `docs/BENCHMARKS.md`). It is a `harness = false` bench, so nothing here runs under
-//! `cargo test`. `--soak` runs the slow-subscriber soak instead (see [the soak
-//! section](#the-slow-subscriber-soak---soak) below); with `--write-docs` it rewrites its own
+//! `cargo test`. `--soak` runs the stalled-subscriber soak instead (see [the soak
+//! section](#the-stalled-subscriber-soak---soak) below); with `--write-docs` it rewrites its own
 //! section of the doc, so each can be rerun without the other.
 //!
 //! # What it measures
@@ -15,7 +15,13 @@
 //! 3. 1 publisher → 1 subscriber, QoS 0, `--payload`-byte messages: messages/s received;
 //! 4. the same at QoS 1 (publisher and subscriber QoS 1);
 //! 5. 1 publisher → `--subscribers` subscribers, QoS 0: deliveries/s summed over subscribers;
-//! 6. peak RSS (VmHWM) over the whole run, and the broker's CPU time per delivered message.
+//! 6. peak RSS (VmHWM) over the whole run, and the broker's CPU time per delivered message;
+//! 7. unless `--no-burst`, on a second freshly started broker: the unthrottled bursts (issue
+//!    13): `--burst-qos1` QoS 1 and `--burst-qos0` QoS 0 messages from 1 and `--publishers`
+//!    publishers sending as fast as rumqttc goes (its own 100-message QoS 1 window is the only
+//!    limit) to one subscriber reading as fast as it can, `--runs` rounds each. Every round's
+//!    delivered count is shown; msg/s is delivered ÷ time from the first publish to the last
+//!    delivery; the broker's VmHWM over the bursts is their peak RSS.
 //!
 //! # How
 //! - Memory comes from `/proc/<pid>/status` (VmRSS, VmHWM), CPU from `/proc/<pid>/stat`
@@ -35,7 +41,9 @@
 //! - Clients speak MQTT 3.1.1 (rumqttc's default protocol) to both brokers.
 //!
 //! # Broker settings, chosen to be comparable
-//! tidegate: one listener on 127.0.0.1:0 (port read from its log), no devices, no web UI,
+//! tidegate: run with `MALLOC_ARENA_MAX=2` as its systemd unit sets it (unless the variable
+//! is already set: `MALLOC_ARENA_MAX=64` gives glibc's default back); one listener on
+//! 127.0.0.1:0 (port read from its log), no devices, no web UI,
 //! persistence off, `max_connections: 2000`; it always keeps a 100-message in-flight window
 //! and 1000 messages / 16 MiB queued per session, and sets TCP_NODELAY.
 //! Mosquitto: `listener PORT 127.0.0.1`, `allow_anonymous true`, `persistence false`,
@@ -45,29 +53,36 @@
 //! comparison is against Mosquitto at its better setting.
 //! Clients set TCP_NODELAY (see [`new_client`]).
 //!
-//! # The slow-subscriber soak (`--soak`)
-//! Checks the broker's memory bound: "a slow or stalled subscriber never grows memory without
+//! # The stalled-subscriber soak (`--soak`)
+//! Checks the broker's memory bound: "a stalled subscriber never grows memory without
 //! bound — QoS 0 is dropped first, then the oldest queued, and each drop is counted", target
-//! "RSS flat (within 10 %) over 10 M messages to a slow subscriber". Two passes per broker
+//! "RSS flat (within 10 %) over 10 M messages", and (issue 13) that a healthy subscriber's
+//! rate does not fall below half its rate without the stalled one. Two passes per broker
 //! (QoS 0, then QoS 1), each on a freshly started broker with the settings above:
-//! - one **slow subscriber** (raw TCP, MQTT 3.1.1, small receive buffer) that reads
-//!   [`SLOW_READ_BYTES`] every [`SLOW_TICK`] (≈ 40 KB/s, a few hundred messages/s) and
-//!   PUBACKs what it reads, and one **stalled subscriber** that reads nothing after its
-//!   SUBACK, so its socket buffers fill and everything else must be queued or dropped;
+//! - one **healthy subscriber** (raw TCP, MQTT 3.1.1, small receive buffer) that reads as
+//!   fast as it can and PUBACKs what it reads; first alone, for a **reference phase** of a
+//!   tenth of the messages (its rate alone), then with one **stalled subscriber** that reads
+//!   nothing after its SUBACK, so its socket buffers fill and everything else must be queued
+//!   or dropped. (Before flow control the first was a slow subscriber reading
+//!   [`SLOW_READ_BYTES`] every [`SLOW_TICK`]; a live slow subscriber now slows the publisher
+//!   to its pace, which is the point of flow control, and would make the soak take hours.)
 //! - one **firehose publisher** (raw TCP) sending `--soak-messages` messages of `--payload`
 //!   bytes, in batches of [`PUB_BATCH`] per `write`. At QoS 0 nothing throttles it but TCP;
 //!   at QoS 1 it keeps up to [`PUB_WINDOW`] PUBLISHes unacknowledged (under tidegate's
-//!   receive maximum, 1024), and both brokers acknowledge them independently of the
-//!   subscribers. The publish rate is reported;
+//!   receive maximum, 1024). tidegate holds it back while the healthy subscriber is behind
+//!   (flow control) and, once the stalled one is declared stalled (`stall_timeout`), no
+//!   longer for that one; Mosquitto acknowledges independently of the subscribers. The
+//!   publish rate is reported;
 //! - the broker's VmRSS is sampled every second (also written to
 //!   `target/mqtt_soak/<broker>-qos<q>.csv`); the report gives RSS when 10 %, 50 % and 100 %
 //!   of the messages were published, the maximum from 10 % to 100 %, the largest deviation
 //!   from the 10 % value over that span, and whether it stays within 10 %;
 //! - drops: `$SYS/broker/publish/messages/dropped` (retained; both brokers refresh it every
 //!   10 s, Mosquitto only when it changed and with a 60 s expiry) is read with a short
-//!   subscribe 11 s after the last publish; then the slow subscriber is left to drain what
-//!   is queued for it, and the stalled one is drained at full speed and counted. Every message is delivered to two
-//!   subscribers, so `2 × messages − received by both − dropped` should be 0: anything else
+//!   subscribe 11 s after the last publish; then the healthy subscriber is left to drain what
+//!   is queued for it, and the stalled one is drained at full speed and counted. Every
+//!   main-phase message is delivered to two subscribers and every reference one to one, so
+//!   `2 × messages + reference − received − dropped` should be 0: anything else
 //!   is a message lost without being counted (or, negative, one counted but delivered).
 
 use anyhow::{bail, Context, Result};
@@ -97,8 +112,13 @@ usage: cargo bench --bench mqtt_load -- [options]
                     (with --soak: the soak section)
   --tidegate PATH   the tidegate binary (default target/release/tidegate)
 
-  --soak            run the slow-subscriber soak instead of the scenarios above:
-                    a firehose publisher, one slow and one stalled subscriber, QoS 0
+  --burst-qos1 N    messages per unthrottled QoS 1 burst (default 100000)
+  --burst-qos0 N    messages per unthrottled QoS 0 burst (default 200000)
+  --publishers N    publishers in the several-publishers bursts (default 4)
+  --no-burst        skip the unthrottled bursts
+
+  --soak            run the stalled-subscriber soak instead of the scenarios above:
+                    a firehose publisher, one healthy and one stalled subscriber, QoS 0
                     then QoS 1, broker RSS sampled every second (takes minutes)
   --soak-messages N messages per soak pass (default 10000000)
 
@@ -155,6 +175,10 @@ struct Options {
     runs: usize,
     write_docs: bool,
     tidegate: PathBuf,
+    burst_qos1: u64,
+    burst_qos0: u64,
+    publishers: usize,
+    burst: bool,
     soak: bool,
     soak_messages: u64,
     help: bool,
@@ -174,6 +198,10 @@ impl Options {
             runs: 3,
             write_docs: false,
             tidegate: repo_root().join("target/release/tidegate"),
+            burst_qos1: 100_000,
+            burst_qos0: 200_000,
+            publishers: 4,
+            burst: true,
             soak: false,
             soak_messages: 10_000_000,
             help: false,
@@ -203,14 +231,18 @@ impl Options {
                 "--runs" => o.runs = number(&arg, &value()?)?,
                 "--tidegate" => o.tidegate = PathBuf::from(value()?),
                 "--write-docs" => o.write_docs = true,
+                "--burst-qos1" => o.burst_qos1 = number(&arg, &value()?)?,
+                "--burst-qos0" => o.burst_qos0 = number(&arg, &value()?)?,
+                "--publishers" => o.publishers = number(&arg, &value()?)?,
+                "--no-burst" => o.burst = false,
                 "--soak" => o.soak = true,
                 "--soak-messages" => o.soak_messages = number(&arg, &value()?)?,
                 "-h" | "--help" => o.help = true,
                 other => bail!("unknown option `{other}`"),
             }
         }
-        if o.runs == 0 || o.subscribers == 0 || o.window == 0 {
-            bail!("--runs, --subscribers and --window must be at least 1");
+        if o.runs == 0 || o.subscribers == 0 || o.window == 0 || o.publishers == 0 {
+            bail!("--runs, --subscribers, --window and --publishers must be at least 1");
         }
         if o.soak_messages < 10 {
             bail!("--soak-messages must be at least 10");
@@ -274,7 +306,18 @@ async fn run(opts: &Options) -> Result<()> {
         let broker = BrokerProcess::start(kind, opts)?;
         results.push(measure(&broker, opts).await?);
     }
-    let report = report(opts, &results[0], &results[1])?;
+    let mut bursts = Vec::new();
+    if opts.burst {
+        for kind in [Kind::Tidegate, Kind::Mosquitto] {
+            eprintln!("== {} bursts (a freshly started broker)", kind.name());
+            let broker = BrokerProcess::start(kind, opts)?;
+            bursts.push(burst(&broker, opts).await?);
+        }
+    }
+    let mut report = report(opts, &results[0], &results[1])?;
+    if let [t, m] = &bursts[..] {
+        report.push_str(&burst_report(opts, t, m)?);
+    }
     println!("{report}");
     if opts.write_docs {
         let path = repo_root().join("docs/BENCHMARKS.md");
@@ -371,6 +414,7 @@ async fn scenario(
             topic: format!("bench/{name}/{i}"),
             qos,
             subscribers,
+            publishers: 1,
             count,
             window: opts.window,
             payload: payload.clone(),
@@ -388,6 +432,73 @@ async fn scenario(
         runs.push(t);
     }
     Ok(median(runs))
+}
+
+/// The unthrottled bursts on one broker, started fresh so its VmHWM is theirs.
+#[derive(Debug)]
+struct BurstFigures {
+    rows: Vec<BurstRow>,
+    peak_rss_kib: u64,
+}
+
+/// One burst shape, every round.
+#[derive(Debug)]
+struct BurstRow {
+    qos: QoS,
+    publishers: usize,
+    sent: u64,
+    rounds: Vec<Throughput>,
+}
+
+/// The unthrottled bursts: every publisher sends as fast as rumqttc goes (no window of the
+/// bench's own; rumqttc keeps at most 100 QoS 1 messages unacknowledged), one subscriber at
+/// the same QoS reads as fast as it can. Messages/s is delivered ÷ time from the first
+/// publish to the last message delivered.
+async fn burst(broker: &BrokerProcess, opts: &Options) -> Result<BurstFigures> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let payload = Bytes::from(vec![b'x'; opts.payload]);
+    let mut rows = Vec::new();
+    let shapes = [
+        (QoS::AtLeastOnce, 1, opts.burst_qos1),
+        (QoS::AtLeastOnce, opts.publishers, opts.burst_qos1),
+        (QoS::AtMostOnce, 1, opts.burst_qos0),
+        (QoS::AtMostOnce, opts.publishers, opts.burst_qos0),
+    ];
+    for (qos, publishers, count) in shapes {
+        let name = format!("burst-qos{}-{publishers}p", qos as u8);
+        let mut rounds = Vec::new();
+        for i in 0..opts.runs {
+            let load = Load {
+                topic: format!("bench/{name}/{i}"),
+                qos,
+                subscribers: 1,
+                publishers,
+                count,
+                window: u64::MAX,
+                payload: payload.clone(),
+            };
+            let t = throughput(broker, &load).await?;
+            eprintln!(
+                "   {name} round {}: {:.0}/s, {} of {count} delivered, CPU broker {:.0} % clients {:.0} %",
+                i + 1,
+                t.per_second,
+                t.received,
+                t.cpu_load * 100.0,
+                t.client_load * 100.0
+            );
+            rounds.push(t);
+        }
+        rows.push(BurstRow {
+            qos,
+            publishers,
+            sent: count,
+            rounds,
+        });
+    }
+    Ok(BurstFigures {
+        rows,
+        peak_rss_kib: broker.memory()?.hwm_kib,
+    })
 }
 
 fn median(mut runs: Vec<Throughput>) -> Throughput {
@@ -510,7 +621,12 @@ fn start_tidegate(bin: &Path, dir: &Path) -> Result<(Child, u16)> {
             dir.join("data").display()
         ),
     )?;
-    let mut child = Command::new(bin)
+    let mut command = Command::new(bin);
+    // As the systemd unit runs it (systemd/tidegate.service), unless the caller chose.
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        command.env("MALLOC_ARENA_MAX", "2");
+    }
+    let mut child = command
         .args(["run", "-c"])
         .arg(&config)
         .stdin(Stdio::null())
@@ -661,9 +777,37 @@ struct Load {
     topic: String,
     qos: QoS,
     subscribers: usize,
+    /// With more than one, publisher `j` sends to `topic/pj` and the subscribers subscribe
+    /// to `topic/#`; the messages are shared out among them.
+    publishers: usize,
     count: u64,
+    /// `u64::MAX` for an unthrottled burst.
     window: u64,
     payload: Bytes,
+}
+
+impl Load {
+    fn filter(&self) -> String {
+        if self.publishers > 1 {
+            format!("{}/#", self.topic)
+        } else {
+            self.topic.clone()
+        }
+    }
+
+    fn publish_topic(&self, j: usize) -> String {
+        if self.publishers > 1 {
+            format!("{}/p{j}", self.topic)
+        } else {
+            self.topic.clone()
+        }
+    }
+
+    /// How many of the messages publisher `j` sends.
+    fn share(&self, j: usize) -> u64 {
+        let n = self.publishers as u64;
+        self.count / n + u64::from((j as u64) < self.count % n)
+    }
 }
 
 /// What one subscriber has received, shared with the publisher's window.
@@ -717,7 +861,7 @@ async fn subscriber(
     progress: Arc<Notify>,
 ) -> Result<(Arc<Counter>, AsyncClient, JoinHandle<()>)> {
     let (client, mut eventloop) = new_client(&id, port, 100);
-    client.subscribe(load.topic.clone(), load.qos).await?;
+    client.subscribe(load.filter(), load.qos).await?;
     handshake(&mut eventloop, true).await?;
     let counter = Arc::new(Counter {
         received: AtomicU64::new(0),
@@ -729,7 +873,7 @@ async fn subscriber(
         // Ends when the client is dropped or the broker closes the connection.
         while let Ok(event) = eventloop.poll().await {
             if let Event::Incoming(Packet::Publish(p)) = event {
-                if p.topic == topic {
+                if p.topic.starts_with(&topic) {
                     let n = c.received.fetch_add(1, Ordering::Relaxed) + 1;
                     let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     c.last_ns.store(ns, Ordering::Relaxed);
@@ -756,25 +900,49 @@ async fn throughput(broker: &BrokerProcess, load: &Load) -> Result<Throughput> {
         counters.push(counter);
         subs.push((client, task));
     }
-    let window = Window {
+    let window = Arc::new(Window {
         counters,
         progress,
         window: load.window,
-    };
+    });
 
-    let id = format!("pub-{}", load.topic.replace('/', "-"));
-    let (publisher, mut eventloop) = new_client(&id, broker.port, 1000);
-    handshake(&mut eventloop, false).await?;
-    let pub_task = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let mut publishers = Vec::new();
+    for j in 0..load.publishers {
+        let id = format!("pub-{}-{j}", load.topic.replace('/', "-"));
+        let (publisher, mut eventloop) = new_client(&id, broker.port, 1000);
+        handshake(&mut eventloop, false).await?;
+        let task = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+        publishers.push((publisher, task));
+    }
 
     let cpu_before = broker.cpu_ticks()?;
     let client_cpu_before = cpu_ticks(std::process::id())?;
     let t0 = start.elapsed();
-    for sent in 0..load.count {
-        window.room_for(sent).await;
-        publisher
-            .publish_bytes(load.topic.clone(), load.qos, false, load.payload.clone())
-            .await?;
+    let mut senders = Vec::new();
+    for (j, (publisher, _)) in publishers.iter().enumerate() {
+        let (publisher, window) = (publisher.clone(), window.clone());
+        let (topic, qos, payload, n) = (
+            load.publish_topic(j),
+            load.qos,
+            load.payload.clone(),
+            load.share(j),
+        );
+        // The window is only kept with one publisher (the bursts run unthrottled).
+        let windowed = load.publishers == 1;
+        senders.push(tokio::spawn(async move {
+            for sent in 0..n {
+                if windowed {
+                    window.room_for(sent).await;
+                }
+                publisher
+                    .publish_bytes(topic.clone(), qos, false, payload.clone())
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for s in senders {
+        s.await??;
     }
     let expected = load.count * load.subscribers as u64;
     wait_until_settled(&window.counters, expected).await;
@@ -802,8 +970,10 @@ async fn throughput(broker: &BrokerProcess, load: &Load) -> Result<Throughput> {
         }
     };
 
-    let _ = publisher.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), pub_task).await;
+    for (publisher, task) in publishers {
+        let _ = publisher.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     for (client, task) in subs {
         let _ = client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -959,6 +1129,59 @@ fn report(opts: &Options, t: &Figures, m: &Figures) -> Result<String> {
     Ok(r)
 }
 
+/// The bursts' table, beside Mosquitto's.
+fn burst_report(opts: &Options, t: &BurstFigures, m: &BurstFigures) -> Result<String> {
+    let mut r = String::new();
+    writeln!(
+        r,
+        "\nUnthrottled bursts (no publisher window; each broker freshly started for them): one \
+         QoS 0 or QoS 1 subscriber reading as fast as it can, 1 or {} publishers sending as \
+         fast as rumqttc goes. msg/s = delivered ÷ time from the first publish to the last \
+         delivery, median of {} rounds; every round's delivered count is shown.\n",
+        opts.publishers, opts.runs
+    )?;
+    writeln!(r, "| burst | tidegate | mosquitto | ratio |")?;
+    writeln!(r, "| --- | ---: | ---: | ---: |")?;
+    let rounds = |row: &BurstRow| {
+        row.rounds
+            .iter()
+            .map(|t| t.received.to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    for (a, b) in t.rows.iter().zip(&m.rows) {
+        let shape = format!(
+            "{} → 1, QoS {}, {} × {} B",
+            a.publishers, a.qos as u8, a.sent, opts.payload
+        );
+        writeln!(
+            r,
+            "| {shape}: delivered per round | {} | {} | – |",
+            rounds(a),
+            rounds(b)
+        )?;
+        let (ra, rb) = (
+            median(a.rounds.clone()).per_second,
+            median(b.rounds.clone()).per_second,
+        );
+        let ratio = if rb > 0.0 {
+            format!("{:.2}", ra / rb)
+        } else {
+            "–".into()
+        };
+        writeln!(r, "| {shape}: msg/s | {ra:.0} | {rb:.0} | {ratio} |")?;
+    }
+    let (pa, pb) = (t.peak_rss_kib as f64, m.peak_rss_kib as f64);
+    writeln!(
+        r,
+        "| peak RSS (VmHWM) over the bursts | {:.1} MiB | {:.1} MiB | {:.2} |",
+        pa / 1024.0,
+        pb / 1024.0,
+        pa / pb.max(1.0)
+    )?;
+    Ok(r)
+}
+
 /// Runs a command and returns its first output line (stdout, else stderr), or "unknown".
 fn first_line(cmd: &str, args: &[&str]) -> String {
     Command::new(cmd)
@@ -1040,7 +1263,7 @@ fn write_docs(path: &Path, report: &str, open: &str, close: &str) -> Result<()> 
 }
 
 // ---------------------------------------------------------------------------------------
-// The slow-subscriber soak (`--soak`)
+// The stalled-subscriber soak (`--soak`)
 
 /// The slow subscriber reads at most this many bytes per [`SLOW_TICK`].
 const SLOW_READ_BYTES: usize = 4096;
@@ -1083,7 +1306,14 @@ struct SoakRun {
     rss_before_kib: u64,
     samples: Vec<Sample>,
     hwm_kib: u64,
-    slow_received: u64,
+    /// What the healthy subscriber received in the main phase (with the stalled one).
+    healthy_received: u64,
+    /// Its rate, messages/s, from the first publish to its last message: alone (the
+    /// reference phase, before the stalled subscriber connects) and with the stalled one.
+    healthy_rate_alone: f64,
+    healthy_rate_with_stalled: f64,
+    /// Messages of the reference phase (to the healthy subscriber only).
+    reference: u64,
     stalled_received: u64,
     /// `$SYS/broker/publish/messages/dropped`; `None` when the broker did not publish it.
     dropped: Option<u64>,
@@ -1131,11 +1361,27 @@ impl SoakRun {
         }
     }
 
-    /// Deliveries neither received nor counted as dropped (2 subscribers per message).
+    /// Deliveries neither received nor counted as dropped (2 subscribers per message of the
+    /// main phase, the healthy one alone in the reference phase).
     fn unaccounted(&self) -> Option<i64> {
-        let expected = 2 * self.messages as i64;
+        let expected = 2 * self.messages as i64 + self.reference as i64;
         let dropped = self.dropped? as i64;
-        Some(expected - self.slow_received as i64 - self.stalled_received as i64 - dropped)
+        Some(
+            expected
+                - self.healthy_received as i64
+                - self.reference as i64
+                - self.stalled_received as i64
+                - dropped,
+        )
+    }
+
+    /// The healthy subscriber's rate with the stalled one over its rate alone.
+    fn healthy_ratio(&self) -> f64 {
+        if self.healthy_rate_alone > 0.0 {
+            self.healthy_rate_with_stalled / self.healthy_rate_alone
+        } else {
+            0.0
+        }
     }
 }
 
@@ -1179,15 +1425,30 @@ fn write_samples(run: &SoakRun) -> Result<()> {
     Ok(())
 }
 
-/// One pass: a fresh broker, a slow and a stalled subscriber, the firehose.
+/// One pass: a fresh broker, a healthy subscriber; the firehose's reference phase to it
+/// alone; then a stalled subscriber and the firehose's main phase.
 async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
     let broker = BrokerProcess::start(kind, opts)?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let port = broker.port;
     let topic = format!("soak/qos{qos}");
     let stop = tokio_util::sync::CancellationToken::new();
-    let slow = RawSub::start(port, "soak-slow", &topic, qos, SLOW_READ_BYTES, &stop).await?;
-    let stalled = RawSub::start(port, "soak-stalled", &topic, qos, 0, &stop).await?;
+    let epoch = Instant::now();
+    let healthy =
+        RawSub::start(port, "soak-healthy", &topic, qos, usize::MAX, epoch, &stop).await?;
+    let payload = vec![b'x'; opts.payload];
+
+    // The reference: the healthy subscriber's rate without a stalled one.
+    let reference = (opts.soak_messages / 10).max(1);
+    let ref_start = epoch.elapsed();
+    firehose(port, &topic, qos, reference, &payload, &AtomicU64::new(0)).await?;
+    let reference_received = healthy.drain_wait().await;
+    let healthy_rate_alone = healthy.rate(reference_received, ref_start);
+    eprintln!(
+        "   reference: {reference_received} of {reference} to the healthy subscriber alone, {healthy_rate_alone:.0}/s"
+    );
+
+    let stalled = RawSub::start(port, "soak-stalled", &topic, qos, 0, epoch, &stop).await?;
     let rss_before_kib = broker.memory()?.rss_kib;
 
     let start = Instant::now();
@@ -1209,7 +1470,7 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
     };
     let sampler = {
         let sample = sample.clone();
-        let slow = slow.received.clone();
+        let healthy = healthy.received.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -1223,11 +1484,11 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
                 let Ok(s) = sample() else { return };
                 if n.is_multiple_of(10) {
                     eprintln!(
-                        "   {:>5.0} s: {} published, RSS {:.1} MiB, slow subscriber {} received",
+                        "   {:>5.0} s: {} published, RSS {:.1} MiB, healthy subscriber {} received",
                         s.secs,
                         s.published,
                         s.rss_kib as f64 / 1024.0,
-                        slow.load(Ordering::Relaxed)
+                        healthy.load(Ordering::Relaxed)
                     );
                 }
                 n += 1;
@@ -1236,7 +1497,7 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
     };
 
     let cpu_before = broker.cpu_ticks()?;
-    let payload = vec![b'x'; opts.payload];
+    let main_start = epoch.elapsed();
     let elapsed = firehose(port, &topic, qos, opts.soak_messages, &payload, &published).await?;
     let cpu = broker.cpu_ticks()? - cpu_before;
     let published_at = Instant::now();
@@ -1255,14 +1516,15 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
             None
         }
     };
-    let slow_received = slow.drain_wait().await;
+    let healthy_received = healthy.drain_wait().await - reference_received;
+    let healthy_rate_with_stalled = healthy.rate(healthy_received, main_start);
     stalled.set_budget(usize::MAX);
     let stalled_received = stalled.drain_wait().await;
     sample()?;
     let hwm_kib = broker.memory()?.hwm_kib;
     stop.cancel();
     let _ = sampler.await;
-    slow.finish().await;
+    healthy.finish().await;
     stalled.finish().await;
 
     let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
@@ -1275,13 +1537,18 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
         rss_before_kib,
         samples,
         hwm_kib,
-        slow_received,
+        healthy_received,
+        healthy_rate_alone,
+        healthy_rate_with_stalled,
+        reference: reference_received,
         stalled_received,
         dropped,
     };
     eprintln!(
-        "   slow received {}, stalled received {}, dropped {:?}, unaccounted {:?}, max RSS {:.1} MiB, flat {:?}",
-        run.slow_received,
+        "   healthy received {} ({:.0}/s, {:.2} of its rate alone), stalled received {}, dropped {:?}, unaccounted {:?}, max RSS {:.1} MiB, flat {:?}",
+        run.healthy_received,
+        run.healthy_rate_with_stalled,
+        run.healthy_ratio(),
         run.stalled_received,
         run.dropped,
         run.unaccounted(),
@@ -1414,6 +1681,8 @@ async fn sys_dropped(port: u16) -> Result<u64> {
 /// reads nothing; `usize::MAX`: as fast as it can) and PUBACKs what it reads.
 struct RawSub {
     received: Arc<AtomicU64>,
+    /// When the last message arrived, in ns since the pass's epoch.
+    last_ns: Arc<AtomicU64>,
     budget: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
@@ -1425,25 +1694,39 @@ impl RawSub {
         topic: &str,
         qos: u8,
         budget: usize,
+        epoch: Instant,
         stop: &tokio_util::sync::CancellationToken,
     ) -> Result<Self> {
         let (mut stream, mut buf) = raw::connect(port, id, Some(SUB_RCVBUF)).await?;
         raw::subscribe(&mut stream, &mut buf, topic, qos).await?;
         let received = Arc::new(AtomicU64::new(0));
+        let last_ns = Arc::new(AtomicU64::new(0));
         let budget = Arc::new(std::sync::atomic::AtomicUsize::new(budget));
         let task = tokio::spawn(sub_loop(
             stream,
             buf,
             topic.to_string(),
-            received.clone(),
+            (received.clone(), last_ns.clone(), epoch),
             budget.clone(),
             stop.clone(),
         ));
         Ok(RawSub {
             received,
+            last_ns,
             budget,
             task,
         })
+    }
+
+    /// `count` messages over the time from `since` (since the epoch) to the last one.
+    fn rate(&self, count: u64, since: Duration) -> f64 {
+        let last = Duration::from_nanos(self.last_ns.load(Ordering::Relaxed));
+        let secs = last.saturating_sub(since).as_secs_f64();
+        if secs > 0.0 {
+            count as f64 / secs
+        } else {
+            0.0
+        }
     }
 
     fn set_budget(&self, bytes: usize) {
@@ -1477,7 +1760,7 @@ async fn sub_loop(
     mut stream: tokio::net::TcpStream,
     mut buf: bytes::BytesMut,
     topic: String,
-    received: Arc<AtomicU64>,
+    (received, last_ns, epoch): (Arc<AtomicU64>, Arc<AtomicU64>, Instant),
     budget: Arc<std::sync::atomic::AtomicUsize>,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -1519,6 +1802,8 @@ async fn sub_loop(
             if let Ok(Some(p)) = raw::parse_publish(first, &body) {
                 if p.topic == topic.as_bytes() {
                     received.fetch_add(1, Ordering::Relaxed);
+                    let ns = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                    last_ns.store(ns, Ordering::Relaxed);
                 }
                 if let Some(id) = p.packet_id {
                     acks.extend_from_slice(&raw::puback(id));
@@ -1549,11 +1834,16 @@ fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
     writeln!(r, "```sh\ncargo build --release\n{}\n```\n", opts.command())?;
     writeln!(
         r,
-        "{} messages of {} bytes per pass, each pass on a freshly started broker; \
-         one slow subscriber ({} bytes every {} ms) and one stalled subscriber (reads nothing \
-         until the end); RSS sampled every second.\n",
+        "{} messages of {} bytes per pass, each pass on a freshly started broker; one \
+         healthy subscriber reading as fast as it can and one stalled subscriber (reads \
+         nothing until the end); RSS sampled every second. Before the stalled subscriber \
+         connects, a reference phase of {} messages to the healthy one alone gives its rate \
+         without the stalled one. (Before flow control this soak had a slow subscriber, \
+         {} bytes every {} ms, in place of the healthy one: a live slow subscriber now slows \
+         the publisher to its pace, so 10 M messages would take hours.)\n",
         opts.soak_messages,
         opts.payload,
+        (opts.soak_messages / 10).max(1),
         SLOW_READ_BYTES,
         SLOW_TICK.as_millis()
     )?;
@@ -1575,7 +1865,7 @@ fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
     }
     /// One table cell from one pass.
     type Cell = fn(&SoakRun) -> String;
-    let rows: [(&str, Cell); 14] = [
+    let rows: [(&str, Cell); 16] = [
         ("publisher: msg/s (time)", |x: &SoakRun| {
             format!("{:.0} ({:.0} s)", x.per_second(), x.publish_secs)
         }),
@@ -1605,9 +1895,22 @@ fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
         ("peak RSS (VmHWM) over the pass", |x: &SoakRun| {
             mib(x.hwm_kib)
         }),
-        ("slow subscriber received", |x: &SoakRun| {
-            x.slow_received.to_string()
+        ("healthy subscriber received", |x: &SoakRun| {
+            x.healthy_received.to_string()
         }),
+        (
+            "healthy subscriber: msg/s alone → with the stalled one",
+            |x: &SoakRun| {
+                format!(
+                    "{:.0} → {:.0}",
+                    x.healthy_rate_alone, x.healthy_rate_with_stalled
+                )
+            },
+        ),
+        (
+            "**healthy rate with the stalled one ÷ alone (≥ 0.5)**",
+            |x: &SoakRun| format!("**{:.2}**", x.healthy_ratio()),
+        ),
         (
             "stalled subscriber received (drained at the end)",
             |x: &SoakRun| x.stalled_received.to_string(),
@@ -1616,9 +1919,10 @@ fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
             "dropped (`$SYS/broker/publish/messages/dropped`)",
             |x: &SoakRun| x.dropped.map_or("not published".into(), |d| d.to_string()),
         ),
-        ("2 × messages − received − dropped", |x: &SoakRun| {
-            x.unaccounted().map_or("–".into(), |u| u.to_string())
-        }),
+        (
+            "2 × messages + reference − received − dropped",
+            |x: &SoakRun| x.unaccounted().map_or("–".into(), |u| u.to_string()),
+        ),
     ];
     for (name, cell) in &rows {
         write!(r, "| {name} |")?;

@@ -43,6 +43,15 @@ use tracing::{debug, info, warn};
 
 /// Stop pulling from the session queue once this much is waiting to be written.
 const OUT_HIGH_WATER: usize = 64 * 1024;
+/// An empty write buffer larger than this is given back, so an idle client holds none of
+/// what a burst to it grew.
+const OUT_KEEP: usize = 4096;
+/// The read buffer's size while a client sends little (a CONNECT, PINGREQs) ...
+const READ_MIN: usize = 256;
+/// ... and while its reads fill the buffer. Decoded packets share the buffer's memory
+/// (their payloads are not copied), so a larger one would let a few queued messages hold
+/// much more.
+const READ_MAX: usize = 4096;
 /// How long a closing connection may take to write its last packets.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a connection we closed keeps draining the client's input.
@@ -77,20 +86,98 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf = BytesMut::with_capacity(READ_MIN);
+    // Each phase is boxed: a task is allocated at the size of its largest state, and the
+    // connection's task lives as long as the client (issue 13: memory per idle client).
+    let opened = Box::pin(open(&ctx, &mut rd, &mut wr, &mut rbuf, peer, &shutdown)).await;
+    let Some(Opened {
+        mut conn,
+        mut will,
+        keepalive,
+        kick,
+        cell,
+        generation,
+        client_id,
+    }) = opened
+    else {
+        return;
+    };
+    let shared = &ctx.shared;
+    let end = Box::pin(conn.run(&mut rd, &mut wr, &mut rbuf, keepalive, &kick, &shutdown)).await;
+    let _ = Box::pin(tokio::time::timeout(FLUSH_TIMEOUT, async {
+        if !conn.out.is_empty() {
+            let _ = wr.write_all(&conn.out).await;
+        }
+        let _ = wr.flush().await;
+        let _ = wr.shutdown().await;
+    }))
+    .await;
+
+    match &end {
+        End::Normal => will = None,
+        End::WithWill | End::Shutdown => {}
+        End::Abnormal(why) => debug!(client = %client_id, reason = %why, "Connection closed"),
+    }
+    if matches!(end, End::Shutdown) {
+        // Wills are for clients that vanish; a broker stopping is not that.
+        will = None;
+    }
+    detach(&ctx, &cell, generation, will);
+    shared
+        .stats
+        .clients_connected
+        .fetch_sub(1, Ordering::Relaxed);
+    // Lingering close: when we end the connection (v5 DISCONNECT with an error, keepalive,
+    // takeover), keep reading and discarding what the client still sends for a moment, so
+    // our last packets are not destroyed by a TCP RST (closing a socket with unread input
+    // resets it) and the client can read the DISCONNECT's reason code.
+    if matches!(end, End::Abnormal(_)) {
+        let _ = Box::pin(tokio::time::timeout(LINGER_TIMEOUT, async {
+            let mut sink = vec![0u8; 4096];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        }))
+        .await;
+    }
+}
+
+/// What [`open`] hands to the connection's loop.
+struct Opened {
+    conn: Conn,
+    will: Option<codec::Will>,
+    keepalive: Option<Duration>,
+    kick: CancellationToken,
+    cell: Arc<SessionCell>,
+    generation: u64,
+    client_id: Arc<str>,
+}
+
+/// Reads the CONNECT, admits and authenticates the client, attaches its session and queues
+/// the CONNACK. `None` when the connection is refused or ends first.
+async fn open<R, W>(
+    ctx: &Arc<Ctx>,
+    rd: &mut R,
+    wr: &mut W,
+    rbuf: &mut BytesMut,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Option<Opened>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let max_in = ctx.settings.max_packet_size;
     let connect = tokio::select! {
-        _ = shutdown.cancelled() => return,
-        r = tokio::time::timeout(ctx.settings.connect_timeout, read_connect(&mut rd, &mut rbuf, max_in)) => r,
+        _ = shutdown.cancelled() => return None,
+        r = tokio::time::timeout(ctx.settings.connect_timeout, read_connect(rd, rbuf, max_in)) => r,
     };
     let connect = match connect {
         Err(_) => {
             debug!(%peer, "No CONNECT in time; closing");
-            return;
+            return None;
         }
         Ok(Err(ReadError::Io(e))) => {
             debug!(%peer, error = %e, "Connection closed before CONNECT");
-            return;
+            return None;
         }
         Ok(Err(ReadError::Decode(e))) => {
             ctx.shared
@@ -101,9 +188,9 @@ where
                 warn!(%peer, error = %e, suppressed, "Bad CONNECT; closing the connection");
             }
             if let Some((version, code)) = e.connack_response() {
-                refuse(&mut wr, version, code).await;
+                refuse(wr, version, code).await;
             }
-            return;
+            return None;
         }
         Ok(Ok(c)) => c,
     };
@@ -120,15 +207,17 @@ where
         if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "max_connections") {
             warn!(%peer, max = settings.max_connections, suppressed, "Connection refused: max_connections reached");
         }
-        refuse(&mut wr, version, reason::SERVER_UNAVAILABLE).await;
-        return;
+        refuse(wr, version, reason::SERVER_UNAVAILABLE).await;
+        return None;
     }
     if connect.properties.authentication_method.is_some() {
-        refuse(&mut wr, version, reason::BAD_AUTHENTICATION_METHOD).await;
-        return;
+        refuse(wr, version, reason::BAD_AUTHENTICATION_METHOD).await;
+        return None;
     }
     let access = shared.access();
-    if let Err(code) = authenticate(&ctx, &access, peer, &connect).await {
+    // Boxed, as is the connection's loop below: a task is allocated at the size of its
+    // largest state, held by every connection for its whole life.
+    if let Err(code) = Box::pin(authenticate(ctx, &access, peer, &connect)).await {
         shared
             .stats
             .connections_refused
@@ -136,8 +225,8 @@ where
         if let Some(suppressed) = ctx.admission.may_log(peer.ip(), "not_authorized") {
             info!(%peer, client = %connect.client_id, username = ?connect.username, reason_code = code, suppressed, "Connection refused: not authorized");
         }
-        refuse(&mut wr, version, code).await;
-        return;
+        refuse(wr, version, code).await;
+        return None;
     }
     let mut assigned = None;
     let client_id: Arc<str> = if connect.client_id.is_empty() {
@@ -154,8 +243,8 @@ where
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
         warn!(%peer, client = %client_id, username = ?connect.username, "Connection refused: client ids beginning with $internal/ are reserved for the gateway itself");
-        refuse(&mut wr, version, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
-        return;
+        refuse(wr, version, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
+        return None;
     }
     if let Some(will) = &connect.will {
         if !access.may(
@@ -169,8 +258,8 @@ where
                 .publishes_denied
                 .fetch_add(1, Ordering::Relaxed);
             info!(%peer, client = %client_id, topic = %will.topic, "Connection refused: will topic not allowed");
-            refuse(&mut wr, version, reason::NOT_AUTHORIZED).await;
-            return;
+            refuse(wr, version, reason::NOT_AUTHORIZED).await;
+            return None;
         }
     }
 
@@ -182,7 +271,7 @@ where
     } else {
         Expiry::Never
     };
-    let (expiry, expiry_cap) = granted_expiry(&ctx, peer, &client_id, asked);
+    let (expiry, expiry_cap) = granted_expiry(ctx, peer, &client_id, asked);
     let kick = CancellationToken::new();
     let owner = Owner {
         username: connect.username.as_deref().map(Arc::from),
@@ -236,7 +325,7 @@ where
         deny_log: DenyLog::default(),
         cell: cell.clone(),
         generation,
-        out: BytesMut::with_capacity(4096),
+        out: BytesMut::new(),
         send_window: if version.is_v5() {
             usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX))
                 .min(settings.max_inflight)
@@ -268,44 +357,15 @@ where
     debug!(%peer, client = %client_id, protocol = ?version, session_present, "Client connected");
 
     let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    let mut will = connect.will.clone();
-    let end = conn
-        .run(&mut rd, &mut wr, &mut rbuf, keepalive, &kick, &shutdown)
-        .await;
-    let _ = tokio::time::timeout(FLUSH_TIMEOUT, async {
-        if !conn.out.is_empty() {
-            let _ = wr.write_all(&conn.out).await;
-        }
-        let _ = wr.flush().await;
-        let _ = wr.shutdown().await;
+    Some(Opened {
+        conn,
+        will: connect.will,
+        keepalive,
+        kick,
+        cell,
+        generation,
+        client_id,
     })
-    .await;
-
-    match &end {
-        End::Normal => will = None,
-        End::WithWill | End::Shutdown => {}
-        End::Abnormal(why) => debug!(client = %client_id, reason = %why, "Connection closed"),
-    }
-    if matches!(end, End::Shutdown) {
-        // Wills are for clients that vanish; a broker stopping is not that.
-        will = None;
-    }
-    detach(&ctx, &cell, generation, will);
-    shared
-        .stats
-        .clients_connected
-        .fetch_sub(1, Ordering::Relaxed);
-    // Lingering close: when we end the connection (v5 DISCONNECT with an error, keepalive,
-    // takeover), keep reading and discarding what the client still sends for a moment, so
-    // our last packets are not destroyed by a TCP RST (closing a socket with unread input
-    // resets it) and the client can read the DISCONNECT's reason code.
-    if matches!(end, End::Abnormal(_)) {
-        let _ = tokio::time::timeout(LINGER_TIMEOUT, async {
-            let mut sink = [0u8; 4096];
-            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
-        })
-        .await;
-    }
 }
 
 /// Answers a refused CONNECT (the encoder writes the 3.x return code for a v3 client).
@@ -704,6 +764,7 @@ impl Conn {
         // TLS and WebSocket buffer writes: flush once the buffer has been handed over.
         let mut needs_flush = false;
         let mut access_watch = true;
+        let mut read_size = ReadSize::default();
         self.access_rx.borrow_and_update();
         // Packets already buffered behind the CONNECT.
         if let Some(end) = self.process(rbuf) {
@@ -711,6 +772,7 @@ impl Conn {
         }
         loop {
             self.pump();
+            let spare = read_size.prepare(rbuf);
             let waiting = self
                 .pending_acks
                 .front()
@@ -727,6 +789,7 @@ impl Conn {
                 r = rd.read_buf(rbuf), if self.throttle.is_none() => match r {
                     Ok(0) => return End::Abnormal("connection closed by the client".into()),
                     Ok(n) => {
+                        read_size.read(n, spare);
                         self.ctx.shared.stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
                         deadline = keepalive.map(|k| Instant::now() + k);
                         if let Some(end) = self.process(rbuf) {
@@ -1427,12 +1490,51 @@ async fn write_some<W: AsyncWrite + Unpin>(
     if !out.is_empty() {
         wr.write_buf(out).await?;
         *needs_flush = true;
+        if out.is_empty() && out.capacity() > OUT_KEEP {
+            *out = BytesMut::new();
+        }
     }
     if out.is_empty() && *needs_flush {
         wr.flush().await?;
         *needs_flush = false;
     }
     Ok(())
+}
+
+/// Sizes the read buffer: [`READ_MIN`] while the client sends little, doubling up to
+/// [`READ_MAX`] while its reads fill the buffer, halving again when they do not.
+#[derive(Debug)]
+struct ReadSize {
+    target: usize,
+}
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize { target: READ_MIN }
+    }
+}
+
+impl ReadSize {
+    /// Called before a read: makes room for the target size, first giving back an empty
+    /// buffer much larger than it. Returns the room there is.
+    fn prepare(&self, rbuf: &mut BytesMut) -> usize {
+        if rbuf.is_empty() && rbuf.capacity() > 2 * self.target {
+            *rbuf = BytesMut::new();
+        }
+        if rbuf.capacity() - rbuf.len() < self.target / 2 {
+            rbuf.reserve(self.target);
+        }
+        rbuf.capacity() - rbuf.len()
+    }
+
+    /// Called after a read of `n` bytes into `spare` bytes of room.
+    fn read(&mut self, n: usize, spare: usize) {
+        if n >= spare {
+            self.target = (self.target * 2).min(READ_MAX);
+        } else if n < self.target / 4 {
+            self.target = (self.target / 2).max(READ_MIN);
+        }
+    }
 }
 
 /// Waits out a throttle (pending forever without one; the caller guards the arm).
@@ -1477,5 +1579,44 @@ mod tests {
                 assert_eq!(log.take_suppressed(), suppressed, "at {at:?}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod read_size_tests {
+    use super::*;
+
+    /// The read buffer grows while reads fill it, shrinks when they do not, and an empty
+    /// one much larger than needed is given back (issue 13: per idle client memory).
+    #[test]
+    fn read_size_follows_the_reads() {
+        let mut size = ReadSize::default();
+        let mut rbuf = BytesMut::new();
+        let spare = size.prepare(&mut rbuf);
+        assert!(spare >= READ_MIN);
+        // Reads that fill the buffer double the target, up to READ_MAX.
+        for _ in 0..10 {
+            let spare = size.prepare(&mut rbuf);
+            size.read(spare, spare);
+        }
+        assert_eq!(size.target, READ_MAX);
+        rbuf.reserve(READ_MAX);
+        assert!(rbuf.capacity() >= READ_MAX);
+        // Small reads (PINGREQs) bring it back down; the empty large buffer is given back.
+        for _ in 0..10 {
+            let spare = size.prepare(&mut rbuf);
+            size.read(2, spare);
+        }
+        assert_eq!(size.target, READ_MIN);
+        size.prepare(&mut rbuf);
+        assert!(
+            rbuf.capacity() < 2 * READ_MIN + READ_MIN,
+            "{}",
+            rbuf.capacity()
+        );
+        // A buffer holding part of a packet is kept and grown, never replaced.
+        rbuf.extend_from_slice(&[0x30; 100]);
+        size.prepare(&mut rbuf);
+        assert_eq!(&rbuf[..], &[0x30; 100][..]);
     }
 }
