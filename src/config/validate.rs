@@ -60,6 +60,17 @@ fn check(config: &Config, complete: bool, config_dir: Option<&Path>) -> V {
     let mut binds: HashMap<SocketAddr, String> = HashMap::new();
     broker(&mut v, &config.broker, &mut binds);
     devices(&mut v, &config.devices, complete);
+    for (i, d) in config.devices.iter().enumerate() {
+        if d.driver == Driver::Opcua {
+            let dirs = super::files::secret_dirs(config_dir);
+            v.errors
+                .extend(crate::drivers::opcua::config::validate_device(
+                    d,
+                    &format!("devices[{i}]"),
+                    &dirs,
+                ));
+        }
+    }
     uplinks(
         &mut v,
         &config.uplinks,
@@ -356,6 +367,7 @@ fn device_keys(d: Driver) -> &'static [&'static str] {
         ],
         Driver::Gpio => &["chip"],
         Driver::Simulated => &[],
+        Driver::Opcua => crate::drivers::opcua::config::DEVICE_KEYS,
     }
 }
 
@@ -383,6 +395,7 @@ fn tag_keys(d: Driver) -> &'static [&'static str] {
             "initial",
         ],
         Driver::Simulated => &["signal", "period", "type"],
+        Driver::Opcua => crate::drivers::opcua::config::TAG_KEYS,
     }
 }
 
@@ -406,6 +419,7 @@ fn present_device_keys(d: &Device) -> Vec<&'static str> {
     add("parse", d.parse.is_some());
     add("max_line", d.max_line.is_some());
     add("chip", d.chip.is_some());
+    keys.extend(crate::drivers::opcua::config::present_device_keys(d));
     keys
 }
 
@@ -435,6 +449,7 @@ fn present_tag_keys(t: &Tag) -> Vec<&'static str> {
     add("initial", t.initial.is_some());
     add("signal", t.signal.is_some());
     add("period", t.period.is_some());
+    keys.extend(crate::drivers::opcua::config::present_tag_keys(t));
     keys
 }
 
@@ -567,7 +582,7 @@ fn device(v: &mut V, i: usize, d: &Device, complete: bool) {
             Some("") => v.err(format!("{p}.chip"), "chip must not be empty"),
             Some(_) => {}
         },
-        Driver::Simulated => {}
+        Driver::Simulated | Driver::Opcua => {}
     }
     if d.driver == Driver::Serial {
         serial(v, &p, d, complete);
@@ -788,6 +803,9 @@ fn tag(v: &mut V, p: &str, d: &Device, t: &Tag) {
         Driver::ModbusTcp | Driver::ModbusRtu => modbus_tag(v, p, t),
         Driver::Gpio => gpio_tag(v, p, t),
         Driver::Simulated => simulated_tag(v, p, t),
+        Driver::Opcua => v
+            .errors
+            .extend(crate::drivers::opcua::config::validate_tag(t, p)),
         Driver::Serial => {}
     }
 }
