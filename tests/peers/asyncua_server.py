@@ -7,7 +7,8 @@ opaque node ids. Endpoints: None/None (anonymous) and Basic256Sha256 SignAndEncr
 (anonymous or user `op` / `secret`).
 
 Usage: asyncua_server.py --dir DIR [--port N] [--items N]
-Prints `READY <port>` on stdout once it accepts connections. `--items N` adds N Double
+Prints `READY <port>` on stdout once it accepts connections, then `SUBSCRIPTIONS <n>` (the
+subscriptions the server holds, over all sessions) each second. `--items N` adds N Double
 variables `ns=2;s=Load/<i>` that all change every second (the benchmark).
 """
 
@@ -141,6 +142,9 @@ async def main():
             await asyncio.sleep(0.2)
             n += 1
             await counter.write_value(ua.Variant(n, VT.Int32))
+            if n % 5 == 0:
+                subs = len(server.iserver.subscription_service.subscriptions)
+                print(f"SUBSCRIPTIONS {subs}", flush=True)
             if load and n % 5 == 0:
                 for i, v in enumerate(load):
                     await v.write_value(ua.Variant(float(n + i), VT.Double))

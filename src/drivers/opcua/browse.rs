@@ -209,6 +209,9 @@ where
         loop {
             match futures_util::StreamExt::next(&mut events).await {
                 Some(Ok(opcua::client::SessionPollResult::Reconnected(_))) => return Ok(()),
+                Some(Ok(opcua::client::SessionPollResult::ReconnectFailed(code))) => {
+                    return Err(code.sub_code().name().to_string())
+                }
                 Some(Ok(_)) => {}
                 Some(Err(code)) => return Err(code.sub_code().name().to_string()),
                 None => return Err("the connection closed".to_string()),

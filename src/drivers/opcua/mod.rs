@@ -51,6 +51,8 @@ use tracing::{info, warn};
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// The longest wait between reconnects (as for a Modbus TCP device, SPEC §4.1).
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long the first poll waits for the first connection attempt's outcome.
+const FIRST_ATTEMPT: Duration = Duration::from_secs(30);
 /// Data changes waiting for the device task, beyond one per tag.
 const QUEUE_SLACK: usize = 1024;
 
@@ -66,13 +68,38 @@ struct LinkState {
 }
 
 /// Shared between the supervisor task and the driver. A std Mutex: held for a field copy,
-/// never across an await.
-#[derive(Default)]
-struct Link(Mutex<LinkState>);
+/// never across an await. `changed` ticks whenever the state does.
+struct Link {
+    state: Mutex<LinkState>,
+    changed: tokio::sync::watch::Sender<()>,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link {
+            state: Mutex::default(),
+            changed: tokio::sync::watch::Sender::new(()),
+        }
+    }
+}
 
 impl Link {
+    /// Whether the first connection attempt is still under way (nothing known yet).
+    fn first_attempt(&self) -> bool {
+        let s = self.lock();
+        !s.up && s.error.is_empty()
+    }
+
+    fn up(&self) {
+        let mut s = self.lock();
+        s.up = true;
+        s.error.clear();
+        drop(s);
+        self.changed.send_replace(());
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The session while the connection is up, else the reason it is not.
@@ -89,6 +116,8 @@ impl Link {
         let mut s = self.lock();
         s.up = false;
         s.error = error;
+        drop(s);
+        self.changed.send_replace(());
     }
 }
 
@@ -271,9 +300,12 @@ async fn supervise(name: String, endpoint: Endpoint, link: Arc<Link>, stop: Canc
             match event {
                 Some(Ok(SessionPollResult::Reconnected(mode))) => {
                     info!(device = %name, endpoint = %endpoint.url, how = ?mode, "OPC UA session up");
-                    let mut s = link.lock();
-                    s.up = true;
-                    s.error.clear();
+                    // async-opcua 0.19 recreates the subscriptions while reconnecting, before
+                    // the new connection's publish loop exists, and that loop sends no Publish
+                    // until something triggers it: without this, a recreated subscription
+                    // delivers nothing (tests/opcua.rs, the server restart).
+                    session.trigger_publish_now();
+                    link.up();
                 }
                 Some(Ok(SessionPollResult::ConnectionLost(code))) => {
                     warn!(device = %name, status = %code.sub_code().name(), "OPC UA connection lost; reconnecting with backoff");
@@ -505,6 +537,18 @@ impl Opcua {
 
 impl Driver for Opcua {
     async fn poll(&mut self) -> Result<Vec<TagRead>, String> {
+        if self.link.first_attempt() {
+            // At start, wait for the first attempt's outcome (the client's key is generated
+            // on first use; the server answers GetEndpoints, then CreateSession) instead of
+            // counting it as failed polls and flapping `$status` offline, then online.
+            let mut changed = self.link.changed.subscribe();
+            let link = self.link.clone();
+            let _ = tokio::time::timeout(
+                FIRST_ATTEMPT,
+                changed.wait_for(move |_| !link.first_attempt()),
+            )
+            .await;
+        }
         let session = self.link.session()?;
         match self.mode {
             Mode::Poll => self.read_all(&session).await,
