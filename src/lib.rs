@@ -25,6 +25,9 @@
 //!   validate / apply / history, `/metrics`, `/healthz`, `/readyz`.
 //! - [`auth`] — argon2id password hashes for broker and web users, checked with bounded
 //!   concurrency (`tidegate passwd`).
+//! - [`sqlite`] — the one SQLite foundation under the broker store and the uplink queues: open
+//!   with pragmas and integrity check, corrupt-file move-aside, migrations, the writer thread,
+//!   the error type, the quarantine table.
 //! - [`clock`] — the one wall clock (Unix milliseconds).
 //! - [`logging`] — tracing to the systemd journal, or text / JSON on stderr.
 //! - [`topics`] — the local topic scheme (`devices/<device>/<tag>`, `$status`, `/set`), one home.
@@ -52,6 +55,7 @@ pub mod config;
 pub mod drivers;
 pub mod gateway;
 pub mod logging;
+pub mod sqlite;
 pub mod task;
 pub mod topics;
 pub mod uplink;

@@ -42,7 +42,7 @@ pub(super) async fn build_core(
     let broker = if config.broker.persistence {
         let path = config.gateway.data_dir.join(BROKER_DB);
         lines.push(format!("Broker state persisted in {}", path.display()));
-        Broker::open(settings, &path)?
+        Broker::open(settings, &path).await?
     } else {
         Broker::new(settings)
     };

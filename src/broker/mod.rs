@@ -240,11 +240,17 @@ impl Broker {
     /// A broker persisted in the SQLite database at `path` (created if missing): retained
     /// messages and sessions that outlive their connections are restored from it and kept in
     /// it. A corrupt database is moved aside (logged) and a new one started. Call within the
-    /// runtime: restored sessions get their expiry timers.
+    /// runtime: restored sessions get their expiry timers. The open (an integrity check that
+    /// reads the whole file, then the load) runs in `spawn_blocking`, off the runtime.
     ///
     /// Fails when the database cannot be opened or created.
-    pub fn open(mut settings: Settings, path: &std::path::Path) -> anyhow::Result<Self> {
-        let (store, snapshot) = store::Store::open(path)
+    pub async fn open(mut settings: Settings, path: &std::path::Path) -> anyhow::Result<Self> {
+        let owned = path.to_path_buf();
+        let (store, snapshot) = tokio::task::spawn_blocking(move || store::Store::open(&owned))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("opening the broker store {} failed: {e}", path.display())
+            })?
             .map_err(|e| anyhow::anyhow!("cannot open the broker store {}: {e}", path.display()))?;
         if let Some(moved) = &snapshot.recovered_from_corruption {
             tracing::error!(moved_to = %moved.display(), "The broker store was corrupt; it was moved aside and a new one started");

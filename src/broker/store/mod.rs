@@ -34,7 +34,7 @@
 //! 1..=65535. Subscriptions and queued messages need their session row to exist (a write that
 //! breaks that fails on its own, see below); deleting the session deletes them. "Put" ops are
 //! upserts, never `INSERT OR REPLACE`, which would delete and so cascade. Migrations live in
-//! `schema::MIGRATIONS`: step `i` goes from version `i` to `i + 1`, in the same transaction that
+//! `schema::MIGRATIONS`, run by [`crate::sqlite::open`] (shared with the uplink queue): step `i` goes from version `i` to `i + 1`, in the same transaction that
 //! bumps `user_version`. A database from a newer build is refused
 //! ([`StoreError::UnsupportedSchema`]), never rewritten. The store does not apply expiry: rows
 //! carry their times and the broker drops what has expired after loading the snapshot.
@@ -103,7 +103,6 @@
 //! growing memory. [`Store::open`] and [`Store::close`] block; call them before the runtime
 //! starts, from `spawn_blocking`, or from a plain thread.
 
-mod error;
 mod schema;
 mod types;
 mod writer;
@@ -115,18 +114,19 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tracing::warn;
 
-pub use self::error::StoreError;
 pub use self::schema::SCHEMA_VERSION;
 pub use self::types::{
     Op, QueuedRow, RetainedRow, SessionRow, SessionSnapshot, Snapshot, SubscriptionRow,
 };
 use self::writer::{Cmd, Config, Counters, Held, Holding, Writer};
+/// The store's errors are those of the SQLite foundation.
+pub use crate::sqlite::Error as StoreError;
+use crate::sqlite::WriterThread;
 
 /// Tuning knobs; [`StoreOptions::default`] is what [`Store::open`] uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +180,7 @@ pub struct StoreStats {
 
 struct Shared {
     counters: Arc<Counters>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: WriterThread,
     held: Arc<Mutex<Held>>,
 }
 
@@ -213,7 +213,6 @@ impl Store {
         let db_path: PathBuf = path.to_path_buf();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = sync_channel::<Cmd>(options.queue_capacity.max(1));
-        let (ready_tx, ready_rx) = sync_channel::<Result<Snapshot, StoreError>>(1);
         let config = Config {
             max_batch_ops: options.max_batch_ops.max(1),
             max_batch_time: options.max_batch_time,
@@ -223,47 +222,29 @@ impl Store {
         let thread_counters = Arc::clone(&counters);
         let held = Arc::new(Mutex::new(Held::default()));
         let thread_held = Arc::clone(&held);
-        let handle = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || match schema::open_and_load(&db_path) {
-                Ok((conn, snapshot)) => {
-                    let writer = Writer {
-                        conn,
-                        wal_path: schema::wal_path(&db_path),
-                        db_path,
-                        counters: thread_counters,
-                        config,
-                        held: thread_held,
-                    };
-                    writer.update_size();
-                    if ready_tx.send(Ok(snapshot)).is_ok() {
-                        writer.run(rx);
-                    }
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-            })
-            .map_err(|e| StoreError::Thread(format!("cannot spawn the writer thread: {e}")))?;
-
-        let snapshot = match ready_rx.recv() {
-            Ok(Ok(snapshot)) => snapshot,
-            Ok(Err(e)) => {
-                let _ = handle.join();
-                return Err(e);
-            }
-            Err(_) => {
-                let _ = handle.join();
-                return Err(StoreError::Thread(
-                    "the writer thread died while opening the database".into(),
-                ));
-            }
-        };
+        let (thread, snapshot) = WriterThread::spawn(
+            "store-writer",
+            move || {
+                let (conn, snapshot) = schema::open_and_load(&db_path)?;
+                let writer = Writer {
+                    conn,
+                    wal_path: crate::sqlite::wal_path(&db_path),
+                    db_path,
+                    counters: thread_counters,
+                    config,
+                    held: thread_held,
+                    failures: Default::default(),
+                };
+                writer.update_size();
+                Ok((writer, snapshot))
+            },
+            move |writer: Writer| writer.run(rx),
+        )?;
         let store = Store {
             tx,
             shared: Arc::new(Shared {
                 counters,
-                thread: Mutex::new(Some(handle)),
+                thread,
                 held,
             }),
         };
@@ -347,25 +328,9 @@ impl Store {
     /// clones afterwards fail with [`StoreError::Closed`]. Closing twice is harmless.
     pub fn close(self) -> Result<(), StoreError> {
         let (reply, done) = sync_channel(1);
-        let result = match self.tx.send(Cmd::Close { reply }) {
-            Ok(()) => done.recv().unwrap_or(Err(StoreError::Thread(
-                "the writer thread died before answering close".into(),
-            ))),
-            // The thread is gone already: closed by another clone.
-            Err(_) => Ok(()),
-        };
-        let handle = self
-            .shared
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                return Err(StoreError::Thread("the writer thread panicked".into()));
-            }
-        }
-        result
+        // Not sent: the thread is gone already, closed by another clone.
+        let done = self.tx.send(Cmd::Close { reply }).is_ok().then_some(done);
+        self.shared.thread.finish_close(done)
     }
 
     /// Counters since open.

@@ -1,29 +1,40 @@
-//! Opening, corruption recovery, pragmas, migrations and the snapshot load.
+//! The store's schema, its migrations, and the snapshot load with quarantine of undecodable
+//! rows. Opening, pragmas, corruption recovery and migrating are [`crate::sqlite`]'s.
 //!
 //! Everything here runs on the writer thread, before it starts serving commands.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
 use bytes::Bytes;
-use rusqlite::{Connection, ErrorCode, OpenFlags, Row};
-use tracing::{error, info};
+use rusqlite::{Connection, Row};
+use tracing::error;
 
-use super::error::StoreError;
 use super::types::{
     QueuedRow, RetainedRow, SessionRow, SessionSnapshot, Snapshot, SubscriptionRow,
 };
+use super::StoreError;
+use crate::sqlite::{self, quarantine, Migration, Synchronous};
 
 /// The schema version this build writes, stored in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 1;
 
-/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. Each runs inside the one
-/// IMMEDIATE transaction that also bumps `user_version`, so an interrupted upgrade leaves the
-/// old version in place and is simply redone at the next open. Add new steps at the end and
-/// bump [`SCHEMA_VERSION`]; never edit a step that has shipped.
-const MIGRATIONS: &[fn(&Connection) -> rusqlite::Result<()>] = &[migrate_0_to_1];
+/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1` (see
+/// [`sqlite::Settings::migrations`]). Add new steps at the end and bump [`SCHEMA_VERSION`];
+/// never edit a step that has shipped.
+const MIGRATIONS: &[Migration] = &[migrate_0_to_1];
+
+/// How the store is opened: `synchronous = NORMAL` with a checkpoint at most
+/// `sync_interval` after a commit (module docs, "Durability"), foreign keys on.
+const SETTINGS: sqlite::Settings = sqlite::Settings {
+    name: "broker store",
+    migrations: MIGRATIONS,
+    synchronous: Synchronous::Normal,
+    foreign_keys: true,
+    statement_cache: 32,
+};
+
+const _: () = assert!(SETTINGS.version() == SCHEMA_VERSION);
 
 fn migrate_0_to_1(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(
@@ -64,176 +75,13 @@ fn migrate_0_to_1(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-/// Why a single open attempt failed.
-enum OpenFailure {
-    /// The file is not a database, or is damaged: move it aside and start over.
-    Corrupt(String),
-    /// Anything else (permissions, locked by another process, newer schema): give up, touch nothing.
-    Fatal(StoreError),
-}
-
-impl From<rusqlite::Error> for OpenFailure {
-    fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-                OpenFailure::Corrupt(e.to_string())
-            }
-            _ => OpenFailure::Fatal(e.into()),
-        }
-    }
-}
-
-impl From<StoreError> for OpenFailure {
-    fn from(e: StoreError) -> Self {
-        OpenFailure::Fatal(e)
-    }
-}
-
-/// Opens the database, recovering from corruption by moving the damaged file aside.
+/// Opens the database, recovering from corruption by moving the damaged file aside
+/// ([`Snapshot::recovered_from_corruption`] says where it went).
 pub(super) fn open_and_load(path: &Path) -> Result<(Connection, Snapshot), StoreError> {
-    match try_open(path) {
-        Ok(opened) => Ok(opened),
-        Err(OpenFailure::Fatal(e)) => Err(e),
-        Err(OpenFailure::Corrupt(reason)) => {
-            let moved_to = move_aside(path)?;
-            error!(
-                path = %path.display(),
-                moved_to = %moved_to.display(),
-                error = %reason,
-                "Store database is corrupt; moved it aside and started a new one"
-            );
-            match try_open(path) {
-                Ok((conn, mut snapshot)) => {
-                    snapshot.recovered_from_corruption = Some(moved_to);
-                    Ok((conn, snapshot))
-                }
-                Err(OpenFailure::Fatal(e)) => Err(e),
-                Err(OpenFailure::Corrupt(reason)) => Err(StoreError::Recovery(format!(
-                    "a freshly created store database is reported corrupt: {reason}"
-                ))),
-            }
-        }
-    }
-}
-
-fn try_open(path: &Path) -> Result<(Connection, Snapshot), OpenFailure> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    // Another process (an operator's sqlite3 shell) may briefly hold a lock.
-    conn.busy_timeout(Duration::from_secs(5))?;
-
-    // Reads page 1 (NOTADB for garbage) and checks the b-trees; sees committed WAL content.
-    let mut problems = Vec::new();
-    {
-        let mut stmt = conn.prepare("PRAGMA quick_check")?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let line: String = row.get(0)?;
-            if line != "ok" {
-                problems.push(line);
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(OpenFailure::Corrupt(format!(
-            "quick_check: {}",
-            problems.join("; ")
-        )));
-    }
-
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(OpenFailure::Fatal(StoreError::Recovery(format!(
-            "SQLite refused WAL journal mode (got {mode})"
-        ))));
-    }
-    conn.execute_batch(
-        "PRAGMA synchronous = NORMAL;
-         PRAGMA foreign_keys = ON;
-         PRAGMA temp_store = MEMORY;
-         PRAGMA journal_size_limit = 4194304;",
-    )?;
-    conn.set_prepared_statement_cache_capacity(32);
-
-    migrate(&conn)?;
-    let snapshot = load(&conn).map_err(|e| match e.sqlite_code() {
-        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
-            OpenFailure::Corrupt(e.to_string())
-        }
-        _ => OpenFailure::Fatal(e),
-    })?;
-    Ok((conn, snapshot))
-}
-
-fn migrate(conn: &Connection) -> Result<(), OpenFailure> {
-    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if found > SCHEMA_VERSION {
-        return Err(OpenFailure::Fatal(StoreError::UnsupportedSchema {
-            found,
-            supported: SCHEMA_VERSION,
-        }));
-    }
-    if found == SCHEMA_VERSION {
-        return Ok(());
-    }
-    let from = usize::try_from(found).map_err(|_| {
-        OpenFailure::Fatal(StoreError::InvalidRow {
-            table: "user_version",
-            detail: format!("negative schema version {found}"),
-        })
-    })?;
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = (|| -> rusqlite::Result<()> {
-        for step in MIGRATIONS.iter().skip(from) {
-            step(conn)?;
-        }
-        // PRAGMA does not take bound parameters; SCHEMA_VERSION is a constant integer.
-        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
-        conn.execute_batch("COMMIT")
-    })();
-    if let Err(e) = result {
-        if !conn.is_autocommit() {
-            let _ = conn.execute_batch("ROLLBACK");
-        }
-        return Err(e.into());
-    }
-    info!(from = found, to = SCHEMA_VERSION, "Store schema migrated");
-    Ok(())
-}
-
-fn unix_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s: OsString = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// `<path>-wal` / `<path>-shm`: SQLite's side files.
-pub(super) fn wal_path(path: &Path) -> PathBuf {
-    with_suffix(path, "-wal")
-}
-
-/// Renames the database to `<path>.corrupt-<unix ms>` and its side files along with it, so a
-/// stale WAL is never replayed into the new database.
-fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
-    let target = with_suffix(path, &format!(".corrupt-{}", unix_ms()));
-    std::fs::rename(path, &target).map_err(|e| StoreError::io(path, e))?;
-    for side in ["-wal", "-shm"] {
-        let from = with_suffix(path, side);
-        if from.exists() {
-            let to = with_suffix(&target, side);
-            std::fs::rename(&from, &to).map_err(|e| StoreError::io(&from, e))?;
-        }
-    }
-    Ok(target)
+    let opened = sqlite::open(path, &SETTINGS, load)?;
+    let mut snapshot = opened.loaded;
+    snapshot.recovered_from_corruption = opened.moved_aside;
+    Ok((opened.conn, snapshot))
 }
 
 // ---- snapshot load ----------------------------------------------------------------------
@@ -257,22 +105,6 @@ fn blob(row: &Row<'_>, idx: usize) -> rusqlite::Result<Bytes> {
     Ok(Bytes::from(row.get::<_, Vec<u8>>(idx)?))
 }
 
-/// Whether a load error is about one row's values (bit rot, a hand edit: text that is not
-/// UTF-8, a number out of range, a value of the wrong type), as opposed to the database.
-fn row_level(e: &StoreError) -> bool {
-    match e {
-        StoreError::InvalidRow { .. } => true,
-        StoreError::Sqlite(e) => matches!(
-            **e,
-            rusqlite::Error::FromSqlConversionFailure(..)
-                | rusqlite::Error::InvalidColumnType(..)
-                | rusqlite::Error::IntegralValueOutOfRange(..)
-                | rusqlite::Error::Utf8Error(..)
-        ),
-        _ => false,
-    }
-}
-
 /// A row that could not be decoded: its table, rowid and why.
 struct BadRow {
     table: &'static str,
@@ -294,7 +126,7 @@ fn each_row(
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         if let Err(e) = decode(r) {
-            if !row_level(&e) {
+            if !e.is_row_level() {
                 return Err(e);
             }
             bad.push(BadRow {
@@ -307,27 +139,17 @@ fn each_row(
     Ok(())
 }
 
-/// The table undecodable rows are moved to (SPEC §5: skipped, quarantined, counted). Made
-/// when the first row is moved, so a healthy database never has it; the original values are
-/// kept as bytes (`CAST AS BLOB`), for a person to look at with `sqlite3`.
-const QUARANTINE_TABLE: &str = "CREATE TABLE IF NOT EXISTS quarantine (
-    id             INTEGER PRIMARY KEY,
-    source         TEXT    NOT NULL,
-    reason         TEXT    NOT NULL,
-    quarantined_ms INTEGER NOT NULL,
-    key            BLOB,
-    topic          BLOB,
-    payload        BLOB
-)";
+/// The store's columns of the quarantine table ([`quarantine::create`]): which table a row
+/// came from, its key (the client id), topic (or filter) and payload (or session data).
+const QUARANTINE_COLUMNS: &str = "source TEXT NOT NULL, key BLOB, topic BLOB, payload BLOB";
 
 /// Moves the `bad` rows to the quarantine table, in one transaction. A session goes with its
 /// subscriptions and queued messages (they cannot be restored without it). Returns how many
 /// rows were moved.
 fn quarantine(conn: &Connection, bad: &[BadRow]) -> Result<u64, StoreError> {
-    let now = i64::try_from(unix_ms()).unwrap_or(i64::MAX);
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = (|| -> rusqlite::Result<u64> {
-        conn.execute_batch(QUARANTINE_TABLE)?;
+    let now = quarantine::now_ms();
+    sqlite::transaction(conn, || {
+        quarantine::create(conn, QUARANTINE_COLUMNS)?;
         let mut moved = 0u64;
         for b in bad {
             let n = match b.table {
@@ -385,27 +207,8 @@ fn quarantine(conn: &Connection, bad: &[BadRow]) -> Result<u64, StoreError> {
             };
             moved += n as u64;
         }
-        conn.execute_batch("COMMIT")?;
         Ok(moved)
-    })();
-    if result.is_err() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    Ok(result?)
-}
-
-/// How many rows the quarantine table holds (0 when it was never made).
-fn quarantined_rows(conn: &Connection) -> Result<u64, StoreError> {
-    let exists: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !exists {
-        return Ok(0);
-    }
-    let n: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
-    Ok(u64::try_from(n).unwrap_or(0))
+    })
 }
 
 /// Reads the snapshot. Rows that cannot be decoded are moved to the quarantine table, logged
@@ -435,7 +238,7 @@ fn load(conn: &Connection) -> Result<Snapshot, StoreError> {
         }
         snapshot.quarantined_now = moved;
     }
-    snapshot.quarantined = quarantined_rows(conn)?;
+    snapshot.quarantined = quarantine::rows(conn)?;
     Ok(snapshot)
 }
 

@@ -4,25 +4,21 @@
 //! child side is an ordinary `#[test]` that returns at once unless its environment variable is
 //! set, so it passes trivially in a normal run.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rusqlite::ErrorCode;
 
 use super::*;
+use crate::sqlite::testing::{
+    acks_until_kill9, child_test, corrupt_files, garbage, run_under_fsize_limit, truncate_to_half,
+    Tmpfs,
+};
 
 // ---- helpers ----------------------------------------------------------------------------
-
-/// This module's tests as the test harness names them (without the crate name), so the child
-/// processes find them both here and once the module lives at `tidegate::broker::store`.
-fn test_name(short: &str) -> String {
-    let module = module_path!();
-    let without_crate = module.split_once("::").map_or(module, |(_, rest)| rest);
-    format!("{without_crate}::{short}")
-}
 
 fn wait(rx: oneshot::Receiver<Result<(), StoreError>>) -> Result<(), StoreError> {
     rx.blocking_recv().expect("the writer dropped a reply")
@@ -82,16 +78,6 @@ fn session_of<'a>(snapshot: &'a Snapshot, client_id: &str) -> Option<&'a Session
         .sessions
         .iter()
         .find(|s| s.session.client_id == client_id)
-}
-
-fn corrupt_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.to_string_lossy().contains(".corrupt-"))
-        .collect();
-    found.sort();
-    found
 }
 
 // ---- 1. round trip ----------------------------------------------------------------------
@@ -442,15 +428,7 @@ fn assert_recovered(dir: &Path, path: &Path, snapshot: &Snapshot, store: Store) 
 fn a_file_of_garbage_is_moved_aside_and_replaced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("broker.db");
-    let mut x: u32 = 0x2545_f491;
-    let garbage: Vec<u8> = (0..65_536)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
+    let garbage = garbage(65_536);
     std::fs::write(&path, &garbage).expect("write garbage");
 
     let (store, snapshot) = Store::open(&path).expect("open must recover");
@@ -473,18 +451,11 @@ fn a_truncated_database_is_moved_aside_and_replaced() {
         !dir.path().join("broker.db-wal").exists(),
         "close must checkpoint the WAL away"
     );
-    let len = std::fs::metadata(&path).expect("meta").len();
-    assert!(len > 400_000, "database unexpectedly small: {len}");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .expect("open for truncate")
-        .set_len(len / 2)
-        .expect("truncate");
+    let half = truncate_to_half(&path);
 
     let (store, snapshot) = Store::open(&path).expect("open must recover");
     let moved = snapshot.recovered_from_corruption.clone().expect("moved");
-    assert_eq!(std::fs::metadata(&moved).expect("meta").len(), len / 2);
+    assert_eq!(std::fs::metadata(&moved).expect("meta").len(), half);
     assert_recovered(dir.path(), &path, &snapshot, store);
 }
 
@@ -536,56 +507,8 @@ fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("broker.db");
     let stderr_path = dir.path().join("child.stderr");
-    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
-        .args([
-            &test_name("kill9_child_writer"),
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(KILL9_ENV, &path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("spawn child");
-
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<u64>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(n) = line.strip_prefix("ack ") {
-                if let Ok(n) = n.trim().parse() {
-                    if tx.send(n).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-
-    let mut acked = Vec::new();
-    while acked.len() < 2_000 {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(n) => acked.push(n),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let mut err = String::new();
-                let _ = std::fs::File::open(&stderr_path).map(|mut f| f.read_to_string(&mut err));
-                panic!(
-                    "child stopped acking after {} acks ({e:?}); stderr:\n{err}",
-                    acked.len()
-                );
-            }
-        }
-    }
-    child.kill().expect("SIGKILL");
-    let status = child.wait().expect("wait");
-    assert!(!status.success(), "child must have been killed: {status:?}");
-    reader.join().expect("reader");
-    acked.extend(rx.try_iter()); // acks printed between our count and the kill count too
+    let child = child_test(module_path!(), "kill9_child_writer", KILL9_ENV, &path);
+    let acked: Vec<u64> = acks_until_kill9(child, &stderr_path, 2_000, |s| s.trim().parse().ok());
     let highest = *acked.iter().max().expect("acks");
 
     let (store, snapshot) = Store::open(&path).expect("reopen after kill -9");
@@ -661,37 +584,13 @@ fn fsize_child_writer() {
 fn a_failed_write_fails_its_batch_and_later_writes_succeed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("broker.db");
-    // `ulimit -f` counts 512-byte blocks in sh (1 MiB) and 1 KiB blocks in bash (2 MiB).
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -f 2048 && trap '' XFSZ && exec \"$0\" \"$@\"")
-        .arg(std::env::current_exe().expect("current_exe"))
-        .args([
-            &test_name("fsize_child_writer"),
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(FSIZE_ENV, &path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run child");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains(FSIZE_MARKER),
-        "child failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
+    run_under_fsize_limit(
+        module_path!(),
+        "fsize_child_writer",
+        FSIZE_ENV,
+        &path,
+        FSIZE_MARKER,
     );
-}
-
-/// Unmounts the test's tmpfs even when an assertion fails.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// A real ENOSPC: the database on a 2 MiB tmpfs that the test fills up, then frees.
@@ -700,26 +599,10 @@ impl Drop for Mount {
 #[test]
 fn disk_full_fails_writes_until_space_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        // Mounting needs root (CI runs as root here); elsewhere the ulimit test covers
-        // write failure. In CI a missing capability is a failure, not a skip.
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "cannot mount a tmpfs in CI"
-        );
-        eprintln!("SKIPPED disk_full_fails_writes_until_space_returns: cannot mount a tmpfs here");
+    let Some(tmpfs) = Tmpfs::mount(dir.path(), "disk_full_fails_writes_until_space_returns") else {
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
+    let mnt = tmpfs.path().to_path_buf();
     let path = mnt.join("broker.db");
     let options = StoreOptions {
         sync_interval: Duration::from_secs(3600),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use super::error::StoreError;
+use super::StoreError;
 
 /// One change to the store. A `Vec<Op>` handed to one [`super::Store::write`] call is applied
 /// atomically: all of it or none of it.

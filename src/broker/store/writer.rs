@@ -9,8 +9,9 @@ use rusqlite::{params, Connection, ErrorCode};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
-use super::error::StoreError;
 use super::types::{to_i64, Op};
+use super::StoreError;
+use crate::sqlite::{collect_batch, exec, Failures};
 
 pub(super) type Reply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -147,6 +148,7 @@ pub(super) struct Writer {
     pub counters: std::sync::Arc<Counters>,
     pub config: Config,
     pub held: std::sync::Arc<std::sync::Mutex<Held>>,
+    pub failures: Failures,
 }
 
 /// Errors that concern only the command that caused them: its savepoint is rolled back and the
@@ -277,10 +279,6 @@ fn fails_alone_store(e: &StoreError) -> bool {
     }
 }
 
-fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
 /// Applies one command inside its own savepoint.
 /// `Ok(Err(e))`: the command failed alone and was rolled back; `Err(e)`: the batch is lost.
 fn apply_command(conn: &Connection, ops: &[Op]) -> Result<Result<(), StoreError>, StoreError> {
@@ -307,10 +305,9 @@ impl Writer {
     }
 
     /// Serves commands until `Close` arrives or every `Store` handle is gone.
-    pub(super) fn run(self, rx: Receiver<Cmd>) {
+    pub(super) fn run(mut self, rx: Receiver<Cmd>) {
         let mut unsynced = false;
         let mut last_sync = Instant::now();
-        let mut consecutive_failures: u64 = 0;
         loop {
             let held_due = self.held().due(self.config.retained_delay);
             let deadline = [
@@ -338,31 +335,27 @@ impl Writer {
             let mut commands = 0u64;
             let mut close_reply = None;
             if let Some(first) = first {
-                let mut n_ops = 0usize;
-                let started = Instant::now();
-                let mut next = Some(first);
-                while let Some(cmd) = next.take() {
-                    match cmd {
+                // Only what is already queued; a disconnect shows up at the next recv.
+                collect_batch(
+                    first,
+                    || rx.try_recv().ok(),
+                    self.config.max_batch_ops,
+                    self.config.max_batch_time,
+                    |cmd| match cmd {
                         Cmd::Write { ops, reply } => {
                             commands += 1;
-                            n_ops += ops.len();
+                            let n = ops.len();
                             if !ops.is_empty() || reply.is_some() {
                                 batch.push(Pending { ops, reply });
                             }
+                            Some(n)
                         }
                         Cmd::Close { reply } => {
                             close_reply = Some(reply);
-                            break;
+                            None
                         }
-                    }
-                    if n_ops >= self.config.max_batch_ops
-                        || started.elapsed() >= self.config.max_batch_time
-                    {
-                        break;
-                    }
-                    // Only what is already queued; a disconnect shows up at the next recv.
-                    next = rx.try_recv().ok();
-                }
+                    },
+                );
             }
 
             self.counters
@@ -382,7 +375,7 @@ impl Writer {
                     }
                 }
             }
-            if !batch.is_empty() && self.commit_batch(batch, &mut consecutive_failures) {
+            if !batch.is_empty() && self.commit_batch(batch) {
                 unsynced = true;
             }
 
@@ -407,10 +400,7 @@ impl Writer {
             held.drain()
         };
         if !ops.is_empty() {
-            self.commit_batch(
-                vec![Pending { ops, reply: None }],
-                &mut consecutive_failures,
-            );
+            self.commit_batch(vec![Pending { ops, reply: None }]);
         }
         let path = self.db_path.clone();
         if let Err(e) = self.shutdown(&rx) {
@@ -419,7 +409,7 @@ impl Writer {
     }
 
     /// Runs one transaction for the batch and answers its waiters. Returns whether it committed.
-    fn commit_batch(&self, batch: Vec<Pending>, consecutive_failures: &mut u64) -> bool {
+    fn commit_batch(&mut self, batch: Vec<Pending>) -> bool {
         let started = Instant::now();
         let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
         let outcome = (|| -> Result<(), StoreError> {
@@ -436,17 +426,14 @@ impl Writer {
                 let latency = started.elapsed();
                 let c = &self.counters;
                 c.transactions.fetch_add(1, Ordering::Relaxed);
-                c.last_commit_latency_us.store(
-                    u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-                    Ordering::Relaxed,
-                );
-                if *consecutive_failures > 0 {
+                c.last_commit_latency_us
+                    .store(crate::sqlite::micros(latency), Ordering::Relaxed);
+                if let Some(failed) = self.failures.succeeded() {
                     info!(
                         path = %self.db_path.display(),
-                        failed_transactions = *consecutive_failures,
+                        failed_transactions = failed,
                         "Store writes succeed again after failures"
                     );
-                    *consecutive_failures = 0;
                 }
                 // Counters first, so a waiter that looks at the stats sees its own write.
                 let ops: u64 = batch
@@ -488,10 +475,10 @@ impl Writer {
                 c.failed_transactions.fetch_add(1, Ordering::Relaxed);
                 c.failed_writes
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                *consecutive_failures += 1;
+                let consecutive_failures = self.failures.failed();
                 let ops: usize = batch.iter().map(|p| p.ops.len()).sum();
                 // A full disk fails every batch; log the first one loudly, the rest quietly.
-                if *consecutive_failures == 1 {
+                if consecutive_failures == 1 {
                     error!(
                         path = %self.db_path.display(),
                         error = %e,
@@ -505,7 +492,7 @@ impl Writer {
                         error = %e,
                         writes = batch.len(),
                         ops,
-                        consecutive_failures = *consecutive_failures,
+                        consecutive_failures,
                         "Store transaction failed again"
                     );
                 }
@@ -554,9 +541,8 @@ impl Writer {
     }
 
     pub(super) fn update_size(&self) {
-        let size = |p: &PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         self.counters.bytes_on_disk.store(
-            size(&self.db_path) + size(&self.wal_path),
+            crate::sqlite::file_bytes(&self.db_path, &self.wal_path),
             Ordering::Relaxed,
         );
     }

@@ -36,7 +36,8 @@
 //! CREATE TABLE drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL CHECK (count >= 0));
 //! ```
 //!
-//! Migrations work as in the broker's store: step `i` goes from version `i` to `i + 1` in the
+//! Opening, the integrity check, corrupt-file recovery and migrations are the SQLite
+//! foundation's ([`crate::sqlite`]), shared with the broker's store: step `i` goes from version `i` to `i + 1` in the
 //! transaction that bumps `user_version`; a file from a newer build is refused
 //! ([`QueueError::UnsupportedSchema`]) and left untouched.
 //!
@@ -132,7 +133,6 @@
 //! and expiry are small and not budgeted. [`Queue::open`] and [`Queue::close`] block; call them
 //! before the runtime starts, from `spawn_blocking`, or from a plain thread.
 
-mod error;
 mod schema;
 mod writer;
 
@@ -142,8 +142,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::sync_channel;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -151,9 +150,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 use tracing::warn;
 
-pub use self::error::{ErrorKind, QueueError};
 pub use self::schema::{count_drops, SCHEMA_VERSION};
 use self::writer::{Cmd, Config, Counters, Writer, NO_OLDEST};
+use crate::sqlite::WriterThread;
+/// The queue's errors are those of the SQLite foundation.
+pub use crate::sqlite::{Error as QueueError, ErrorKind};
 
 /// What an append's receiver resolves to: per message `Ok(id)` or why it was refused, or the
 /// error that lost the whole append.
@@ -307,7 +308,7 @@ pub struct QueueStats {
 ///
 /// Fails when the database cannot be read.
 pub fn quarantined_rows(conn: &rusqlite::Connection) -> Result<u64, rusqlite::Error> {
-    schema::quarantined(conn)
+    crate::sqlite::quarantine::rows(conn)
 }
 
 struct Shared {
@@ -315,7 +316,7 @@ struct Shared {
     /// Permits are bytes of appends sent but not yet answered.
     pending: Arc<Semaphore>,
     max_pending: u32,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: WriterThread,
 }
 
 /// Handle to one uplink's queue; clone it freely. See the module docs.
@@ -354,55 +355,30 @@ impl Queue {
         let db_path = path.to_path_buf();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = unbounded_channel::<Cmd>();
-        let (ready_tx, ready_rx) = sync_channel::<Result<Opened, QueueError>>(1);
         let config = Config {
             bounds,
             max_batch_messages: options.max_batch_messages.max(1),
             max_batch_time: options.max_batch_time,
         };
         let thread_counters = Arc::clone(&counters);
-        let handle = std::thread::Builder::new()
-            .name("uplinkq-writer".into())
-            .spawn(move || {
-                let started = schema::open(&db_path).and_then(|(conn, totals, moved_aside)| {
-                    let writer = Writer::new(conn, db_path, thread_counters, config, totals)?;
-                    Ok((writer, moved_aside))
-                });
-                match started {
-                    Ok((mut writer, moved_aside)) => {
-                        writer.expire_now(schema::unix_ms());
-                        let t = writer.totals();
-                        let opened = Opened {
-                            moved_aside,
-                            depth: t.depth,
-                            bytes: t.bytes,
-                            oldest_received_at_ms: t.oldest_received_at_ms,
-                            expired: writer.expired_so_far(),
-                        };
-                        if ready_tx.send(Ok(opened)).is_ok() {
-                            writer.run(rx);
-                        }
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-            })
-            .map_err(|e| QueueError::Thread(format!("cannot spawn the writer thread: {e}")))?;
-
-        let opened = match ready_rx.recv() {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(e)) => {
-                let _ = handle.join();
-                return Err(e);
-            }
-            Err(_) => {
-                let _ = handle.join();
-                return Err(QueueError::Thread(
-                    "the writer thread died while opening the database".into(),
-                ));
-            }
-        };
+        let (thread, opened) = WriterThread::spawn(
+            "uplinkq-writer",
+            move || {
+                let (conn, totals, moved_aside) = schema::open(&db_path)?;
+                let mut writer = Writer::new(conn, db_path, thread_counters, config, totals)?;
+                writer.expire_now(crate::clock::now_ms());
+                let t = writer.totals();
+                let opened = Opened {
+                    moved_aside,
+                    depth: t.depth,
+                    bytes: t.bytes,
+                    oldest_received_at_ms: t.oldest_received_at_ms,
+                    expired: writer.expired_so_far(),
+                };
+                Ok((writer, opened))
+            },
+            move |writer: Writer| writer.run(rx),
+        )?;
         let max_pending = options.max_pending_bytes.max(1);
         let queue = Queue {
             tx,
@@ -410,7 +386,7 @@ impl Queue {
                 counters,
                 pending: Arc::new(Semaphore::new(max_pending as usize)),
                 max_pending,
-                thread: Mutex::new(Some(handle)),
+                thread,
             }),
         };
         Ok((queue, opened))
@@ -572,25 +548,9 @@ impl Queue {
     pub fn close(self) -> Result<(), QueueError> {
         self.shared.pending.close();
         let (reply, done) = sync_channel(1);
-        let result = match self.tx.send(Cmd::Close { reply }) {
-            Ok(()) => done.recv().unwrap_or(Err(QueueError::Thread(
-                "the writer thread died before answering close".into(),
-            ))),
-            // The thread is gone already: closed by another clone.
-            Err(_) => Ok(()),
-        };
-        let handle = self
-            .shared
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                return Err(QueueError::Thread("the writer thread panicked".into()));
-            }
-        }
-        result
+        // Not sent: the thread is gone already, closed by another clone.
+        let done = self.tx.send(Cmd::Close { reply }).is_ok().then_some(done);
+        self.shared.thread.finish_close(done)
     }
 
     /// Test hook: one integer from a query on the writer's own connection.

@@ -6,36 +6,23 @@
 //! trivially in a normal run.
 
 use std::future::Future;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use super::*;
+use crate::sqlite::testing::{
+    acks_until_kill9, child_test, corrupt_files, garbage, run_under_fsize_limit, truncate_to_half,
+    Tmpfs,
+};
 
 // ---- helpers ----------------------------------------------------------------------------
 
-/// This module's tests as the test harness names them (without the crate name), so the child
-/// processes find them both here and once the module lives at `tidegate::uplink::queue`.
-fn test_name(short: &str) -> String {
-    let module = module_path!();
-    let without_crate = module.split_once("::").map_or(module, |(_, rest)| rest);
-    format!("{without_crate}::{short}")
-}
-
 fn run_child(short: &str, env: &str, value: &Path) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
-    cmd.args([
-        &test_name(short),
-        "--exact",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(env, value)
-    .stdin(Stdio::null());
-    cmd
+    child_test(module_path!(), short, env, value)
 }
 
 fn block_on<F: Future>(f: F) -> F::Output {
@@ -96,16 +83,6 @@ fn bounds(max_bytes: u64, when_full: WhenFull) -> Bounds {
 
 fn roomy() -> Bounds {
     bounds(1 << 40, WhenFull::DropOldest)
-}
-
-fn corrupt_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read_dir")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.to_string_lossy().contains(".corrupt-"))
-        .collect();
-    found.sort();
-    found
 }
 
 // ---- 1. order and ids -------------------------------------------------------------------
@@ -454,7 +431,7 @@ fn expiry_drops_old_messages_and_counts_them() {
     let (q, _) = Queue::open(&path, b.clone()).expect("open");
     // received_at_ms not in id order: expiry goes by age, wherever the row sits.
     let ages_s = [600u64, 10, 120, 30, 61, 0];
-    let now = schema::unix_ms();
+    let now = crate::clock::now_ms();
     let msgs = ages_s
         .iter()
         .enumerate()
@@ -482,7 +459,7 @@ fn expiry_drops_old_messages_and_counts_them() {
     append_ok(
         &q,
         vec![NewMessage {
-            received_at_ms: schema::unix_ms() - 600_000,
+            received_at_ms: crate::clock::now_ms() - 600_000,
             ..msg(9, 10)
         }],
     );
@@ -519,15 +496,7 @@ fn assert_recovered(dir: &Path, path: &Path, opened: &Opened, q: Queue) {
 fn a_file_of_garbage_is_moved_aside_and_replaced() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("uplink.db");
-    let mut x: u32 = 0x2545_f491;
-    let garbage: Vec<u8> = (0..65_536)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect();
+    let garbage = garbage(65_536);
     std::fs::write(&path, &garbage).expect("write garbage");
     std::fs::write(dir.path().join("uplink.db-wal"), b"stale wal").expect("stale wal");
 
@@ -556,18 +525,11 @@ fn a_truncated_database_is_moved_aside_and_replaced() {
                 == 0,
         "close must checkpoint the WAL away"
     );
-    let len = std::fs::metadata(&path).expect("meta").len();
-    assert!(len > 400_000, "database unexpectedly small: {len}");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .expect("open for truncate")
-        .set_len(len / 2)
-        .expect("truncate");
+    let half = truncate_to_half(&path);
 
     let (q, opened) = Queue::open(&path, roomy()).expect("open must recover");
     let moved = opened.moved_aside.clone().expect("moved");
-    assert_eq!(std::fs::metadata(&moved).expect("meta").len(), len / 2);
+    assert_eq!(std::fs::metadata(&moved).expect("meta").len(), half);
     assert_recovered(dir.path(), &path, &opened, q);
 }
 
@@ -629,54 +591,11 @@ fn acknowledged_appends_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("uplink.db");
     let stderr_path = dir.path().join("child.stderr");
-    let mut child = run_child("kill9_child_writer", KILL9_ENV, &path)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("spawn child");
-
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel::<(u64, u64)>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let mut parts = line.split_whitespace();
-            if parts.next() != Some("ack") {
-                continue;
-            }
-            let (Some(Ok(seq)), Some(Ok(id))) = (
-                parts.next().map(str::parse::<u64>),
-                parts.next().map(str::parse::<u64>),
-            ) else {
-                continue;
-            };
-            if tx.send((seq, id)).is_err() {
-                break;
-            }
-        }
+    let child = run_child("kill9_child_writer", KILL9_ENV, &path);
+    let acked: Vec<(u64, u64)> = acks_until_kill9(child, &stderr_path, 2_000, |s| {
+        let (seq, id) = s.split_once(' ')?;
+        Some((seq.parse().ok()?, id.trim().parse().ok()?))
     });
-
-    let mut acked = Vec::new();
-    while acked.len() < 2_000 {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(a) => acked.push(a),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let mut err = String::new();
-                let _ = std::fs::File::open(&stderr_path).map(|mut f| f.read_to_string(&mut err));
-                panic!(
-                    "child stopped acking after {} acks ({e:?}); stderr:\n{err}",
-                    acked.len()
-                );
-            }
-        }
-    }
-    child.kill().expect("SIGKILL");
-    let status = child.wait().expect("wait");
-    assert!(!status.success(), "child must have been killed: {status:?}");
-    reader.join().expect("reader");
-    acked.extend(rx.try_iter()); // acks printed between our count and the kill
     let (highest_seq, _) = *acked.iter().max().expect("acks");
 
     let (q, opened) = Queue::open(&path, roomy()).expect("reopen after kill -9");
@@ -765,37 +684,13 @@ fn fsize_child_writer() {
 fn a_write_past_ulimit_f_fails_its_batch_and_later_writes_succeed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("uplink.db");
-    // `ulimit -f` counts 512-byte blocks in sh (1 MiB) and 1 KiB blocks in bash (2 MiB).
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -f 2048 && trap '' XFSZ && exec \"$0\" \"$@\"")
-        .arg(std::env::current_exe().expect("current_exe"))
-        .args([
-            &test_name("fsize_child_writer"),
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(FSIZE_ENV, &path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run child");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success() && stdout.contains(FSIZE_MARKER),
-        "child failed: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        output.status
+    run_under_fsize_limit(
+        module_path!(),
+        "fsize_child_writer",
+        FSIZE_ENV,
+        &path,
+        FSIZE_MARKER,
     );
-}
-
-/// Unmounts the test's tmpfs even when an assertion fails.
-struct Mount(PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
 }
 
 /// A real ENOSPC: the queue on a 2 MiB tmpfs that the test fills up, then frees. Needs
@@ -804,24 +699,11 @@ impl Drop for Mount {
 #[test]
 fn disk_full_fails_appends_until_space_returns() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "cannot mount a tmpfs in CI"
-        );
-        eprintln!("SKIPPED disk_full_fails_appends_until_space_returns: cannot mount a tmpfs here");
+    let Some(tmpfs) = Tmpfs::mount(dir.path(), "disk_full_fails_appends_until_space_returns")
+    else {
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
+    let mnt = tmpfs.path().to_path_buf();
     let path = mnt.join("uplink.db");
     let (q, _) = Queue::open(&path, roomy()).expect("open on tmpfs");
     assert_eq!(append_ok(&q, vec![msg(0, 64)]), vec![1]);
