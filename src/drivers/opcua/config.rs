@@ -291,6 +291,116 @@ pub fn pki_dir(data_dir: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
+    fn device(body: &str) -> String {
+        format!(
+            "devices:\n  - name: press\n    driver: opcua\n    endpoint: opc.tcp://plc:4840\n{body}    tags:\n      - {{name: t, node_id: \"ns=2;s=T\"}}\n"
+        )
+    }
+
+    /// Each mistake gives its error, by path and line (SPEC §3: semantic errors too).
+    #[test]
+    fn mistakes_are_reported_with_path_and_line() {
+        let cases: Vec<(String, &str, &str, usize)> = vec![
+            (
+                "devices:\n  - name: press\n    driver: opcua\n    tags:\n      - {name: t, node_id: \"ns=2;i=1\"}\n".into(),
+                "devices[0]",
+                "needs `endpoint`",
+                2,
+            ),
+            (
+                device("").replace("opc.tcp://plc:4840", "http://plc"),
+                "devices[0].endpoint",
+                "is not an opc.tcp:// URL",
+                4,
+            ),
+            (
+                device("    security: {policy: basic256, mode: sign}\n"),
+                "devices[0].security.policy",
+                "basic256",
+                5,
+            ),
+            (
+                device("    security: {policy: basic256sha256}\n"),
+                "devices[0].security.mode",
+                "needs mode sign or sign_and_encrypt",
+                5,
+            ),
+            (
+                device("    auth: {username: op}\n"),
+                "devices[0].auth.username",
+                "needs `password` or `password_file`",
+                5,
+            ),
+            (
+                device("    auth: {password: x}\n"),
+                "devices[0].auth.password",
+                "a password needs a `username`",
+                5,
+            ),
+            (
+                device("    auth: {certificate: /nonexistent/u.der}\n"),
+                "devices[0].auth",
+                "needs both `certificate` and `private_key`",
+                5,
+            ),
+            (
+                device("    mode: push\n"),
+                "devices[0].mode",
+                "push",
+                5,
+            ),
+            (
+                device("    auth: {username: op, password: x, colour: red}\n"),
+                "devices[0].auth.colour",
+                "unknown key",
+                5,
+            ),
+            (
+                device("").replace("node_id: \"ns=2;s=T\"", "node_id: \"Press/T\""),
+                "devices[0].tags[0].node_id",
+                "is not a node id",
+                6,
+            ),
+            (
+                device("").replace("{name: t, ", "{name: t, register: holding, "),
+                "devices[0].tags[0].register",
+                "`register` is not a setting of a opcua tag",
+                6,
+            ),
+            (
+                device("    host: plc\n"),
+                "devices[0].host",
+                "`host` is not a setting of a opcua device",
+                5,
+            ),
+            (
+                "devices:\n  - {name: m, driver: modbus_tcp, host: h, endpoint: opc.tcp://x, tags: [{name: t, register: holding, address: 0}]}\n".into(),
+                "devices[0].endpoint",
+                "`endpoint` is not a setting of a modbus_tcp device",
+                2,
+            ),
+        ];
+        for (yaml, path, message, line) in cases {
+            let errors = crate::config::parse(&yaml).expect_err(&yaml);
+            let hit = errors
+                .iter()
+                .find(|e| e.path == path && e.message.contains(message))
+                .unwrap_or_else(|| panic!("wanted {path}: {message} in {errors:#?}\n{yaml}"));
+            assert_eq!(hit.line, Some(line), "{path}: {message}\n{yaml}");
+        }
+        // And a valid one, every key given.
+        let ok = device(
+            "    security: {policy: aes256_sha256_rsapss, mode: sign_and_encrypt, trust_on_first_use: true}\n    auth: {username: op, password: x}\n    mode: poll\n    publishing_interval: 500ms\n    timeout: 2s\n",
+        );
+        let c = crate::config::parse(&ok).unwrap();
+        let d = &c.devices[0];
+        assert_eq!(d.mode, Some(Mode::Poll));
+        assert_eq!(
+            d.security.as_ref().unwrap().policy,
+            Policy::Aes256Sha256RsaPss
+        );
+    }
+
     #[test]
     fn endpoints() {
         assert!(check_endpoint("opc.tcp://192.168.1.60:4840").is_ok());
