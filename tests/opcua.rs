@@ -473,3 +473,113 @@ async fn asyncua_secured_endpoint_with_a_user_and_trust_on_first_use() {
     assert_eq!(count(&data2, "trusted"), 1, "trusted on first use");
     drop(server);
 }
+
+/// A TCP proxy between the device and the server whose connections the test can cut (a
+/// network cut, or a server dropping the secure channel, as the client sees it).
+struct Proxy {
+    port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    /// Connections accepted so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    fn start(to: u16) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = conns.clone();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    continue;
+                };
+                kept.lock().unwrap().push(client.try_clone().unwrap());
+                kept.lock().unwrap().push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy {
+            port,
+            conns,
+            accepted,
+        }
+    }
+
+    /// Cuts every connection made so far; new ones go through.
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asyncua_network_cut_resumes_the_same_subscription() {
+    if !have_asyncua() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(&dir.path().join("server"), None);
+    let proxy = Proxy::start(server.port);
+    let yaml = format!(
+        "  - name: press
+    driver: opcua
+    endpoint: opc.tcp://127.0.0.1:{}/tidegate/
+    publishing_interval: 100ms
+    poll_interval: 200ms
+    tags:
+      - {{ name: counter, node_id: \"ns=2;s=Demo/Counter\" }}
+",
+        proxy.port
+    );
+    let mut dev = start_device(&yaml, &dir.path().join("data"));
+    let counter = |t: &str, v: &Value| t == "devices/press/counter" && v["quality"] == "good";
+    dev.until(Duration::from_secs(60), "counter", counter).await;
+    assert_eq!(subscriptions(&server), 1);
+    let accepted = || proxy.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    for round in 0..2 {
+        let before = accepted();
+        proxy.cut();
+        // The client comes back through the proxy ...
+        let end = Instant::now() + Duration::from_secs(30);
+        while accepted() == before {
+            assert!(
+                Instant::now() < end,
+                "round {round}: no reconnect through the proxy"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while let Some(m) = dev.sub.try_recv() {
+            m.ack();
+        }
+        // ... readings resume, and the server still holds one subscription: the session was
+        // taken up again (or its subscription moved), none left behind.
+        let (_, a) = dev
+            .until(Duration::from_secs(30), "counter after the cut", counter)
+            .await;
+        let (_, b) = dev
+            .until(
+                Duration::from_secs(30),
+                "counter moving after the cut",
+                counter,
+            )
+            .await;
+        assert!(b["value"].as_i64() > a["value"].as_i64(), "round {round}");
+        assert_eq!(subscriptions(&server), 1, "round {round}");
+        assert_eq!(subscriptions(&server), 1, "round {round}");
+    }
+    dev.stop().await;
+}

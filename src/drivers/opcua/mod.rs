@@ -199,8 +199,11 @@ impl Endpoint {
         }
     }
 
-    /// Asks the server for its endpoints and makes a session on the configured one. The
-    /// session is not connected until its event loop runs.
+    /// Asks the server for its endpoints and makes a session on the one with the configured
+    /// policy and mode. The session connects to the configured URL, not the one the server
+    /// advertises: a server behind NAT, a proxy or a port forward advertises an address the
+    /// gateway may not reach (the client library would keep the advertised port). The session
+    /// is not connected until its event loop runs.
     pub async fn session(
         &self,
         client: &mut Client,
@@ -211,18 +214,46 @@ impl Endpoint {
         ),
         String,
     > {
-        let wanted = opcua::types::EndpointDescription::from((
-            self.url.as_str(),
-            self.policy.uri(),
-            self.security_mode(),
-        ));
-        tokio::time::timeout(
+        let endpoints = tokio::time::timeout(
             self.timeout,
-            client.connect_to_matching_endpoint(wanted, self.identity.clone()),
+            client.get_server_endpoints_from_url(self.url.as_str()),
         )
         .await
         .map_err(|_| format!("timeout reaching {}", self.url))?
-        .map_err(|e| describe(&e))
+        .map_err(|e| describe(&e))?;
+        let mode = self.security_mode();
+        let mut endpoint = endpoints
+            .iter()
+            .find(|e| {
+                e.security_mode == mode && e.security_policy_uri.as_ref() == self.policy.uri()
+            })
+            .cloned()
+            .ok_or_else(|| {
+                let offered: Vec<String> = endpoints
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "{} {:?}",
+                            e.security_policy_uri
+                                .as_ref()
+                                .rsplit('#')
+                                .next()
+                                .unwrap_or_default(),
+                            e.security_mode
+                        )
+                    })
+                    .collect();
+                format!(
+                    "the server offers no endpoint with policy {:?} and mode {:?} (it offers: {})",
+                    self.policy,
+                    self.mode,
+                    offered.join(", ")
+                )
+            })?;
+        endpoint.endpoint_url = self.url.as_str().into();
+        client
+            .connect_to_endpoint_directly(endpoint, self.identity.clone())
+            .map_err(|e| describe(&e))
     }
 }
 
