@@ -582,4 +582,25 @@ async fn asyncua_network_cut_resumes_the_same_subscription() {
         assert_eq!(subscriptions(&server), 1, "round {round}");
     }
     dev.stop().await;
+
+    // The web UI's test-read: one node, its value, type and status.
+    let config = tidegate::config::parse(&format!("devices:\n{yaml}")).unwrap();
+    let device = &config.devices[0];
+    let data = dir.path().join("data");
+    let read = |node: &'static str| tidegate::drivers::opcua::test_read(device, &data, node);
+    let r = read("ns=2;s=Demo/Double").await.unwrap();
+    assert_eq!(
+        (r.value, r.data_type.as_str(), r.status.as_str()),
+        (json!(2.25), "Double", "Good")
+    );
+    let r = read("ns=2;s=Demo/Stamped").await.unwrap();
+    assert_eq!(r.source_ts, Some(1704067200000));
+    let r = read("ns=2;s=Demo/Broken").await.unwrap();
+    assert_eq!(r.status, "BadSensorFailure");
+    let r = read("ns=2;s=Demo/NoSuchNode").await.unwrap();
+    assert_eq!(r.status, "BadNodeIdUnknown");
+    assert!(read("Demo/Double")
+        .await
+        .unwrap_err()
+        .contains("is not a node id"));
 }

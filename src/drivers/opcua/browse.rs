@@ -105,25 +105,28 @@ async fn read_value(session: &Session, node: &NodeId) -> (String, String) {
         .await
     {
         Ok(v) => match v.first() {
-            Some(dv) => {
-                let ty = dv
-                    .value
-                    .as_ref()
-                    .map(|v| match (v, v.scalar_type_id()) {
-                        (opcua::types::Variant::Empty, _) => "Empty".to_string(),
-                        (opcua::types::Variant::Array(_), Some(t)) => format!("Array of {t:?}"),
-                        (_, Some(t)) => format!("{t:?}"),
-                        (_, None) => "unknown".to_string(),
-                    })
-                    .unwrap_or_else(|| "Empty".into());
-                match convert::reading(dv) {
-                    Ok(v) => (v.to_json().to_string(), ty),
-                    Err(e) => (format!("({e})"), ty),
-                }
-            }
+            Some(dv) => describe_value(dv),
             None => ("(no value)".into(), String::new()),
         },
         Err(e) => (format!("({})", super::describe(&e)), String::new()),
+    }
+}
+
+/// A data value as JSON text (or `(StatusName)` when Bad) and its type name.
+pub fn describe_value(dv: &opcua::types::DataValue) -> (String, String) {
+    let ty = dv
+        .value
+        .as_ref()
+        .map(|v| match (v, v.scalar_type_id()) {
+            (opcua::types::Variant::Empty, _) => "Empty".to_string(),
+            (opcua::types::Variant::Array(_), Some(t)) => format!("Array of {t:?}"),
+            (_, Some(t)) => format!("{t:?}"),
+            (_, None) => "unknown".to_string(),
+        })
+        .unwrap_or_else(|| "Empty".into());
+    match convert::reading(dv) {
+        Ok(v) => (v.to_json().to_string(), ty),
+        Err(e) => (format!("({e})"), ty),
     }
 }
 

@@ -358,6 +358,59 @@ async fn supervise(name: String, endpoint: Endpoint, link: Arc<Link>, stop: Canc
 
 use futures_util::StreamExt;
 
+/// What a test-read of one node found (the web UI's test-read, SPEC §6 and §8).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct NodeRead {
+    pub node_id: String,
+    /// The value as a reading would carry it (null when there is none).
+    pub value: serde_json::Value,
+    /// The value's built-in type (`Double`, `Array of Int32`, `Empty`).
+    #[serde(rename = "type")]
+    pub data_type: String,
+    /// The status code's name (`Good`, `BadSensorFailure`, ...).
+    pub status: String,
+    /// The source timestamp, Unix ms.
+    pub source_ts: Option<u64>,
+}
+
+/// Reads one node of `device`'s server over a session of its own (same endpoint, security,
+/// user and PKI as the device), for the web UI's test-read. Fails when the node id does not
+/// parse or the server cannot be reached.
+pub async fn test_read(
+    device: &Device,
+    data_dir: &Path,
+    node_id: &str,
+) -> Result<NodeRead, String> {
+    let node = convert::parse_node_id(node_id)?;
+    let endpoint = Endpoint::of(device, data_dir)?;
+    browse::with_session(&endpoint, |session| async move {
+        let values = session
+            .read(
+                &[ReadValueId::new_value(node.clone())],
+                TimestampsToReturn::Both,
+                0.0,
+            )
+            .await
+            .map_err(|e| describe(&e))?;
+        let dv = values.first().ok_or("the server returned no value")?;
+        let (_, data_type) = browse::describe_value(dv);
+        Ok(NodeRead {
+            node_id: node.to_string(),
+            value: dv
+                .value
+                .as_ref()
+                .and_then(|v| convert::value(v).ok())
+                .map_or(serde_json::Value::Null, |v| v.to_json()),
+            data_type,
+            status: dv
+                .status
+                .map_or("Good".to_string(), |s| s.sub_code().name().to_string()),
+            source_ts: convert::timestamp(dv),
+        })
+    })
+    .await
+}
+
 /// The OPC UA driver of one device.
 pub struct Opcua {
     name: String,
