@@ -56,4 +56,6 @@ awk -v c0="$c0" -v c1="$c1" -v t0="$t0" -v t1="$t1" -v hz="$ticks" -v rss="$rss"
   printf "tidegate RSS: %.1f MiB (peak %.1f MiB)\n", rss / 1024, hwm / 1024
   printf "readings on MQTT: %.0f /s\n", count / secs
 }'
-grep -c "dropped\|WARN\|ERROR" "$work/tidegate.log" | sed 's/^/log lines at warn or above: /'
+echo "OPC UA sessions made: $(grep -c "OPC UA session up" "$work/tidegate.log") (1 = no reconnect while data flowed)"
+echo "log lines at WARN or ERROR: $(grep -c " WARN \| ERROR " "$work/tidegate.log" || true)"
+echo "opcua/dropped: $(timeout 3 mosquitto_sub -h 127.0.0.1 -p "$mqtt" -t "\$SYS/tidegate/devices/load/opcua/dropped" -C 1 2>/dev/null || echo n/a)"
