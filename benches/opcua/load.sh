@@ -14,12 +14,12 @@ SECS=${2:-60}
 BIN=${BIN:-target/release/tidegate}
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { cp "$work/tidegate.log" "${KEEP_LOG:-/dev/null}" 2>/dev/null || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
 python3 tests/peers/asyncua_server.py --dir "$work/server" --items "$N" > "$work/server.out" 2>/dev/null &
 pids+=($!)
-for _ in $(seq 1 600); do grep -q READY "$work/server.out" 2>/dev/null && break; sleep 0.2; done
+for _ in $(seq 1 3000); do grep -q READY "$work/server.out" 2>/dev/null && break; sleep 0.2; done
 port=$(awk '/READY/{print $2}' "$work/server.out")
 [ -n "$port" ] || { echo "the asyncua server did not start" >&2; exit 1; }
 

@@ -51,6 +51,11 @@ use tracing::{info, warn};
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// The longest wait between reconnects (as for a Modbus TCP device, SPEC §4.1).
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The longest array the client decodes: monitored-item results and notifications of a
+/// device with many tags.
+const MAX_ARRAY: usize = 1 << 20;
+/// Monitored items created per CreateMonitoredItems call (servers limit the items per call).
+const ITEMS_PER_CALL: usize = 1000;
 /// How long the first poll waits for the first connection attempt's outcome.
 const FIRST_ATTEMPT: Duration = Duration::from_secs(30);
 /// Data changes waiting for the device task, beyond one per tag.
@@ -185,6 +190,10 @@ impl Endpoint {
             .keep_alive_interval(Duration::from_secs(10))
             .max_failed_keep_alive_count(3)
             .request_timeout(self.timeout)
+            // The default (1000) refused the answer to CreateMonitoredItems for a device of
+            // 2000 tags (BadDecodingError), and dropped the connection over and over
+            // (benches/opcua/load.sh).
+            .max_array_length(MAX_ARRAY)
             .session_name("tidegate")
             .session_timeout(60_000)
             .client()
@@ -536,10 +545,17 @@ impl Opcua {
                 )
             })
             .collect();
-        let created = session
-            .create_monitored_items(id, TimestampsToReturn::Both, items)
-            .await
-            .map_err(|e| format!("monitored items refused: {}", describe(&e)))?;
+        let mut created = Vec::with_capacity(items.len());
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let chunk: Vec<_> = items.by_ref().take(ITEMS_PER_CALL).collect();
+            created.extend(
+                session
+                    .create_monitored_items(id, TimestampsToReturn::Both, chunk)
+                    .await
+                    .map_err(|e| format!("monitored items refused: {}", describe(&e)))?,
+            );
+        }
         let mut refused = 0;
         for (i, c) in created.iter().enumerate() {
             if c.result.status_code.is_bad() {
