@@ -29,6 +29,20 @@ function drainEta(u) {
   return stateClass(u.state) === 'good' ? 'not draining yet' : 'when the link is back';
 }
 
+// A Sparkplug B uplink's identity and state (docs/SPARKPLUG.md).
+function sparkplugRows(sp) {
+  if (!sp) return [];
+  const host = sp.primary_host
+    ? [sp.primary_host, ' ', sp.host_online === true ? badge('online', 'good') : sp.host_online === false ? badge('offline', 'bad') : badge('not heard yet', 'warn')]
+    : h('span', { class: 'muted' }, 'none (births at once)');
+  return [
+    ['Sparkplug node', `spBv1.0/${sp.group_id}/…/${sp.edge_node_id}`],
+    ['Primary host', host],
+    ['Births', sp.born ? badge('published', 'good') : badge('not yet', 'warn')],
+    ['bdSeq', sp.bd_seq === null || sp.bd_seq === undefined ? '—' : String(sp.bd_seq)],
+  ];
+}
+
 function uplinkCard(u) {
   const dropped = Object.entries(u.dropped);
   const totalDropped = dropped.reduce((a, [, n]) => a + n, 0);
@@ -50,6 +64,7 @@ function uplinkCard(u) {
       ['Queue', u.depth === undefined ? '—' : `${fmtNumber(u.depth)} messages${u.bytes !== undefined ? `, ${fmtBytes(u.bytes)}` : ''}`],
       ['Oldest queued', u.oldestS ? fmtDuration(u.oldestS) : '—'],
       ['Drain ETA', drainEta(u)],
+      ...sparkplugRows(u.sparkplug),
     ]),
     h('figure', { class: 'chart-box' },
       chart.svg,

@@ -170,6 +170,7 @@ function normUplink(u) {
     oldestS: oldestMs !== undefined && pick(q, 'oldest_age_ms') !== undefined ? oldestMs / 1000 : oldestMs,
     etaS: num(pick(u, 'drain_eta_s', 'drain_eta_secs', 'drain_eta')) ?? num(pick(q, 'drain_eta_s', 'drain_eta')),
     counters,
+    sparkplug: pick(u, 'sparkplug') ?? null,
     dropped: Object.fromEntries(Object.entries(dropped).map(([k, v]) => [k, num(v) ?? 0]).sort(([a], [b]) => a.localeCompare(b))),
   };
 }

@@ -445,7 +445,9 @@ impl Controller {
         let mut kept = Vec::new();
         let mut restarted = std::collections::BTreeSet::new();
         for (cfg, ledger, handle) in std::mem::take(&mut self.run.uplinks) {
-            if new.uplinks.contains(&cfg) {
+            // A Sparkplug uplink publishes every device: a devices change means new births.
+            let sparkplug_stale = cfg.sparkplug.is_some() && old.devices != new.devices;
+            if new.uplinks.contains(&cfg) && !sparkplug_stale {
                 kept.push((cfg, ledger, handle));
                 continue;
             }
@@ -642,6 +644,25 @@ impl Controller {
             config.gateway.data_dir.clone(),
             self.run.broker.clone(),
         );
+        if let Some(sparkplug) = uplink.sparkplug.clone() {
+            // A Sparkplug B edge node (SPEC §7) instead of topic rules.
+            let devices = config.devices.clone();
+            return self
+                .sup
+                .spawn(format!("uplink {}", uplink.name), move |stop| {
+                    crate::uplink::sparkplug::node::Node {
+                        cfg: cfg.clone(),
+                        sparkplug: sparkplug.clone(),
+                        devices: devices.clone(),
+                        local: local.clone(),
+                        gateway: gateway.clone(),
+                        data_dir: data_dir.clone(),
+                        broker: b.clone(),
+                        ledger: ledger.clone(),
+                    }
+                    .run(stop)
+                });
+        }
         self.sup
             .spawn(format!("uplink {}", uplink.name), move |stop| {
                 let u = crate::uplink::run::Uplink {

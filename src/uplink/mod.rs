@@ -22,6 +22,7 @@ pub mod inspect;
 pub mod queue;
 pub mod rules;
 pub mod run;
+pub mod sparkplug;
 pub mod tracker;
 
 use serde::Serialize;
@@ -100,6 +101,8 @@ pub struct Ledger {
     pub state: Mutex<(LinkState, u64, Option<String>)>,
     /// The open queue (set by the uplink task when it opened it).
     pub queue: Mutex<Option<queue::Queue>>,
+    /// A Sparkplug uplink's identity and state (set by its task; `None` for MQTT uplinks).
+    pub sparkplug: Mutex<Option<sparkplug::Status>>,
 }
 
 impl Ledger {
@@ -122,6 +125,7 @@ impl Ledger {
             ack_rate_bits: AtomicU64::new(0),
             state: Mutex::new((LinkState::Disconnected, 0, None)),
             queue: Mutex::new(None),
+            sparkplug: Mutex::new(None),
         }
     }
 
@@ -172,6 +176,11 @@ impl Ledger {
         let ack_rate = f64::from_bits(get(&self.ack_rate_bits));
         let draining = self.draining.load(Ordering::Relaxed) && state == LinkState::Connected;
         LedgerSnapshot {
+            sparkplug: self
+                .sparkplug
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             name: self.name.clone(),
             url: self.url.clone(),
             state: state.as_str(),
@@ -245,6 +254,9 @@ pub struct LedgerSnapshot {
     pub dropped: Dropped,
     pub queue: QueueGauges,
     pub drain: Drain,
+    /// Sparkplug B uplinks only: group, edge node, primary host and its state, bdSeq, born.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparkplug: Option<sparkplug::Status>,
 }
 
 /// Messages dropped, by reason. Nothing is dropped without landing in one of these.

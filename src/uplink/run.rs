@@ -188,6 +188,9 @@ pub fn refilter(sub: &mut LocalSubscription, cfg: &config::Uplink) {
 }
 
 fn local_filters(cfg: &config::Uplink) -> Vec<String> {
+    if cfg.format == super::sparkplug::config::Format::SparkplugB {
+        return super::sparkplug::node::local_filters();
+    }
     cfg.topics
         .iter()
         .map(Rule::from_config)

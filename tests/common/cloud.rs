@@ -67,7 +67,21 @@ pub fn mosquitto() -> Mosquitto {
 
 /// Mosquitto with `conf_lines` after the listener (anonymous allowed); its log is kept for
 /// [`Mosquitto::log`] (`log_type all` in `conf_lines` logs every packet).
+///
+/// The port comes from binding port 0 and letting it go, so another test may take it before
+/// Mosquitto binds it; then this Mosquitto exits and a plain "something listens there" check
+/// would find the other test's listener. So it waits until this Mosquitto process itself holds
+/// the listening socket, and starts again on a new port if it exited instead.
 pub fn mosquitto_with(conf_lines: &str) -> Mosquitto {
+    for _ in 0..5 {
+        if let Some(m) = try_mosquitto(conf_lines) {
+            return m;
+        }
+    }
+    panic!("mosquitto did not start on any of 5 ports");
+}
+
+fn try_mosquitto(conf_lines: &str) -> Option<Mosquitto> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let conf = dir.path().join("m.conf");
@@ -99,13 +113,44 @@ pub fn mosquitto_with(conf_lines: &str) -> Mosquitto {
         }
     });
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr);
-    Mosquitto {
-        child,
-        addr,
-        log,
-        _dir: dir,
+    for _ in 0..400 {
+        if process_listens_on(child.id(), port) {
+            return Some(Mosquitto {
+                child,
+                addr,
+                log,
+                _dir: dir,
+            });
+        }
+        if child.try_wait().unwrap().is_some() {
+            eprintln!("mosquitto exited before listening on port {port}; trying another port");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
     }
+    panic!(
+        "mosquitto (pid {}) did not listen on {port} within 10 s",
+        child.id()
+    );
+}
+
+/// Whether process `pid` holds a TCP socket listening on 127.0.0.1:`port` (Linux /proc: the
+/// LISTEN row of /proc/net/tcp for that address, and its inode among the process's fds).
+fn process_listens_on(pid: u32, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let inode = tcp.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && f[1] == local && f[3] == "0A").then(|| f[9].to_string())
+    });
+    let Some(inode) = inode else { return false };
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == want))
+        })
+        .unwrap_or(false)
 }
 
 const UP: u8 = 0;

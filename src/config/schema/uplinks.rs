@@ -34,6 +34,11 @@ pub struct Uplink {
     pub buffer: Buffer,
     #[serde(default)]
     pub reconnect: Reconnect,
+    /// `mqtt` (the topic rules) or `sparkplug_b` (SPEC §7, [`crate::uplink::sparkplug`]).
+    #[serde(default)]
+    pub format: crate::uplink::sparkplug::config::Format,
+    #[serde(default)]
+    pub sparkplug: Option<crate::uplink::sparkplug::config::Sparkplug>,
 }
 
 fn default_client_id() -> String {

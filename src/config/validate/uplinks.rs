@@ -71,6 +71,9 @@ pub(super) fn uplinks(v: &mut V, uplinks: &[Uplink], secret_dirs: &[PathBuf]) {
                 );
             }
         }
+        for (path, message) in crate::uplink::sparkplug::config::validate(u, &p) {
+            v.err(path, message);
+        }
         let client_id = u.client_id.replace("{gateway}", "x");
         if client_id.is_empty() || client_id.len() > 128 || client_id.contains(['{', '}']) {
             v.err(
