@@ -58,7 +58,7 @@ fn cases() -> Vec<Case> {
         case("invalid ACL filter", "broker:\n  acl:\n    - {username: '*', subscribe: ['a/#/b']}\n", "broker.acl[0].subscribe[0]", "is not a valid MQTT topic filter", 3),
         case("wrong type", "broker:\n  persistence: maybe\n", "broker.persistence", "expected true or false, found `maybe`", 2),
         case("missing required key", "devices:\n  - driver: simulated\n    tags: []\n", "devices[0]", "missing field `name`", 2),
-        case("unknown driver", "devices:\n  - {name: a, driver: opcua, tags: []}\n", "devices[0].driver", "unknown variant `opcua`", 2),
+        case("unknown driver", "devices:\n  - {name: a, driver: bacnet, tags: []}\n", "devices[0].driver", "unknown variant `bacnet`", 2),
         case("device name format", "devices:\n  - name: Boiler\n    driver: simulated\n    tags: [{name: t, signal: sine}]\n", "devices[0].name", "device name `Boiler` is not valid", 2),
         case("duplicate device", "devices:\n  - {name: a, driver: simulated, tags: [{name: t, signal: sine}]}\n  - {name: a, driver: simulated, tags: [{name: t, signal: sine}]}\n", "devices[1].name", "duplicate device name `a`", 3),
         case("bad duration", "devices:\n  - {name: a, driver: simulated, poll_interval: 5 seconds, tags: [{name: t, signal: sine}]}\n", "devices[0].poll_interval", "`5 seconds` is not a duration", 2),

@@ -610,7 +610,7 @@ fn errors_are_json_with_limits_and_names_checked() {
             r#"{"register":"holding","address":0,"count":2}"#,
         )
         .error(422);
-    assert!(m.contains("only for Modbus devices"), "{m}");
+    assert!(m.contains("only for Modbus and OPC UA devices"), "{m}");
     // A YAML alias bomb is refused by the parser, with a located error, and quickly.
     let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: [*d, *d, *d, *d, *d, *d, *d, *d, *d]\n";
     let v = h.send("POST", "/api/config/validate", bomb).json();

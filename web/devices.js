@@ -209,6 +209,30 @@ function testReadForm(d) {
     form, addSlot, out);
 }
 
+/** OPC UA test read: one node by id; shows its value, type, status and source timestamp. */
+function opcuaReadForm(d) {
+  const node = h('input', { name: 'node_id', type: 'text', required: true, placeholder: 'ns=2;s=Press/Temperature', spellcheck: 'false', autocomplete: 'off' });
+  const submit = h('button', { type: 'submit' }, 'Read');
+  const out = h('div', { class: 'read-out', 'aria-live': 'polite' });
+  const form = h('form', { class: 'inline-form', 'aria-label': `Test-read a node of ${d.name}` },
+    field('Node id', node, 'ns=2;s=…, ns=2;i=…, ns=2;g=…, ns=2;b=…').wrap, submit);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    submit.disabled = true;
+    replace(out, h('p', { class: 'muted' }, 'Reading…'));
+    try {
+      const { data } = await api('POST', `/api/devices/${seg(d.name)}/read`, { json: { node_id: node.value.trim() } });
+      replace(out, resultTable(data, `${data.node_id} of ${d.name}`));
+    } catch (e) {
+      replace(out, h('p', { class: 'banner error', role: 'alert' }, `Read failed: ${e.message}`));
+    }
+    submit.disabled = false;
+  });
+  return h('details', { class: 'test-read' }, h('summary', {}, 'Test read'),
+    h('p', { class: 'muted' }, 'Read one node straight from the server (find node ids with `tidegate opcua browse`).'),
+    form, out);
+}
+
 function parseValue(text) {
   const t = text.trim();
   if (t === '') return { error: 'Enter a value.' };
@@ -315,7 +339,7 @@ function deviceCard(d, rows) {
       tbody))
     : h('p', { class: 'muted' }, d.tagCount ? `No readings yet of its ${d.tagCount} tag${d.tagCount === 1 ? '' : 's'}.` : 'No readings yet.');
   const card = h('section', { class: 'card device', 'aria-labelledby': `dev-${d.name}`, dataset: { device: d.name } },
-    head, meta, table, MODBUS.has(d.driver) ? testReadForm(d) : null);
+    head, meta, table, MODBUS.has(d.driver) ? testReadForm(d) : d.driver === 'opcua' ? opcuaReadForm(d) : null);
   return { card, badge: head.querySelector('.badge'), meta, d };
 }
 

@@ -602,6 +602,7 @@ impl Controller {
     fn spawn_group(&mut self, group: DeviceGroup) -> TaskHandle {
         let b = self.run.broker.clone();
         let registry = self.gw.devices.clone();
+        registry.set_data_dir(&self.run.config.gateway.data_dir);
         let name = group.key.clone();
         self.sup.spawn(name, move |stop| {
             crate::drivers::run_group(group.clone(), b.clone(), registry.clone(), stop)

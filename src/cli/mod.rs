@@ -1,11 +1,13 @@
 //! The `tidegate` subcommands other than `run` (SPEC §1, §9), for the binary only: `check`
-//! and `init` ([`config`]), `modbus read|write|scan` ([`modbus`]), `queue` ([`queue`]),
+//! and `init` ([`config`]), `modbus read|write|scan` ([`modbus`]),
+//! `opcua browse` ([`opcua`]), `queue` ([`queue`]),
 //! `passwd` ([`passwd`]). Each turns its outcome into an exit code: 0 ok, 78 config error, 1
 //! anything else. The work itself is the library's (`config`, `drivers::modbus::commission`,
 //! `uplink::inspect`, `auth`); this is argument parsing and printing.
 
 pub mod config;
 pub mod modbus;
+pub mod opcua;
 pub mod passwd;
 pub mod queue;
 
@@ -65,4 +67,7 @@ pub enum Command {
     /// One-off Modbus reads and writes, for commissioning
     #[command(subcommand)]
     Modbus(modbus::ModbusCommand),
+    /// Browse an OPC UA server's address space, for commissioning
+    #[command(subcommand)]
+    Opcua(opcua::OpcuaCommand),
 }

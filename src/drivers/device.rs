@@ -68,6 +68,7 @@ pub async fn run_device<D: Driver>(
                             publish_status(&broker, &name, true, None).await;
                         }
                         for (i, read) in reads.iter().enumerate().take(states.len()) {
+                            let ts = driver.source_ts(i).unwrap_or(ts);
                             publish_reading(&broker, &device, &mut states, i, read, ts, false).await;
                         }
                     }
@@ -99,6 +100,7 @@ pub async fn run_device<D: Driver>(
                 }
                 for (i, read) in &reads {
                     if *i < states.len() {
+                        let ts = driver.source_ts(*i).unwrap_or(ts);
                         publish_reading(&broker, &device, &mut states, *i, read, ts, false).await;
                     }
                 }
@@ -126,7 +128,8 @@ pub async fn run_device<D: Driver>(
                     .await;
                 if let (Some(i), Ok(v)) = (index, outcome) {
                     // The value read back after the write, published even if unchanged.
-                    publish_reading(&broker, &device, &mut states, i, &Ok(v), now_ms(), true).await;
+                    let ts = driver.source_ts(i).unwrap_or_else(now_ms);
+                    publish_reading(&broker, &device, &mut states, i, &Ok(v), ts, true).await;
                 }
             }
         }

@@ -19,6 +19,7 @@ pub mod command;
 pub mod device;
 pub mod gpio;
 pub mod modbus;
+pub mod opcua;
 pub mod reading;
 pub mod serial;
 pub mod simulated;
@@ -64,6 +65,11 @@ pub trait Driver: Send {
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// The device's own timestamp (Unix ms) of tag `index`'s latest read, when it sends one
+    /// (an OPC UA source timestamp); else the reading's `ts` is the time it was read.
+    fn source_ts(&self, _index: usize) -> Option<u64> {
+        None
+    }
 }
 
 /// The devices one task runs: one device, except Modbus RTU devices on the same serial port,
@@ -107,6 +113,8 @@ pub fn groups(devices: &[Device]) -> Vec<DeviceGroup> {
 #[derive(Clone, Default)]
 pub struct Registry {
     modbus: Arc<Mutex<HashMap<String, modbus::Handle>>>,
+    /// `gateway.data_dir` of the running config (OPC UA devices keep their PKI there).
+    data_dir: Arc<Mutex<Option<std::path::PathBuf>>>,
 }
 
 /// Removes a link task's devices from the registry when the task ends.
@@ -135,6 +143,20 @@ impl Drop for Registered {
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets the data directory the devices started from now on use.
+    pub fn set_data_dir(&self, dir: &std::path::Path) {
+        *self.data_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_path_buf());
+    }
+
+    /// The data directory (the built-in default until [`Registry::set_data_dir`]).
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.data_dir
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(crate::config::default_data_dir)
     }
 
     /// Enters Modbus devices; they leave when the returned guard is dropped.
@@ -219,6 +241,11 @@ pub async fn run(
         }
         Kind::ModbusTcp | Kind::ModbusRtu => {
             modbus::run(vec![device], broker, registry, stop).await
+        }
+        Kind::Opcua => {
+            let driver = opcua::Opcua::start(&device, &registry.data_dir())
+                .map_err(|e| TaskError::Fatal(anyhow::anyhow!("device `{}`: {e}", device.name)))?;
+            run_device(device, driver, broker, stop).await
         }
     }
 }

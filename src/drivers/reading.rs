@@ -20,6 +20,8 @@ pub enum Value {
     UInt(u64),
     Float(f64),
     Text(String),
+    /// An OPC UA array (SPEC §8): published as a JSON array.
+    Array(Vec<Value>),
 }
 
 impl Value {
@@ -29,7 +31,7 @@ impl Value {
             Value::Int(i) => Some(*i as f64),
             Value::UInt(u) => Some(*u as f64),
             Value::Float(f) => Some(*f),
-            Value::Text(_) => None,
+            Value::Text(_) | Value::Array(_) => None,
         }
     }
 
@@ -43,6 +45,7 @@ impl Value {
                 .map(serde_json::Value::Number)
                 .unwrap_or(serde_json::Value::Null),
             Value::Text(s) => json!(s),
+            Value::Array(a) => serde_json::Value::Array(a.iter().map(Value::to_json).collect()),
         }
     }
 }

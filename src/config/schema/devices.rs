@@ -14,6 +14,7 @@ pub enum Driver {
     Serial,
     Gpio,
     Simulated,
+    Opcua,
 }
 
 impl fmt::Display for Driver {
@@ -24,6 +25,7 @@ impl fmt::Display for Driver {
             Driver::Serial => "serial",
             Driver::Gpio => "gpio",
             Driver::Simulated => "simulated",
+            Driver::Opcua => "opcua",
         })
     }
 }
@@ -69,6 +71,17 @@ pub struct Device {
     pub max_line: Option<ByteSize>,
     #[serde(default)]
     pub chip: Option<String>,
+    // opcua (types and rules in drivers/opcua/config.rs)
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub security: Option<crate::drivers::opcua::config::Security>,
+    #[serde(default)]
+    pub auth: Option<crate::drivers::opcua::config::Auth>,
+    #[serde(default)]
+    pub mode: Option<crate::drivers::opcua::config::Mode>,
+    #[serde(default)]
+    pub publishing_interval: Option<Dur>,
     #[serde(deserialize_with = "lenient_vec")]
     pub tags: Vec<Tag>,
 }
@@ -406,6 +419,12 @@ pub struct Tag {
     pub signal: Option<Signal>,
     #[serde(default)]
     pub period: Option<Dur>,
+
+    // opcua
+    #[serde(default)]
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub sampling_interval: Option<Dur>,
 }
 
 fn default_publish_every() -> Dur {

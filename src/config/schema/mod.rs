@@ -72,6 +72,11 @@ impl Config {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
+        for auth in self.devices.iter_mut().filter_map(|d| d.auth.as_mut()) {
+            auth.password_file.iter_mut().for_each(fix);
+            auth.certificate.iter_mut().for_each(fix);
+            auth.private_key.iter_mut().for_each(fix);
+        }
     }
 }
 

@@ -74,6 +74,15 @@ fn check(config: &Config, complete: bool, config_dir: Option<&Path>) -> V {
     let mut binds: HashMap<SocketAddr, String> = HashMap::new();
     broker::broker(&mut v, &config.broker, &mut binds);
     devices::devices(&mut v, &config.devices, complete);
+    for (i, d) in config.devices.iter().enumerate() {
+        if d.driver == Driver::Opcua {
+            let dirs = crate::config::files::secret_dirs(config_dir);
+            let p = format!("devices[{i}]");
+            for (path, message) in crate::drivers::opcua::config::validate_device(d, &p, &dirs) {
+                v.err(path, message);
+            }
+        }
+    }
     uplinks::uplinks(
         &mut v,
         &config.uplinks,

@@ -41,6 +41,7 @@ fn device_keys(d: Driver) -> &'static [&'static str] {
         ],
         Driver::Gpio => &["chip"],
         Driver::Simulated => &[],
+        Driver::Opcua => crate::drivers::opcua::config::DEVICE_KEYS,
     }
 }
 
@@ -68,6 +69,7 @@ fn tag_keys(d: Driver) -> &'static [&'static str] {
             "initial",
         ],
         Driver::Simulated => &["signal", "period", "type"],
+        Driver::Opcua => crate::drivers::opcua::config::TAG_KEYS,
     }
 }
 
@@ -91,6 +93,7 @@ fn present_device_keys(d: &Device) -> Vec<&'static str> {
     add("parse", d.parse.is_some());
     add("max_line", d.max_line.is_some());
     add("chip", d.chip.is_some());
+    keys.extend(crate::drivers::opcua::config::present_device_keys(d));
     keys
 }
 
@@ -120,6 +123,7 @@ fn present_tag_keys(t: &Tag) -> Vec<&'static str> {
     add("initial", t.initial.is_some());
     add("signal", t.signal.is_some());
     add("period", t.period.is_some());
+    keys.extend(crate::drivers::opcua::config::present_tag_keys(t));
     keys
 }
 
@@ -252,7 +256,7 @@ fn device(v: &mut V, i: usize, d: &Device, complete: bool) {
             Some("") => v.err(format!("{p}.chip"), "chip must not be empty"),
             Some(_) => {}
         },
-        Driver::Simulated => {}
+        Driver::Simulated | Driver::Opcua => {}
     }
     if d.driver == Driver::Serial {
         serial::serial(v, &p, d, complete);
@@ -350,6 +354,11 @@ fn tag(v: &mut V, p: &str, d: &Device, t: &Tag) {
         Driver::ModbusTcp | Driver::ModbusRtu => modbus::modbus_tag(v, p, t),
         Driver::Gpio => gpio::gpio_tag(v, p, t),
         Driver::Simulated => simulated::simulated_tag(v, p, t),
+        Driver::Opcua => {
+            for (path, message) in crate::drivers::opcua::config::validate_tag(t, p) {
+                v.err(path, message);
+            }
+        }
         Driver::Serial => {}
     }
 }
