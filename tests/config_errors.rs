@@ -208,6 +208,34 @@ log:
     );
 }
 
+/// An uplink URL is parsed when the config is read, but a bad one is reported like a rule:
+/// the uplink stays, so its other mistakes (and the rules across uplinks) are reported too.
+#[test]
+fn a_bad_uplink_url_does_not_hide_the_uplinks_other_errors() {
+    let text = "\
+uplinks:
+  - name: c
+    url: 'http://x'
+    keepalive: 1s
+    tls: {}
+  - {name: c, url: 'mqtt://y'}
+";
+    let errors = config::parse(text).unwrap_err();
+    let got: Vec<(usize, &str)> = errors
+        .iter()
+        .map(|e| (e.line.unwrap(), e.path.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (3, "uplinks[0].url"),
+            (4, "uplinks[0].keepalive"),
+            (6, "uplinks[1].name"),
+        ],
+        "{errors:#?}"
+    );
+}
+
 #[test]
 fn syntax_error_names_its_line() {
     let errors = config::parse("gateway:\n  id: a\ndevices: [\n  {name: x\n").unwrap_err();

@@ -470,7 +470,7 @@ impl Controller {
             } else if !rebuild {
                 done.push(format!("uplink {} started", u.name));
             }
-            let ledger = Arc::new(Ledger::new(&u.name, &u.url, u.buffer.drain_rate));
+            let ledger = Arc::new(Ledger::new(&u.name, u.url.as_str(), u.buffer.drain_rate));
             info!("Uplink {} to {}", u.name, u.url);
             let local = self.local_subscription(u).await;
             let handle = self.spawn_uplink(u, new, ledger.clone(), local);

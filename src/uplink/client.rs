@@ -7,7 +7,7 @@
 //! certificate for mTLS), `ws://` and `wss://`.
 
 use crate::broker::codec::QoS as Q;
-use crate::config::{self, Protocol};
+use crate::config::{self, Protocol, Scheme};
 use bytes::Bytes;
 use rumqttc::{TlsConfiguration, Transport};
 use rustls_pki_types::CertificateDer;
@@ -127,38 +127,33 @@ fn tls(tls: Option<&config::ClientTls>) -> anyhow::Result<TlsConfiguration> {
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 
-/// Where and how to connect for an uplink's `url` and `tls`.
+/// Where and how to connect for an uplink's `url` and `tls`: maps the URL parsed with the
+/// config ([`config::UplinkUrl`]) to rumqttc's transport. Fails on TLS files, or on a URL that
+/// did not parse (which a validated config does not hold).
 pub fn target(u: &config::Uplink) -> anyhow::Result<Target> {
-    let (scheme, host, port, path) =
-        crate::config::validate::split_url(&u.url).map_err(|e| anyhow::anyhow!(e))?;
-    Ok(match scheme {
-        "mqtt" => Target {
-            host: host.into(),
-            port,
-            transport: Transport::Tcp,
-        },
-        "mqtts" => Target {
-            host: host.into(),
-            port,
-            transport: Transport::Tls(tls(u.tls.as_ref())?),
-        },
-        // rumqttc takes the whole URL as the "host" of a WebSocket.
-        "ws" => Target {
-            host: format!(
-                "ws://{host}:{port}{}",
-                if path.is_empty() { "/mqtt" } else { path }
-            ),
-            port,
-            transport: Transport::Ws,
-        },
-        _ => Target {
-            host: format!(
-                "wss://{host}:{port}{}",
-                if path.is_empty() { "/mqtt" } else { path }
-            ),
-            port,
-            transport: Transport::Wss(tls(u.tls.as_ref())?),
-        },
+    let url = u
+        .url
+        .parsed()
+        .map_err(|e| anyhow::anyhow!("uplink url: {e}"))?;
+    // rumqttc takes the whole URL as the "host" of a WebSocket.
+    let ws_url = |scheme: &str| {
+        let path = if url.path.is_empty() {
+            "/mqtt"
+        } else {
+            &url.path
+        };
+        format!("{scheme}://{}:{}{path}", url.host, url.port)
+    };
+    let (host, transport) = match url.scheme {
+        Scheme::Mqtt => (url.host.clone(), Transport::Tcp),
+        Scheme::Mqtts => (url.host.clone(), Transport::Tls(tls(u.tls.as_ref())?)),
+        Scheme::Ws => (ws_url("ws"), Transport::Ws),
+        Scheme::Wss => (ws_url("wss"), Transport::Wss(tls(u.tls.as_ref())?)),
+    };
+    Ok(Target {
+        host,
+        port: url.port,
+        transport,
     })
 }
 
@@ -583,5 +578,46 @@ mod tests {
         assert!(text.starts_with("I/O: Connection refused"), "{text}");
         let chained = anyhow::anyhow!("inner").context("outer");
         assert_eq!(describe(&chained), "outer: inner");
+    }
+
+    /// The URL parsed with the config reaches the connection unchanged: host, port (given or
+    /// the scheme's default), and for WebSockets the path (default `/mqtt`).
+    #[test]
+    fn target_maps_the_parsed_url() {
+        let yaml = "uplinks:
+  - {name: a, url: 'mqtt://[::1]:1884'}
+  - {name: b, url: 'mqtts://cloud.example'}
+  - {name: c, url: 'ws://10.0.0.1'}
+  - {name: d, url: 'wss://cloud.example:8443/mqtt/v1'}
+";
+        let config = config::parse(yaml).unwrap();
+        let got: Vec<(String, u16, &str)> = config
+            .uplinks
+            .iter()
+            .map(|u| {
+                let t = target(u).unwrap();
+                let kind = match t.transport {
+                    Transport::Tcp => "tcp",
+                    Transport::Tls(_) => "tls",
+                    Transport::Ws => "ws",
+                    Transport::Wss(_) => "wss",
+                    _ => "other",
+                };
+                (t.host, t.port, kind)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("[::1]".to_string(), 1884, "tcp"),
+                ("cloud.example".to_string(), 8883, "tls"),
+                ("ws://10.0.0.1:80/mqtt".to_string(), 80, "ws"),
+                ("wss://cloud.example:8443/mqtt/v1".to_string(), 8443, "wss"),
+            ]
+        );
+        assert_eq!(
+            config.uplinks[3].url.as_str(),
+            "wss://cloud.example:8443/mqtt/v1"
+        );
     }
 }

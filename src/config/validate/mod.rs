@@ -23,8 +23,6 @@ mod devices;
 mod uplinks;
 mod web;
 
-pub use uplinks::split_url;
-
 use crate::config::schema::*;
 use crate::config::units::Dur;
 use std::collections::{HashMap, HashSet};

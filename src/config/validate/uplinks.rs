@@ -5,45 +5,6 @@ use super::{filter, name, positive, private_key, qos, readable, unique, V};
 use crate::config::schema::*;
 use std::path::PathBuf;
 
-/// Splits an uplink URL into scheme, host and port (default 1883 / 8883 / 80 / 443).
-pub fn split_url(url: &str) -> Result<(&str, &str, u16, &str), String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("`{url}` is not a URL like mqtts://broker.example.com:8883"))?;
-    let default_port = match scheme {
-        "mqtt" => 1883,
-        "mqtts" => 8883,
-        "ws" => 80,
-        "wss" => 443,
-        _ => {
-            return Err(format!(
-                "unknown scheme `{scheme}://`, expected mqtt://, mqtts://, ws:// or wss://"
-            ))
-        }
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            let port = p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| format!("`{p}` is not a port (1 to 65535)"))?;
-            (h, port)
-        }
-        _ => (authority, default_port),
-    };
-    if host.is_empty() || host.contains('@') {
-        return Err(format!(
-            "`{url}` has no host (credentials go in username/password)"
-        ));
-    }
-    Ok((scheme, host, port, path))
-}
-
 pub(super) fn uplinks(v: &mut V, uplinks: &[Uplink], secret_dirs: &[PathBuf]) {
     unique(
         v,
@@ -56,20 +17,17 @@ pub(super) fn uplinks(v: &mut V, uplinks: &[Uplink], secret_dirs: &[PathBuf]) {
     for (i, u) in uplinks.iter().enumerate() {
         let p = format!("uplinks[{i}]");
         name(v, format!("{p}.name"), &u.name, "uplink name");
-        let scheme = match split_url(&u.url) {
-            Ok((scheme, ..)) => Some(scheme),
-            Err(e) => {
-                v.err(format!("{p}.url"), e);
-                None
-            }
-        };
-        if let (Some(scheme), Some(_)) = (scheme, &u.tls) {
-            if matches!(scheme, "mqtt" | "ws") {
-                v.err(
-                    format!("{p}.tls"),
-                    format!("tls settings need a mqtts:// or wss:// url, not {scheme}://"),
-                );
-            }
+        // Parsed when the config was read ([`UrlSetting`]); here only reported.
+        match u.url.parsed() {
+            Err(e) => v.err(format!("{p}.url"), e),
+            Ok(url) if u.tls.is_some() && !url.scheme.is_tls() => v.err(
+                format!("{p}.tls"),
+                format!(
+                    "tls settings need a mqtts:// or wss:// url, not {}://",
+                    url.scheme.as_str()
+                ),
+            ),
+            Ok(_) => {}
         }
         for (path, message) in crate::uplink::sparkplug::config::validate(u, &p) {
             v.err(path, message);
@@ -172,25 +130,5 @@ pub(super) fn uplinks(v: &mut V, uplinks: &[Uplink], secret_dirs: &[PathBuf]) {
                 ),
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            split_url("mqtts://h.example:8884").unwrap(),
-            ("mqtts", "h.example", 8884, "")
-        );
-        assert_eq!(
-            split_url("wss://h/mqtt").unwrap(),
-            ("wss", "h", 443, "/mqtt")
-        );
-        assert!(split_url("http://h").is_err());
-        assert!(split_url("mqtt://:1883").is_err());
-        assert!(split_url("mqtt://h:0").is_err());
     }
 }
