@@ -124,7 +124,9 @@ impl UplinkUrl {
             None => (rest, ""),
         };
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            // In `[v6]:port` the port follows the `]`; in `[v6]` the last `:` is the
+            // address's own.
+            Some((h, p)) if !authority.starts_with('[') || h.ends_with(']') => {
                 let port = p
                     .parse::<u16>()
                     .ok()
@@ -350,6 +352,10 @@ mod tests {
         assert_eq!(
             parts("mqtt://[::1]:1884"),
             (Scheme::Mqtt, "[::1]".into(), 1884, "".into())
+        );
+        assert_eq!(
+            parts("mqtts://[fe80::1]"),
+            (Scheme::Mqtts, "[fe80::1]".into(), 8883, "".into())
         );
         assert!(UplinkUrl::parse("http://h").is_err());
         assert!(UplinkUrl::parse("mqtt://:1883").is_err());
