@@ -24,6 +24,7 @@ mod link;
 pub mod queue;
 pub mod rules;
 pub mod run;
+mod setup;
 pub mod sparkplug;
 pub mod tracker;
 

@@ -41,7 +41,7 @@ use super::echo::Echoes;
 use super::ingest::{Commits, COMMITTED_CAPACITY};
 use super::link::{Handed, Link};
 
-use super::queue::{Bounds, Queue, WhenFull};
+use super::queue::Queue;
 use super::rules::{self, Rule};
 use super::tracker::Tracker;
 use super::{Ledger, LinkState};
@@ -168,23 +168,7 @@ impl Uplink {
         let rules: Vec<Rule> = cfg.topics.iter().map(Rule::from_config).collect();
         let status_topic = self.status_topic(&rules);
         let target = client::target(cfg).map_err(TaskError::Fatal)?;
-        let password = match (&cfg.password, &cfg.password_file) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(f)) => {
-                // The rules of docs/SECURITY.md "Secret files", checked again as it is read
-                // (its place was checked when the config was validated).
-                let f = f.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    crate::config::files::read_password(&f, None)
-                })
-                .await
-                .map_err(|e| {
-                    TaskError::Failed(anyhow::anyhow!("reading the password file: {e}"))
-                })?;
-                Some(read.map_err(|e| TaskError::Failed(anyhow::anyhow!(e)))?)
-            }
-            (None, None) => None,
-        };
+        let password = super::setup::password(cfg).await?;
         let window = match cfg.protocol {
             config::Protocol::V311 => WINDOW,
             config::Protocol::V5 => WINDOW_V5,
@@ -201,28 +185,8 @@ impl Uplink {
             ),
             window: window as u16,
         };
-        let path = super::inspect::queue_path(&self.data_dir, &name);
-        let bounds = Bounds {
-            max_bytes: cfg.buffer.max_bytes.0,
-            max_age: cfg.buffer.max_age.0,
-            when_full: match cfg.buffer.when_full {
-                config::WhenFull::DropOldest => WhenFull::DropOldest,
-                config::WhenFull::RejectNew => WhenFull::RejectNew,
-            },
-        };
-        let (queue, opened) = {
-            let p = path.clone();
-            tokio::task::spawn_blocking(move || Queue::open(&p, bounds))
-                .await
-                .map_err(|e| TaskError::Failed(e.into()))?
-                .map_err(|e| {
-                    TaskError::Failed(anyhow::anyhow!("cannot open {}: {e}", path.display()))
-                })?
-        };
-        self.ledger.set_queue(Some(queue.clone()));
-        if let Some(moved) = &opened.moved_aside {
-            error!(uplink = %name, moved_to = %moved.display(), "The uplink queue was corrupt; moved it aside and started a new one");
-        }
+        let (queue, opened) =
+            super::setup::open_queue(&self.data_dir, &name, cfg, &self.ledger).await?;
         info!(uplink = %name, url = %cfg.url, queued = opened.depth, "Uplink started");
         for (rule, w) in super::offline_drop_warnings(cfg) {
             warn!(uplink = %name, rule, "{w}");

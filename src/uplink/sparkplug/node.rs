@@ -40,7 +40,7 @@ use crate::clock::now_ms;
 use crate::config;
 use crate::task::TaskError;
 use crate::uplink::client::{self, Client, Connection, Up};
-use crate::uplink::queue::{Bounds, NewMessage, Queue, Stored, WhenFull};
+use crate::uplink::queue::{NewMessage, Queue, Stored};
 use crate::uplink::tracker::Tracker;
 use crate::uplink::{Ledger, LinkState};
 use bytes::Bytes;
@@ -163,44 +163,10 @@ impl Node {
         };
         let catalogue = Catalogue::new(&self.devices);
         let target = client::target(cfg).map_err(TaskError::Fatal)?;
-        let password = match (&cfg.password, &cfg.password_file) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(f)) => {
-                let f = f.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    crate::config::files::read_password(&f, None)
-                })
-                .await
-                .map_err(|e| {
-                    TaskError::Failed(anyhow::anyhow!("reading the password file: {e}"))
-                })?;
-                Some(read.map_err(|e| TaskError::Failed(anyhow::anyhow!(e)))?)
-            }
-            (None, None) => None,
-        };
+        let password = crate::uplink::setup::password(cfg).await?;
         let client_id = cfg.client_id.replace("{gateway}", &self.gateway);
-        let path = crate::uplink::inspect::queue_path(&self.data_dir, &name);
-        let bounds = Bounds {
-            max_bytes: cfg.buffer.max_bytes.0,
-            max_age: cfg.buffer.max_age.0,
-            when_full: match cfg.buffer.when_full {
-                config::WhenFull::DropOldest => WhenFull::DropOldest,
-                config::WhenFull::RejectNew => WhenFull::RejectNew,
-            },
-        };
-        let (queue, opened) = {
-            let p = path.clone();
-            tokio::task::spawn_blocking(move || Queue::open(&p, bounds))
-                .await
-                .map_err(|e| TaskError::Failed(e.into()))?
-                .map_err(|e| {
-                    TaskError::Failed(anyhow::anyhow!("cannot open {}: {e}", path.display()))
-                })?
-        };
-        self.ledger.set_queue(Some(queue.clone()));
-        if let Some(moved) = &opened.moved_aside {
-            tracing::error!(uplink = %name, moved_to = %moved.display(), "The uplink queue was corrupt; moved it aside and started a new one");
-        }
+        let (queue, opened) =
+            crate::uplink::setup::open_queue(&self.data_dir, &name, cfg, &self.ledger).await?;
         info!(uplink = %name, url = %cfg.url, group = %topics.group, edge_node = %topics.node, primary_host = ?self.sparkplug.primary_host, queued = opened.depth, "Sparkplug edge node started");
         let bdseq_path = super::bdseq::path(&self.data_dir, &name);
         *self
