@@ -1,6 +1,7 @@
-//! The OPC UA driver (SPEC §8) against a server that is not ours: PyPI `asyncua`, running
-//! `tests/peers/asyncua_server.py`. The device runs in-process on a real broker; the server is a
-//! separate Python process the tests kill and restart.
+//! The OPC UA driver (SPEC §8) against two servers that are not ours: PyPI `asyncua`, running
+//! `tests/peers/asyncua_server.py`, and npm `node-opcua`, running
+//! `tests/peers/node-opcua/server.js`. The device runs in-process on a real broker; the server
+//! is a separate Python or Node.js process the tests kill and restart.
 //!
 //! - every supported type, GUID / numeric / opaque node ids, a Bad variable, a source
 //!   timestamp, commands with the variable's type and read-back;
@@ -41,7 +42,31 @@ fn have_asyncua() -> bool {
     )
 }
 
-/// A running asyncua server: the process, its stdout lines, its port.
+const NODE_PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/node-opcua");
+
+fn have_node_opcua() -> bool {
+    common::have(
+        "node with node-opcua",
+        &[
+            "node",
+            "-e",
+            &format!(
+                "require({:?})",
+                format!("{NODE_PEER}/node_modules/node-opcua")
+            ),
+        ],
+        "cd tests/peers/node-opcua && npm ci",
+    )
+}
+
+/// Which server implementation to run.
+#[derive(Clone, Copy)]
+enum Peer {
+    Asyncua,
+    NodeOpcua,
+}
+
+/// A running server: the process, its stdout lines, its port.
 struct Server {
     _child: Kill,
     lines: mpsc::Receiver<String>,
@@ -49,9 +74,26 @@ struct Server {
 }
 
 fn start_server(dir: &Path, port: Option<u16>) -> Server {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/asyncua_server.py");
-    let mut cmd = Command::new("python3");
-    cmd.arg(script).arg("--dir").arg(dir);
+    start_peer(Peer::Asyncua, dir, port)
+}
+
+fn start_peer(peer: Peer, dir: &Path, port: Option<u16>) -> Server {
+    let mut cmd = match peer {
+        Peer::Asyncua => {
+            let mut c = Command::new("python3");
+            c.arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/peers/asyncua_server.py"
+            ));
+            c
+        }
+        Peer::NodeOpcua => {
+            let mut c = Command::new("node");
+            c.arg(format!("{NODE_PEER}/server.js"));
+            c
+        }
+    };
+    cmd.arg("--dir").arg(dir);
     if let Some(p) = port {
         cmd.args(["--port", &p.to_string()]);
     }
@@ -59,7 +101,7 @@ fn start_server(dir: &Path, port: Option<u16>) -> Server {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("python3 runs");
+        .expect("the server runs");
     let out = child.stdout.take().expect("stdout piped");
     let (tx, lines) = mpsc::channel();
     std::thread::spawn(move || {
@@ -69,13 +111,15 @@ fn start_server(dir: &Path, port: Option<u16>) -> Server {
             }
         }
     });
-    let ready = lines
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the asyncua server starts");
-    let port = ready
-        .strip_prefix("READY ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {ready:?}"));
+    // node-opcua prints warnings on stdout before it is ready.
+    let port = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server starts");
+        if let Some(p) = line.strip_prefix("READY ") {
+            break p.parse().expect("READY <port>");
+        }
+    };
     Server {
         _child: Kill(child),
         lines,
@@ -603,4 +647,174 @@ async fn asyncua_network_cut_resumes_the_same_subscription() {
         .await
         .unwrap_err()
         .contains("is not a node id"));
+}
+
+/// The same device against node-opcua: every type it serves, the Bad variable and an unknown
+/// node, a command with read-back, and the server killed and restarted mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_opcua_every_type_commands_and_a_server_restart() {
+    if !have_node_opcua() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_peer(Peer::NodeOpcua, &dir.path().join("server"), None);
+    let port = server.port;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let yaml = "
+  - name: press
+    driver: opcua
+    endpoint: opc.tcp://127.0.0.1:PORT/tidegate/
+    mode: subscribe
+    publishing_interval: 100ms
+    poll_interval: 200ms
+    tags:
+      - { name: bool, node_id: \"ns=2;s=Demo/Bool\" }
+      - { name: sbyte, node_id: \"ns=2;s=Demo/SByte\" }
+      - { name: byte, node_id: \"ns=2;s=Demo/Byte\" }
+      - { name: int16, node_id: \"ns=2;s=Demo/Int16\" }
+      - { name: uint16, node_id: \"ns=2;s=Demo/UInt16\" }
+      - { name: int32, node_id: \"ns=2;s=Demo/Int32\" }
+      - { name: uint32, node_id: \"ns=2;s=Demo/UInt32\" }
+      - { name: int64, node_id: \"ns=2;s=Demo/Int64\" }
+      - { name: uint64, node_id: \"ns=2;s=Demo/UInt64\" }
+      - { name: float, node_id: \"ns=2;s=Demo/Float\" }
+      - { name: double, node_id: \"ns=2;s=Demo/Double\" }
+      - { name: string, node_id: \"ns=2;s=Demo/String\" }
+      - { name: datetime, node_id: \"ns=2;s=Demo/DateTime\" }
+      - { name: array, node_id: \"ns=2;s=Demo/Array\" }
+      - { name: by_number, node_id: \"ns=2;i=1005\" }
+      - { name: broken, node_id: \"ns=2;s=Demo/Broken\" }
+      - { name: unknown, node_id: \"ns=2;s=Demo/NoSuchNode\" }
+      - { name: counter, node_id: \"ns=2;s=Demo/Counter\", sampling_interval: 100ms }
+      - { name: setpoint, node_id: \"ns=2;s=Demo/Setpoint\", writable: true, min: 0, max: 100 }
+      - { name: level, node_id: \"ns=2;s=Demo/Level\", writable: true }
+"
+    .replace("PORT", &port.to_string());
+    let mut dev = start_device(&yaml, &dir.path().join("data"));
+
+    let (_, status) = dev
+        .until(Duration::from_secs(60), "$status online", |t, _| {
+            t == "devices/press/$status"
+        })
+        .await;
+    assert_eq!(status["online"], true, "{status}");
+
+    let want: HashMap<&str, Value> = [
+        ("bool", json!(true)),
+        ("sbyte", json!(-5)),
+        ("byte", json!(200)),
+        ("int16", json!(-300)),
+        ("uint16", json!(60000)),
+        ("int32", json!(-70000)),
+        ("uint32", json!(4000000000u64)),
+        ("int64", json!(-5000000000i64)),
+        ("uint64", json!(9000000000u64)),
+        ("float", json!(1.5)),
+        ("double", json!(2.25)),
+        ("string", json!("hello")),
+        ("datetime", json!(1704067200000u64)),
+        ("array", json!([1.0, 2.0, 3.0])),
+        ("by_number", json!(7)),
+        ("setpoint", json!(10.0)),
+        ("level", json!(1)),
+    ]
+    .into_iter()
+    .collect();
+    let mut got: HashMap<String, Value> = HashMap::new();
+    let mut bad: HashMap<String, Value> = HashMap::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    while got.len() < want.len() || bad.len() < 2 {
+        let left = end.saturating_duration_since(Instant::now());
+        let (topic, v) = dev
+            .until(left, "every tag", |t, _| {
+                t.starts_with("devices/press/") && !t.ends_with("$status")
+            })
+            .await;
+        let tag = topic.trim_start_matches("devices/press/").to_string();
+        if v["quality"] == "bad" {
+            bad.insert(tag, v);
+        } else if want.contains_key(tag.as_str()) {
+            got.insert(tag, v);
+        }
+    }
+    for (tag, value) in &want {
+        assert_eq!(&got[*tag]["value"], value, "{tag}: {}", got[*tag]);
+    }
+    assert_eq!(
+        bad["broken"]["error"], "BadSensorFailure",
+        "{}",
+        bad["broken"]
+    );
+    assert_eq!(
+        bad["unknown"]["error"], "BadNodeIdUnknown",
+        "{}",
+        bad["unknown"]
+    );
+
+    // Commands in the variable's type, read back.
+    dev.command("setpoint", r#"{"value": 42.5, "id": "c1"}"#)
+        .await;
+    assert_eq!(
+        dev.result("setpoint").await,
+        json!({"id": "c1", "ok": true, "value": 42.5})
+    );
+    dev.until(Duration::from_secs(10), "setpoint read back", |t, v| {
+        t == "devices/press/setpoint" && v["value"] == json!(42.5)
+    })
+    .await;
+    dev.command("level", "12").await;
+    assert_eq!(
+        dev.result("level").await,
+        json!({"id": null, "ok": true, "value": 12})
+    );
+    dev.command("double", "1").await;
+    assert!(dev.result("double").await["error"]
+        .as_str()
+        .unwrap()
+        .starts_with("not writable"));
+
+    // Data flows: the counter changes every 200 ms.
+    let counter = |t: &str, v: &Value| t == "devices/press/counter" && v["quality"] == "good";
+    let mut last = 0;
+    for _ in 0..3 {
+        let (_, v) = dev.until(Duration::from_secs(10), "counter", counter).await;
+        let n = v["value"].as_i64().unwrap();
+        assert!(n > last, "counter went from {last} to {n}");
+        last = n;
+    }
+    assert_eq!(subscriptions(&server), 1);
+
+    // Killed mid-stream: offline; restarted on the same port: online, readings resume from
+    // the new server's counter, which holds one subscription.
+    drop(server);
+    let (_, status) = dev
+        .until(Duration::from_secs(30), "$status offline", |t, v| {
+            t == "devices/press/$status" && v["online"] == false
+        })
+        .await;
+    assert!(status["error"].as_str().is_some(), "{status}");
+    let server = start_peer(Peer::NodeOpcua, &dir.path().join("server"), Some(port));
+    dev.until(Duration::from_secs(60), "$status online again", |t, v| {
+        t == "devices/press/$status" && v["online"] == true
+    })
+    .await;
+    let (_, first) = dev
+        .until(Duration::from_secs(30), "counter after restart", counter)
+        .await;
+    let (_, second) = dev
+        .until(
+            Duration::from_secs(30),
+            "counter moving after restart",
+            counter,
+        )
+        .await;
+    assert!(second["value"].as_i64() > first["value"].as_i64());
+    assert!(first["value"].as_i64().unwrap() < last + 100);
+    for _ in 0..2 {
+        assert_eq!(subscriptions(&server), 1, "one subscription on the server");
+    }
+    dev.stop().await;
 }

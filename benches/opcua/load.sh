@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# OPC UA load (issue 17): one asyncua server with N Double variables that all change every
-# second, one tidegate device subscribing to all of them; tidegate's RSS and CPU while it
+# OPC UA load (issue 17): one OPC UA server (node-opcua by default, PEER=asyncua for the
+# Python one, which takes many minutes to make 10,000 nodes) with N Double variables that all
+# change every second, one tidegate device subscribing to all of them; tidegate's RSS and CPU while it
 # runs, and the readings per second that reach a local MQTT subscriber.
 #
 #   cargo build --release && benches/opcua/load.sh [N=10000] [SECONDS=60]
 #
-# Needs python3 with asyncua (.ci/run installs it) and mosquitto_sub. Traffic stays on
+# Needs node with tests/peers/node-opcua installed (or python3 with asyncua; .ci/run installs
+# both) and mosquitto_sub. Traffic stays on
 # 127.0.0.1; everything it starts is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,11 +19,17 @@ pids=()
 cleanup() { cp "$work/tidegate.log" "${KEEP_LOG:-/dev/null}" 2>/dev/null || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-python3 tests/peers/asyncua_server.py --dir "$work/server" --items "$N" > "$work/server.out" 2>/dev/null &
+PEER=${PEER:-node-opcua}
+case "$PEER" in
+  node-opcua) node tests/peers/node-opcua/server.js --dir "$work/server" --items "$N" > "$work/server.out" 2>/dev/null & ;;
+  asyncua) python3 tests/peers/asyncua_server.py --dir "$work/server" --items "$N" > "$work/server.out" 2>/dev/null & ;;
+  *) echo "PEER must be node-opcua or asyncua" >&2; exit 2 ;;
+esac
 pids+=($!)
 for _ in $(seq 1 3000); do grep -q READY "$work/server.out" 2>/dev/null && break; sleep 0.2; done
 port=$(awk '/READY/{print $2}' "$work/server.out")
-[ -n "$port" ] || { echo "the asyncua server did not start" >&2; exit 1; }
+[ -n "$port" ] || { echo "the $PEER server did not start" >&2; exit 1; }
+echo "peer: $PEER"
 
 {
   printf 'gateway:\n  data_dir: %s/data\nbroker:\n  listeners: [{bind: 127.0.0.1:0}]\nweb: {enabled: false}\nlog: {format: text, level: info}\n' "$work"
