@@ -38,6 +38,10 @@ pub struct UplinkView {
     /// Seconds until the backlog is drained at the current acknowledgement rate; `None` when
     /// not draining.
     pub drain_eta_s: Option<u64>,
+    /// Sparkplug B uplinks only: group, edge node, primary host and its STATE, bdSeq, births
+    /// (the dashboard's uplink card shows them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparkplug: Option<crate::uplink::sparkplug::Status>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -112,6 +116,7 @@ pub fn uplink_view(s: &crate::uplink::LedgerSnapshot) -> UplinkView {
         ack_rate: s.drain.ack_rate,
         drain_rate_limit: s.drain.rate_limit,
         drain_eta_s: s.drain.eta_seconds,
+        sparkplug: s.sparkplug.clone(),
     }
 }
 

@@ -33,9 +33,14 @@ pub struct Status {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_ledger_snapshot_shows_sparkplug_identity_and_state_only_for_sparkplug_uplinks() {
+    fn the_status_api_shows_sparkplug_identity_and_state_only_for_sparkplug_uplinks() {
+        // What `/api/status` and the live stream serve (the dashboard's uplink card reads
+        // `sparkplug` from it), not only the ledger's snapshot.
+        let view = |l: &crate::uplink::Ledger| {
+            serde_json::to_value(crate::web::metrics::uplink_view(&l.snapshot())).unwrap()
+        };
         let l = crate::uplink::Ledger::new("scada", "mqtt://x", 0);
-        let v = serde_json::to_value(l.snapshot()).unwrap();
+        let v = view(&l);
         assert!(v.get("sparkplug").is_none(), "{v}");
         *l.sparkplug.lock().unwrap() = Some(super::Status {
             group_id: "plant1".into(),
@@ -45,7 +50,7 @@ mod tests {
             bd_seq: Some(7),
             born: true,
         });
-        let v = serde_json::to_value(l.snapshot()).unwrap();
+        let v = view(&l);
         assert_eq!(v["sparkplug"]["edge_node_id"], "gw");
         assert_eq!(v["sparkplug"]["host_online"], true);
         assert_eq!(v["sparkplug"]["bd_seq"], 7);
