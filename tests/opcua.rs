@@ -187,6 +187,33 @@ impl Device {
         }
     }
 
+    /// The latest good reading of every tag in `want` and at least `min_bad` bad readings,
+    /// within 30 s.
+    async fn readings(
+        &mut self,
+        want: &HashMap<&str, Value>,
+        min_bad: usize,
+    ) -> (HashMap<String, Value>, HashMap<String, Value>) {
+        let mut got: HashMap<String, Value> = HashMap::new();
+        let mut bad: HashMap<String, Value> = HashMap::new();
+        let end = Instant::now() + Duration::from_secs(30);
+        while got.len() < want.len() || bad.len() < min_bad {
+            let left = end.saturating_duration_since(Instant::now());
+            let (topic, v) = self
+                .until(left, "every tag", |t, _| {
+                    t.starts_with("devices/press/") && !t.ends_with("$status")
+                })
+                .await;
+            let tag = topic.trim_start_matches("devices/press/").to_string();
+            if v["quality"] == "bad" {
+                bad.insert(tag, v);
+            } else if want.contains_key(tag.as_str()) {
+                got.insert(tag, v);
+            }
+        }
+        (got, bad)
+    }
+
     async fn command(&self, tag: &str, payload: &str) {
         self.broker
             .publish(
@@ -306,23 +333,7 @@ async fn asyncua_every_type_commands_and_a_server_restart() {
     ]
     .into_iter()
     .collect();
-    let mut got: HashMap<String, Value> = HashMap::new();
-    let mut bad: HashMap<String, Value> = HashMap::new();
-    let end = Instant::now() + Duration::from_secs(30);
-    while got.len() < want.len() || bad.len() < 2 {
-        let left = end.saturating_duration_since(Instant::now());
-        let (topic, v) = dev
-            .until(left, "every tag", |t, _| {
-                t.starts_with("devices/press/") && !t.ends_with("$status")
-            })
-            .await;
-        let tag = topic.trim_start_matches("devices/press/").to_string();
-        if v["quality"] == "bad" {
-            bad.insert(tag, v);
-        } else if want.contains_key(tag.as_str()) {
-            got.insert(tag, v);
-        }
-    }
+    let (got, bad) = dev.readings(&want, 2).await;
     for (tag, value) in &want {
         assert_eq!(&got[*tag]["value"], value, "{tag}: {}", got[*tag]);
     }
@@ -723,23 +734,7 @@ async fn node_opcua_every_type_commands_and_a_server_restart() {
     ]
     .into_iter()
     .collect();
-    let mut got: HashMap<String, Value> = HashMap::new();
-    let mut bad: HashMap<String, Value> = HashMap::new();
-    let end = Instant::now() + Duration::from_secs(30);
-    while got.len() < want.len() || bad.len() < 2 {
-        let left = end.saturating_duration_since(Instant::now());
-        let (topic, v) = dev
-            .until(left, "every tag", |t, _| {
-                t.starts_with("devices/press/") && !t.ends_with("$status")
-            })
-            .await;
-        let tag = topic.trim_start_matches("devices/press/").to_string();
-        if v["quality"] == "bad" {
-            bad.insert(tag, v);
-        } else if want.contains_key(tag.as_str()) {
-            got.insert(tag, v);
-        }
-    }
+    let (got, bad) = dev.readings(&want, 2).await;
     for (tag, value) in &want {
         assert_eq!(&got[*tag]["value"], value, "{tag}: {}", got[*tag]);
     }
