@@ -201,7 +201,7 @@ async fn the_quickstart_as_written() {
         t == "sites/line3/status"
     })
     .await;
-    assert_eq!(v["online"], true, "{v}");
+    assert_eq!(v["online"], true, "{v}\n{}", gw.log());
     assert_eq!(v["gateway"], "line3-pi", "{v}");
     let v = wait_publish(&mut up, Duration::from_secs(20), "temperature", |t, _| {
         t == "sites/line3/devices/boiler/temperature"

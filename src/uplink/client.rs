@@ -11,6 +11,8 @@ use crate::config::{self, Protocol, Scheme};
 use bytes::Bytes;
 use rumqttc::{TlsConfiguration, Transport};
 use rustls_pki_types::CertificateDer;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::rustls;
@@ -60,6 +62,8 @@ pub enum Client {
 /// The event loop of one connection, and a writer over its state ([`Connection::write_publish`]).
 pub struct Connection {
     inner: Inner,
+    /// MQTT 5 (packet ids come later, as [`Up::Sent`]).
+    v5: bool,
     /// Unacknowledged QoS 1/2 publishes allowed (the uplink's window).
     window: u16,
     /// Written into rumqttc's buffer since the last [`Connection::flush`].
@@ -67,8 +71,31 @@ pub struct Connection {
 }
 
 enum Inner {
+    /// Connecting: the first poll, kept across polls (see [`Inner::connect`]); it yields the
+    /// connected loop and its first event (the CONNACK).
+    Connecting(Pin<Box<dyn Future<Output = (Inner, anyhow::Result<Up>)> + Send>>),
     V4(Box<rumqttc::EventLoop>),
     V5(Box<rumqttc::v5::EventLoop>, rumqttc::v5::AsyncClient),
+}
+
+impl Inner {
+    /// A fresh event loop's first poll, which connects (TCP, TLS, CONNECT, CONNACK), as one
+    /// future the connection keeps. rumqttc's poll is not cancel-safe while it connects: a
+    /// poll dropped half-way — the uplink's `select!` took another branch, say a reading
+    /// from a device — drops the half-open socket, and the next poll connects again. The
+    /// cloud saw a CONNECT and a close, and published the Will: the gateway's status went
+    /// offline just before its birth (issue 18: the extra connection at start-up).
+    fn connect(self) -> Inner {
+        Inner::Connecting(Box::pin(async move {
+            let mut inner = self;
+            let first = match &mut inner {
+                Inner::V4(e) => e.poll().await.map_err(anyhow::Error::from).and_then(up4),
+                Inner::V5(e, _) => e.poll().await.map_err(anyhow::Error::from).and_then(up5),
+                Inner::Connecting(_) => Err(anyhow::anyhow!("already connecting")),
+            };
+            (inner, first)
+        }))
+    }
 }
 
 fn q4(q: Q) -> rumqttc::QoS {
@@ -204,7 +231,8 @@ pub fn connect(protocol: Protocol, target: &Target, s: &Settings) -> (Client, Co
             (
                 Client::V4(c),
                 Connection {
-                    inner: Inner::V4(Box::new(e)),
+                    inner: Inner::V4(Box::new(e)).connect(),
+                    v5: false,
                     window: s.window,
                     unflushed: false,
                 },
@@ -236,7 +264,8 @@ pub fn connect(protocol: Protocol, target: &Target, s: &Settings) -> (Client, Co
             (
                 Client::V5(c.clone()),
                 Connection {
-                    inner: Inner::V5(Box::new(e), c),
+                    inner: Inner::V5(Box::new(e), c).connect(),
+                    v5: true,
                     window: s.window,
                     unflushed: false,
                 },
@@ -310,7 +339,8 @@ impl Connection {
     /// options), with `window` publishes in flight.
     pub fn v4(e: rumqttc::EventLoop, window: u16) -> Self {
         Connection {
-            inner: Inner::V4(Box::new(e)),
+            inner: Inner::V4(Box::new(e)).connect(),
+            v5: false,
             window,
             unflushed: false,
         }
@@ -319,15 +349,22 @@ impl Connection {
     /// A connection over an MQTT 5 event loop made elsewhere, with its client.
     pub fn v5(e: rumqttc::v5::EventLoop, c: rumqttc::v5::AsyncClient, window: u16) -> Self {
         Connection {
-            inner: Inner::V5(Box::new(e), c),
+            inner: Inner::V5(Box::new(e), c).connect(),
+            v5: true,
             window,
             unflushed: false,
         }
     }
 
-    /// The next event; an error ends the connection.
+    /// The next event; an error ends the connection. Cancel-safe: a call dropped while
+    /// connecting leaves the connect running for the next call ([`Inner::connect`]).
     pub async fn next(&mut self) -> anyhow::Result<Up> {
         match &mut self.inner {
+            Inner::Connecting(connect) => {
+                let (inner, first) = connect.as_mut().await;
+                self.inner = inner;
+                first
+            }
             Inner::V4(e) => {
                 let ev = e.poll().await?;
                 up4(ev)
@@ -341,6 +378,7 @@ impl Connection {
     /// a whole read's worth in one turn of its loop.
     pub fn next_buffered(&mut self) -> Option<anyhow::Result<Up>> {
         match &mut self.inner {
+            Inner::Connecting(_) => None,
             Inner::V4(e) => e.state.events.pop_front().map(up4),
             Inner::V5(e, _) => e.state.events.pop_front().map(up5),
         }
@@ -353,6 +391,7 @@ impl Connection {
     pub fn can_write(&self) -> bool {
         let limit = self.window;
         match &self.inner {
+            Inner::Connecting(_) => false,
             Inner::V4(e) => {
                 e.network.is_some() && e.state.collision.is_none() && e.state.inflight() < limit
             }
@@ -409,6 +448,7 @@ impl Connection {
                 c.publish_bytes(topic, q5(qos), retain, payload).await?;
                 Ok(None)
             }
+            Inner::Connecting(_) => anyhow::bail!("not connected"),
         }
     }
 
@@ -440,6 +480,7 @@ impl Connection {
                 self.unflushed = true;
             }
             (Inner::V5(_, c), Raw::V5(p)) => c.ack(p).await?,
+            (Inner::Connecting(_), _) => anyhow::bail!("not connected"),
             _ => anyhow::bail!("a message of the other protocol version"),
         }
         Ok(())
@@ -447,7 +488,7 @@ impl Connection {
 
     /// Whether [`Connection::write_publish`] leaves packet ids to [`Up::Sent`] (MQTT 5).
     pub fn ids_come_later(&self) -> bool {
-        matches!(self.inner, Inner::V5(..))
+        self.v5
     }
 
     /// Writes out what [`Connection::write_publish`] buffered, within rumqttc's network
@@ -466,7 +507,7 @@ impl Connection {
                     None => Ok(Ok(())),
                 }
             }
-            Inner::V5(..) => Ok(Ok(())),
+            Inner::V5(..) | Inner::Connecting(_) => Ok(Ok(())),
         };
         done.map_err(|_| anyhow::anyhow!("timed out writing to the cloud broker"))?
     }
@@ -568,6 +609,76 @@ pub fn is_keepalive_timeout(e: &anyhow::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cloud that answers CONNECT slowly, and a caller that drops `next()` every few
+    /// milliseconds (as the uplink's `select!` does whenever a reading arrives): one TCP
+    /// connection, one CONNECT, then connected. Before the connect was kept across calls,
+    /// every dropped call left a half-open connection behind and started a new one, and the
+    /// cloud published the Will for each (issue 18).
+    #[tokio::test]
+    async fn a_dropped_poll_while_connecting_does_not_connect_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for protocol in [Protocol::V311, Protocol::V5] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let count = accepted.clone();
+            let server = tokio::spawn(async move {
+                let mut kept = Vec::new();
+                loop {
+                    let (mut sock, _) = listener.accept().await.unwrap();
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mut buf = [0u8; 256];
+                    let _ = sock.read(&mut buf).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let connack: &[u8] = match protocol {
+                        Protocol::V311 => &[0x20, 0x02, 0x00, 0x00],
+                        Protocol::V5 => &[0x20, 0x03, 0x00, 0x00, 0x00],
+                    };
+                    let _ = sock.write_all(connack).await;
+                    kept.push(sock);
+                }
+            });
+            let settings = Settings {
+                client_id: "gw".into(),
+                username: None,
+                password: None,
+                keepalive: Duration::from_secs(30),
+                clean_start: true,
+                will: ("s".into(), "offline".into()),
+                window: 10,
+            };
+            let target = Target {
+                host: "127.0.0.1".into(),
+                port,
+                transport: Transport::Tcp,
+            };
+            let (_client, mut conn) = connect(protocol, &target, &settings);
+            let mut dropped = 0;
+            let first = loop {
+                match tokio::time::timeout(Duration::from_millis(10), conn.next()).await {
+                    Ok(ev) => break ev,
+                    Err(_) => dropped += 1,
+                }
+                assert!(dropped < 1000, "{protocol:?}: never connected");
+            };
+            assert!(
+                matches!(first, Ok(Up::Connected { .. })),
+                "{protocol:?}: {:?}",
+                first.err()
+            );
+            assert!(
+                dropped >= 10,
+                "{protocol:?}: the connect was not slow ({dropped})"
+            );
+            assert_eq!(
+                accepted.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "{protocol:?}: connections after {dropped} dropped polls"
+            );
+            server.abort();
+        }
+    }
 
     #[test]
     fn describe_does_not_repeat_a_quoted_cause() {
