@@ -21,6 +21,8 @@
 //! change it checks its credentials again and leaves (0x98) if they no longer hold.
 
 mod open;
+#[cfg(test)]
+mod tests;
 
 use self::open::{detach, open, Opened};
 use super::acl::Action;
@@ -1066,7 +1068,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
+mod deny_log_tests {
     use super::*;
 
     #[test]

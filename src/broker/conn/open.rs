@@ -115,6 +115,28 @@ where
         refuse(wr, version, code).await;
         return None;
     }
+    match accept(ctx, connect, &access, peer) {
+        Ok(opened) => Some(opened),
+        Err(code) => {
+            refuse(wr, version, code).await;
+            None
+        }
+    }
+}
+
+/// The handshake's rest once the client is authenticated (no I/O: the CONNACK and any
+/// resent in-flight messages go to the connection's outgoing buffer): assigns a client id,
+/// checks it and the will's topic, grants the session expiry, attaches the session and
+/// makes the [`Conn`]. `Err(reason code)` when the CONNECT is refused.
+pub(super) fn accept(
+    ctx: &Arc<Ctx>,
+    connect: Connect,
+    access: &Access,
+    peer: SocketAddr,
+) -> Result<Opened, u8> {
+    let version = connect.protocol;
+    let shared = &ctx.shared;
+    let settings = &ctx.settings;
     let mut assigned = None;
     let client_id: Arc<str> = if connect.client_id.is_empty() {
         let id = format!("auto-{:016x}", rand_u64());
@@ -130,8 +152,7 @@ where
             .connections_refused
             .fetch_add(1, Ordering::Relaxed);
         warn!(%peer, client = %client_id, username = ?connect.username, "Connection refused: client ids beginning with $internal/ are reserved for the gateway itself");
-        refuse(wr, version, reason::CLIENT_IDENTIFIER_NOT_VALID).await;
-        return None;
+        return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
     }
     if let Some(will) = &connect.will {
         if !access.may(
@@ -145,8 +166,7 @@ where
                 .publishes_denied
                 .fetch_add(1, Ordering::Relaxed);
             info!(%peer, client = %client_id, topic = %will.topic, "Connection refused: will topic not allowed");
-            refuse(wr, version, reason::NOT_AUTHORIZED).await;
-            return None;
+            return Err(reason::NOT_AUTHORIZED);
         }
     }
 
@@ -244,7 +264,7 @@ where
     debug!(%peer, client = %client_id, protocol = ?version, session_present, "Client connected");
 
     let keepalive = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-    Some(Opened {
+    Ok(Opened {
         conn,
         will: connect.will,
         keepalive,
