@@ -528,6 +528,9 @@ impl Kind {
 struct BrokerProcess {
     child: Child,
     port: u16,
+    /// tidegate's flow-control log lines so far (declared stalled, reads again); empty for
+    /// Mosquitto.
+    flow_log: FlowLog,
     /// Holds the config (and tidegate's data dir) until the broker is gone.
     _dir: tempfile::TempDir,
 }
@@ -541,13 +544,15 @@ struct Memory {
 impl BrokerProcess {
     fn start(kind: Kind, opts: &Options) -> Result<Self> {
         let dir = tempfile::tempdir()?;
+        let flow_log = FlowLog::default();
         let (child, port) = match kind {
-            Kind::Tidegate => start_tidegate(&opts.tidegate, dir.path())?,
+            Kind::Tidegate => start_tidegate(&opts.tidegate, dir.path(), flow_log.clone())?,
             Kind::Mosquitto => start_mosquitto(dir.path())?,
         };
         Ok(BrokerProcess {
             child,
             port,
+            flow_log,
             _dir: dir,
         })
     }
@@ -607,8 +612,33 @@ impl Drop for BrokerProcess {
 /// Linux's USER_HZ; `/proc/<pid>/stat` counts in these.
 const TICKS_PER_SECOND: f64 = 100.0;
 
+/// Counts of tidegate's flow-control log lines (see src/broker/flow.rs): subscribers
+/// declared stalled, and stalls that ended.
+#[derive(Debug, Clone, Default)]
+struct FlowLog {
+    stalled: Arc<AtomicU64>,
+    resumed: Arc<AtomicU64>,
+}
+
+impl FlowLog {
+    fn note(&self, line: &str) {
+        if line.contains("it no longer slows its publishers") {
+            self.stalled.fetch_add(1, Ordering::Relaxed);
+        } else if line.contains("A stalled subscriber") {
+            self.resumed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.stalled.load(Ordering::Relaxed),
+            self.resumed.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Starts `tidegate run` on a temp config and reads its port from the log.
-fn start_tidegate(bin: &Path, dir: &Path) -> Result<(Child, u16)> {
+fn start_tidegate(bin: &Path, dir: &Path, flow_log: FlowLog) -> Result<(Child, u16)> {
     let config = dir.join("tidegate.yaml");
     std::fs::write(
         &config,
@@ -643,6 +673,7 @@ fn start_tidegate(bin: &Path, dir: &Path) -> Result<(Child, u16)> {
             if let Some(port) = listening_port(&line) {
                 let _ = tx.send(port);
             }
+            flow_log.note(&line);
         }
     });
     match rx.recv_timeout(Duration::from_secs(20)) {
@@ -1317,6 +1348,9 @@ struct SoakRun {
     stalled_received: u64,
     /// `$SYS/broker/publish/messages/dropped`; `None` when the broker did not publish it.
     dropped: Option<u64>,
+    /// tidegate's log over the pass: subscribers declared stalled, stalls ended (`None` for
+    /// Mosquitto, which has no such thing).
+    stall_events: Option<(u64, u64)>,
 }
 
 impl SoakRun {
@@ -1543,9 +1577,10 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
         reference: reference_received,
         stalled_received,
         dropped,
+        stall_events: (kind == Kind::Tidegate).then(|| broker.flow_log.counts()),
     };
     eprintln!(
-        "   healthy received {} ({:.0}/s, {:.2} of its rate alone), stalled received {}, dropped {:?}, unaccounted {:?}, max RSS {:.1} MiB, flat {:?}",
+        "   healthy received {} ({:.0}/s, {:.2} of its rate alone), stalled received {}, dropped {:?}, unaccounted {:?}, max RSS {:.1} MiB, flat {:?}, stalls declared / ended {:?}",
         run.healthy_received,
         run.healthy_rate_with_stalled,
         run.healthy_ratio(),
@@ -1553,7 +1588,8 @@ async fn soak_pass(kind: Kind, qos: u8, opts: &Options) -> Result<SoakRun> {
         run.dropped,
         run.unaccounted(),
         run.max_rss_last_90() as f64 / 1024.0,
-        run.flat()
+        run.flat(),
+        run.stall_events
     );
     Ok(run)
 }
@@ -1865,7 +1901,7 @@ fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
     }
     /// One table cell from one pass.
     type Cell = fn(&SoakRun) -> String;
-    let rows: [(&str, Cell); 16] = [
+    let rows: [(&str, Cell); 17] = [
         ("publisher: msg/s (time)", |x: &SoakRun| {
             format!("{:.0} ({:.0} s)", x.per_second(), x.publish_secs)
         }),
@@ -1910,6 +1946,13 @@ fn soak_report(opts: &Options, runs: &[SoakRun]) -> Result<String> {
         (
             "**healthy rate with the stalled one ÷ alone (≥ 0.5)**",
             |x: &SoakRun| format!("**{:.2}**", x.healthy_ratio()),
+        ),
+        (
+            "subscriber declared stalled / stall ended (broker log)",
+            |x: &SoakRun| {
+                x.stall_events
+                    .map_or("–".into(), |(s, e)| format!("{s} / {e}"))
+            },
         ),
         (
             "stalled subscriber received (drained at the end)",

@@ -16,8 +16,14 @@
 //! - Progress is a message taken from the queue to be sent. A congested session that makes
 //!   no progress for `broker.stall_timeout` while a publisher waits on it is *stalled*: it no
 //!   longer slows anyone, its queue overflows under the drop policy (counted in
-//!   `publishes_dropped`), and `subscribers_stalled` counts the event. Its next progress ends
-//!   the stall.
+//!   `publishes_dropped`), and `subscribers_stalled` counts the event.
+//! - A stall ends only when the session has drained: its queue below the low-water mark (a
+//!   quarter of either bound). Taking a few messages is not enough (hysteresis): a dead
+//!   client's socket still takes a little now and then (the kernel's buffers), and ending
+//!   the stall on that let it hold its publishers for another `stall_timeout`, again and
+//!   again. A client that reads again drains its queue and is slowed-for again; one that reads
+//!   but stays slower than its publishers stays stalled, losing (counted) what its queue
+//!   cannot hold, as every subscriber did before flow control.
 //! - In-process durable consumers (the uplinks) are not part of this: they hold the
 //!   publisher's acknowledgement through [`super::state::AckGroup`] instead.
 
@@ -58,6 +64,13 @@ fn above_mark(st: &Session) -> bool {
         || st.queued_bytes >= st.limits.max_queued_bytes / 2
 }
 
+/// Whether `st`'s queue is below its low-water mark (a quarter of both bounds): a stalled
+/// session that got there has drained.
+fn drained(st: &Session) -> bool {
+    st.queue.len() < st.limits.max_queued_messages.div_ceil(4)
+        && st.queued_bytes < st.limits.max_queued_bytes / 4
+}
+
 impl Flow {
     /// Called by the router with the session locked, after queuing a message for it: whether
     /// the publisher should wait for this session.
@@ -78,8 +91,11 @@ impl Flow {
     pub fn progressed(&self, client_id: &str, st: &Session, taken: usize) {
         if taken > 0 {
             self.progress_ms.store(now_ms(), Ordering::Release);
-            if self.stalled.swap(false, Ordering::AcqRel) {
-                info!(client = %client_id, "A stalled subscriber reads again; it slows its publishers again when it falls behind");
+            if self.stalled.load(Ordering::Acquire)
+                && drained(st)
+                && self.stalled.swap(false, Ordering::AcqRel)
+            {
+                info!(client = %client_id, queued = st.queue.len(), "A stalled subscriber drained its queue; it slows its publishers again when it falls behind");
             }
         }
         if self.watched.load(Ordering::Acquire) && !above_mark(st) {
@@ -164,5 +180,116 @@ impl Congestion {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::codec::{ProtocolVersion, QoS};
+    use crate::broker::state::{Delivery, Expiry, Limits, Message, QueueTotal};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    /// An online network client's session queuing at most 100 messages.
+    fn cell() -> SessionCell {
+        let limits = Limits {
+            max_queued_messages: 100,
+            max_queued_bytes: 1 << 20,
+        };
+        let mut st = Session::new(ProtocolVersion::V311, Expiry::AtDisconnect, limits);
+        st.total = Some(QueueTotal {
+            bytes: Arc::new(AtomicUsize::new(0)),
+            max: 64 << 20,
+        });
+        SessionCell {
+            client_id: "sub".into(),
+            state: Mutex::new(st),
+            wake: Notify::new(),
+            online: AtomicBool::new(true),
+            durable: false,
+            flow: Flow::default(),
+        }
+    }
+
+    fn delivery() -> Delivery {
+        Delivery {
+            msg: Arc::new(Message {
+                topic: "t".into(),
+                payload: bytes::Bytes::from_static(&[0; 100]),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: None,
+                expires_at: None,
+                publisher: None,
+            }),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+            ack: None,
+            seq: None,
+        }
+    }
+
+    /// Takes `n` messages from the queue, as the delivering connection does.
+    fn take(c: &SessionCell, n: usize) {
+        let mut st = lock(&c.state);
+        for _ in 0..n {
+            st.pop();
+        }
+        c.flow.progressed(&c.client_id, &st, n);
+    }
+
+    /// Issue 13 (soak): a subscriber declared stalled stops slowing its publishers and stays
+    /// out of flow control while it takes a few messages (a dead client's socket buffers take
+    /// some now and then); it rejoins only once its queue drained below the low-water mark.
+    /// Before, any progress ended the stall, and the next message held its publisher for
+    /// another `stall_timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_ends_only_when_the_queue_drained() {
+        let stats = Stats::default();
+        let c = Arc::new(cell());
+        let mut congested = false;
+        for _ in 0..50 {
+            let mut st = lock(&c.state);
+            st.enqueue(delivery());
+            congested = c.flow.congested(&c, &st);
+        }
+        assert!(congested, "at the high-water mark (50 of 100)");
+        // A publisher waits; the subscriber takes nothing for stall_timeout.
+        let timeout = Duration::from_secs(5);
+        let mut wait = Congestion::new(vec![c.clone()], timeout).expect("one session");
+        let started = Instant::now();
+        wait.wait(&stats).await;
+        assert!(started.elapsed() >= timeout);
+        assert!(c.flow.is_stalled());
+        assert_eq!(stats.subscribers_stalled.load(Ordering::Relaxed), 1);
+        // Its queue overflows now (drop policy) and holds no one.
+        for _ in 0..100 {
+            let mut st = lock(&c.state);
+            st.enqueue(delivery());
+            assert!(!c.flow.congested(&c, &st));
+        }
+        // A little progress: still stalled, still holds no one.
+        take(&c, 10);
+        assert!(c.flow.is_stalled(), "90 queued: not drained");
+        {
+            let mut st = lock(&c.state);
+            st.enqueue(delivery());
+            assert!(!c.flow.congested(&c, &st));
+        }
+        take(&c, 60);
+        assert!(c.flow.is_stalled(), "31 queued: not below a quarter yet");
+        take(&c, 10);
+        assert!(!c.flow.is_stalled(), "21 queued: drained");
+        // Back under flow control: falling behind again slows the publisher again.
+        let mut congested = false;
+        for _ in 0..30 {
+            let mut st = lock(&c.state);
+            st.enqueue(delivery());
+            congested = c.flow.congested(&c, &st);
+        }
+        assert!(congested);
+        assert_eq!(stats.subscribers_stalled.load(Ordering::Relaxed), 1);
     }
 }

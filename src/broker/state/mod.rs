@@ -316,6 +316,13 @@ impl Shared {
             return false;
         }
         let congested;
+        // Whether the delivering task must be woken: only when the queue was empty. With
+        // messages already queued it is either about to take them (woken before) or waiting
+        // on something that makes it look again (its socket taking the outgoing buffer, the
+        // client's acknowledgements freeing the in-flight window; see `Conn::pump`). Waking it
+        // for every message routed to a subscriber that cannot take any (a stalled one) cost a
+        // task wake-up per message.
+        let wake;
         let dropped = {
             let mut st = lock(&cell.state);
             if let Some(access) = access.filter(|a| a.acl.is_some()) {
@@ -336,6 +343,7 @@ impl Shared {
                 d.seq = Some(seq);
                 ops.push(super::persist::enqueue_op(&cell.client_id, &d, seq));
             }
+            wake = st.queue.is_empty();
             let dropped = st.enqueue(d);
             congested = cell.flow.congested(cell, &st);
             dropped
@@ -354,7 +362,9 @@ impl Shared {
                 .fetch_add(dropped.len() as u64, Ordering::Relaxed);
             tracing::debug!(client = %cell.client_id, dropped = dropped.len(), "Session queue full; dropped messages");
         }
-        cell.wake.notify_one();
+        if wake {
+            cell.wake.notify_one();
+        }
         congested
     }
 

@@ -68,6 +68,10 @@ pub struct Session {
     pub subscriptions: HashMap<String, (SubscriptionOptions, Option<u32>)>,
     pub queue: VecDeque<Delivery>,
     pub queued_bytes: usize,
+    /// How many of the queued deliveries are QoS 0: with none, the drop policy's victim is
+    /// the oldest without looking (a full queue of QoS 1 messages for a stalled subscriber
+    /// was scanned in full for every message routed to it).
+    qos0_queued: usize,
     /// Outgoing QoS 1/2 messages by packet id, in send order.
     pub inflight: BTreeMap<u16, Inflight>,
     /// Incoming QoS 2 packet ids received and not yet released (exactly once).
@@ -113,6 +117,7 @@ impl Session {
             subscriptions: HashMap::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
+            qos0_queued: 0,
             inflight: BTreeMap::new(),
             incoming_qos2: HashSet::new(),
             next_packet_id: 1,
@@ -137,6 +142,7 @@ impl Session {
     /// Empties the queue (its deliveries are dropped, releasing what they hold).
     pub fn clear_queue(&mut self) {
         self.queue.clear();
+        self.qos0_queued = 0;
         self.add_to_total(-(self.queued_bytes as isize));
         self.queued_bytes = 0;
     }
@@ -179,17 +185,22 @@ impl Session {
             && (self.queue.len() >= self.limits.max_queued_messages
                 || self.queued_bytes + cost > self.limits.max_queued_bytes)
         {
-            let victim = self
-                .queue
-                .iter()
-                .position(|q| q.qos == QoS::AtMostOnce)
-                .unwrap_or(0);
+            let victim = if self.qos0_queued > 0 {
+                self.queue
+                    .iter()
+                    .position(|q| q.qos == QoS::AtMostOnce)
+                    .unwrap_or(0)
+            } else {
+                0
+            };
             if let Some(old) = self.queue.remove(victim) {
                 self.queued_bytes -= old.msg.cost();
+                self.qos0_queued -= usize::from(old.qos == QoS::AtMostOnce);
                 dropped.push(old);
             }
         }
         self.queued_bytes += cost;
+        self.qos0_queued += usize::from(d.qos == QoS::AtMostOnce);
         self.queue.push_back(d);
         self.dropped += dropped.len() as u64;
         let freed: usize = dropped.iter().map(|d| d.msg.cost()).sum();
@@ -200,6 +211,7 @@ impl Session {
     pub fn pop(&mut self) -> Option<Delivery> {
         let d = self.queue.pop_front()?;
         self.queued_bytes -= d.msg.cost();
+        self.qos0_queued -= usize::from(d.qos == QoS::AtMostOnce);
         self.add_to_total(-(d.msg.cost() as isize));
         Some(d)
     }
@@ -259,6 +271,17 @@ mod tests {
         assert_eq!(s.dropped, 2);
         let bytes: usize = s.queue.iter().map(|d| d.msg.cost()).sum();
         assert_eq!(s.queued_bytes, bytes);
+        // A QoS 0 message queued behind QoS 1 ones is still the first victim.
+        s.enqueue(d(msg(QoS::AtMostOnce, 6)));
+        let sizes: Vec<usize> = s.queue.iter().map(|d| d.msg.payload.len()).collect();
+        assert_eq!(sizes, [4, 5, 6]);
+        assert_eq!(s.qos0_queued, 1);
+        assert_eq!(s.enqueue(d(msg(QoS::AtLeastOnce, 7))).len(), 1);
+        let sizes: Vec<usize> = s.queue.iter().map(|d| d.msg.payload.len()).collect();
+        assert_eq!(sizes, [4, 5, 7], "the QoS 0 one behind went first");
+        assert_eq!(s.qos0_queued, 0);
+        while s.pop().is_some() {}
+        assert_eq!((s.qos0_queued, s.queued_bytes), (0, 0));
     }
 
     #[test]
