@@ -31,21 +31,29 @@
 //!   broker (SPEC §4.2: range, expiry, write, read-back); the read-back reading comes back
 //!   through ingest as DDATA.
 //! - **stop**: NDEATH, then DISCONNECT.
+//!
+//! The node's parts: `session` (the connection to the cloud broker: connecting with the
+//! NDEATH Will, its events, the goodbye), `births` (NBIRTH, DBIRTH, DDEATH) and `commands`
+//! (NCMD, DCMD and the primary host's STATE); this file has the task's loop, ingest and the
+//! DDATA path.
+
+mod births;
+mod commands;
+mod session;
 
 use super::model::{self, Catalogue, Reading};
-use super::proto::{MetricValue, Payload};
 use crate::broker::codec::QoS;
 use crate::broker::{Broker, LocalSubscription};
 use crate::clock::now_ms;
 use crate::config;
 use crate::task::TaskError;
-use crate::uplink::client::{self, Client, Connection, Up};
-use crate::uplink::queue::{NewMessage, Queue, Stored};
+use crate::uplink::client;
+use crate::uplink::queue::{NewMessage, Queue};
 use crate::uplink::tracker::Tracker;
 use crate::uplink::{Ledger, LinkState};
 use bytes::Bytes;
 use prost::Message as _;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -53,6 +61,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+use session::{connect, next_event, Handed, Link};
 
 /// Unacknowledged DDATA messages at once.
 const WINDOW: usize = 100;
@@ -87,41 +97,6 @@ impl Topics {
     }
     pub fn state(host: &str) -> String {
         format!("spBv1.0/STATE/{host}")
-    }
-}
-
-#[derive(Debug, PartialEq)]
-enum Handed {
-    Queued,
-    Direct,
-}
-
-struct Link {
-    client: Client,
-    conn: Connection,
-    connected: bool,
-    bd_seq: u64,
-    /// Births published on this connection (and the host, if any, online).
-    born: bool,
-    /// When this connection's first births went out: rows received before are historical.
-    live_since: u64,
-    seq: u8,
-    tracker: Tracker,
-    handed: VecDeque<Handed>,
-    /// Rows read from the queue, not yet sent.
-    ready: VecDeque<Stored>,
-    /// Rows up to this id are sent, skipped, or in `ready`.
-    after: u64,
-    /// The last read found nothing after `after`.
-    caught_up: bool,
-    /// Devices whose DDEATH is the last word the host had.
-    dead: HashSet<String>,
-}
-
-impl Link {
-    fn next_seq(&mut self) -> u8 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
     }
 }
 
@@ -372,83 +347,6 @@ impl Node {
         });
     }
 
-    /// The current readings of `device` (the local broker's retained ones), by tag.
-    fn current(&self, device: &str) -> HashMap<String, Reading> {
-        self.broker
-            .retained(&format!("devices/{device}/+"))
-            .into_iter()
-            .filter_map(|(topic, payload)| {
-                let (_, tag) = split(&topic)?;
-                Some((tag.to_string(), Reading::parse(&payload)?))
-            })
-            .collect()
-    }
-
-    /// Whether the retained `$status` of `device` says offline.
-    fn offline(&self, device: &str) -> bool {
-        self.broker
-            .retained(&format!("devices/{device}/$status"))
-            .first()
-            .and_then(|(_, p)| serde_json::from_slice::<serde_json::Value>(p).ok())
-            .and_then(|v| v["online"].as_bool())
-            == Some(false)
-    }
-
-    async fn publish_direct(&self, l: &mut Link, topic: &str, p: &Payload) -> anyhow::Result<()> {
-        l.handed.push_back(Handed::Direct);
-        l.client
-            .publish(
-                topic,
-                QoS::AtMostOnce,
-                false,
-                Bytes::from(p.encode_to_vec()),
-            )
-            .await?;
-        self.ledger.sent.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// NBIRTH, every DBIRTH, then DDEATH for devices offline now.
-    async fn births(
-        &self,
-        l: &mut Link,
-        queue: &Queue,
-        catalogue: &Catalogue,
-        topics: &Topics,
-    ) -> anyhow::Result<()> {
-        let now = now_ms();
-        l.seq = 0;
-        let nbirth = catalogue.nbirth(l.bd_seq, queue.stats().depth, now);
-        self.publish_direct(l, &topics.node("NBIRTH"), &nbirth)
-            .await?;
-        l.dead.clear();
-        for d in &catalogue.devices {
-            let seq = l.next_seq();
-            let p = catalogue.dbirth(d, &self.current(&d.name), seq, now);
-            self.publish_direct(l, &topics.device("DBIRTH", &d.name), &p)
-                .await?;
-        }
-        for d in &catalogue.devices {
-            if self.offline(&d.name) {
-                let seq = l.next_seq();
-                self.publish_direct(
-                    l,
-                    &topics.device("DDEATH", &d.name),
-                    &model::ddeath(seq, now),
-                )
-                .await?;
-                l.dead.insert(d.name.clone());
-            }
-        }
-        if !l.born {
-            l.live_since = now;
-        }
-        l.born = true;
-        self.status(|s| s.born = true);
-        info!(uplink = %self.name(), bd_seq = l.bd_seq, devices = catalogue.devices.len(), queued = queue.stats().depth, "Sparkplug births published");
-        Ok(())
-    }
-
     /// Sends queued rows within the window, in id order.
     async fn send_more(
         &self,
@@ -487,21 +385,11 @@ impl Node {
                     let now = now_ms();
                     match online {
                         Some(false) if !l.dead.contains(&device) => {
-                            let seq = l.next_seq();
-                            self.publish_direct(
-                                l,
-                                &topics.device("DDEATH", &device),
-                                &model::ddeath(seq, now),
-                            )
-                            .await?;
-                            l.dead.insert(device.clone());
+                            self.ddeath(l, topics, &device, now).await?;
                         }
                         Some(true) if l.dead.contains(&device) => {
                             if let Some(d) = catalogue.device(&device) {
-                                let seq = l.next_seq();
-                                let p = catalogue.dbirth(d, &self.current(&device), seq, now);
-                                self.publish_direct(l, &topics.device("DBIRTH", &device), &p)
-                                    .await?;
+                                self.dbirth(l, topics, catalogue, d, now).await?;
                             }
                             l.dead.remove(&device);
                         }
@@ -581,203 +469,6 @@ impl Node {
             queue.ack_through(id);
         }
     }
-
-    /// Handles one connection event; `Ok(false)` when the primary host went offline.
-    async fn on_event(
-        &self,
-        up: Up,
-        link: Option<&mut Link>,
-        queue: &Queue,
-        catalogue: &Catalogue,
-        topics: &Topics,
-    ) -> anyhow::Result<bool> {
-        let Some(l) = link else { return Ok(true) };
-        match up {
-            Up::Connected { .. } => {
-                l.connected = true;
-                self.ledger.connections.fetch_add(1, Ordering::Relaxed);
-                self.ledger.set_state(LinkState::Connected, None);
-                info!(uplink = %self.name(), bd_seq = l.bd_seq, "Sparkplug edge node connected");
-                l.client
-                    .subscribe(&topics.node("NCMD"), QoS::AtLeastOnce)
-                    .await?;
-                l.client
-                    .subscribe(&topics.device("DCMD", "+"), QoS::AtLeastOnce)
-                    .await?;
-                match &self.sparkplug.primary_host {
-                    Some(host) => {
-                        l.client
-                            .subscribe(&Topics::state(host), QoS::AtLeastOnce)
-                            .await?;
-                    }
-                    None => self.births(l, queue, catalogue, topics).await?,
-                }
-            }
-            Up::Sent(pkid) => {
-                if l.handed.pop_front() == Some(Handed::Queued) {
-                    if let Some(through) = l.tracker.assigned(pkid)? {
-                        queue.ack_through(through);
-                    }
-                }
-            }
-            Up::Acked(pkid) => {
-                if let Some(through) = l.tracker.acked(pkid)? {
-                    // Nothing left in flight: rows skipped after the last DDATA (historical
-                    // `$status`) go with it.
-                    let through = if l.tracker.in_flight() == 0 {
-                        through.max(l.after)
-                    } else {
-                        through
-                    };
-                    queue.ack_through(through);
-                }
-            }
-            Up::Message(m) => {
-                let keep = self
-                    .on_message(l, &m.topic, &m.payload, queue, catalogue, topics)
-                    .await;
-                l.client.ack(&m).await?;
-                return keep;
-            }
-            Up::Other => {}
-        }
-        Ok(true)
-    }
-
-    async fn on_message(
-        &self,
-        l: &mut Link,
-        topic: &str,
-        payload: &[u8],
-        queue: &Queue,
-        catalogue: &Catalogue,
-        topics: &Topics,
-    ) -> anyhow::Result<bool> {
-        if let Some(host) = &self.sparkplug.primary_host {
-            if topic == Topics::state(host) {
-                let online = serde_json::from_slice::<serde_json::Value>(payload)
-                    .ok()
-                    .and_then(|v| v["online"].as_bool());
-                if online.is_some() {
-                    self.status(|s| s.host_online = online);
-                }
-                match online {
-                    Some(true) if !l.born => {
-                        info!(uplink = %self.name(), host = %host, "The primary host is online");
-                        self.births(l, queue, catalogue, topics).await?;
-                    }
-                    Some(false) if l.born => {
-                        warn!(uplink = %self.name(), host = %host, "The primary host went offline; disconnecting until it is back (an outage: readings are queued)");
-                        return Ok(false);
-                    }
-                    Some(_) => {}
-                    None => {
-                        warn!(uplink = %self.name(), host = %host, "A STATE message that is not Sparkplug 3.0 JSON was ignored")
-                    }
-                }
-                return Ok(true);
-            }
-        }
-        let p = match Payload::decode(payload) {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(uplink = %self.name(), topic, error = %e, "A command that is not a Sparkplug B payload was ignored");
-                return Ok(true);
-            }
-        };
-        if topic == topics.node("NCMD") {
-            let rebirth = p.metrics.iter().any(|m| {
-                (m.name.as_deref() == Some(model::REBIRTH) || m.alias == Some(1))
-                    && m.value == Some(MetricValue::BooleanValue(true))
-            });
-            if rebirth {
-                info!(uplink = %self.name(), "Rebirth requested by NCMD");
-                if l.born {
-                    self.births(l, queue, catalogue, topics).await?;
-                }
-            }
-            return Ok(true);
-        }
-        let prefix = format!("{}/", topics.device("DCMD", ""));
-        let Some(device) = topic
-            .strip_prefix(prefix.trim_end_matches('/'))
-            .and_then(|d| d.strip_prefix('/'))
-        else {
-            return Ok(true);
-        };
-        let Some(d) = catalogue.device(device) else {
-            warn!(uplink = %self.name(), device, "A DCMD for an unknown device was ignored");
-            return Ok(true);
-        };
-        for m in &p.metrics {
-            let tag = d.tags.iter().find(|t| {
-                m.name.as_deref() == Some(t.name.as_str())
-                    || (m.name.is_none() && m.alias == Some(t.alias))
-            });
-            let Some(tag) = tag else {
-                warn!(uplink = %self.name(), device, metric = ?m.name, alias = ?m.alias, "A DCMD metric that names no tag was ignored");
-                continue;
-            };
-            let Some(value) = m
-                .value
-                .as_ref()
-                .and_then(|v| model::json_value(Some(tag.datatype), v))
-            else {
-                warn!(uplink = %self.name(), device, tag = %tag.name, "A DCMD metric without a usable value was ignored");
-                continue;
-            };
-            let id = format!("sparkplug-{}", now_ms());
-            let body = serde_json::json!({"value": value, "id": id}).to_string();
-            let local = format!("devices/{device}/{}/set", tag.name);
-            let me = format!("uplink/{}", self.name());
-            info!(uplink = %self.name(), device, tag = %tag.name, %value, "DCMD write passed to the command path");
-            if let Err(e) = self
-                .broker
-                .publish_as(
-                    Some(&me),
-                    &local,
-                    Bytes::from(body),
-                    QoS::AtLeastOnce,
-                    false,
-                )
-                .await
-            {
-                warn!(uplink = %self.name(), topic = %local, error = %e, "DCMD write not delivered locally");
-            }
-            self.ledger.commands.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(true)
-    }
-
-    /// NDEATH (QoS 1, acknowledged or 3 s), then DISCONNECT.
-    async fn goodbye(&self, mut l: Link, topics: &Topics) {
-        let p = Bytes::from(model::ndeath(l.bd_seq, now_ms()).encode_to_vec());
-        let queued_before = l.handed.len();
-        let _ = l
-            .client
-            .publish(&topics.node("NDEATH"), QoS::AtLeastOnce, false, p)
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(3), async {
-            let mut seen = 0;
-            let mut pkid = None;
-            loop {
-                match l.conn.next().await {
-                    Ok(Up::Sent(id)) => {
-                        seen += 1;
-                        if seen > queued_before {
-                            pkid = Some(id);
-                        }
-                    }
-                    Ok(Up::Acked(id)) if Some(id) == pkid => break,
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-            let _ = l.client.disconnect().await;
-            while l.conn.next().await.is_ok() {}
-        })
-        .await;
-    }
 }
 
 /// `devices/<device>/<tag>` → (device, tag).
@@ -785,69 +476,6 @@ fn split(topic: &str) -> Option<(&str, &str)> {
     let rest = topic.strip_prefix("devices/")?;
     let (d, t) = rest.split_once('/')?;
     (!t.contains('/')).then_some((d, t))
-}
-
-async fn next_event(link: &mut Option<Link>) -> anyhow::Result<Up> {
-    match link {
-        Some(l) => l.conn.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// A clean session (Sparkplug 3.0 wants one) with NDEATH as the Will: QoS 1, not retained.
-fn connect(
-    cfg: &config::Uplink,
-    target: &client::Target,
-    client_id: &str,
-    password: Option<String>,
-    will: (String, Bytes),
-) -> (Client, Connection) {
-    let cap = WINDOW * 2 + 64;
-    match cfg.protocol {
-        config::Protocol::V311 => {
-            let mut o = rumqttc::MqttOptions::new(client_id, &target.host, target.port);
-            o.set_keep_alive(cfg.keepalive.0)
-                .set_clean_session(true)
-                .set_manual_acks(true)
-                .set_inflight(WINDOW as u16)
-                .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-                .set_request_channel_capacity(cap)
-                .set_transport(target.transport.clone())
-                .set_last_will(rumqttc::LastWill::new(
-                    &will.0,
-                    will.1,
-                    rumqttc::QoS::AtLeastOnce,
-                    false,
-                ));
-            if let Some(u) = &cfg.username {
-                o.set_credentials(u, password.unwrap_or_default());
-            }
-            let (c, e) = rumqttc::AsyncClient::new(o, cap);
-            (Client::V4(c), Connection::v4(e, WINDOW as u16))
-        }
-        config::Protocol::V5 => {
-            let mut o = rumqttc::v5::MqttOptions::new(client_id, &target.host, target.port);
-            o.set_keep_alive(cfg.keepalive.0)
-                .set_clean_start(true)
-                .set_manual_acks(true)
-                .set_outgoing_inflight_upper_limit(WINDOW as u16)
-                .set_max_packet_size(Some(MAX_PACKET as u32))
-                .set_request_channel_capacity(cap)
-                .set_transport(target.transport.clone())
-                .set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
-                    &will.0,
-                    will.1,
-                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                    false,
-                    None,
-                ));
-            if let Some(u) = &cfg.username {
-                o.set_credentials(u, password.unwrap_or_default());
-            }
-            let (c, e) = rumqttc::v5::AsyncClient::new(o, cap);
-            (Client::V5(c.clone()), Connection::v5(e, c, WINDOW as u16))
-        }
-    }
 }
 
 #[cfg(test)]
