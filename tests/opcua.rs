@@ -436,11 +436,24 @@ async fn asyncua_every_type_commands_and_a_server_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncua_secured_endpoint_with_a_user_and_trust_on_first_use() {
-    if !have_asyncua() {
-        return;
+    if have_asyncua() {
+        secured_endpoint(Peer::Asyncua).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_opcua_secured_endpoint_with_a_user_and_trust_on_first_use() {
+    if have_node_opcua() {
+        secured_endpoint(Peer::NodeOpcua).await;
+    }
+}
+
+/// Basic256Sha256 + SignAndEncrypt with a user name: the server's certificate refused until it
+/// is trusted (by hand, then on first use), values and a command over the encrypted channel,
+/// a wrong password refused.
+async fn secured_endpoint(peer: Peer) {
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(&dir.path().join("server"), None);
+    let server = start_peer(peer, &dir.path().join("server"), None);
     let data = dir.path().join("data");
     let device = |password: &str, tofu: bool| {
         format!(
@@ -583,11 +596,27 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asyncua_network_cut_resumes_the_same_subscription() {
-    if !have_asyncua() {
-        return;
+    if have_asyncua() {
+        network_cut(Peer::Asyncua).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_opcua_network_cut_resumes_the_same_subscription() {
+    if have_node_opcua() {
+        network_cut(Peer::NodeOpcua).await;
+    }
+}
+
+/// Every connection cut twice through a TCP proxy: the client comes back through it, readings
+/// resume, the server holds one subscription; then the web UI's test-read.
+async fn network_cut(peer: Peer) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
-    let server = start_server(&dir.path().join("server"), None);
+    let server = start_peer(peer, &dir.path().join("server"), None);
     let proxy = Proxy::start(server.port);
     let yaml = format!(
         "  - name: press
@@ -697,7 +726,10 @@ async fn node_opcua_every_type_commands_and_a_server_restart() {
       - { name: datetime, node_id: \"ns=2;s=Demo/DateTime\" }
       - { name: array, node_id: \"ns=2;s=Demo/Array\" }
       - { name: by_number, node_id: \"ns=2;i=1005\" }
+      - { name: by_guid, node_id: \"ns=2;g=72962b91-fa75-4ae6-8d28-b404dc7daf63\" }
+      - { name: by_opaque, node_id: \"ns=2;b=AQJ0YWc=\" }
       - { name: broken, node_id: \"ns=2;s=Demo/Broken\" }
+      - { name: stamped, node_id: \"ns=2;s=Demo/Stamped\" }
       - { name: unknown, node_id: \"ns=2;s=Demo/NoSuchNode\" }
       - { name: counter, node_id: \"ns=2;s=Demo/Counter\", sampling_interval: 100ms }
       - { name: setpoint, node_id: \"ns=2;s=Demo/Setpoint\", writable: true, min: 0, max: 100 }
@@ -729,6 +761,9 @@ async fn node_opcua_every_type_commands_and_a_server_restart() {
         ("datetime", json!(1704067200000u64)),
         ("array", json!([1.0, 2.0, 3.0])),
         ("by_number", json!(7)),
+        ("by_guid", json!(8)),
+        ("by_opaque", json!(9)),
+        ("stamped", json!(3.5)),
         ("setpoint", json!(10.0)),
         ("level", json!(1)),
     ]
@@ -738,6 +773,8 @@ async fn node_opcua_every_type_commands_and_a_server_restart() {
     for (tag, value) in &want {
         assert_eq!(&got[*tag]["value"], value, "{tag}: {}", got[*tag]);
     }
+    // The source timestamp is the reading's ts.
+    assert_eq!(got["stamped"]["ts"], json!(1704067200000u64));
     assert_eq!(
         bad["broken"]["error"], "BadSensorFailure",
         "{}",
@@ -812,4 +849,77 @@ async fn node_opcua_every_type_commands_and_a_server_restart() {
         assert_eq!(subscriptions(&server), 1, "one subscription on the server");
     }
     dev.stop().await;
+}
+
+/// The daemon's own log at the start of an OPC UA device: no WARN or ERROR from the driver or
+/// the client library when nothing is wrong. It had two: the library's "Endpoint config
+/// contains no endpoints" (the client's config named none) and a BadNoSubscription service
+/// fault logged as an ERROR (a Publish sent at connect, before the subscription existed).
+#[test]
+fn node_opcua_start_logs_no_warning_or_error() {
+    if !have_node_opcua() || !common::have_command("mosquitto_sub", "mosquitto-clients") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_peer(Peer::NodeOpcua, &dir.path().join("server"), None);
+    let config = common::TempConfig::new(&format!(
+        "devices:
+  - name: press
+    driver: opcua
+    endpoint: opc.tcp://127.0.0.1:{}/tidegate/
+    publishing_interval: 100ms
+    tags:
+      - {{ name: counter, node_id: \"ns=2;s=Demo/Counter\" }}
+",
+        server.port
+    ));
+    let mut child = Kill(common::spawn_run(&config.path));
+    let err = child.0.stderr.take().expect("stderr piped");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut mqtt = None;
+    // Up to the subscription, then up to the first reading on MQTT (taken with a client).
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("OPC UA subscription made"))
+    {
+        let line = lines
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| panic!("no subscription; log:\n{}", seen.join("\n")));
+        if line.contains("MQTT broker listening on") {
+            mqtt = Some(common::mqtt_port(&line));
+        }
+        seen.push(line);
+    }
+    let port = mqtt.expect("the broker's port in the log");
+    let got = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-t", "devices/press/counter", "-C", "1", "-W", "30"])
+        .output()
+        .expect("mosquitto_sub runs");
+    assert!(got.status.success(), "no reading on MQTT: {got:?}");
+    while let Ok(line) = lines.try_recv() {
+        seen.push(line);
+    }
+    let noisy: Vec<&String> = seen
+        .iter()
+        .filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && l.contains("opcua"))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "warnings or errors at a clean start:\n{}",
+        noisy
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    drop(server);
 }

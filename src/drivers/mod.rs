@@ -244,6 +244,7 @@ pub async fn run(
         }
         Kind::Opcua => {
             let driver = opcua::Opcua::start(&device, &registry.data_dir())
+                .await
                 .map_err(|e| TaskError::Fatal(anyhow::anyhow!("device `{}`: {e}", device.name)))?;
             run_device(device, driver, broker, stop).await
         }

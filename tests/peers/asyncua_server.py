@@ -9,7 +9,8 @@ opaque node ids. Endpoints: None/None (anonymous) and Basic256Sha256 SignAndEncr
 Usage: asyncua_server.py --dir DIR [--port N] [--items N]
 Prints `READY <port>` on stdout once it accepts connections, then `SUBSCRIPTIONS <n>` (the
 subscriptions the server holds, over all sessions) each second. `--items N` adds N Double
-variables `ns=2;s=Load/<i>` that all change every second (the benchmark).
+variables `ns=2;s=Load/<i>` that all change every second (the benchmark), and each second
+`CHANGES <total>`: the load value changes made so far (the rate the server really offered).
 """
 
 import argparse
@@ -138,6 +139,7 @@ async def main():
     async with server:
         print(f"READY {port}", flush=True)
         n = 0
+        changes = 0
         while True:
             await asyncio.sleep(0.2)
             n += 1
@@ -148,6 +150,8 @@ async def main():
             if load and n % 5 == 0:
                 for i, v in enumerate(load):
                     await v.write_value(ua.Variant(float(n + i), VT.Double))
+                changes += len(load)
+                print(f"CHANGES {changes}", flush=True)
 
 
 if __name__ == "__main__":

@@ -25,27 +25,29 @@
 pub mod browse;
 pub mod config;
 pub mod convert;
+mod endpoint;
+mod link;
+
+pub use endpoint::{describe, Endpoint};
 
 use super::reading::{TagRead, Value};
 use super::Driver;
 use crate::config::{DataType, Device};
-use config::{Mode, Policy, SecurityMode};
-use opcua::client::{
-    Client, ClientBuilder, DataChangeCallback, IdentityToken, MonitoredItem, Session,
-    SessionPollResult,
-};
+use config::Mode;
+use link::Link;
+use opcua::client::{DataChangeCallback, MonitoredItem, Session};
 use opcua::types::{
     AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, ExtensionObject,
-    MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId,
-    ReadValueId, TimestampsToReturn, VariantScalarTypeId, WriteValue,
+    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, ReadValueId,
+    TimestampsToReturn, VariantScalarTypeId, WriteValue,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 /// The first wait before reconnecting; doubled after each failure.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -63,309 +65,6 @@ const QUEUE_SLACK: usize = 1024;
 
 /// One data change: tag index, reading, source timestamp, the value's type.
 type Change = (usize, TagRead, Option<u64>, Option<VariantScalarTypeId>);
-
-/// The connection as the supervisor last saw it.
-#[derive(Default)]
-struct LinkState {
-    session: Option<Arc<Session>>,
-    up: bool,
-    error: String,
-}
-
-/// Shared between the supervisor task and the driver. A std Mutex: held for a field copy,
-/// never across an await. `changed` ticks whenever the state does.
-struct Link {
-    state: Mutex<LinkState>,
-    changed: tokio::sync::watch::Sender<()>,
-}
-
-impl Default for Link {
-    fn default() -> Self {
-        Link {
-            state: Mutex::default(),
-            changed: tokio::sync::watch::Sender::new(()),
-        }
-    }
-}
-
-impl Link {
-    /// Whether the first connection attempt is still under way (nothing known yet).
-    fn first_attempt(&self) -> bool {
-        let s = self.lock();
-        !s.up && s.error.is_empty()
-    }
-
-    fn up(&self) {
-        let mut s = self.lock();
-        s.up = true;
-        s.error.clear();
-        drop(s);
-        self.changed.send_replace(());
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The session while the connection is up, else the reason it is not.
-    fn session(&self) -> Result<Arc<Session>, String> {
-        let s = self.lock();
-        match (&s.session, s.up) {
-            (Some(session), true) => Ok(session.clone()),
-            _ if s.error.is_empty() => Err("connecting".into()),
-            _ => Err(s.error.clone()),
-        }
-    }
-
-    fn down(&self, error: String) {
-        let mut s = self.lock();
-        s.up = false;
-        s.error = error;
-        drop(s);
-        self.changed.send_replace(());
-    }
-}
-
-/// What the client needs to reach the server.
-#[derive(Clone)]
-pub struct Endpoint {
-    pub url: String,
-    pub policy: Policy,
-    pub mode: SecurityMode,
-    pub trust_on_first_use: bool,
-    pub identity: IdentityToken,
-    pub pki: PathBuf,
-    pub timeout: Duration,
-}
-
-impl Endpoint {
-    /// The endpoint of an OPC UA device; `data_dir` holds the PKI. Fails when a password or
-    /// certificate file cannot be read.
-    pub fn of(device: &Device, data_dir: &Path) -> Result<Endpoint, String> {
-        let security = device.security.clone().unwrap_or_default();
-        let auth = device.auth.clone().unwrap_or_default();
-        let identity = match (&auth.username, &auth.certificate, &auth.private_key) {
-            (Some(user), _, _) => IdentityToken::new_user_name(
-                user.clone(),
-                config::password(&auth)?.unwrap_or_default(),
-            ),
-            (None, Some(cert), Some(key)) => {
-                let c = crate::config::files::read_regular(cert, crate::config::files::MAX_FILE)?;
-                let cert = opcua::crypto::X509::from_der(&c)
-                    .or_else(|_| opcua::crypto::X509::from_pem(&c))
-                    .map_err(|e| format!("{}: not a certificate: {e}", cert.display()))?;
-                let key = opcua::crypto::PrivateKey::read_pem_file(key)
-                    .map_err(|e| format!("{}: not a PEM private key: {e}", key.display()))?;
-                IdentityToken::X509(Box::new(cert), Box::new(key))
-            }
-            _ => IdentityToken::Anonymous,
-        };
-        Ok(Endpoint {
-            url: device.endpoint.clone().unwrap_or_default(),
-            policy: security.policy,
-            mode: security.mode,
-            trust_on_first_use: security.trust_on_first_use,
-            identity,
-            pki: config::pki_dir(data_dir),
-            timeout: device.timeout().0.max(Duration::from_secs(5)),
-        })
-    }
-
-    /// The client, with its certificate created under `pki/own/` if there is none yet.
-    /// Blocking (key generation): call it off the runtime.
-    pub fn client(&self) -> Result<Client, String> {
-        ClientBuilder::new()
-            .application_name("tidegate")
-            .application_uri(format!("urn:tidegate:{}", hostname()))
-            .product_uri("urn:tidegate")
-            .pki_dir(&self.pki)
-            .create_sample_keypair(true)
-            .trust_server_certs(self.trust_on_first_use)
-            // Checked: trusted/ (or first use). Not checked: the certificate's host name, which
-            // rarely matches the address a gateway reaches a PLC by.
-            .verify_server_certs(false)
-            .session_retry_limit(-1)
-            .session_retry_initial(BACKOFF_MIN)
-            .session_retry_max(BACKOFF_MAX)
-            .keep_alive_interval(Duration::from_secs(10))
-            .max_failed_keep_alive_count(3)
-            .request_timeout(self.timeout)
-            // The default (1000) refused the answer to CreateMonitoredItems for a device of
-            // 2000 tags (BadDecodingError), and dropped the connection over and over
-            // (benches/opcua/load.sh).
-            .max_array_length(MAX_ARRAY)
-            .session_name("tidegate")
-            .session_timeout(60_000)
-            .client()
-            .map_err(|e| format!("OPC UA client settings refused: {}", e.join("; ")))
-    }
-
-    fn security_mode(&self) -> MessageSecurityMode {
-        match self.mode {
-            SecurityMode::None => MessageSecurityMode::None,
-            SecurityMode::Sign => MessageSecurityMode::Sign,
-            SecurityMode::SignAndEncrypt => MessageSecurityMode::SignAndEncrypt,
-        }
-    }
-
-    /// Asks the server for its endpoints and makes a session on the one with the configured
-    /// policy and mode. The session connects to the configured URL, not the one the server
-    /// advertises: a server behind NAT, a proxy or a port forward advertises an address the
-    /// gateway may not reach (the client library would keep the advertised port). The session
-    /// is not connected until its event loop runs.
-    pub async fn session(
-        &self,
-        client: &mut Client,
-    ) -> Result<
-        (
-            Arc<Session>,
-            opcua::client::SessionEventLoop<impl opcua::client::transport::Connector + 'static>,
-        ),
-        String,
-    > {
-        let endpoints = tokio::time::timeout(
-            self.timeout,
-            client.get_server_endpoints_from_url(self.url.as_str()),
-        )
-        .await
-        .map_err(|_| format!("timeout reaching {}", self.url))?
-        .map_err(|e| describe(&e))?;
-        let mode = self.security_mode();
-        let mut endpoint = endpoints
-            .iter()
-            .find(|e| {
-                e.security_mode == mode && e.security_policy_uri.as_ref() == self.policy.uri()
-            })
-            .cloned()
-            .ok_or_else(|| {
-                let offered: Vec<String> = endpoints
-                    .iter()
-                    .map(|e| {
-                        format!(
-                            "{} {:?}",
-                            e.security_policy_uri
-                                .as_ref()
-                                .rsplit('#')
-                                .next()
-                                .unwrap_or_default(),
-                            e.security_mode
-                        )
-                    })
-                    .collect();
-                format!(
-                    "the server offers no endpoint with policy {:?} and mode {:?} (it offers: {})",
-                    self.policy,
-                    self.mode,
-                    offered.join(", ")
-                )
-            })?;
-        endpoint.endpoint_url = self.url.as_str().into();
-        client
-            .connect_to_endpoint_directly(endpoint, self.identity.clone())
-            .map_err(|e| describe(&e))
-    }
-}
-
-/// An OPC UA error as a short sentence: the status name, then the library's detail.
-pub fn describe(e: &opcua::types::Error) -> String {
-    let name = e.status().sub_code().name();
-    let text = e.to_string();
-    if text.contains(name) {
-        text
-    } else {
-        format!("{name}: {text}")
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// Runs the connection of one device until `stop`: connect (with backoff while the server
-/// cannot be reached at all), then drive the session's event loop, which reconnects by itself.
-async fn supervise(name: String, endpoint: Endpoint, link: Arc<Link>, stop: CancellationToken) {
-    let ep = endpoint.clone();
-    let client = tokio::task::spawn_blocking(move || ep.client()).await;
-    let mut client = match client {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return link.down(e),
-        Err(e) => return link.down(format!("client set-up failed: {e}")),
-    };
-    let mut wait = BACKOFF_MIN;
-    loop {
-        let attempt = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = endpoint.session(&mut client) => r,
-        };
-        let (session, event_loop) = match attempt {
-            Ok(s) => s,
-            Err(e) => {
-                if wait == BACKOFF_MIN {
-                    warn!(device = %name, endpoint = %endpoint.url, error = %e, "OPC UA server not reachable; retrying with backoff");
-                }
-                link.down(e);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        wait = BACKOFF_MIN;
-        link.lock().session = Some(session.clone());
-        let events = event_loop.enter();
-        tokio::pin!(events);
-        let ended = loop {
-            let event = tokio::select! {
-                _ = stop.cancelled() => {
-                    // Close the session (which deletes its subscriptions on the server) while
-                    // the event loop still runs, for at most 2 s.
-                    let close = async {
-                        let _ = session.disconnect().await;
-                    };
-                    let drive = async { while events.next().await.is_some() {} };
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        tokio::select! { _ = close => {}, _ = drive => {} }
-                    })
-                    .await;
-                    return;
-                }
-                e = futures_util::StreamExt::next(&mut events) => e,
-            };
-            match event {
-                Some(Ok(SessionPollResult::Reconnected(mode))) => {
-                    info!(device = %name, endpoint = %endpoint.url, how = ?mode, "OPC UA session up");
-                    // async-opcua 0.19 recreates the subscriptions while reconnecting, before
-                    // the new connection's publish loop exists, and that loop sends no Publish
-                    // until something triggers it: without this, a recreated subscription
-                    // delivers nothing (tests/opcua.rs, the server restart).
-                    session.trigger_publish_now();
-                    link.up();
-                }
-                Some(Ok(SessionPollResult::ConnectionLost(code))) => {
-                    warn!(device = %name, status = %code.sub_code().name(), "OPC UA connection lost; reconnecting with backoff");
-                    link.down(format!("connection lost ({})", code.sub_code().name()));
-                }
-                Some(Ok(SessionPollResult::ReconnectFailed(code))) => {
-                    link.down(format!("reconnect failed ({})", code.sub_code().name()));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(code)) => break format!("session ended ({})", code.sub_code().name()),
-                None => break "session closed".to_string(),
-            }
-        };
-        warn!(device = %name, error = %ended, "OPC UA session ended; starting a new one");
-        link.down(ended);
-        link.lock().session = None;
-    }
-}
-
-use futures_util::StreamExt;
 
 /// What a test-read of one node found (the web UI's test-read, SPEC §6 and §8).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -391,7 +90,7 @@ pub async fn test_read(
     node_id: &str,
 ) -> Result<NodeRead, String> {
     let node = convert::parse_node_id(node_id)?;
-    let endpoint = Endpoint::of(device, data_dir)?;
+    let endpoint = Endpoint::of(device, data_dir).await?;
     browse::with_session(&endpoint, |session| async move {
         let values = session
             .read(
@@ -448,8 +147,8 @@ impl Drop for Opcua {
 impl Opcua {
     /// Starts the connection of `device` (validated) in the background; the PKI is under
     /// `data_dir/pki`. Fails when a password or certificate file cannot be read.
-    pub fn start(device: &Device, data_dir: &Path) -> Result<Opcua, String> {
-        let endpoint = Endpoint::of(device, data_dir)?;
+    pub async fn start(device: &Device, data_dir: &Path) -> Result<Opcua, String> {
+        let endpoint = Endpoint::of(device, data_dir).await?;
         let nodes = device
             .tags
             .iter()
@@ -457,7 +156,7 @@ impl Opcua {
             .collect::<Result<Vec<_>, _>>()?;
         let link = Arc::new(Link::default());
         let stop = CancellationToken::new();
-        tokio::spawn(supervise(
+        tokio::spawn(link::supervise(
             device.name.clone(),
             endpoint,
             link.clone(),
@@ -491,7 +190,7 @@ impl Opcua {
 
     /// Makes the subscription and its monitored items, one per tag (client handle = tag
     /// index + 1). A tag the server refuses (an unknown node id) is published bad at once.
-    async fn subscribe(&mut self, session: &Arc<Session>) -> Result<(), String> {
+    async fn subscribe(&mut self, session: &Arc<Session>) -> Result<u32, String> {
         let tx = self.changes_tx.clone();
         let dropped = self.dropped.clone();
         let count = self.nodes.len();
@@ -569,7 +268,7 @@ impl Opcua {
             }
         }
         info!(device = %self.name, subscription = id, items = created.len(), refused, every = ?self.publishing_interval, "OPC UA subscription made");
-        Ok(())
+        Ok(id)
     }
 
     /// One Read of every tag (mode poll).
@@ -658,7 +357,8 @@ impl Driver for Opcua {
                     .as_ref()
                     .is_some_and(|s| Arc::ptr_eq(s, &session))
                 {
-                    self.subscribe(&session).await?;
+                    let id = self.subscribe(&session).await?;
+                    self.link.subscribed(id);
                     self.subscribed = Some(session);
                 }
                 Ok(Vec::new())

@@ -2,13 +2,16 @@
 // the load benchmark (benches/opcua/load.sh).
 //
 // Serves, in namespace `urn:tidegate:test` (ns=2), one variable of every type the driver maps
-// (SPEC 8), a writable Double and Int16, a variable that is Bad (BadSensorFailure), a counter
-// that changes every 200 ms, and a numeric node id. Endpoint: None/None, anonymous.
+// (SPEC 8), a writable Double and Int16, a variable that is Bad (BadSensorFailure), one with a
+// fixed source timestamp, a counter that changes every 200 ms, and numeric, GUID and opaque
+// node ids. Endpoints: None/None (anonymous) and Basic256Sha256 SignAndEncrypt (anonymous or
+// user `op` / `secret`); the server's certificate is made under `--dir` on first start.
 //
 // Usage: node server.js --dir DIR [--port N] [--items N]
 // Prints `READY <port>` on stdout once it accepts connections, then `SUBSCRIPTIONS <n>` (the
 // subscriptions the server holds, over all sessions) each second. `--items N` adds N Double
-// variables `ns=2;s=Load/<i>` that all change every second (the benchmark).
+// variables `ns=2;s=Load/<i>` that all change every second (the benchmark), and each second
+// `CHANGES <total>`: the load value changes made so far (the rate the server really offered).
 "use strict";
 
 const fs = require("fs");
@@ -60,9 +63,12 @@ async function main() {
         resourcePath: "/tidegate/",
         nodeset_filename: [nodesets.standard],
         serverCertificateManager,
-        securityPolicies: [SecurityPolicy.None],
-        securityModes: [MessageSecurityMode.None],
+        securityPolicies: [SecurityPolicy.None, SecurityPolicy.Basic256Sha256],
+        securityModes: [MessageSecurityMode.None, MessageSecurityMode.SignAndEncrypt],
         allowAnonymous: true,
+        userManager: {
+            isValidUser: (username, password) => username === "op" && password === "secret",
+        },
         // The load benchmark subscribes to 10,000 items in one subscription.
         serverCapabilities: {
             maxMonitoredItems: 200000,
@@ -119,6 +125,14 @@ async function main() {
     variable("DateTime", "DateTime", new Date(Date.UTC(2024, 0, 1)));
     variable("Array", "Double", [1.0, 2.0, 3.0], { array: true });
     variable("ByNumber", "Int32", 7, { nodeId: "i=1005" });
+    variable("ByGuid", "Int32", 8, { nodeId: "g=72962b91-fa75-4ae6-8d28-b404dc7daf63" });
+    variable("ByOpaque", "Int32", 9, { nodeId: "b=AQJ0YWc=" }); // the bytes 01 02 't' 'a' 'g'
+    const stamped = variable("Stamped", "Double", 3.5);
+    stamped.setValueFromSource(
+        new Variant({ dataType: DataType.Double, value: 3.5 }),
+        StatusCodes.Good,
+        new Date(Date.UTC(2024, 0, 1))
+    );
     variable("Setpoint", "Double", 10.0, { writable: true });
     variable("Level", "Int16", 1, { writable: true });
     const broken = variable("Broken", "Double", 0.0);
@@ -150,6 +164,7 @@ async function main() {
     process.stdout.write(`READY ${port}\n`);
 
     let n = 0;
+    let changes = 0;
     setInterval(() => {
         n += 1;
         counter.setValueFromSource(new Variant({ dataType: DataType.Int32, value: n }));
@@ -167,6 +182,10 @@ async function main() {
                 load[i].setValueFromSource(
                     new Variant({ dataType: DataType.Double, value: n + i })
                 );
+            }
+            changes += load.length;
+            if (load.length > 0) {
+                process.stdout.write(`CHANGES ${changes}\n`);
             }
         }
     }, 200);
