@@ -16,9 +16,11 @@
 //!   pure packet codec.
 //! - [`drivers`] — one task per field device (polls, readings, `$status`, commands), with a
 //!   driver each: [`drivers::modbus`] (TCP and RTU, and the commissioning requests of
-//!   `tidegate modbus`), [`drivers::serial`], [`drivers::gpio`], [`drivers::simulated`].
+//!   `tidegate modbus`), [`drivers::opcua`] (OPC UA client: subscriptions, PKI, and
+//!   `tidegate opcua browse`), [`drivers::serial`], [`drivers::gpio`], [`drivers::simulated`].
 //! - [`uplink`] — bridges to cloud brokers: topic rules, the SQLite store-and-forward queue,
-//!   the ordered-acknowledgement tracker, birth/Will status, `tidegate queue`.
+//!   the ordered-acknowledgement tracker, birth/Will status, `tidegate queue`; and
+//!   [`uplink::sparkplug`], the Sparkplug B edge node over the same queue.
 //! - [`gateway`] — the handle the app gives the web server: what runs now, and the way to ask
 //!   for a config change (the controller in `app::live` applies it).
 //! - [`web`] — the web UI and HTTP API (axum): sessions, status, live values over SSE, config
@@ -32,15 +34,15 @@
 //! - [`logging`] — tracing to the systemd journal, or text / JSON on stderr.
 //! - [`topics`] — the local topic scheme (`devices/<device>/<tag>`, `$status`, `/set`), one home.
 //! - `main.rs` and `cli/` (binary only) — the command line (SPEC §1): `run` in `main.rs`,
-//!   `check`, `init`, `modbus`, `queue`, `passwd` in `cli/`.
+//!   `check`, `init`, `modbus`, `opcua`, `queue`, `passwd` in `cli/`.
 //!
 //! # Who talks to whom
 //!
 //! ```text
-//!   field devices ──(Modbus/serial/GPIO)── drivers ──┐
-//!                                                    ├── broker (the bus) ── LAN MQTT clients
-//!   cloud broker ────(MQTT, rumqttc)──── uplinks ────┘        │
-//!                                                       web UI / HTTP API
+//!   field devices ──(Modbus/OPC UA/serial/GPIO)── drivers ──┐
+//!                                                           ├── broker (the bus) ── LAN MQTT clients
+//!   cloud broker ──(MQTT or Sparkplug B, rumqttc)── uplinks ┘         │
+//!                                                              web UI / HTTP API
 //! ```
 //! Drivers, uplinks and the web server talk to each other only through the broker's in-process
 //! API; none knows of the others. The app wires them up from the config and supervises them.

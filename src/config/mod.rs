@@ -11,13 +11,16 @@
 //! validate/apply and SIGHUP, so they all say the same thing about the same text. Beside the
 //! errors, [`warnings`] lists what is valid but likely not meant. [`history`] keeps the
 //! versions a change replaced; [`edit`] changes the text in place; [`files`] reads the files
-//! a config names, under its rules.
+//! a config names, under its rules. The keys of one driver or uplink format that only it has
+//! live in a file of their own: [`opcua`], [`sparkplug`].
 
 pub mod de;
 pub mod edit;
 pub mod files;
 pub mod history;
+pub mod opcua;
 pub mod schema;
+pub mod sparkplug;
 pub mod units;
 pub mod validate;
 pub mod yaml;

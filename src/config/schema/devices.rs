@@ -75,11 +75,11 @@ pub struct Device {
     #[serde(default)]
     pub endpoint: Option<String>,
     #[serde(default)]
-    pub security: Option<crate::drivers::opcua::config::Security>,
+    pub security: Option<crate::config::opcua::Security>,
     #[serde(default)]
-    pub auth: Option<crate::drivers::opcua::config::Auth>,
+    pub auth: Option<crate::config::opcua::Auth>,
     #[serde(default)]
-    pub mode: Option<crate::drivers::opcua::config::Mode>,
+    pub mode: Option<crate::config::opcua::Mode>,
     #[serde(default)]
     pub publishing_interval: Option<Dur>,
     #[serde(deserialize_with = "lenient_vec")]

@@ -37,9 +37,9 @@ pub struct Uplink {
     pub reconnect: Reconnect,
     /// `mqtt` (the topic rules) or `sparkplug_b` (SPEC §7, [`crate::uplink::sparkplug`]).
     #[serde(default)]
-    pub format: crate::uplink::sparkplug::config::Format,
+    pub format: crate::config::sparkplug::Format,
     #[serde(default)]
-    pub sparkplug: Option<crate::uplink::sparkplug::config::Sparkplug>,
+    pub sparkplug: Option<crate::config::sparkplug::Sparkplug>,
 }
 
 fn default_client_id() -> String {

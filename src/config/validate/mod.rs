@@ -76,7 +76,7 @@ fn check(config: &Config, complete: bool, config_dir: Option<&Path>) -> V {
         if d.driver == Driver::Opcua {
             let dirs = crate::config::files::secret_dirs(config_dir);
             let p = format!("devices[{i}]");
-            for (path, message) in crate::drivers::opcua::config::validate_device(d, &p, &dirs) {
+            for (path, message) in crate::config::opcua::validate_device(d, &p, &dirs) {
                 v.err(path, message);
             }
         }

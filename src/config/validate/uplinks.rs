@@ -29,7 +29,7 @@ pub(super) fn uplinks(v: &mut V, uplinks: &[Uplink], secret_dirs: &[PathBuf]) {
             ),
             Ok(_) => {}
         }
-        for (path, message) in crate::uplink::sparkplug::config::validate(u, &p) {
+        for (path, message) in crate::config::sparkplug::validate(u, &p) {
             v.err(path, message);
         }
         let client_id = u.client_id.replace("{gateway}", "x");

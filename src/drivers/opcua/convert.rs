@@ -6,18 +6,10 @@
 
 use crate::config::DataType;
 use crate::drivers::reading::{TagRead, Value};
-use opcua::types::{DataValue, DateTime, NodeId, Variant, VariantScalarTypeId};
+use opcua::types::{DataValue, DateTime, Variant, VariantScalarTypeId};
 
-/// Parses a node id as the config writes it: `ns=2;s=Press/Temperature`, `ns=2;i=1005`,
-/// `ns=2;g=<guid>`, `ns=2;b=<base64>` (and `i=2258` in namespace 0).
-pub fn parse_node_id(s: &str) -> Result<NodeId, String> {
-    s.trim().parse::<NodeId>().map_err(|_| {
-        format!(
-            "`{s}` is not a node id (ns=<n>;s=<name>, ns=<n>;i=<number>, ns=<n>;g=<guid> or \
-             ns=<n>;b=<base64>)"
-        )
-    })
-}
+/// Parses a node id as the config writes it (with the config's rules, which check it).
+pub use crate::config::opcua::parse_node_id;
 
 /// A DateTime as Unix milliseconds.
 pub fn unix_ms(dt: &DateTime) -> i64 {

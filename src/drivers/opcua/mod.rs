@@ -23,7 +23,8 @@
 //! `ts` is the value's source timestamp ([`Driver::source_ts`]).
 
 pub mod browse;
-pub mod config;
+/// The OPC UA config keys and their rules (in `config/`, which the driver builds on).
+pub use crate::config::opcua as config;
 pub mod convert;
 mod endpoint;
 mod link;

@@ -10,7 +10,8 @@
 //! - [`node`] — the edge node task.
 
 pub mod bdseq;
-pub mod config;
+/// The `format`/`sparkplug` config keys and their rules (in `config/`).
+pub use crate::config::sparkplug as config;
 pub mod model;
 pub mod node;
 pub mod proto;

@@ -41,7 +41,7 @@ fn device_keys(d: Driver) -> &'static [&'static str] {
         ],
         Driver::Gpio => &["chip"],
         Driver::Simulated => &[],
-        Driver::Opcua => crate::drivers::opcua::config::DEVICE_KEYS,
+        Driver::Opcua => crate::config::opcua::DEVICE_KEYS,
     }
 }
 
@@ -69,7 +69,7 @@ fn tag_keys(d: Driver) -> &'static [&'static str] {
             "initial",
         ],
         Driver::Simulated => &["signal", "period", "type"],
-        Driver::Opcua => crate::drivers::opcua::config::TAG_KEYS,
+        Driver::Opcua => crate::config::opcua::TAG_KEYS,
     }
 }
 
@@ -93,7 +93,7 @@ fn present_device_keys(d: &Device) -> Vec<&'static str> {
     add("parse", d.parse.is_some());
     add("max_line", d.max_line.is_some());
     add("chip", d.chip.is_some());
-    keys.extend(crate::drivers::opcua::config::present_device_keys(d));
+    keys.extend(crate::config::opcua::present_device_keys(d));
     keys
 }
 
@@ -123,7 +123,7 @@ fn present_tag_keys(t: &Tag) -> Vec<&'static str> {
     add("initial", t.initial.is_some());
     add("signal", t.signal.is_some());
     add("period", t.period.is_some());
-    keys.extend(crate::drivers::opcua::config::present_tag_keys(t));
+    keys.extend(crate::config::opcua::present_tag_keys(t));
     keys
 }
 
@@ -355,7 +355,7 @@ fn tag(v: &mut V, p: &str, d: &Device, t: &Tag) {
         Driver::Gpio => gpio::gpio_tag(v, p, t),
         Driver::Simulated => simulated::simulated_tag(v, p, t),
         Driver::Opcua => {
-            for (path, message) in crate::drivers::opcua::config::validate_tag(t, p) {
+            for (path, message) in crate::config::opcua::validate_tag(t, p) {
                 v.err(path, message);
             }
         }

@@ -6,6 +6,7 @@
 //! of validation, so they get the key's line and column.
 
 use crate::config::{Device, Dur, Tag};
+use opcua::types::NodeId;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -232,7 +233,7 @@ pub fn validate_tag(t: &Tag, p: &str) -> Vec<(String, String)> {
             "an OPC UA tag needs `node_id` (like \"ns=2;s=Press/Temperature\")".to_string(),
         )),
         Some(id) => {
-            if let Err(e) = super::convert::parse_node_id(id) {
+            if let Err(e) = parse_node_id(id) {
                 errors.push((format!("{p}.node_id"), e));
             }
         }
@@ -285,6 +286,17 @@ pub fn password(auth: &Auth) -> Result<Option<String>, String> {
 /// Where the device's PKI lives: `data_dir/pki`.
 pub fn pki_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("pki")
+}
+
+/// Parses a node id as the config writes it: `ns=2;s=Press/Temperature`, `ns=2;i=1005`,
+/// `ns=2;g=<guid>`, `ns=2;b=<base64>` (and `i=2258` in namespace 0).
+pub fn parse_node_id(s: &str) -> Result<NodeId, String> {
+    s.trim().parse::<NodeId>().map_err(|_| {
+        format!(
+            "`{s}` is not a node id (ns=<n>;s=<name>, ns=<n>;i=<number>, ns=<n>;g=<guid> or \
+             ns=<n>;b=<base64>)"
+        )
+    })
 }
 
 #[cfg(test)]
