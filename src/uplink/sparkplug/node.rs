@@ -448,16 +448,14 @@ impl Node {
                 continue;
             }
             l.tracker.sent(last_id, 1)?;
-            l.handed.push_back(Handed::Queued);
-            l.client
-                .publish(
-                    &topics.device("DDATA", &device),
-                    QoS::AtLeastOnce,
-                    false,
-                    Bytes::from(p.encode_to_vec()),
-                )
-                .await?;
-            self.ledger.sent.fetch_add(1, Ordering::Relaxed);
+            self.publish(
+                l,
+                Handed::Queued,
+                &topics.device("DDATA", &device),
+                QoS::AtLeastOnce,
+                &p,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -41,14 +41,23 @@ impl Node {
     }
 
     async fn publish_direct(&self, l: &mut Link, topic: &str, p: &Payload) -> anyhow::Result<()> {
-        l.handed.push_back(Handed::Direct);
+        self.publish(l, Handed::Direct, topic, QoS::AtMostOnce, p)
+            .await
+    }
+
+    /// Every publish of the node: noted in `handed` (so its packet id is matched to it when
+    /// rumqttc reports it), written through rumqttc's channel, counted as sent.
+    pub(super) async fn publish(
+        &self,
+        l: &mut Link,
+        handed: Handed,
+        topic: &str,
+        qos: QoS,
+        p: &Payload,
+    ) -> anyhow::Result<()> {
+        l.handed.push_back(handed);
         l.client
-            .publish(
-                topic,
-                QoS::AtMostOnce,
-                false,
-                Bytes::from(p.encode_to_vec()),
-            )
+            .publish(topic, qos, false, Bytes::from(p.encode_to_vec()))
             .await?;
         self.ledger.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
