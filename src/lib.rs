@@ -47,7 +47,7 @@
 //! Drivers, uplinks and the web server talk to each other only through the broker's in-process
 //! API; none knows of the others. The app wires them up from the config and supervises them.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod app;
 pub mod auth;

@@ -127,7 +127,7 @@ pub(super) async fn clear_leftovers(broker: &Broker, old: &Config, new: &Config)
                 }
             }
             Some(kept) => {
-                for tag in &device.tags {
+                for tag in device.tags.iter() {
                     if !kept.tags.iter().any(|t| t.name == tag.name) {
                         let topic = crate::topics::reading(&device.name, &tag.name);
                         if !broker.retained(&topic).is_empty() {

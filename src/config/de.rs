@@ -511,6 +511,15 @@ where
     Ok(items.into_iter().filter_map(|l| l.0).collect())
 }
 
+/// [`lenient_vec`] into a shared slice (lists that are cloned with the config but never change).
+pub fn lenient_shared<'de, D, T>(d: D) -> Result<std::sync::Arc<[T]>, D::Error>
+where
+    D: de::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    lenient_vec(d).map(Into::into)
+}
+
 /// Like [`lenient_vec`] for a whole section: a section that fails takes its defaults (its errors
 /// are recorded) so the other sections are still checked.
 pub fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>

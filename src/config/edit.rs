@@ -114,8 +114,10 @@ pub fn add_tag(
     };
     match parse_in(&edited, base) {
         Ok(mut c) => {
-            let added = c.devices[index].tags.pop();
-            if c != config || added.is_none() {
+            let tags = &mut c.devices[index].tags;
+            let added = tags.last().is_some();
+            *tags = tags[..tags.len().saturating_sub(1)].into();
+            if c != config || !added {
                 return Err(cannot());
             }
             Ok(Added {

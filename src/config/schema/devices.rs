@@ -1,6 +1,6 @@
 //! The `devices` section: one [`Device`] per field device, its [`Tag`]s and their value types.
 
-use crate::config::de::lenient_vec;
+use crate::config::de::lenient_shared;
 use crate::config::units::{ByteSize, Dur};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -82,8 +82,10 @@ pub struct Device {
     pub mode: Option<crate::config::opcua::Mode>,
     #[serde(default)]
     pub publishing_interval: Option<Dur>,
-    #[serde(deserialize_with = "lenient_vec")]
-    pub tags: Vec<Tag>,
+    /// Shared, not copied: the running config, the web's view of it and each device task hold
+    /// the same tags (10,000 tags are ~3 MB per copy).
+    #[serde(deserialize_with = "lenient_shared")]
+    pub tags: std::sync::Arc<[Tag]>,
 }
 
 fn default_poll_interval() -> Dur {
