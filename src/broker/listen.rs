@@ -2,7 +2,7 @@
 //! surface at start-up), [`Listener::serve`] is the accept loop — each socket counted against
 //! the connection limit, then its transport's handshake (TLS, WebSocket; bounded by
 //! [`transport::HANDSHAKE_TIMEOUT`]) and the MQTT connection (`conn::serve`) in the
-//! listener's `JoinSet`, so stopping a listener stops its connections.
+//! listener's task tracker, so stopping (or dropping) a listener stops its connections.
 
 use super::{admission, conn, transport, Broker};
 use crate::config;
@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 impl Broker {
@@ -80,12 +80,16 @@ impl Listener {
     /// Accepts connections until `shutdown`, then closes them all (each sends DISCONNECT
     /// 0x8B under MQTT 5) and returns once they are gone.
     pub async fn serve(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut conns = JoinSet::new();
+        // The connections are tracked, not kept in a `JoinSet`: a set's entry cost 512 B per
+        // client (issue 13's per-idle-client memory), a tracker only counts. They stop on
+        // `shutdown`, or when this future is dropped (the guard cancels their token).
+        let conns = TaskTracker::new();
+        let stop_conns = shutdown.child_token();
+        let _stop_on_drop = stop_conns.clone().drop_guard();
         info!(addr = %self.addr, kind = self.describe(), "MQTT listener accepting connections");
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 r = self.tcp.accept() => match r {
                     Ok((stream, peer)) => {
                         let ctx = self.broker.ctx.clone();
@@ -101,7 +105,7 @@ impl Listener {
                             continue;
                         };
                         let _ = stream.set_nodelay(true);
-                        let stop = shutdown.clone();
+                        let stop = stop_conns.clone();
                         let transport = self.transport.clone();
                         conns.spawn(async move {
                             handshake_and_serve(ctx, transport, stream, peer, stop).await;
@@ -116,7 +120,8 @@ impl Listener {
                 },
             }
         }
-        while conns.join_next().await.is_some() {}
+        conns.close();
+        conns.wait().await;
         Ok(())
     }
 }
