@@ -43,6 +43,8 @@ struct Opts {
     /// An uplink to this MQTT URL forwarding `devices/#` at QoS 1 (issue 18: readings go
     /// through the durable queue).
     uplink: Option<String>,
+    /// The uplink's `protocol` ("5", the config's default, or "3.1.1").
+    uplink_protocol: String,
 }
 
 const HELP: &str =
@@ -55,6 +57,7 @@ const HELP: &str =
   --tidegate PATH   the tidegate binary (default target/release/tidegate)
   --uplink URL      an uplink to URL (e.g. mqtt://127.0.0.1:1883, a Mosquitto) forwarding
                     devices/# at QoS 1; also reports the bytes written per reading
+  --uplink-protocol P  the uplink's protocol: 5 (default, as the config's) or 3.1.1
 
 Needs `cargo build --release` first.";
 
@@ -66,6 +69,7 @@ fn parse_args() -> Result<Opts, String> {
         persistence: true,
         tidegate: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tidegate"),
         uplink: None,
+        uplink_protocol: "5".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -81,6 +85,12 @@ fn parse_args() -> Result<Opts, String> {
             }
             "--tidegate" => o.tidegate = value()?.into(),
             "--uplink" => o.uplink = Some(value()?),
+            "--uplink-protocol" => {
+                o.uplink_protocol = value()?;
+                if !matches!(o.uplink_protocol.as_str(), "5" | "3.1.1") {
+                    return Err("--uplink-protocol must be 5 or 3.1.1".into());
+                }
+            }
             "--no-persistence" => o.persistence = false,
             "--bench" => {}
             "--help" | "-h" => return Err(HELP.into()),
@@ -250,7 +260,8 @@ async fn run(opts: Opts) -> ExitCode {
     }
     if let Some(url) = &opts.uplink {
         cfg.push_str(&format!(
-            "uplinks:\n  - name: cloud\n    url: {url}\n    topics:\n      - {{filter: \"devices/#\", direction: out, qos: 1, remote_prefix: \"bench/\"}}\n"
+            "uplinks:\n  - name: cloud\n    url: {url}\n    protocol: \"{}\"\n    topics:\n      - {{filter: \"devices/#\", direction: out, qos: 1, remote_prefix: \"bench/\"}}\n",
+            opts.uplink_protocol
         ));
     }
     let path = dir.path().join("tidegate.yaml");
