@@ -80,9 +80,9 @@ impl Listener {
     /// Accepts connections until `shutdown`, then closes them all (each sends DISCONNECT
     /// 0x8B under MQTT 5) and returns once they are gone.
     pub async fn serve(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // The connections are tracked, not kept in a `JoinSet`: a set's entry cost 512 B per
-        // client (issue 13's per-idle-client memory), a tracker only counts. They stop on
-        // `shutdown`, or when this future is dropped (the guard cancels their token).
+        // The connections are tracked (a tracker only counts them; it does not keep a handle
+        // per client as a `JoinSet` does). They stop on `shutdown`, or when this future is
+        // dropped (the guard cancels their token), with their DISCONNECT.
         let conns = TaskTracker::new();
         let stop_conns = shutdown.child_token();
         let _stop_on_drop = stop_conns.clone().drop_guard();
