@@ -940,3 +940,55 @@ async fn persistent_sessions_expire() {
     assert_eq!(ack.reason_code, 0);
     assert_eq!(ack.properties.session_expiry_interval, Some(1));
 }
+
+/// A listener whose serving future is dropped (its task aborted, as a supervisor does) ends
+/// its connections too, without its shutdown token being cancelled: a connection must not
+/// outlive the listener that accepted it.
+#[tokio::test]
+async fn dropping_a_listener_ends_its_connections() {
+    let cfg = common::broker::config("");
+    let broker =
+        tidegate::broker::Broker::new(tidegate::broker::Settings::from_config(&cfg.broker));
+    let listener = broker.bind(&cfg.broker).await.unwrap().remove(0);
+    let addr = listener.local_addr();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let serving = tokio::spawn({
+        let s = shutdown.clone();
+        async move { listener.serve(s).await }
+    });
+
+    // A raw MQTT 3.1.1 client with a 60 s keepalive: nothing on its side ends the connection.
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    let id = b"held";
+    let mut connect = vec![
+        0x10,
+        12 + id.len() as u8,
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        2,
+        0,
+        60,
+        0,
+    ];
+    connect.push(id.len() as u8);
+    connect.extend_from_slice(id);
+    sock.write_all(&connect).await.unwrap();
+    let mut connack = [0u8; 4];
+    sock.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK, accepted");
+
+    serving.abort();
+    let _ = serving.await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(WAIT, sock.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "the connection stayed open after its listener was dropped"
+    );
+    assert!(!shutdown.is_cancelled());
+}

@@ -69,12 +69,9 @@ pub(crate) fn opcua(cmd: OpcuaCommand) -> ExitCode {
         let mode: ua::SecurityMode = parse("security mode", &security_mode)?;
         let password = match (&username, &password_file) {
             (None, _) => None,
-            (Some(_), Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| format!("cannot read {}: {e}", f.display()))?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_string(),
-            ),
+            // The rules of a config's `password_file` (one line, owner, mode, size), so a file
+            // that works here works in the config too.
+            (Some(_), Some(f)) => Some(tidegate::config::files::read_password(f, None)?),
             (Some(_), None) => Some(
                 rpassword::prompt_password("Password: ")
                     .map_err(|e| format!("cannot read the password: {e}"))?,

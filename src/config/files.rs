@@ -176,6 +176,20 @@ pub fn secret_dirs(config_dir: Option<&Path>) -> Vec<PathBuf> {
     dirs
 }
 
+/// The password of a `password` / `password_file` pair (an uplink's, an OPC UA device's
+/// `auth`): the inline one, else the file's, read by [`read_password`] without the directory
+/// rule (the config was validated, and no longer knows its directory). Blocking.
+pub fn configured_password(
+    password: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<String>, String> {
+    match (password, file) {
+        (Some(p), _) => Ok(Some(p.to_string())),
+        (None, Some(f)) => read_password(f, None).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Reads a `password_file` under the rules in the module doc: the password is its one line,
 /// without the line end. `allowed` are the directories it may lie in ([`secret_dirs`]); `None`
 /// skips that one rule, for the uplink reading the file of a config already validated (which

@@ -276,11 +276,10 @@ pub fn check_endpoint(url: &str) -> Result<(), String> {
 /// The password of `auth`, read from `password_file` when given (validated already, so the
 /// directory rule is not checked again).
 pub fn password(auth: &Auth) -> Result<Option<String>, String> {
-    match (&auth.password, &auth.password_file) {
-        (Some(p), _) => Ok(Some(p.clone())),
-        (None, Some(f)) => crate::config::files::read_password(f, None).map(Some),
-        (None, None) => Ok(None),
-    }
+    crate::config::files::configured_password(
+        auth.password.as_deref(),
+        auth.password_file.as_deref(),
+    )
 }
 
 /// Where the device's PKI lives: `data_dir/pki`.

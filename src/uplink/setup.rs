@@ -11,22 +11,13 @@ use std::path::Path;
 /// of docs/SECURITY.md "Secret files" (checked again as it is read; its place was checked
 /// when the config was validated).
 pub async fn password(cfg: &config::Uplink) -> Result<Option<String>, TaskError> {
-    match (&cfg.password, &cfg.password_file) {
-        (Some(p), _) => Ok(Some(p.clone())),
-        (None, Some(f)) => {
-            let f = f.clone();
-            let read =
-                tokio::task::spawn_blocking(move || crate::config::files::read_password(&f, None))
-                    .await
-                    .map_err(|e| {
-                        TaskError::Failed(anyhow::anyhow!("reading the password file: {e}"))
-                    })?;
-            Ok(Some(
-                read.map_err(|e| TaskError::Failed(anyhow::anyhow!(e)))?,
-            ))
-        }
-        (None, None) => Ok(None),
-    }
+    let (password, file) = (cfg.password.clone(), cfg.password_file.clone());
+    tokio::task::spawn_blocking(move || {
+        crate::config::files::configured_password(password.as_deref(), file.as_deref())
+    })
+    .await
+    .map_err(|e| TaskError::Failed(anyhow::anyhow!("reading the password file: {e}")))?
+    .map_err(|e| TaskError::Failed(anyhow::anyhow!(e)))
 }
 
 /// Opens uplink `name`'s queue under `data_dir` with the config's `buffer` bounds, hands it to
