@@ -114,10 +114,13 @@ pub fn add_tag(
     };
     match parse_in(&edited, base) {
         Ok(mut c) => {
-            let tags = &mut c.devices[index].tags;
-            let added = tags.last().is_some();
-            *tags = tags[..tags.len().saturating_sub(1)].into();
-            if c != config || !added {
+            // Without the new (last) tag, the edited config must be the config it came from.
+            let device = &mut c.devices[index];
+            let Some((_, before)) = device.tags.split_last() else {
+                return Err(cannot());
+            };
+            device.tags = before.into();
+            if c != config {
                 return Err(cannot());
             }
             Ok(Added {
