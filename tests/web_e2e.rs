@@ -168,11 +168,12 @@ impl Drop for Daemon {
     }
 }
 
-/// A simulated device (writable setpoint and mode), a Modbus TCP device and an uplink both
-/// toward a port nobody listens on, so the dashboard shows a disconnected uplink with its error
-/// and a growing queue, and the Modbus test-read answers with an error; and a Modbus device
-/// `rig` at `rig` (a real Modbus server), whose test-read becomes a tag. `devices` is last: the
-/// browser test appends a device at the end of the file.
+/// A simulated device (writable setpoint and mode), a Modbus TCP device, an uplink and a
+/// Sparkplug B uplink all toward a port nobody listens on, so the dashboard shows a
+/// disconnected uplink with its error and a growing queue and a Sparkplug node not born, and
+/// the Modbus test-read answers with an error; and a Modbus device `rig` at `rig` (a real
+/// Modbus server), whose test-read becomes a tag. `devices` is last: the browser test appends
+/// a device at the end of the file.
 fn config_body(rig: std::net::SocketAddr) -> String {
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -184,6 +185,11 @@ fn config_body(rig: std::net::SocketAddr) -> String {
     url: mqtt://127.0.0.1:{closed}
     topics:
       - {{ filter: "devices/#", direction: out, qos: 1, remote_prefix: "sites/e2e/" }}
+    reconnect: {{ min: 1s, max: 2s }}
+  - name: scada
+    url: mqtt://127.0.0.1:{closed}
+    format: sparkplug_b
+    sparkplug: {{ group_id: e2e, edge_node_id: e2e-node, primary_host: scada01 }}
     reconnect: {{ min: 1s, max: 2s }}
 devices:
   - name: demo

@@ -1,7 +1,8 @@
 // Browser end-to-end test of tidegate's web UI against the real daemon (started by
 // tests/web_e2e.rs): node run.mjs URL PASSWORD [SCREENSHOT_DIR [CONFIG_FILE DAEMON_PID]]
 //
-// Logs in with the generated admin password, changes it under Account, watches a simulated tag's value change live on
+// Logs in with the generated admin password, changes it under Account, reads the Sparkplug
+// uplink's card (node, primary host, births, bdSeq), watches a simulated tag's value change live on
 // Devices, writes a writable tag through the confirmation step, types an invalid config and
 // sees the error marked at its line, applies a valid one that adds a device and sees that
 // device's values arrive, restores the previous version from the history, reads the live log,
@@ -46,7 +47,10 @@ async function step(name, fn) {
 }
 
 let samplesBefore = 0;
-const samples = async () => Number((/\((\d+) samples/.exec(await page.locator('section.uplink figcaption').textContent()) || [])[1]);
+// The config has two uplinks: `cloud` (topic rules) and `scada` (Sparkplug B); the queue chart
+// checks read cloud's card.
+const CLOUD_CARD = 'section.uplink[aria-labelledby="uplink-cloud"]';
+const samples = async () => Number((/\((\d+) samples/.exec(await page.locator(`${CLOUD_CARD} figcaption`).textContent()) || [])[1]);
 const shot = (name, opts = {}) => page.screenshot({ path: path.join(outDir, `${name}.png`), ...opts });
 const valueCell = (device, tag) => page.locator(`section[data-device="${device}"] tr[data-tag="${tag}"] td.value`);
 const editor = () => page.locator('#config-yaml');
@@ -114,10 +118,22 @@ try {
   await step('dashboard shows the gateway, devices and the uplink', async () => {
     await page.locator('.kv dd').first().filter({ hasText: /\S/ }).waitFor();
     await page.locator('.chip.good', { hasText: 'demo' }).waitFor();
-    await page.locator('section.uplink', { hasText: 'cloud' }).locator('.badge').first().waitFor();
+    await page.locator(CLOUD_CARD).locator('.badge').first().waitFor();
     // Two queue samples make the chart's first line.
     await page.waitForFunction(() => document.querySelectorAll('svg.chart polyline.line').length > 0, null, { timeout: T });
     samplesBefore = await samples();
+  });
+
+  await step("a Sparkplug uplink's card shows its node identity and state", async () => {
+    // `scada` (format: sparkplug_b, primary_host scada01) cannot reach its server: its node is
+    // named, the primary host not heard yet, no births, and each connect attempt takes a bdSeq.
+    const card = page.locator('section.uplink[aria-labelledby="uplink-scada"]');
+    const row = (name) => card.locator('dt', { hasText: name }).locator('xpath=following-sibling::dd[1]');
+    await row('Sparkplug node').filter({ hasText: 'spBv1.0/e2e/…/e2e-node' }).waitFor();
+    await row('Primary host').filter({ hasText: 'scada01' }).filter({ hasText: 'not heard yet' }).waitFor();
+    await row('Births').filter({ hasText: 'not yet' }).waitFor();
+    await row('bdSeq').filter({ hasText: /^\d+$/ }).waitFor();
+    await card.locator('.err').filter({ hasText: /refused/i }).waitFor();
   });
 
   await step('a live value changes on Devices', async () => {
@@ -315,14 +331,14 @@ try {
 
   await step('dashboard again: the queue chart kept its samples across pages', async () => {
     await page.getByRole('link', { name: 'Dashboard' }).click();
-    await page.locator('section.uplink figcaption').waitFor();
+    await page.locator(`${CLOUD_CARD} figcaption`).waitFor();
     const now = await samples();
     if (!(samplesBefore >= 2 && now >= samplesBefore)) throw new Error(`queue samples: ${samplesBefore} when leaving the dashboard, ${now} back on it`);
     // Sampled every 3 s since the login, whichever page was open.
-    await page.waitForFunction(() => {
-      const c = document.querySelector('section.uplink figcaption');
+    await page.waitForFunction((sel) => {
+      const c = document.querySelector(`${sel} figcaption`);
       return c && Number((/\((\d+) samples/.exec(c.textContent) || [])[1]) >= 4;
-    }, null, { timeout: T });
+    }, CLOUD_CARD, { timeout: T });
     // The live stream is up (it reconnects within a second after the session was renamed).
     await page.locator('#conn.ok').waitFor();
     await shot('dashboard', { fullPage: true });
