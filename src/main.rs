@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Queue { action } => cli::queue::queue(action),
         Command::Passwd => cli::passwd::passwd(),
         Command::Modbus(cmd) => cli::modbus::modbus(cmd),
+        #[cfg(feature = "opcua")]
         Command::Opcua(cmd) => cli::opcua::opcua(cmd),
     }
 }

@@ -9,6 +9,7 @@
 //!   the same port, readings resume, and the new server holds exactly one subscription;
 //! - a secured endpoint (Basic256Sha256, SignAndEncrypt, user name) with trust on first use,
 //!   and a wrong password refused.
+#![cfg(feature = "opcua")]
 
 mod common;
 

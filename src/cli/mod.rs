@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod modbus;
+#[cfg(feature = "opcua")]
 pub mod opcua;
 pub mod passwd;
 pub mod queue;
@@ -68,6 +69,7 @@ pub enum Command {
     #[command(subcommand)]
     Modbus(modbus::ModbusCommand),
     /// Browse an OPC UA server's address space, for commissioning
+    #[cfg(feature = "opcua")]
     #[command(subcommand)]
     Opcua(opcua::OpcuaCommand),
 }

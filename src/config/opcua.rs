@@ -6,6 +6,7 @@
 //! of validation, so they get the key's line and column.
 
 use crate::config::{Device, Dur, Tag};
+#[cfg(feature = "opcua")]
 use opcua::types::NodeId;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -130,6 +131,13 @@ pub const DEFAULT_PUBLISHING_INTERVAL: Dur = Dur::secs(1);
 pub fn validate_device(d: &Device, p: &str, secret_dirs: &[PathBuf]) -> Vec<(String, String)> {
     let mut errors = Vec::new();
     let mut err = |path: String, msg: String| errors.push((path, msg));
+    #[cfg(not(feature = "opcua"))]
+    err(
+        format!("{p}.driver"),
+        "this tidegate was built without the OPC UA driver (cargo feature `opcua`, on by \
+         default and in the .deb); build it with the default features"
+            .into(),
+    );
     match d.endpoint.as_deref() {
         None => err(
             p.to_string(),
@@ -232,11 +240,16 @@ pub fn validate_tag(t: &Tag, p: &str) -> Vec<(String, String)> {
             p.to_string(),
             "an OPC UA tag needs `node_id` (like \"ns=2;s=Press/Temperature\")".to_string(),
         )),
+        #[cfg(feature = "opcua")]
         Some(id) => {
             if let Err(e) = parse_node_id(id) {
                 errors.push((format!("{p}.node_id"), e));
             }
         }
+        // Without the driver the node id grammar is not known here; the device's `driver`
+        // error says why the config is refused.
+        #[cfg(not(feature = "opcua"))]
+        Some(_) => {}
     }
     if let Some(i) = t.sampling_interval {
         if i.is_zero() {
@@ -289,6 +302,7 @@ pub fn pki_dir(data_dir: &Path) -> PathBuf {
 
 /// Parses a node id as the config writes it: `ns=2;s=Press/Temperature`, `ns=2;i=1005`,
 /// `ns=2;g=<guid>`, `ns=2;b=<base64>` (and `i=2258` in namespace 0).
+#[cfg(feature = "opcua")]
 pub fn parse_node_id(s: &str) -> Result<NodeId, String> {
     s.trim().parse::<NodeId>().map_err(|_| {
         format!(
@@ -309,6 +323,7 @@ mod tests {
     }
 
     /// Each mistake gives its error, by path and line (SPEC §3: semantic errors too).
+    #[cfg(feature = "opcua")]
     #[test]
     fn mistakes_are_reported_with_path_and_line() {
         let cases: Vec<(String, &str, &str, usize)> = vec![
@@ -409,6 +424,28 @@ mod tests {
         assert_eq!(
             d.security.as_ref().unwrap().policy,
             Policy::Aes256Sha256RsaPss
+        );
+    }
+
+    /// A build without the driver refuses an OPC UA device, valid as it is, at its `driver`
+    /// line and says why; the device's other mistakes are still reported.
+    #[cfg(not(feature = "opcua"))]
+    #[test]
+    fn a_build_without_the_driver_refuses_an_opcua_device_and_says_why() {
+        let errors = crate::config::parse(&device("")).unwrap_err();
+        let hit = errors
+            .iter()
+            .find(|e| e.path == "devices[0].driver")
+            .unwrap_or_else(|| panic!("no driver error in {errors:#?}"));
+        assert!(
+            hit.message.contains("built without the OPC UA driver"),
+            "{hit:?}"
+        );
+        assert_eq!(hit.line, Some(3));
+        let errors = crate::config::parse(&device("    mode: push\n")).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.path == "devices[0].mode"),
+            "{errors:#?}"
         );
     }
 

@@ -19,6 +19,7 @@ pub mod command;
 pub mod device;
 pub mod gpio;
 pub mod modbus;
+#[cfg(feature = "opcua")]
 pub mod opcua;
 pub mod reading;
 pub mod serial;
@@ -242,6 +243,12 @@ pub async fn run(
         Kind::ModbusTcp | Kind::ModbusRtu => {
             modbus::run(vec![device], broker, registry, stop).await
         }
+        #[cfg(not(feature = "opcua"))]
+        Kind::Opcua => Err(TaskError::Fatal(anyhow::anyhow!(
+            "device `{}`: this tidegate was built without the OPC UA driver (cargo feature `opcua`)",
+            device.name
+        ))),
+        #[cfg(feature = "opcua")]
         Kind::Opcua => {
             let driver = opcua::Opcua::start(&device, &registry.data_dir())
                 .await
