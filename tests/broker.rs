@@ -582,6 +582,23 @@ async fn takeover_sends_session_taken_over_in_v5() {
     assert_eq!(rest, [0xE0, 0x01, 0x8E]);
 }
 
+/// MQTT 5: when the broker stops, a connected client hears why (DISCONNECT 0x8B, server
+/// shutting down), not 0x8E: the connection's takeover token is a child of the broker's
+/// shutdown token and the two are told apart.
+#[tokio::test]
+async fn shutdown_sends_server_shutting_down_in_v5() {
+    let b = start("").await;
+    let mut client = raw_connect(
+        b.addr,
+        Connect::new(ProtocolVersion::V5, "stays"),
+        ProtocolVersion::V5,
+    )
+    .await;
+    b.stop.cancel();
+    let rest = read_to_close(&mut client).await;
+    assert_eq!(rest, [0xE0, 0x01, 0x8B]);
+}
+
 #[tokio::test]
 async fn sys_tree_is_retained_and_readable_by_subscribers_of_sys() {
     let b = start("").await;

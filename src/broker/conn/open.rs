@@ -115,7 +115,7 @@ where
         refuse(wr, version, code).await;
         return None;
     }
-    match accept(ctx, connect, &access, peer) {
+    match accept(ctx, connect, &access, peer, shutdown) {
         Ok(opened) => Some(opened),
         Err(code) => {
             refuse(wr, version, code).await;
@@ -127,12 +127,14 @@ where
 /// The handshake's rest once the client is authenticated (no I/O: the CONNACK and any
 /// resent in-flight messages go to the connection's outgoing buffer): assigns a client id,
 /// checks it and the will's topic, grants the session expiry, attaches the session and
-/// makes the [`Conn`]. `Err(reason code)` when the CONNECT is refused.
+/// makes the [`Conn`]; its `kick` token is a child of `shutdown`. `Err(reason code)` when
+/// the CONNECT is refused.
 pub(super) fn accept(
     ctx: &Arc<Ctx>,
     connect: Connect,
     access: &Access,
     peer: SocketAddr,
+    shutdown: &CancellationToken,
 ) -> Result<Opened, u8> {
     let version = connect.protocol;
     let shared = &ctx.shared;
@@ -179,7 +181,9 @@ pub(super) fn accept(
         Expiry::Never
     };
     let (expiry, expiry_cap) = granted_expiry(ctx, peer, &client_id, asked);
-    let kick = CancellationToken::new();
+    // A child of the broker's shutdown token, so that the connection waits on one token for
+    // both (one future less in every idle connection, issue 13); `run` tells them apart.
+    let kick = shutdown.child_token();
     let owner = Owner {
         username: connect.username.as_deref().map(Arc::from),
     };

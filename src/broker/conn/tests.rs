@@ -160,7 +160,13 @@ fn peer() -> SocketAddr {
 /// authenticated; returns it with the packets it queued (the CONNACK first).
 fn connect(broker: &Broker, connect: Connect) -> (Opened, Vec<Packet>) {
     let access = broker.ctx.shared.access();
-    let Ok(mut opened) = accept(&broker.ctx, connect, &access, peer()) else {
+    let Ok(mut opened) = accept(
+        &broker.ctx,
+        connect,
+        &access,
+        peer(),
+        &CancellationToken::new(),
+    ) else {
         panic!("the CONNECT was refused");
     };
     let out = sent(&mut opened.conn);
