@@ -123,6 +123,11 @@ pub fn present_tag_keys(t: &Tag) -> Vec<&'static str> {
     .collect()
 }
 
+/// What a build without the cargo feature `opcua` says of an OPC UA device: the config check,
+/// the device task and the web UI's test-read.
+pub const NOT_BUILT: &str =
+    "this tidegate was built without the OPC UA driver (cargo feature `opcua`)";
+
 /// The default publishing interval of the device's subscription.
 pub const DEFAULT_PUBLISHING_INTERVAL: Dur = Dur::secs(1);
 
@@ -134,9 +139,9 @@ pub fn validate_device(d: &Device, p: &str, secret_dirs: &[PathBuf]) -> Vec<(Str
     #[cfg(not(feature = "opcua"))]
     err(
         format!("{p}.driver"),
-        "this tidegate was built without the OPC UA driver (cargo feature `opcua`, on by \
-         default and in the .deb); build it with the default features"
-            .into(),
+        format!(
+            "{NOT_BUILT}; it is on by default and in the .deb: build with the default features"
+        ),
     );
     match d.endpoint.as_deref() {
         None => err(

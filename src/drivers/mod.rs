@@ -245,8 +245,9 @@ pub async fn run(
         }
         #[cfg(not(feature = "opcua"))]
         Kind::Opcua => Err(TaskError::Fatal(anyhow::anyhow!(
-            "device `{}`: this tidegate was built without the OPC UA driver (cargo feature `opcua`)",
-            device.name
+            "device `{}`: {}",
+            device.name,
+            crate::config::opcua::NOT_BUILT
         ))),
         #[cfg(feature = "opcua")]
         Kind::Opcua => {

@@ -231,10 +231,7 @@ async fn opcua_test_read(st: &State, device: &Device, body: &[u8]) -> Response {
 async fn opcua_test_read(_: &State, device: &Device, _: &[u8]) -> Response {
     error(
         StatusCode::UNPROCESSABLE_ENTITY,
-        format!(
-            "{}: this tidegate was built without the OPC UA driver (cargo feature `opcua`)",
-            device.name
-        ),
+        format!("{}: {}", device.name, crate::config::opcua::NOT_BUILT),
     )
 }
 
