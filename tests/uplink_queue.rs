@@ -205,6 +205,7 @@ fn bad_input_gets_a_clear_error_and_touches_nothing() {
 /// Issue 12 finding 8: one undecodable row in an uplink queue (a topic that is not UTF-8)
 /// made the uplink reconnect every second and never send. It is now moved to the quarantine
 /// table and counted (`dropped/quarantined`, `queue stats`); the rest is delivered in order.
+/// A row is one committed batch since issue 18 item 5.
 #[test]
 fn an_undecodable_queued_message_is_quarantined_and_the_rest_delivered() {
     if !have_mosquitto() {
@@ -219,24 +220,49 @@ fn an_undecodable_queued_message_is_quarantined_and_the_rest_delivered() {
     assert_eq!(acked.len(), 20);
     gw.stop();
 
-    // Bit rot in the 5th message ("4"), written into the real file with SQL.
+    // Bit rot in the batch holding the 5th message ("4"), written into the real file with
+    // SQL: its first byte becomes flags no build writes. The queue keeps one row per
+    // transaction, so the whole batch is what cannot be decoded.
     let s = queue_json(&cfg, &["stats"]);
     let path = s["uplinks"][0]["path"].as_str().unwrap().to_string();
-    {
+    let l = queue_json(&cfg, &["list", "--limit", "20"]);
+    let listed = l["uplinks"][0]["listed"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 20, "{l}");
+    let seq_of = |i: usize| {
+        listed
+            .iter()
+            .find(|m| m["payload_preview"] == i.to_string().as_str())
+            .and_then(|m| m["seq"].as_u64())
+            .unwrap_or_else(|| panic!("message {i} not listed: {l}"))
+    };
+    let (first, count): (u64, u64) = {
         let conn = rusqlite::Connection::open(&path).unwrap();
+        let (first, count): (i64, i64) = conn
+            .query_row(
+                "SELECT first_id, count FROM batches WHERE first_id <= ?1 ORDER BY first_id DESC LIMIT 1",
+                [seq_of(4) as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
         let n = conn
             .execute(
-                "UPDATE messages SET topic = CAST(X'C328' AS TEXT) WHERE CAST(payload AS TEXT) = '4'",
-                [],
+                "UPDATE batches SET body = X'FF' || substr(body, 2) WHERE first_id = ?1",
+                [first],
             )
             .unwrap();
         assert_eq!(n, 1);
-    }
+        (first as u64, count as u64)
+    };
+    let in_bad_batch = |i: usize| (first..first + count).contains(&seq_of(i));
+    assert!(in_bad_batch(4));
     // `list` shows it as it is.
     let l = queue_json(&cfg, &["list", "--limit", "20"]);
-    assert_eq!(
-        l["uplinks"][0]["listed"].as_array().unwrap().len(),
-        20,
+    assert!(
+        l["uplinks"][0]["listed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["topic"].as_str().unwrap().contains("cannot be decoded")),
         "{l}"
     );
 
@@ -245,7 +271,7 @@ fn an_undecodable_queued_message_is_quarantined_and_the_rest_delivered() {
     rt.block_on(async {
         let mut sub = cloud_subscriber(m.addr, "quarantine-sub", "sites/t/devices/#").await;
         let gw = Gateway::start(&cfg);
-        let want: Vec<usize> = (0..20).filter(|i| *i != 4).collect();
+        let want: Vec<usize> = (0..20).filter(|i| !in_bad_batch(*i)).collect();
         let seen = collect(
             &mut sub,
             "sites/t/devices/x/seq",
@@ -256,7 +282,7 @@ fn an_undecodable_queued_message_is_quarantined_and_the_rest_delivered() {
         assert_eq!(seen.order, want, "{}", gw.log());
         let l = ledger_until(
             gw.addr,
-            |l| num(l, "dropped/quarantined") == 1 && num(l, "acked") == 19,
+            |l| num(l, "dropped/quarantined") == count && num(l, "acked") == 20 - count,
             Duration::from_secs(30),
         )
         .await;
@@ -269,6 +295,6 @@ fn an_undecodable_queued_message_is_quarantined_and_the_rest_delivered() {
         gw.stop();
     });
     let s = queue_json(&cfg, &["stats"]);
-    assert_eq!(s["uplinks"][0]["quarantined"], 1, "{s}");
+    assert_eq!(s["uplinks"][0]["quarantined"], count, "{s}");
     assert_eq!(s["uplinks"][0]["messages"], 0, "{s}");
 }

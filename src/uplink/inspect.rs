@@ -8,7 +8,7 @@
 //!   batch. WAL readers do not block the daemon's writer, and it does not block them. Nothing
 //!   is created: a missing queue file is reported, not made.
 //! * `purge` deletes the messages queued **when it starts** (`id <=` the highest id then), in
-//!   `BEGIN IMMEDIATE` transactions of at most [`PURGE_CHUNK`] rows, so it holds SQLite's
+//!   `BEGIN IMMEDIATE` transactions of at most [`PURGE_CHUNK`] batches, so it holds SQLite's
 //!   write lock for milliseconds at a time; the daemon's writer waits for it (busy timeout
 //!   5 s) and never fails for it. Messages that arrive while it runs are kept.
 //!   The daemon notices the change (`PRAGMA data_version`, checked every second and at each
@@ -17,20 +17,20 @@
 //!   they were purged (at most its in-flight window, 100) are still delivered; their
 //!   acknowledgements then find nothing to delete, which is harmless. Sending continues
 //!   after the last id sent, so purged messages are never read again.
-//! * Ids are `AUTOINCREMENT`: a purge never makes an id be reused, so the order of what
-//!   follows is kept.
+//! * Ids come from the queue's `state` row, which a purge does not touch: a purge never makes
+//!   an id be reused, so the order of what follows is kept.
 //!
 //! Damaged files are only reported here; moving a corrupt file aside is the daemon's job
 //! (at its next start), because this command cannot know whether the daemon has it open.
 
-use super::queue::SCHEMA_VERSION;
+use super::queue::{disk, SCHEMA_VERSION};
 use crate::config::Config;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Rows deleted per transaction by [`purge`].
+/// Batches deleted per transaction by [`purge`].
 pub const PURGE_CHUNK: i64 = 5_000;
 
 /// The queue file of uplink `name` under `data_dir`.
@@ -54,8 +54,10 @@ pub enum InspectError {
     },
     #[error("{path}: schema version {found} is newer than the {SCHEMA_VERSION} this build understands; not touching it")]
     Newer { path: PathBuf, found: i64 },
-    #[error("{path}: not an uplink queue database (no messages table)")]
+    #[error("{path}: not an uplink queue database (no batches table)")]
     NotAQueue { path: PathBuf },
+    #[error("{path}: written by an older tidegate (queue schema {found}); the daemon upgrades it when it opens it: start it once, then ask again")]
+    Older { path: PathBuf, found: i64 },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -177,15 +179,13 @@ fn open(path: &Path, write: bool) -> Result<Connection, InspectError> {
             found: version,
         });
     }
-    let has_table: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(sqlite(path))?;
-    if has_table.is_none() {
+    if !disk::is_queue(&conn).map_err(sqlite(path))? {
+        if (1..SCHEMA_VERSION).contains(&version) {
+            return Err(InspectError::Older {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
         return Err(InspectError::NotAQueue {
             path: path.to_path_buf(),
         });
@@ -247,33 +247,18 @@ pub fn summary(
         return Ok(s);
     }
     let conn = open(path, false)?;
-    type Row = (i64, i64, Option<i64>, Option<i64>, Option<i64>, Option<i64>);
-    let r: Row = conn
-        .query_row(
-            "SELECT count(*), coalesce(sum(size), 0), min(id), max(id),
-                    min(received_at_ms), max(received_at_ms) FROM messages",
-            [],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
-        )
-        .map_err(sqlite(path))?;
-    s.messages = to_u64(r.0);
-    s.bytes = to_u64(r.1);
-    s.first_seq = r.2.map(to_u64);
-    s.last_seq = r.3.map(to_u64);
-    s.oldest_received_at_ms = r.4.map(to_u64);
+    // One read transaction: the totals and the drops of one snapshot.
+    conn.execute_batch("BEGIN").map_err(sqlite(path))?;
+    let t = disk::totals(&conn).map_err(sqlite(path))?;
+    s.messages = t.messages;
+    s.bytes = t.bytes;
+    s.first_seq = t.first_id;
+    s.last_seq = t.last_id;
+    s.oldest_received_at_ms = t.oldest_received_at_ms;
     s.oldest_age_seconds = s
         .oldest_received_at_ms
         .map(|t| now_ms.saturating_sub(t) / 1000);
-    s.newest_received_at_ms = r.5.map(to_u64);
+    s.newest_received_at_ms = t.newest_received_at_ms;
     s.quarantined = super::queue::quarantined_rows(&conn).map_err(sqlite(path))?;
     // Schema version 2 on: a file the daemon has not opened since an upgrade has none yet.
     if has_drops(&conn).map_err(sqlite(path))? {
@@ -303,43 +288,39 @@ pub fn list(
     now_ms: u64,
 ) -> Result<Vec<QueuedMessage>, InspectError> {
     let conn = open(path, false)?;
-    let mut stmt = conn
-        .prepare(
-            "SELECT id, topic, payload, qos, retain, size, received_at_ms FROM messages
-             WHERE id > ?1 ORDER BY id LIMIT ?2",
-        )
-        .map_err(sqlite(path))?;
-    let rows = stmt
-        .query_map(
-            params![
-                i64::try_from(after).unwrap_or(i64::MAX),
-                i64::try_from(limit).unwrap_or(i64::MAX)
-            ],
-            |r| {
-                let payload: Vec<u8> = r.get(2)?;
-                let received: i64 = r.get(6)?;
-                // Lossy: `list` shows what is there, bit rot included.
-                let topic = match r.get_ref(1)? {
-                    rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => {
-                        String::from_utf8_lossy(b).into_owned()
-                    }
-                    other => format!("{other:?}"),
-                };
-                Ok(QueuedMessage {
-                    seq: to_u64(r.get(0)?),
-                    topic,
-                    qos: u8::try_from(r.get::<_, i64>(3)?).unwrap_or(u8::MAX),
-                    retain: r.get::<_, i64>(4)? != 0,
-                    size: to_u64(r.get(5)?),
-                    received_at_ms: to_u64(received),
-                    age_seconds: now_ms.saturating_sub(to_u64(received)) / 1000,
-                    payload_preview: preview_of(&payload, preview),
-                    payload_bytes: payload.len(),
-                })
+    let listed = disk::list(&conn, after, limit).map_err(sqlite(path))?;
+    Ok(listed
+        .into_iter()
+        .map(|l| match l {
+            disk::Listed::Message(m) => QueuedMessage {
+                seq: m.id,
+                size: (m.topic.len() + m.payload.len() + m.properties.len()) as u64,
+                topic: m.topic,
+                qos: m.qos,
+                retain: m.retain,
+                received_at_ms: m.received_at_ms,
+                age_seconds: now_ms.saturating_sub(m.received_at_ms) / 1000,
+                payload_preview: preview_of(&m.payload, preview),
+                payload_bytes: m.payload.len(),
             },
-        )
-        .map_err(sqlite(path))?;
-    rows.collect::<Result<_, _>>().map_err(sqlite(path))
+            // Shown as it is: the daemon quarantines it when it reaches it.
+            disk::Listed::Damaged {
+                first_id,
+                count,
+                reason,
+            } => QueuedMessage {
+                seq: first_id,
+                topic: format!("(a batch of {count} messages that cannot be decoded: {reason})"),
+                qos: 0,
+                retain: false,
+                size: 0,
+                received_at_ms: 0,
+                age_seconds: 0,
+                payload_preview: String::new(),
+                payload_bytes: 0,
+            },
+        })
+        .collect())
 }
 
 /// The payload as text, control characters escaped, cut to `max` characters (`…` marks a cut).
@@ -363,10 +344,8 @@ pub fn preview_of(payload: &[u8], max: usize) -> String {
 /// How many messages a purge would delete now.
 pub fn count(path: &Path) -> Result<u64, InspectError> {
     let conn = open(path, false)?;
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
-        .map_err(sqlite(path))?;
-    Ok(to_u64(n))
+    let t = disk::totals(&conn).map_err(sqlite(path))?;
+    Ok(t.messages)
 }
 
 /// Deletes every message queued when it starts, in short transactions (see the module
@@ -374,28 +353,16 @@ pub fn count(path: &Path) -> Result<u64, InspectError> {
 /// or a transaction fails (what was deleted before stays deleted).
 pub fn purge(path: &Path) -> Result<u64, InspectError> {
     let conn = open(path, true)?;
-    let high: Option<i64> = conn
-        .query_row("SELECT max(id) FROM messages", [], |r| r.get(0))
-        .map_err(sqlite(path))?;
-    let Some(high) = high else { return Ok(0) };
+    let Some(high) = disk::high_id(&conn).map_err(sqlite(path))? else {
+        return Ok(0);
+    };
     let count = has_drops(&conn).map_err(sqlite(path))?;
     let mut deleted = 0u64;
     loop {
         conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(sqlite(path))?;
-        let result = conn.execute(
-            "DELETE FROM messages WHERE id IN
-                (SELECT id FROM messages WHERE id <= ?1 ORDER BY id LIMIT ?2)",
-            params![high, PURGE_CHUNK],
-        );
         // What is deleted is counted as `purged` in the same transaction.
-        let result = result.and_then(|n| {
-            if count {
-                super::queue::count_drops(&conn, "purged", n as u64)?;
-            }
-            Ok(n)
-        });
-        let n = match result {
+        let (batches, messages) = match disk::purge_chunk(&conn, high, PURGE_CHUNK, count) {
             Ok(n) => n,
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -403,8 +370,8 @@ pub fn purge(path: &Path) -> Result<u64, InspectError> {
             }
         };
         conn.execute_batch("COMMIT").map_err(sqlite(path))?;
-        deleted += n as u64;
-        if (n as i64) < PURGE_CHUNK {
+        deleted += messages;
+        if (batches as i64) < PURGE_CHUNK {
             return Ok(deleted);
         }
     }

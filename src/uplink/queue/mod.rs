@@ -133,6 +133,8 @@
 //! and expiry are small and not budgeted. [`Queue::open`] and [`Queue::close`] block; call them
 //! before the runtime starts, from `spawn_blocking`, or from a plain thread.
 
+mod body;
+pub mod disk;
 mod schema;
 mod writer;
 
@@ -303,12 +305,20 @@ pub struct QueueStats {
     pub quarantined: u64,
 }
 
-/// Messages in the quarantine table of the queue database on `conn` (undecodable rows set
-/// aside, SPEC §5); 0 when there never was one.
+/// Messages in the quarantine table of the queue database on `conn` (undecodable batches set
+/// aside, SPEC §5; a row of schema 2 is one message); 0 when there never was one.
 ///
 /// Fails when the database cannot be read.
 pub fn quarantined_rows(conn: &rusqlite::Connection) -> Result<u64, rusqlite::Error> {
-    crate::sqlite::quarantine::rows(conn)
+    if crate::sqlite::quarantine::rows(conn)? == 0 {
+        return Ok(0);
+    }
+    let n: i64 = conn.query_row(
+        "SELECT coalesce(sum(coalesce(messages, 1)), 0) FROM quarantine",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 struct Shared {
@@ -364,8 +374,8 @@ impl Queue {
         let (thread, opened) = WriterThread::spawn(
             "uplinkq-writer",
             move || {
-                let (conn, totals, moved_aside) = schema::open(&db_path)?;
-                let mut writer = Writer::new(conn, db_path, thread_counters, config, totals)?;
+                let (conn, totals, ids, moved_aside) = schema::open(&db_path)?;
+                let mut writer = Writer::new(conn, db_path, thread_counters, config, totals, ids)?;
                 writer.expire_now(crate::clock::now_ms());
                 let t = writer.totals();
                 let opened = Opened {

@@ -186,6 +186,97 @@ fn ack_through_deletes_only_the_prefix() {
 }
 
 #[test]
+fn an_ack_inside_a_batch_survives_a_restart_and_nothing_acked_comes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("uplink.db");
+    let (q, _) = Queue::open(&path, roomy()).expect("open");
+    // One append, one transaction: one batch of ids 1..=6.
+    append_ok(&q, (0..6).map(|n| msg(n, 2)).collect());
+    q.ack_through(4);
+    barrier(&q);
+    assert_eq!(ids(&read_all(&q)), vec![5, 6]);
+    assert_eq!(block_on(q.read_after(2, 1)).expect("read")[0].id, 5);
+    q.close().expect("close");
+    // What another process sees, and what a restart finds: the watermark was committed.
+    let conn = rusqlite::Connection::open(&path).expect("outside connection");
+    let t = super::disk::totals(&conn).expect("totals");
+    assert_eq!(
+        (t.messages, t.bytes, t.first_id, t.last_id),
+        (2, 20, Some(5), Some(6))
+    );
+    drop(conn);
+    let (q, opened) = Queue::open(&path, roomy()).expect("reopen");
+    assert_eq!((opened.depth, opened.bytes), (2, 20));
+    assert_eq!(opened.oldest_received_at_ms, Some(T0 + 4));
+    let rows = read_all(&q);
+    assert_eq!(ids(&rows), vec![5, 6]);
+    assert_eq!(
+        rows[0],
+        Stored {
+            id: 5,
+            topic: "t/000004".into(),
+            payload: Bytes::from(vec![4u8; 2]),
+            qos: 1,
+            retain: false,
+            properties: Bytes::new(),
+            received_at_ms: T0 + 4,
+        }
+    );
+    q.ack_through(6);
+    assert_eq!(append_ok(&q, vec![msg(7, 2)]), vec![7]);
+    q.close().expect("close");
+}
+
+#[test]
+fn a_queue_of_schema_2_is_migrated_with_its_messages_and_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("uplink.db");
+    {
+        // A file as the build before batches left it: one row per message, ids by
+        // AUTOINCREMENT (the high-water mark 41 is above the last row left, 40).
+        let conn = rusqlite::Connection::open(&path).expect("create");
+        conn.execute_batch(
+            "CREATE TABLE messages (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL,
+                qos INTEGER NOT NULL, retain INTEGER NOT NULL, properties BLOB NOT NULL,
+                received_at_ms INTEGER NOT NULL, size INTEGER NOT NULL);
+             CREATE INDEX messages_by_age ON messages (received_at_ms);
+             CREATE TABLE drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL);
+             INSERT INTO drops VALUES ('full', 7);
+             INSERT INTO messages VALUES (38, 'a/1', X'7B7D', 1, 1, X'', 1700000000000, 5);
+             INSERT INTO messages VALUES (40, 'a/2', X'3432', 2, 0, X'0102', 1700000000001, 7);
+             INSERT INTO messages VALUES (41, 'gone', X'', 1, 0, X'', 1700000000002, 4);
+             DELETE FROM messages WHERE id = 41;
+             PRAGMA user_version = 2;",
+        )
+        .expect("schema 2");
+    }
+    let (q, opened) = Queue::open(&path, roomy()).expect("open migrates");
+    assert_eq!((opened.depth, opened.bytes), (2, 12));
+    let rows = read_all(&q);
+    assert_eq!(ids(&rows), vec![38, 40]);
+    assert_eq!(
+        (rows[0].topic.as_str(), &rows[0].payload[..], rows[0].retain),
+        ("a/1", &b"{}"[..], true)
+    );
+    assert_eq!((rows[1].qos, &rows[1].properties[..]), (2, &[1u8, 2][..]));
+    assert_eq!(
+        append_ok(&q, vec![msg(0, 1)]),
+        vec![42],
+        "ids are never reused"
+    );
+    assert_eq!(
+        block_on(q.query_int("PRAGMA user_version")).expect("version"),
+        SCHEMA_VERSION
+    );
+    assert_eq!(
+        block_on(q.query_int("SELECT count FROM drops WHERE reason = 'full'")).expect("drops"),
+        7
+    );
+    q.close().expect("close");
+}
+
+#[test]
 fn the_writer_connection_is_wal_with_synchronous_full() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (q, _) = Queue::open(&dir.path().join("uplink.db"), roomy()).expect("open");
@@ -243,12 +334,16 @@ fn a_change_by_another_process_is_counted_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("uplink.db");
     let (q, _) = Queue::open(&path, roomy()).expect("open");
-    append_ok(&q, (0..5).map(|n| msg(n, 10)).collect());
+    // Two appends, two transactions, two batches: 1-3 and 4-5.
+    append_ok(&q, (0..3).map(|n| msg(n, 10)).collect());
+    append_ok(&q, (3..5).map(|n| msg(n, 10)).collect());
     // What `tidegate queue purge` would do beside the running daemon.
     let conn = rusqlite::Connection::open(&path).expect("outside connection");
     conn.busy_timeout(Duration::from_secs(5)).expect("busy");
-    conn.execute("DELETE FROM messages WHERE id <= 3", [])
-        .expect("outside delete");
+    conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    let purged = super::disk::purge_chunk(&conn, 3, 100, true).expect("outside delete");
+    conn.execute_batch("COMMIT").expect("commit");
+    assert_eq!(purged, (1, 3));
     drop(conn);
     append_ok(&q, vec![msg(5, 10)]);
     let s = q.stats();
@@ -429,29 +524,47 @@ fn expiry_drops_old_messages_and_counts_them() {
         when_full: WhenFull::DropOldest,
     };
     let (q, _) = Queue::open(&path, b.clone()).expect("open");
-    // received_at_ms not in id order: expiry goes by age, wherever the row sits.
+    // received_at_ms not in id order: expiry goes by age, wherever the batch sits. One
+    // append per message, so one batch per message.
     let ages_s = [600u64, 10, 120, 30, 61, 0];
     let now = crate::clock::now_ms();
-    let msgs = ages_s
-        .iter()
-        .enumerate()
-        .map(|(i, age)| NewMessage {
-            received_at_ms: now - age * 1_000,
-            ..msg(i as u64, 10)
-        })
-        .collect();
-    append_ok(&q, msgs);
+    for (i, age) in ages_s.iter().enumerate() {
+        append_ok(
+            &q,
+            vec![NewMessage {
+                received_at_ms: now - age * 1_000,
+                ..msg(i as u64, 10)
+            }],
+        );
+    }
     assert_eq!(q.stats().oldest_received_at_ms, Some(now - 600_000));
     q.expire(now);
     barrier(&q);
     let s = q.stats();
     assert_eq!((s.dropped_expired, s.depth, s.bytes), (3, 3, 54));
-    assert_eq!(s.oldest_received_at_ms, Some(now - 30_000));
+    // The oldest is that of the first batch left (id 2, 10 s); only a clock set back makes
+    // a later one older (id 4, 30 s).
+    assert_eq!(s.oldest_received_at_ms, Some(now - 10_000));
     assert_eq!(ids(&read_all(&q)), vec![2, 4, 6]);
     // A clock that is behind expires nothing.
     q.expire(now - 3_600_000);
     barrier(&q);
     assert_eq!(q.stats().dropped_expired, 3);
+    // The unit of expiry is a batch (the messages of one transaction, received within
+    // milliseconds of each other unless the clock was stepped): one that still holds a
+    // fresh message stays whole.
+    let old_one = NewMessage {
+        received_at_ms: now - 600_000,
+        ..msg(7, 10)
+    };
+    let fresh = NewMessage {
+        received_at_ms: now,
+        ..msg(8, 10)
+    };
+    assert_eq!(append_ok(&q, vec![old_one, fresh]), vec![7, 8]);
+    q.expire(now);
+    barrier(&q);
+    assert_eq!((q.stats().dropped_expired, q.stats().depth), (3, 5));
     q.close().expect("close");
 
     // At open, with the system clock: a 10-minute-old message goes, fresh ones stay.
@@ -465,7 +578,7 @@ fn expiry_drops_old_messages_and_counts_them() {
     );
     q.close().expect("close");
     let (q, opened) = Queue::open(&path, b).expect("reopen 2");
-    assert_eq!((opened.expired, opened.depth), (1, 3));
+    assert_eq!((opened.expired, opened.depth), (1, 5));
     assert_eq!(q.stats().dropped_expired, 1);
     q.close().expect("close");
 }

@@ -1,6 +1,7 @@
-//! What one transaction of a batch does: appends under the bounds, acks, expiry, drop
+//! What one transaction of a batch does: appends under the bounds (all of them into one
+//! `batches` row), acks (the watermark, and the batches wholly below it), expiry, drop
 //! counts, dropping the oldest to fit `max_bytes`; and its [`Tally`], which the writer
-//! applies to its totals and counters only when the transaction commits.
+//! applies to its totals, ids and counters only when the transaction commits.
 
 use rusqlite::{params, Connection};
 use tokio::sync::OwnedSemaphorePermit;
@@ -8,7 +9,8 @@ use tracing::info;
 
 use super::{data_version, to_i64, to_u64, AppendReply, Writer};
 use crate::sqlite::exec;
-use crate::uplink::queue::schema::{self, Totals};
+use crate::uplink::queue::body;
+use crate::uplink::queue::schema::{self, Ids, Totals};
 use crate::uplink::queue::{NewMessage, QueueError, Rejected, WhenFull};
 
 /// A command that changes the database, in queue order within its batch.
@@ -27,6 +29,7 @@ pub(super) enum Write {
 #[derive(Default)]
 pub(super) struct Tally {
     pub(super) totals: Totals,
+    pub(super) ids: Ids,
     pub(super) appended: u64,
     pub(super) acked: u64,
     pub(super) dropped_full: u64,
@@ -34,31 +37,25 @@ pub(super) struct Tally {
     /// Rows another process deleted before this transaction.
     pub(super) purged: u64,
     pub(super) rejected: u64,
-    /// Rows were deleted, so `oldest_received_at_ms` must be looked up again.
+    /// Messages were removed, so `oldest_received_at_ms` must be looked up again.
     pub(super) deleted: bool,
 }
 
-/// Rows removed by one DELETE.
+/// The batch being built by a transaction's appends: one row, inserted before COMMIT.
+struct Pending {
+    first_id: u64,
+    count: u64,
+    bytes: u64,
+    oldest_ms: u64,
+    newest_ms: u64,
+    body: Vec<u8>,
+}
+
+/// Messages removed: how many, and their bytes.
 #[derive(Default)]
 pub(super) struct Removed {
     pub(super) rows: u64,
     pub(super) bytes: u64,
-}
-
-/// Runs a `DELETE ... RETURNING size` and adds up what it removed.
-pub(super) fn delete_returning(
-    conn: &Connection,
-    sql: &str,
-    bound: i64,
-) -> Result<Removed, rusqlite::Error> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params![bound])?;
-    let mut removed = Removed::default();
-    while let Some(row) = rows.next()? {
-        removed.rows += 1;
-        removed.bytes += to_u64(row.get(0)?);
-    }
-    Ok(removed)
 }
 
 pub(super) fn remove(tally: &mut Tally, removed: &Removed) {
@@ -67,6 +64,84 @@ pub(super) fn remove(tally: &mut Tally, removed: &Removed) {
         tally.totals.bytes = tally.totals.bytes.saturating_sub(removed.bytes);
         tally.deleted = true;
     }
+}
+
+/// A `batches` row without its body.
+#[derive(Clone, Copy)]
+pub(super) struct BatchRow {
+    pub(super) first_id: u64,
+    pub(super) count: u64,
+    pub(super) bytes: u64,
+}
+
+impl BatchRow {
+    pub(super) fn last_id(&self) -> u64 {
+        self.first_id + self.count - 1
+    }
+}
+
+fn batch_rows(conn: &Connection, sql: &str, bound: i64) -> rusqlite::Result<Vec<BatchRow>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![bound], |r| {
+        Ok(BatchRow {
+            first_id: to_u64(r.get(0)?),
+            count: to_u64(r.get(1)?),
+            bytes: to_u64(r.get(2)?),
+        })
+    })?;
+    rows.collect()
+}
+
+/// The messages of batch `b` with ids in `from..=to` that are still there (above the
+/// watermark `gone`): how many and their bytes. Reads the body only when part of the batch
+/// is meant (a damaged body counts whole: its messages are lost either way).
+pub(super) fn live_part(
+    conn: &Connection,
+    b: &BatchRow,
+    gone: u64,
+    from: u64,
+    to: u64,
+) -> rusqlite::Result<Removed> {
+    let from = from.max(b.first_id).max(gone.saturating_add(1));
+    let to = to.min(b.last_id());
+    if from > to {
+        return Ok(Removed::default());
+    }
+    if from == b.first_id && to == b.last_id() {
+        return Ok(Removed {
+            rows: b.count,
+            bytes: b.bytes,
+        });
+    }
+    let body: Vec<u8> = conn
+        .prepare_cached("SELECT body FROM batches WHERE first_id = ?1")?
+        .query_row(params![to_i64(b.first_id)], |r| body::column(r, 0))?;
+    let mut part = Removed {
+        rows: to - from + 1,
+        bytes: 0,
+    };
+    for (i, e) in body::iter(&body).enumerate() {
+        let id = b.first_id + i as u64;
+        if id > to {
+            break;
+        }
+        match e {
+            Ok(e) if id >= from => part.bytes += e.size(),
+            Ok(_) => {}
+            Err(_) => {
+                // Damaged: no sizes to be had; count the part's share of the batch.
+                part.bytes = b.bytes * part.rows / b.count;
+                break;
+            }
+        }
+    }
+    Ok(part)
+}
+
+fn delete_batch(conn: &Connection, first_id: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM batches WHERE first_id = ?1")?
+        .execute(params![to_i64(first_id)])?;
+    Ok(())
 }
 
 impl Writer {
@@ -80,7 +155,8 @@ impl Writer {
         let version = data_version(&self.conn)?;
         if version != self.data_version {
             // A full scan, but only after an operator's `tidegate queue purge` or the like.
-            tally.totals = schema::count(&self.conn)?;
+            tally.ids = schema::read_ids(&self.conn)?;
+            tally.totals = schema::count(&self.conn, tally.ids.gone_through)?;
             tally.purged = self.totals.depth.saturating_sub(tally.totals.depth);
             info!(
                 path = %self.db_path.display(),
@@ -89,32 +165,51 @@ impl Writer {
                 "Uplink queue was changed by another process (tidegate queue purge); counted it again"
             );
         }
+        // Ids below this are committed; an ack never reaches past them.
+        let committed_next = tally.ids.next_id;
+        let mut pending = Pending {
+            first_id: committed_next,
+            count: 0,
+            bytes: 0,
+            oldest_ms: u64::MAX,
+            newest_ms: 0,
+            body: Vec::new(),
+        };
         for w in writes {
             match w {
-                Write::Append { msgs, .. } => results.push(self.insert_all(msgs, tally)?),
+                Write::Append { msgs, .. } => {
+                    results.push(self.add_all(msgs, tally, &mut pending));
+                }
                 Write::Ack(through) => {
-                    let removed = delete_returning(
-                        &self.conn,
-                        "DELETE FROM messages WHERE id <= ?1 RETURNING size",
-                        to_i64(*through),
-                    )?;
+                    let through = (*through).min(committed_next.saturating_sub(1));
+                    let removed = self.advance(tally, through)?;
                     tally.acked += removed.rows;
                     remove(tally, &removed);
                 }
                 Write::Expire(now_ms) => {
                     let max_age =
                         u64::try_from(self.config.bounds.max_age.as_millis()).unwrap_or(u64::MAX);
-                    let cutoff = now_ms.saturating_sub(max_age);
-                    let removed = delete_returning(
-                        &self.conn,
-                        "DELETE FROM messages WHERE received_at_ms < ?1 RETURNING size",
-                        to_i64(cutoff),
-                    )?;
+                    let removed = self.expire(tally, now_ms.saturating_sub(max_age))?;
                     tally.dropped_expired += removed.rows;
                     remove(tally, &removed);
                 }
                 Write::Drops(reason, n) => schema::count_drops(&self.conn, reason, *n)?,
             }
+        }
+        if pending.count > 0 {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO batches (first_id, count, bytes, oldest_ms, newest_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    to_i64(pending.first_id),
+                    to_i64(pending.count),
+                    to_i64(pending.bytes),
+                    to_i64(pending.oldest_ms),
+                    to_i64(pending.newest_ms),
+                    pending.body,
+                ])?;
         }
         if self.config.bounds.when_full == WhenFull::DropOldest
             && tally.totals.bytes > self.config.bounds.max_bytes
@@ -132,31 +227,30 @@ impl Writer {
             schema::count_drops(&self.conn, reason, n)?;
         }
         if tally.deleted {
-            let oldest: Option<i64> =
-                self.conn
-                    .query_row("SELECT min(received_at_ms) FROM messages", [], |r| r.get(0))?;
-            tally.totals.oldest_received_at_ms = oldest.map(to_u64);
+            tally.totals.oldest_received_at_ms =
+                schema::first_oldest(&self.conn, tally.ids.gone_through)?;
+        }
+        if tally.ids != self.ids {
+            schema::write_ids(&self.conn, tally.ids)?;
         }
         exec(&self.conn, "COMMIT")?;
         self.data_version = version;
         Ok(())
     }
 
-    /// Inserts one append's messages, deciding per message under the bounds.
-    fn insert_all(
+    /// Adds one append's messages to the pending batch, deciding per message under the
+    /// bounds.
+    fn add_all(
         &self,
         msgs: &[NewMessage],
         tally: &mut Tally,
-    ) -> Result<Vec<Result<u64, Rejected>>, QueueError> {
+        pending: &mut Pending,
+    ) -> Vec<Result<u64, Rejected>> {
         let bounds = &self.config.bounds;
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO messages (topic, payload, qos, retain, properties, received_at_ms, size)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
         let mut out = Vec::with_capacity(msgs.len());
         for m in msgs {
             let size = m.size();
-            let verdict = if m.qos > 2 || i64::try_from(m.received_at_ms).is_err() {
+            let verdict = if !body::fits(m) || i64::try_from(m.received_at_ms).is_err() {
                 Err(Rejected::Invalid)
             } else if size > bounds.max_bytes {
                 Err(Rejected::TooLarge)
@@ -172,16 +266,13 @@ impl Writer {
                 out.push(Err(r));
                 continue;
             }
-            stmt.execute(params![
-                m.topic,
-                m.payload.as_ref(),
-                m.qos,
-                m.retain,
-                m.properties.as_ref(),
-                to_i64(m.received_at_ms),
-                to_i64(size),
-            ])?;
-            let id = to_u64(self.conn.last_insert_rowid());
+            body::encode(&mut pending.body, m);
+            let id = tally.ids.next_id;
+            tally.ids.next_id += 1;
+            pending.count += 1;
+            pending.bytes += size;
+            pending.oldest_ms = pending.oldest_ms.min(m.received_at_ms);
+            pending.newest_ms = pending.newest_ms.max(m.received_at_ms);
             let t = &mut tally.totals;
             t.depth += 1;
             t.bytes = t.bytes.saturating_add(size);
@@ -192,38 +283,107 @@ impl Writer {
             tally.appended += 1;
             out.push(Ok(id));
         }
-        Ok(out)
+        out
     }
 
-    /// Deletes the oldest rows (by id) until the queue fits `max_bytes` again. Runs once per
-    /// batch, after its inserts, so a burst costs one scan and one DELETE; rows appended in
-    /// this very batch are dropped too when the batch alone is larger than the bound.
-    fn drop_oldest(&self, tally: &mut Tally) -> Result<(), QueueError> {
-        let excess = tally.totals.bytes - self.config.bounds.max_bytes;
-        let mut cut = None;
-        {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT id, size FROM messages ORDER BY id")?;
-            let mut rows = stmt.query([])?;
-            let mut freed = 0u64;
-            while let Some(row) = rows.next()? {
-                freed += to_u64(row.get(1)?);
-                cut = Some(row.get::<_, i64>(0)?);
-                if freed >= excess {
-                    break;
-                }
+    /// Moves the watermark up to `through`: every message up to it is gone, and batches
+    /// wholly below it are deleted. Returns what went.
+    fn advance(&self, tally: &mut Tally, through: u64) -> Result<Removed, QueueError> {
+        let gone = tally.ids.gone_through;
+        if through <= gone {
+            return Ok(Removed::default());
+        }
+        // A rowid range: the batches up to `through` (a few, since those below the old
+        // watermark are gone already, but for one straddling it).
+        let rows = batch_rows(
+            &self.conn,
+            "SELECT first_id, count, bytes FROM batches WHERE first_id <= ?1 ORDER BY first_id",
+            to_i64(through),
+        )?;
+        let mut removed = Removed::default();
+        for b in &rows {
+            let part = live_part(&self.conn, b, gone, gone + 1, through)?;
+            removed.rows += part.rows;
+            removed.bytes += part.bytes;
+            if b.last_id() <= through {
+                delete_batch(&self.conn, b.first_id)?;
             }
         }
-        if let Some(cut) = cut {
-            let removed = delete_returning(
-                &self.conn,
-                "DELETE FROM messages WHERE id <= ?1 RETURNING size",
-                cut,
-            )?;
-            tally.dropped_full += removed.rows;
-            remove(tally, &removed);
+        tally.ids.gone_through = through;
+        Ok(removed)
+    }
+
+    /// Deletes the batches whose newest message was received before `cutoff_ms` (a scan of
+    /// the batches, without their bodies; run on a timer).
+    fn expire(&self, tally: &Tally, cutoff_ms: u64) -> Result<Removed, QueueError> {
+        let rows = batch_rows(
+            &self.conn,
+            "SELECT first_id, count, bytes FROM batches WHERE newest_ms < ?1 ORDER BY first_id",
+            to_i64(cutoff_ms),
+        )?;
+        let gone = tally.ids.gone_through;
+        let mut removed = Removed::default();
+        for b in &rows {
+            let part = live_part(&self.conn, b, gone, b.first_id, b.last_id())?;
+            removed.rows += part.rows;
+            removed.bytes += part.bytes;
+            delete_batch(&self.conn, b.first_id)?;
         }
+        Ok(removed)
+    }
+
+    /// Drops the oldest messages (by id) until the queue fits `max_bytes` again: whole
+    /// batches, then, in the batch that makes it fit, its first messages, by moving the
+    /// watermark. Runs once per transaction, after its appends, so a burst costs one walk;
+    /// messages appended in this very transaction are dropped too when they alone are larger
+    /// than the bound.
+    fn drop_oldest(&self, tally: &mut Tally) -> Result<(), QueueError> {
+        let mut excess = tally.totals.bytes - self.config.bounds.max_bytes;
+        let rows = batch_rows(
+            &self.conn,
+            "SELECT first_id, count, bytes FROM batches WHERE first_id >= ?1 ORDER BY first_id",
+            0,
+        )?;
+        let mut removed = Removed::default();
+        for b in &rows {
+            let gone = tally.ids.gone_through;
+            let live = live_part(&self.conn, b, gone, b.first_id, b.last_id())?;
+            if live.bytes <= excess {
+                excess -= live.bytes;
+                removed.rows += live.rows;
+                removed.bytes += live.bytes;
+                delete_batch(&self.conn, b.first_id)?;
+                tally.ids.gone_through = tally.ids.gone_through.max(b.last_id());
+                if excess == 0 {
+                    break;
+                }
+                continue;
+            }
+            // The cut falls inside this batch: its first live messages go.
+            let body: Vec<u8> = self
+                .conn
+                .prepare_cached("SELECT body FROM batches WHERE first_id = ?1")?
+                .query_row(params![to_i64(b.first_id)], |r| body::column(r, 0))?;
+            let mut cut = gone;
+            for (i, e) in body::iter(&body).enumerate() {
+                let id = b.first_id + i as u64;
+                let Ok(e) = e else { break };
+                if id <= gone {
+                    continue;
+                }
+                removed.rows += 1;
+                removed.bytes += e.size();
+                cut = id;
+                if e.size() >= excess {
+                    break;
+                }
+                excess -= e.size();
+            }
+            tally.ids.gone_through = tally.ids.gone_through.max(cut);
+            break;
+        }
+        tally.dropped_full += removed.rows;
+        remove(tally, &removed);
         Ok(())
     }
 }

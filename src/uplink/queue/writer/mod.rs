@@ -19,7 +19,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tracing::{debug, error, info, warn};
 
-use super::schema::{self, Totals};
+use super::schema::{self, Ids, Totals};
 use super::{AppendResult, Bounds, NewMessage, Rejected, Stored};
 use super::{ErrorKind, QueueError};
 use crate::sqlite::{collect_batch, Failures};
@@ -118,6 +118,8 @@ pub(super) struct Writer {
     config: Config,
     /// What is committed in the database; mirrors `counters` gauges.
     totals: Totals,
+    /// The committed next id and watermark.
+    ids: Ids,
     /// `PRAGMA data_version` as last seen: it changes only when another connection commits
     /// (an operator's `tidegate queue purge`), and then `totals` are counted again.
     data_version: i64,
@@ -147,6 +149,7 @@ impl Writer {
         counters: Arc<Counters>,
         config: Config,
         totals: Totals,
+        ids: Ids,
     ) -> Result<Writer, QueueError> {
         // Read after the count at open; a commit by another process in between is not seen
         // until the next one (a window of microseconds, at start only).
@@ -159,6 +162,7 @@ impl Writer {
             counters,
             config,
             totals,
+            ids,
             data_version,
             failures: Failures::default(),
             unrecorded_write_errors: 0,
@@ -277,6 +281,7 @@ impl Writer {
         let started = Instant::now();
         let mut tally = Tally {
             totals: self.totals,
+            ids: self.ids,
             ..Tally::default()
         };
         let mut results: Vec<Vec<Result<u64, Rejected>>> = Vec::new();
@@ -286,6 +291,7 @@ impl Writer {
             Ok(()) => {
                 let latency = started.elapsed();
                 self.totals = tally.totals;
+                self.ids = tally.ids;
                 self.unrecorded_write_errors = 0;
                 let c = &self.counters;
                 // Counters first, so a waiter that looks at the stats sees its own write.
@@ -396,15 +402,21 @@ impl Writer {
     /// Outside a transaction: counts the queue again when another process committed since
     /// the last look (`PRAGMA data_version`), so the gauges follow a purge even while idle.
     fn refresh(&mut self) {
-        let result = (|| -> rusqlite::Result<Option<(i64, Totals)>> {
+        let result = (|| -> rusqlite::Result<Option<(i64, Totals, Ids)>> {
             let version = data_version(&self.conn)?;
             if version == self.data_version {
                 return Ok(None);
             }
-            Ok(Some((version, schema::count(&self.conn)?)))
+            let ids = schema::read_ids(&self.conn)?;
+            Ok(Some((
+                version,
+                schema::count(&self.conn, ids.gone_through)?,
+                ids,
+            )))
         })();
         match result {
-            Ok(Some((version, totals))) => {
+            Ok(Some((version, totals, ids))) => {
+                self.ids = ids;
                 let purged = self.totals.depth.saturating_sub(totals.depth);
                 info!(
                     path = %self.db_path.display(),

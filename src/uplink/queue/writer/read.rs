@@ -1,31 +1,31 @@
-//! Reads, served by the writer between transactions (so a row handed to the sender can no
-//! longer roll back), and the quarantine of rows that cannot be decoded (SPEC §5).
+//! Reads, served by the writer between transactions (so a message handed to the sender can
+//! no longer roll back), and the quarantine of batches that cannot be decoded (SPEC §5).
 
 use bytes::Bytes;
 use rusqlite::params;
 use std::sync::atomic::Ordering;
 use tracing::error;
 
-use super::batch::{delete_returning, Removed};
 use super::{data_version, to_i64, to_u64, Writer};
 use crate::sqlite::quarantine;
+use crate::uplink::queue::body;
 use crate::uplink::queue::schema;
 use crate::uplink::queue::{QueueError, Stored};
 
 impl Writer {
-    /// Up to `limit` messages after id `after`, in id order. A row whose values cannot be
-    /// decoded (bit rot: a topic that is not UTF-8, a value of the wrong type) is moved to the
-    /// quarantine table, logged and counted (`dropped.quarantined`), and the read goes on past
-    /// it: one bad row must not stop the uplink (SPEC §5).
+    /// Up to `limit` messages after id `after` (and above the watermark), in id order. A batch
+    /// whose body cannot be decoded (bit rot, a hand edit) is moved to the quarantine table,
+    /// logged and counted (`dropped.quarantined`), and the read goes on past it: one bad row
+    /// must not stop the uplink (SPEC §5).
     pub(super) fn read_after(
         &mut self,
         after: u64,
         limit: usize,
     ) -> Result<Vec<Stored>, QueueError> {
-        let mut after = after;
+        let mut after = after.max(self.ids.gone_through);
         let mut out = Vec::new();
-        // Each pass reads past the bad rows it quarantined; bounded, since each pass that
-        // finds none ends the loop, and each that finds some removes them.
+        // Each pass reads past the bad batch it quarantined; bounded, since each pass that
+        // finds none ends the loop, and each that finds one removes it.
         loop {
             let want = limit.saturating_sub(out.len());
             if want == 0 {
@@ -33,100 +33,97 @@ impl Writer {
             }
             let (rows, bad, last) = self.read_rows(after, want)?;
             out.extend(rows);
-            if bad.is_empty() {
+            let Some(bad) = bad else {
                 return Ok(out);
-            }
-            self.quarantine(&bad)?;
+            };
+            self.quarantine(bad)?;
             after = last;
         }
     }
 
-    /// One read: the decoded rows, the undecodable ones (id, reason), and the last id seen.
+    /// One read: the decoded messages, the first undecodable batch (first id, reason), and
+    /// the last id read or skipped.
     #[allow(clippy::type_complexity)]
     fn read_rows(
         &self,
         after: u64,
         limit: usize,
-    ) -> Result<(Vec<Stored>, Vec<(i64, String)>, u64), QueueError> {
+    ) -> Result<(Vec<Stored>, Option<(u64, String)>, u64), QueueError> {
+        // The batch holding `after + 1` may start at or before `after`: from the last batch
+        // that starts there, in rowid order.
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, topic, payload, qos, retain, properties, received_at_ms
-             FROM messages WHERE id > ?1 ORDER BY id LIMIT ?2",
+            "SELECT first_id, count, body FROM batches
+             WHERE first_id >= (SELECT coalesce(max(first_id), 0) FROM batches WHERE first_id <= ?1)
+             ORDER BY first_id",
         )?;
-        let mut rows = stmt.query(params![
-            to_i64(after),
-            i64::try_from(limit).unwrap_or(i64::MAX)
-        ])?;
+        let mut rows = stmt.query(params![to_i64(after)])?;
         let mut out = Vec::new();
-        let mut bad = Vec::new();
         let mut last = after;
         while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            last = to_u64(id);
-            let decoded = (|| -> Result<Stored, QueueError> {
-                let qos: i64 = r.get(3)?;
-                Ok(Stored {
-                    id: to_u64(id),
-                    topic: r.get(1)?,
-                    payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                    qos: u8::try_from(qos).map_err(|_| QueueError::InvalidRow {
-                        table: "messages",
-                        detail: format!("qos = {qos}"),
-                    })?,
-                    retain: r.get::<_, i64>(4)? != 0,
-                    properties: Bytes::from(r.get::<_, Vec<u8>>(5)?),
-                    received_at_ms: to_u64(r.get(6)?),
-                })
-            })();
-            match decoded {
-                Ok(m) => out.push(m),
-                Err(e) if e.is_row_level() => bad.push((id, e.to_string())),
-                Err(e) => return Err(e),
+            let first = to_u64(r.get(0)?);
+            let count = to_u64(r.get(1)?);
+            if first + count <= after + 1 {
+                continue;
+            }
+            let body = Bytes::from(body::column(r, 2)?);
+            let mut seen = 0;
+            for (i, e) in body::iter(&body).enumerate() {
+                let id = first + i as u64;
+                seen += 1;
+                let e = match e {
+                    Ok(e) => e,
+                    Err(e) => return Ok((out, Some((first, e.to_string())), first + count - 1)),
+                };
+                if id <= after {
+                    continue;
+                }
+                out.push(e.stored(&body, id));
+                last = id;
+                if out.len() == limit {
+                    return Ok((out, None, last));
+                }
+            }
+            if seen != count {
+                let reason = format!("the body holds {seen} messages, the row says {count}");
+                return Ok((out, Some((first, reason)), first + count - 1));
             }
         }
-        Ok((out, bad, last))
+        Ok((out, None, last))
     }
 
-    /// Moves the `bad` rows to the quarantine table (made on first use; the original bytes
-    /// kept, with the reason) in one transaction, and counts them out of the queue.
-    fn quarantine(&mut self, bad: &[(i64, String)]) -> Result<(), QueueError> {
+    /// Moves the batch starting at `first_id` to the quarantine table (made on first use;
+    /// its bytes kept, with the reason) and counts its messages out of the queue.
+    fn quarantine(&mut self, (first_id, reason): (u64, String)) -> Result<(), QueueError> {
         let now = quarantine::now_ms();
-        let removed = crate::sqlite::transaction(&self.conn, || {
+        let gone = self.ids.gone_through;
+        let lost = crate::sqlite::transaction(&self.conn, || {
             quarantine::create(&self.conn, schema::QUARANTINE_COLUMNS)?;
-            let mut removed = Removed::default();
-            for (id, reason) in bad {
-                self.conn.execute(
-                    "INSERT INTO quarantine (message_id, reason, quarantined_ms, topic, payload,
-                                             qos, retain, properties, received_at_ms)
-                     SELECT id, ?1, ?2, CAST(topic AS BLOB), CAST(payload AS BLOB), qos, retain,
-                            CAST(properties AS BLOB), received_at_ms
-                     FROM messages WHERE id = ?3",
-                    params![reason, now, id],
-                )?;
-                let gone = delete_returning(
-                    &self.conn,
-                    "DELETE FROM messages WHERE id = ?1 RETURNING size",
-                    *id,
-                )?;
-                removed.rows += gone.rows;
-                removed.bytes += gone.bytes;
-            }
-            Ok(removed)
+            self.conn.execute(
+                "INSERT INTO quarantine (message_id, reason, quarantined_ms, messages, body)
+                 SELECT first_id, ?1, ?2, count, CAST(body AS BLOB)
+                 FROM batches WHERE first_id = ?3",
+                params![reason, now, to_i64(first_id)],
+            )?;
+            let count: i64 = self.conn.query_row(
+                "DELETE FROM batches WHERE first_id = ?1 RETURNING count",
+                params![to_i64(first_id)],
+                |r| r.get(0),
+            )?;
+            let last = first_id + to_u64(count).max(1) - 1;
+            Ok(last.saturating_sub(gone.max(first_id - 1)))
         })?;
-        for (id, reason) in bad {
-            error!(
-                path = %self.db_path.display(),
-                id,
-                reason = %reason,
-                "Uplink queue message cannot be decoded; moved it to the quarantine table (not forwarded)"
-            );
-        }
-        // Counted again rather than adjusted: the oldest message may be the one removed.
-        // Rare enough (bit rot) for a full count.
-        self.totals = schema::count(&self.conn)?;
+        error!(
+            path = %self.db_path.display(),
+            first_id,
+            messages = lost,
+            reason = %reason,
+            "Uplink queue batch cannot be decoded; moved it to the quarantine table (its messages are not forwarded)"
+        );
+        // Counted again rather than adjusted: the batch's sizes cannot be read. Rare enough
+        // (bit rot) for a full count.
+        self.totals = schema::count(&self.conn, gone)?;
         self.counters.store_totals(&self.totals);
-        self.counters
-            .quarantined
-            .fetch_add(removed.rows, Ordering::Relaxed);
+        self.counters.quarantined.fetch_add(lost, Ordering::Relaxed);
         // Our own commit changed data_version; not an outside change to count again.
         self.data_version = data_version(&self.conn)?;
         Ok(())
