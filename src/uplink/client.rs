@@ -6,6 +6,8 @@
 //! (TLS with rustls and the ring provider: the CA file given, else the system roots; a client
 //! certificate for mTLS), `ws://` and `wss://`.
 
+mod v5;
+
 use crate::broker::codec::QoS as Q;
 use crate::config::{self, Protocol, Scheme};
 use bytes::Bytes;
@@ -75,7 +77,23 @@ enum Inner {
     /// connected loop and its first event (the CONNACK).
     Connecting(Pin<Box<dyn Future<Output = (Inner, anyhow::Result<Up>)> + Send>>),
     V4(Box<rumqttc::EventLoop>),
+    /// MQTT 5 over WebSocket, and the Sparkplug node's MQTT 5: rumqttc's event loop.
     V5(Box<rumqttc::v5::EventLoop>, rumqttc::v5::AsyncClient),
+    /// MQTT 5 over TCP or TLS, not yet connected ([`v5`]).
+    V5New(Box<V5Target>),
+    /// MQTT 5 over TCP or TLS: the uplink's own loop over rumqttc's state ([`v5`]).
+    V5Own(Box<v5::Net>),
+    /// A connect that failed: the uplink drops the connection.
+    Closed,
+}
+
+/// What an MQTT 5 connection of [`v5`] connects with.
+struct V5Target {
+    options: rumqttc::v5::MqttOptions,
+    host: String,
+    port: u16,
+    transport: Transport,
+    requests: flume::Receiver<rumqttc::v5::Request>,
 }
 
 impl Inner {
@@ -91,7 +109,23 @@ impl Inner {
             let first = match &mut inner {
                 Inner::V4(e) => e.poll().await.map_err(anyhow::Error::from).and_then(up4),
                 Inner::V5(e, _) => e.poll().await.map_err(anyhow::Error::from).and_then(up5),
-                Inner::Connecting(_) => Err(anyhow::anyhow!("already connecting")),
+                Inner::V5New(_) => {
+                    let Inner::V5New(t) = std::mem::replace(&mut inner, Inner::Closed) else {
+                        unreachable!()
+                    };
+                    let t = *t;
+                    match v5::connect(t.options, t.host, t.port, t.transport, t.requests).await {
+                        Ok(mut net) => {
+                            let first = net.poll().await.map_err(anyhow::Error::from);
+                            inner = Inner::V5Own(Box::new(net));
+                            first.and_then(up5)
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                }
+                Inner::V5Own(_) | Inner::Closed | Inner::Connecting(_) => {
+                    Err(anyhow::anyhow!("already connecting"))
+                }
             };
             (inner, first)
         }))
@@ -260,6 +294,27 @@ pub fn connect(protocol: Protocol, target: &Target, s: &Settings) -> (Client, Co
             if let Some(u) = &s.username {
                 o.set_credentials(u, s.password.clone().unwrap_or_default());
             }
+            if v5::serves(&target.transport) {
+                let (tx, rx) = flume::bounded(cap);
+                let c = rumqttc::v5::AsyncClient::from_senders(tx);
+                let t = V5Target {
+                    options: o,
+                    host: target.host.clone(),
+                    port: target.port,
+                    transport: target.transport.clone(),
+                    requests: rx,
+                };
+                return (
+                    Client::V5(c),
+                    Connection {
+                        inner: Inner::V5New(Box::new(t)).connect(),
+                        // Packet ids are known when written, as under 3.1.1.
+                        v5: false,
+                        window: s.window,
+                        unflushed: false,
+                    },
+                );
+            }
             let (c, e) = rumqttc::v5::AsyncClient::new(o, cap);
             (
                 Client::V5(c.clone()),
@@ -370,6 +425,8 @@ impl Connection {
                 up4(ev)
             }
             Inner::V5(e, _) => up5(e.poll().await?),
+            Inner::V5Own(n) => up5(n.poll().await?),
+            Inner::V5New(_) | Inner::Closed => anyhow::bail!("not connected"),
         }
     }
 
@@ -381,6 +438,8 @@ impl Connection {
             Inner::Connecting(_) => None,
             Inner::V4(e) => e.state.events.pop_front().map(up4),
             Inner::V5(e, _) => e.state.events.pop_front().map(up5),
+            Inner::V5Own(n) => n.state.events.pop_front().map(up5),
+            Inner::V5New(_) | Inner::Closed => None,
         }
     }
 
@@ -395,8 +454,12 @@ impl Connection {
             Inner::V4(e) => {
                 e.network.is_some() && e.state.collision.is_none() && e.state.inflight() < limit
             }
+            Inner::V5Own(n) => {
+                n.state.collision.is_none() && n.state.inflight() < limit.min(n.receive_max)
+            }
             // Its request channel waits for a free packet id itself.
             Inner::V5(..) => true,
+            Inner::V5New(_) | Inner::Closed => false,
         }
     }
 
@@ -442,13 +505,38 @@ impl Connection {
                 self.unflushed = true;
                 Ok(Some(pkid))
             }
-            // rumqttc 0.25 does not expose an MQTT 5 connection's socket: its request
-            // channel writes the publish (and reports its id as `Up::Sent`).
+            Inner::V5Own(n) => {
+                use rumqttc::v5::mqttbytes::v5::Publish;
+                let mut p = Publish::new(topic, q5(qos), payload, None);
+                p.retain = retain;
+                let Some(packet) = n
+                    .state
+                    .handle_outgoing_packet(rumqttc::v5::Request::Publish(p))?
+                else {
+                    return Ok(None);
+                };
+                let pkid = match &packet {
+                    rumqttc::v5::mqttbytes::v5::Packet::Publish(p) => p.pkid,
+                    _ => anyhow::bail!("rumqttc turned a publish into another packet"),
+                };
+                // As under 3.1.1: this write's `Outgoing::Publish` is answered here.
+                if matches!(n.state.events.back(), Some(rumqttc::v5::Event::Outgoing(rumqttc::Outgoing::Publish(id))) if *id == pkid)
+                {
+                    n.state.events.pop_back();
+                }
+                n.write(packet)?;
+                self.unflushed = true;
+                Ok(Some(pkid))
+            }
+            // rumqttc 0.25 does not expose its MQTT 5 connection's socket: over WebSocket
+            // its request channel writes the publish (and reports its id as `Up::Sent`).
             Inner::V5(_, c) => {
                 c.publish_bytes(topic, q5(qos), retain, payload).await?;
                 Ok(None)
             }
-            Inner::Connecting(_) => anyhow::bail!("not connected"),
+            Inner::Connecting(_) | Inner::V5New(_) | Inner::Closed => {
+                anyhow::bail!("not connected")
+            }
         }
     }
 
@@ -480,7 +568,24 @@ impl Connection {
                 self.unflushed = true;
             }
             (Inner::V5(_, c), Raw::V5(p)) => c.ack(p).await?,
-            (Inner::Connecting(_), _) => anyhow::bail!("not connected"),
+            (Inner::V5Own(n), Raw::V5(p)) => {
+                use rumqttc::v5::mqttbytes::v5::{PubAck, PubRec};
+                use rumqttc::v5::mqttbytes::QoS as Q5;
+                let request = match p.qos {
+                    Q5::AtMostOnce => return Ok(()),
+                    Q5::AtLeastOnce => rumqttc::v5::Request::PubAck(PubAck::new(p.pkid, None)),
+                    Q5::ExactlyOnce => rumqttc::v5::Request::PubRec(PubRec::new(p.pkid, None)),
+                };
+                let Some(packet) = n.state.handle_outgoing_packet(request)? else {
+                    return Ok(());
+                };
+                n.state.events.pop_back();
+                n.write(packet)?;
+                self.unflushed = true;
+            }
+            (Inner::Connecting(_) | Inner::V5New(_) | Inner::Closed, _) => {
+                anyhow::bail!("not connected")
+            }
             _ => anyhow::bail!("a message of the other protocol version"),
         }
         Ok(())
@@ -507,7 +612,13 @@ impl Connection {
                     None => Ok(Ok(())),
                 }
             }
-            Inner::V5(..) | Inner::Connecting(_) => Ok(Ok(())),
+            Inner::V5Own(n) => {
+                let t = n.timeout;
+                tokio::time::timeout(t, n.flush())
+                    .await
+                    .map(|r| r.map_err(anyhow::Error::from))
+            }
+            Inner::V5(..) | Inner::Connecting(_) | Inner::V5New(_) | Inner::Closed => Ok(Ok(())),
         };
         done.map_err(|_| anyhow::anyhow!("timed out writing to the cloud broker"))?
     }
