@@ -792,3 +792,140 @@ fn reconfiguring_an_uplink_while_messages_flow_loses_none() {
     );
     gw.stop();
 }
+
+/// A CA and a certificate for `localhost`, made for the run (rcgen), as PEM files.
+fn tls_files(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "uplink test CA");
+    let ca = params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join("ca.crt"),
+        dir.join("server.crt"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// The default protocol (MQTT 5) over TLS to Mosquitto, through the uplink's own MQTT 5 loop
+/// (issue 18, item 5: publishes batched per flush): a command from the cloud arrives once and
+/// is acknowledged, an outage in a stream loses nothing and keeps order, and a stalled link
+/// (no PINGRESP) is detected, recycled and delivery resumes.
+#[test]
+fn mqtt_5_over_tls_commands_outage_and_stall() {
+    if !have_mosquitto() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path());
+    // The first listener speaks TLS; a second, plain one is for the test's cloud clients.
+    let plain = free_port();
+    let m = mosquitto_with(&format!(
+        "certfile {}\nkeyfile {}\nlistener {plain} 127.0.0.1\nmax_queued_messages 1000000\nmax_inflight_messages 100\n",
+        cert.display(),
+        key.display()
+    ));
+    let cloud: SocketAddr = format!("127.0.0.1:{plain}").parse().unwrap();
+    wait_listening(cloud);
+    let proxy = rt.block_on(Proxy::start(m.addr));
+    let body = uplink_body(
+        proxy.addr,
+        &format!("    tls: {{ca: \"{}\"}}\n", ca.display()),
+    )
+    .replace(
+        &format!("mqtt://{}", proxy.addr),
+        &format!("mqtts://localhost:{}", proxy.addr.port()),
+    )
+    .replace("protocol: \"3.1.1\"", "protocol: 5");
+    let cfg = TempConfig::new(&body);
+    let gw = Gateway::start(&cfg);
+    rt.block_on(async {
+        let mut sub = cloud_subscriber(cloud, "tls5-sub", "sites/t/devices/#").await;
+        ledger_until(
+            gw.addr,
+            |l| l["state"] == "connected",
+            Duration::from_secs(20),
+        )
+        .await;
+
+        // A command from the cloud, QoS 1: delivered locally once.
+        let mut local_sub = Client::connect(options(gw.addr, "tls5-hmi")).await.0;
+        local_sub
+            .subscribe("devices/+/sp/set", QoS::AtLeastOnce)
+            .await;
+        sub.client
+            .publish(
+                "sites/t/devices/boiler/sp/set",
+                QoS::AtLeastOnce,
+                false,
+                "42",
+            )
+            .await
+            .unwrap();
+        let got = local_sub.publish_msg().await;
+        assert_eq!(
+            (got.topic.as_str(), &got.payload[..]),
+            ("devices/boiler/sp/set", &b"42"[..])
+        );
+
+        // 300 messages at 100/s, the link cut for 3 s in the middle.
+        let publisher = tokio::spawn(publish_seq(gw.addr, SEQ, 0..300, Duration::from_millis(10)));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        proxy.cut();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.restore();
+        assert_eq!(publisher.await.unwrap().len(), 300);
+        let seen = collect(&mut sub, CLOUD_SEQ, &all(300), Duration::from_secs(60)).await;
+        eprintln!(
+            "MQTT 5 over TLS, 3 s cut: lost {}, duplicated {}, reordered {}",
+            seen.missing(300).len(),
+            seen.duplicates,
+            seen.reordered()
+        );
+        assert_eq!(seen.missing(300), Vec::<usize>::new(), "{}", gw.log());
+        assert_eq!(seen.order, all(300), "out of order");
+        let l = ledger_until(gw.addr, |l| num(l, "acked") == 300, Duration::from_secs(30)).await;
+        assert_eq!(num(&l, "queue/messages"), 0, "{l:?}");
+        // The cut made it connect again.
+        assert!(num(&l, "connections") >= 2, "{l:?}");
+
+        // A stalled link: the keep-alive (5 s) goes unanswered, the uplink recycles it.
+        proxy.stall();
+        assert_eq!(
+            publish_seq(gw.addr, SEQ, 300..350, Duration::ZERO)
+                .await
+                .len(),
+            50
+        );
+        let l = ledger_until(
+            gw.addr,
+            |l| l["state"] == "stalled",
+            Duration::from_secs(40),
+        )
+        .await;
+        assert!(num(&l, "stalls") >= 1, "{l:?}");
+        proxy.restore();
+        let want: Vec<usize> = (300..350).collect();
+        let seen = collect(&mut sub, CLOUD_SEQ, &want, Duration::from_secs(60)).await;
+        let mut got = seen.order.clone();
+        got.sort_unstable();
+        assert_eq!(got, want, "after the stall; log:\n{}", gw.log());
+        assert!(gw.log().contains("Uplink stalled"), "{}", gw.log());
+    });
+    gw.stop();
+}
