@@ -2,7 +2,9 @@
 //! in one run, against the same publisher going straight to Mosquitto.
 //!
 //! Run it with `cargo build --release && cargo bench --bench uplink_load -- [--backlog N]
-//! [--messages N] [--tidegate PATH]`. A `harness = false` bench: nothing here runs under `cargo test`.
+//! [--messages N] [--tidegate PATH] [--uplink-protocol 3.1.1|5]` (the uplink's protocol
+//! toward Mosquitto; 3.1.1 unless given, as in the figures recorded before MQTT 5 had its
+//! own batched loop). A `harness = false` bench: nothing here runs under `cargo test`.
 //!
 //! # What it measures
 //! (a) **end to end**: one rumqttc publisher (QoS 1, up to `WINDOW` unacknowledged) → the
@@ -124,14 +126,25 @@ fn gateway_config(dir: &Path, cloud: SocketAddr, port: u16) -> PathBuf {
         format!(
             "gateway:\n  data_dir: {}\nbroker:\n  listeners: [{{bind: 127.0.0.1:{port}}}]\n  persistence: false\n\
              web: {{enabled: false}}\nlog: {{format: text, level: warn}}\n\
-             uplinks:\n  - name: cloud\n    url: mqtt://{cloud}\n    protocol: \"3.1.1\"\n    keepalive: 30s\n\
+             uplinks:\n  - name: cloud\n    url: mqtt://{cloud}\n    protocol: \"{protocol}\"\n    keepalive: 30s\n\
              \x20   reconnect: {{min: 200ms, max: 1s}}\n    buffer: {{max_bytes: 1GiB}}\n\
              \x20   topics:\n      - {{filter: \"bench/#\", direction: out, qos: 1, remote_prefix: \"cloud/\"}}\n",
-            dir.join("data").display()
+            dir.join("data").display(),
+            protocol = uplink_protocol(),
         ),
     )
     .unwrap();
     path
+}
+
+/// `--uplink-protocol 3.1.1|5`, 3.1.1 by default.
+fn uplink_protocol() -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == "--uplink-protocol")
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| "3.1.1".to_string())
 }
 
 /// The gateway binary: `--tidegate PATH`, by default target/release/tidegate.
