@@ -69,7 +69,7 @@ impl Link {
     /// A batch of messages just committed to the queue (ids ascending). While the sender has
     /// caught up and the batch follows on without a gap, it goes out from memory: the queue
     /// is only read for a backlog. Ids are consecutive — this uplink is the queue's only
-    /// writer and AUTOINCREMENT never skips one — so a gap means a batch came out of order
+    /// writer and the queue gives ids without gaps — so a gap means a batch came out of order
     /// or was not handed over: the sender falls back to reading the queue, which has them.
     /// (A message dropped by `drop_oldest` between its commit and now is still sent; the
     /// cloud gets it, and its later acknowledgement finds nothing to delete.)

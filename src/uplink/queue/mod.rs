@@ -19,22 +19,30 @@
 //!   (duplicates are possible — at-least-once — losses are not).
 //! * A timer calls [`Queue::expire`] (say once a minute); [`Queue::stats`] feeds metrics.
 //!
-//! # Schema (version 2, in `PRAGMA user_version`)
+//! # Schema (version 3, in `PRAGMA user_version`)
 //!
 //! ```sql
-//! CREATE TABLE messages (
-//!     id             INTEGER PRIMARY KEY AUTOINCREMENT,
-//!     topic          TEXT    NOT NULL,
-//!     payload        BLOB    NOT NULL,
-//!     qos            INTEGER NOT NULL CHECK (qos BETWEEN 0 AND 2),
-//!     retain         INTEGER NOT NULL CHECK (retain IN (0, 1)),
-//!     properties     BLOB    NOT NULL,     -- MQTT 5 properties, encoded by the caller; opaque
-//!     received_at_ms INTEGER NOT NULL CHECK (received_at_ms >= 0),
-//!     size           INTEGER NOT NULL CHECK (size >= 0));  -- topic + payload + properties
-//! CREATE INDEX messages_by_age ON messages (received_at_ms);
-//! -- version 2: drops over the life of the file, by reason, for `tidegate queue stats`
+//! -- One row per committed transaction: the messages of its appends, in id order
+//! -- (ids first_id .. first_id + count - 1; the body format is in `body.rs`).
+//! CREATE TABLE batches (
+//!     first_id  INTEGER PRIMARY KEY,
+//!     count     INTEGER NOT NULL CHECK (count > 0),
+//!     bytes     INTEGER NOT NULL CHECK (bytes >= 0),      -- sum of the messages' sizes
+//!     oldest_ms INTEGER NOT NULL CHECK (oldest_ms >= 0),  -- min and max received_at_ms
+//!     newest_ms INTEGER NOT NULL CHECK (newest_ms >= 0),
+//!     body      BLOB    NOT NULL);
+//! -- The next id to give out, and the watermark: every id <= gone_through is gone
+//! -- (acknowledged or dropped); a batch straddling it keeps only its messages above it.
+//! CREATE TABLE state (only INTEGER PRIMARY KEY CHECK (only = 1),
+//!     next_id INTEGER NOT NULL, gone_through INTEGER NOT NULL);
+//! -- since version 2: drops over the life of the file, by reason, for `tidegate queue stats`
 //! CREATE TABLE drops (reason TEXT PRIMARY KEY, count INTEGER NOT NULL CHECK (count >= 0));
 //! ```
+//!
+//! Up to version 2 each message was a row of a `messages` table with an index on its age:
+//! an INSERT and a DELETE of both per forwarded message, ~500 bytes written per message.
+//! One row per transaction writes the messages' bytes and a few pages per commit (issue 18,
+//! item 5). The step from version 2 makes each queued message a batch of one, ids kept.
 //!
 //! Opening, the integrity check, corrupt-file recovery and migrations are the SQLite
 //! foundation's ([`crate::sqlite`]), shared with the broker's store: step `i` goes from version `i` to `i + 1` in the
@@ -43,9 +51,10 @@
 //!
 //! # Invariants
 //!
-//! 1. **Order.** Ids are assigned by SQLite in commit order and are strictly increasing;
-//!    `AUTOINCREMENT` keeps the high-water mark in `sqlite_sequence`, so an id is never reused,
-//!    not after deletes, not after the queue drained, not after a restart. Within one append
+//! 1. **Order.** Ids are assigned by the writer in commit order, one per stored message, and
+//!    are strictly increasing and consecutive; `state.next_id` is committed with them, so an
+//!    id is never reused, not after deletes, not after the queue drained, not after a
+//!    restart. Within one append
 //!    ids follow the order of the `Vec`; across appends they follow the order in which the
 //!    appends were called on the handles (one channel, served in order). `read_after` returns
 //!    rows in id order, so replay is in the original order. The only reset is a corrupt file
@@ -66,8 +75,8 @@
 //!
 //! # Bounds
 //!
-//! A message's size is `topic + payload + properties` in bytes (SQLite's own overhead, about
-//! 40 bytes a row plus the index, is not counted). A message larger than `max_bytes` on its
+//! A message's size is `topic + payload + properties` in bytes (its 19-byte header in the
+//! batch body and SQLite's overhead per batch are not counted). A message larger than `max_bytes` on its
 //! own is [`Rejected::TooLarge`] under either policy (it could never fit, and making room for
 //! it would empty the queue). Otherwise:
 //! * [`WhenFull::RejectNew`]: a message that does not fit is [`Rejected::Full`]; the queue is
@@ -77,8 +86,10 @@
 //!   one batch alone is larger than the bound, its own first rows go too (their appends were
 //!   answered `Ok`, and they are counted as dropped): the newest data wins.
 //!
-//! Age: [`Queue::expire`]`(now_ms)` deletes rows with `received_at_ms < now_ms - max_age`
-//! (an index range, whatever the order of `received_at_ms`), counted as `dropped_expired`; it
+//! Age: [`Queue::expire`]`(now_ms)` deletes the batches whose newest message has
+//! `received_at_ms < now_ms - max_age` (a scan of the batches, wherever they sit in the
+//! queue), counted as `dropped_expired`. A batch holds what one transaction stored, received
+//! within milliseconds of each other unless the clock was stepped, so it expires whole; it
 //! also runs at open, with the system clock. A Pi without a real-time clock boots with a clock
 //! that is behind, which expires less, never more; callers should only pass a synchronised
 //! clock. An expired row may sit in the middle of the queue or be in flight; that is harmless
