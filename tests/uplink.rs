@@ -863,7 +863,7 @@ fn mqtt_5_over_tls_commands_outage_and_stall() {
         )
         .await;
 
-        // A command from the cloud, QoS 1: delivered locally once.
+        // A command from the cloud, QoS 1, arrives at a local subscriber.
         let mut local_sub = Client::connect(options(gw.addr, "tls5-hmi")).await.0;
         local_sub
             .subscribe("devices/+/sp/set", QoS::AtLeastOnce)

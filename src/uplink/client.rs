@@ -64,8 +64,8 @@ pub enum Client {
 /// The event loop of one connection, and a writer over its state ([`Connection::write_publish`]).
 pub struct Connection {
     inner: Inner,
-    /// MQTT 5 (packet ids come later, as [`Up::Sent`]).
-    v5: bool,
+    /// Packet ids come later, as [`Up::Sent`] (MQTT 5 through rumqttc's event loop).
+    ids_later: bool,
     /// Unacknowledged QoS 1/2 publishes allowed (the uplink's window).
     window: u16,
     /// Written into rumqttc's buffer since the last [`Connection::flush`].
@@ -90,9 +90,7 @@ enum Inner {
 /// What an MQTT 5 connection of [`v5`] connects with.
 struct V5Target {
     options: rumqttc::v5::MqttOptions,
-    host: String,
-    port: u16,
-    transport: Transport,
+    target: Target,
     requests: flume::Receiver<rumqttc::v5::Request>,
 }
 
@@ -105,29 +103,27 @@ impl Inner {
     /// offline just before its birth (issue 18: the extra connection at start-up).
     fn connect(self) -> Inner {
         Inner::Connecting(Box::pin(async move {
-            let mut inner = self;
-            let first = match &mut inner {
-                Inner::V4(e) => e.poll().await.map_err(anyhow::Error::from).and_then(up4),
-                Inner::V5(e, _) => e.poll().await.map_err(anyhow::Error::from).and_then(up5),
-                Inner::V5New(_) => {
-                    let Inner::V5New(t) = std::mem::replace(&mut inner, Inner::Closed) else {
-                        unreachable!()
-                    };
+            match self {
+                Inner::V4(mut e) => {
+                    let first = e.poll().await.map_err(anyhow::Error::from).and_then(up4);
+                    (Inner::V4(e), first)
+                }
+                Inner::V5(mut e, c) => {
+                    let first = e.poll().await.map_err(anyhow::Error::from).and_then(up5);
+                    (Inner::V5(e, c), first)
+                }
+                Inner::V5New(t) => {
                     let t = *t;
-                    match v5::connect(t.options, t.host, t.port, t.transport, t.requests).await {
+                    match v5::connect(t.options, t.target, t.requests).await {
                         Ok(mut net) => {
                             let first = net.poll().await.map_err(anyhow::Error::from);
-                            inner = Inner::V5Own(Box::new(net));
-                            first.and_then(up5)
+                            (Inner::V5Own(Box::new(net)), first.and_then(up5))
                         }
-                        Err(e) => Err(e.into()),
+                        Err(e) => (Inner::Closed, Err(e.into())),
                     }
                 }
-                Inner::V5Own(_) | Inner::Closed | Inner::Connecting(_) => {
-                    Err(anyhow::anyhow!("already connecting"))
-                }
-            };
-            (inner, first)
+                other => (other, Err(anyhow::anyhow!("already connecting"))),
+            }
         }))
     }
 }
@@ -149,6 +145,7 @@ fn q5(q: Q) -> rumqttc::v5::mqttbytes::QoS {
 }
 
 /// How to reach the cloud broker, from the config.
+#[derive(Clone)]
 pub struct Target {
     pub host: String,
     pub port: u16,
@@ -266,7 +263,7 @@ pub fn connect(protocol: Protocol, target: &Target, s: &Settings) -> (Client, Co
                 Client::V4(c),
                 Connection {
                     inner: Inner::V4(Box::new(e)).connect(),
-                    v5: false,
+                    ids_later: false,
                     window: s.window,
                     unflushed: false,
                 },
@@ -299,9 +296,7 @@ pub fn connect(protocol: Protocol, target: &Target, s: &Settings) -> (Client, Co
                 let c = rumqttc::v5::AsyncClient::from_senders(tx);
                 let t = V5Target {
                     options: o,
-                    host: target.host.clone(),
-                    port: target.port,
-                    transport: target.transport.clone(),
+                    target: target.clone(),
                     requests: rx,
                 };
                 return (
@@ -309,7 +304,7 @@ pub fn connect(protocol: Protocol, target: &Target, s: &Settings) -> (Client, Co
                     Connection {
                         inner: Inner::V5New(Box::new(t)).connect(),
                         // Packet ids are known when written, as under 3.1.1.
-                        v5: false,
+                        ids_later: false,
                         window: s.window,
                         unflushed: false,
                     },
@@ -320,7 +315,7 @@ pub fn connect(protocol: Protocol, target: &Target, s: &Settings) -> (Client, Co
                 Client::V5(c.clone()),
                 Connection {
                     inner: Inner::V5(Box::new(e), c).connect(),
-                    v5: true,
+                    ids_later: true,
                     window: s.window,
                     unflushed: false,
                 },
@@ -395,7 +390,7 @@ impl Connection {
     pub fn v4(e: rumqttc::EventLoop, window: u16) -> Self {
         Connection {
             inner: Inner::V4(Box::new(e)).connect(),
-            v5: false,
+            ids_later: false,
             window,
             unflushed: false,
         }
@@ -405,7 +400,7 @@ impl Connection {
     pub fn v5(e: rumqttc::v5::EventLoop, c: rumqttc::v5::AsyncClient, window: u16) -> Self {
         Connection {
             inner: Inner::V5(Box::new(e), c).connect(),
-            v5: true,
+            ids_later: true,
             window,
             unflushed: false,
         }
@@ -591,9 +586,10 @@ impl Connection {
         Ok(())
     }
 
-    /// Whether [`Connection::write_publish`] leaves packet ids to [`Up::Sent`] (MQTT 5).
+    /// Whether [`Connection::write_publish`] leaves packet ids to [`Up::Sent`] (MQTT 5 through
+    /// rumqttc's event loop: over WebSocket, and the Sparkplug node's).
     pub fn ids_come_later(&self) -> bool {
-        self.v5
+        self.ids_later
     }
 
     /// Writes out what [`Connection::write_publish`] buffered, within rumqttc's network

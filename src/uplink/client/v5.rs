@@ -69,12 +69,15 @@ pub(super) struct Net {
 /// CONNACK is the first event [`Net::poll`] returns.
 pub(super) async fn connect(
     options: MqttOptions,
-    host: String,
-    port: u16,
-    transport: Transport,
+    target: super::Target,
     requests: flume::Receiver<Request>,
 ) -> Result<Net, E> {
     let timeout = Duration::from_secs(options.connection_timeout());
+    let super::Target {
+        host,
+        port,
+        transport,
+    } = target;
     tokio::time::timeout(timeout, async {
         let tcp = tokio::net::TcpStream::connect(format!("{host}:{port}")).await?;
         // Batches are flushed once each; Nagle would only hold the last one back.

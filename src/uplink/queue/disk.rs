@@ -65,11 +65,7 @@ pub enum Listed {
 /// Up to `limit` entries with id above `after`, in id order.
 pub fn list(conn: &Connection, after: u64, limit: usize) -> rusqlite::Result<Vec<Listed>> {
     let after = after.max(read_ids(conn)?.gone_through);
-    let mut stmt = conn.prepare(
-        "SELECT first_id, count, body FROM batches
-         WHERE first_id >= (SELECT coalesce(max(first_id), 0) FROM batches WHERE first_id <= ?1)
-         ORDER BY first_id",
-    )?;
+    let mut stmt = conn.prepare(schema::BATCHES_AFTER)?;
     let mut rows = stmt.query(params![i64::try_from(after).unwrap_or(i64::MAX)])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {

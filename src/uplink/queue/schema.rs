@@ -138,9 +138,9 @@ fn migrate_2_to_3(conn: &Connection) -> rusqlite::Result<()> {
                 i64::try_from(m.received_at_ms).unwrap_or(i64::MAX),
                 b
             ])?;
-            conn.execute("DELETE FROM messages WHERE id = ?1", [id])?;
         }
     }
+    conn.execute_batch("DELETE FROM messages WHERE id IN (SELECT first_id FROM batches)")?;
     let left: i64 = conn.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))?;
     if left == 0 {
         conn.execute_batch("DROP TABLE messages")?;
@@ -161,6 +161,12 @@ fn migrate_2_to_3(conn: &Connection) -> rusqlite::Result<()> {
     }
     Ok(())
 }
+
+/// The batches holding ids above `?1`, in id order (the first may start at or below it:
+/// skip those with `first_id + count <= ?1 + 1`). Columns: `first_id, count, body`.
+pub(super) const BATCHES_AFTER: &str = "SELECT first_id, count, body FROM batches
+     WHERE first_id >= (SELECT coalesce(max(first_id), 0) FROM batches WHERE first_id <= ?1)
+     ORDER BY first_id";
 
 /// The committed ids: the next one to give out, and the watermark below which (inclusive)
 /// every message is gone (acknowledged or dropped). A batch straddling the watermark is

@@ -51,11 +51,7 @@ impl Writer {
     ) -> Result<(Vec<Stored>, Option<(u64, String)>, u64), QueueError> {
         // The batch holding `after + 1` may start at or before `after`: from the last batch
         // that starts there, in rowid order.
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT first_id, count, body FROM batches
-             WHERE first_id >= (SELECT coalesce(max(first_id), 0) FROM batches WHERE first_id <= ?1)
-             ORDER BY first_id",
-        )?;
+        let mut stmt = self.conn.prepare_cached(schema::BATCHES_AFTER)?;
         let mut rows = stmt.query(params![to_i64(after)])?;
         let mut out = Vec::new();
         let mut last = after;
