@@ -570,3 +570,62 @@ fn check_warns_about_offline_drops_and_queue_stats_shows_them() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("dropped:  qos0_offline 50"), "{text}");
 }
+
+/// Found in the field (2026-12-05): an uplink forwards at most window ÷ round trip messages
+/// a second, and a default Mosquitto announces a Receive Maximum of 20, so 50 ms away an
+/// MQTT 5 uplink forwards about 400 a second. Readings published faster pile up in the queue
+/// (nothing is lost until its bounds drop the oldest); the uplink says so in its log, with
+/// the window, once it has fallen behind for half a minute.
+#[test]
+fn an_uplink_slower_than_its_readings_says_so() {
+    if !have_mosquitto() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Mosquitto's defaults: max_inflight_messages 20, announced as Receive Maximum 20.
+    let m = mosquitto_with("");
+    let proxy = rt.block_on(Proxy::start(m.addr));
+    proxy.set_latency(Duration::from_millis(25));
+    let cfg = TempConfig::new(&field_uplink(proxy.addr, "5", ""));
+    let gw = Gateway::start(&cfg);
+    let live = rt.block_on(async {
+        ledger_until(
+            gw.addr,
+            |l| l["state"] == "connected",
+            Duration::from_secs(20),
+        )
+        .await;
+        // Several thousand readings a second, many times what the link takes.
+        [
+            "devices/a/t1",
+            "devices/a/t2",
+            "devices/a/t3",
+            "devices/a/t4",
+        ]
+        .map(|t| readings(gw.addr, t, Duration::from_millis(1)))
+    });
+    gw.wait_log("The uplink falls behind", Duration::from_secs(90));
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("The uplink falls behind"))
+        .unwrap();
+    eprintln!("{line}");
+    assert!(
+        line.contains("window=20"),
+        "the cloud's Receive Maximum: {line}"
+    );
+    assert_eq!(
+        log.matches("The uplink falls behind").count(),
+        1,
+        "said once while it stays behind:\n{log}"
+    );
+    for t in live {
+        t.abort();
+    }
+    assert!(
+        !log.contains("Uplink stalled"),
+        "a slow link that acknowledges is not a stall:\n{log}"
+    );
+    gw.stop();
+}

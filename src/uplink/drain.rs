@@ -104,6 +104,51 @@ pub fn eta_seconds(draining: bool, depth: u64, rate: f64) -> Option<u64> {
     (draining && rate > 0.0).then(|| (depth as f64 / rate).ceil() as u64)
 }
 
+/// How long an uplink must fall behind before [`Behind`] says so.
+pub const BEHIND_FOR: Duration = Duration::from_secs(30);
+
+/// Notices an uplink that forwards slower than its messages arrive while connected: every
+/// look finds the in-flight window full and the queue deeper than at the last look, for
+/// [`BEHIND_FOR`]. The usual cause is the window itself: an uplink forwards at most window ÷
+/// round trip messages a second (a default Mosquitto announces a Receive Maximum of 20:
+/// about 400 a second at 50 ms). Nothing is lost meanwhile, but the queue grows until its
+/// bounds drop the oldest; the operator should hear of it before.
+#[derive(Debug, Clone, Default)]
+pub struct Behind {
+    /// When the current stretch began, and the queue's depth then and at the last look.
+    since: Option<(Instant, u64, u64)>,
+    told: bool,
+}
+
+impl Behind {
+    /// One look (the uplink takes one a second while connected): `depth` messages queued,
+    /// `window_full` whether the sender waits for the cloud's acknowledgements. Returns how
+    /// much the queue grew, once per stretch, when the stretch reaches [`BEHIND_FOR`].
+    pub fn look(&mut self, now: Instant, depth: u64, window_full: bool) -> Option<u64> {
+        match self.since {
+            Some((t0, d0, last)) if window_full && depth > last => {
+                self.since = Some((t0, d0, depth));
+                if !self.told && now.saturating_duration_since(t0) >= BEHIND_FOR {
+                    self.told = true;
+                    return Some(depth - d0);
+                }
+            }
+            _ if window_full => self.since = Some((now, depth, depth)),
+            _ => {
+                // Caught up: the next stretch is told again.
+                self.since = None;
+                self.told = false;
+            }
+        }
+        None
+    }
+
+    /// Disconnected: whatever was seen no longer counts.
+    pub fn reset(&mut self) {
+        *self = Behind::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +229,53 @@ mod tests {
         assert_eq!(eta_seconds(true, 1000, 0.0), None);
         assert_eq!(eta_seconds(true, 1000, 300.0), Some(4));
         assert_eq!(eta_seconds(true, 0, 300.0), Some(0));
+    }
+
+    #[test]
+    fn behind_is_told_once_after_a_stretch_of_full_window_and_growing_queue() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut b = Behind::default();
+        // Growing with the window full, but not for long enough yet.
+        for s in 0..30 {
+            assert_eq!(b.look(at(s), 1000 + s * 100, true), None, "second {s}");
+        }
+        assert_eq!(b.look(at(30), 4000, true), Some(3000));
+        // Told once per stretch.
+        assert_eq!(b.look(at(31), 4100, true), None);
+        // A look with the queue not growing starts a new stretch, still not told again
+        // until the window frees up (caught up).
+        assert_eq!(b.look(at(32), 4100, true), None);
+        for s in 33..70 {
+            assert_eq!(b.look(at(s), 4100 + s, true), None, "second {s}");
+        }
+        assert_eq!(b.look(at(70), 10, false), None);
+        for s in 71..101 {
+            assert_eq!(b.look(at(s), s * 10, true), None, "second {s}");
+        }
+        assert_eq!(b.look(at(101), 2000, true), Some(2000 - 710));
+    }
+
+    #[test]
+    fn a_draining_or_paced_uplink_is_not_behind() {
+        let t0 = Instant::now();
+        let mut b = Behind::default();
+        // Draining: window full, queue shrinking.
+        for s in 0..100u64 {
+            assert_eq!(
+                b.look(t0 + Duration::from_secs(s), 100_000 - s * 500, true),
+                None
+            );
+        }
+        // Paced by drain_rate (window not full) while the queue grows.
+        for s in 100..200u64 {
+            assert_eq!(b.look(t0 + Duration::from_secs(s), s * 500, false), None);
+        }
+        // A reset (disconnect) forgets a stretch under way.
+        for s in 200..220u64 {
+            b.look(t0 + Duration::from_secs(s), s * 500, true);
+        }
+        b.reset();
+        assert_eq!(b.look(t0 + Duration::from_secs(235), 200_000, true), None);
     }
 }

@@ -36,7 +36,7 @@
 //!   until the sender has caught up (see [`super::drain`]); the ledger shows it with an ETA.
 
 use super::client::{self, Up};
-use super::drain::{AckRate, Pacer};
+use super::drain::{AckRate, Behind, Pacer};
 use super::echo::Echoes;
 use super::ingest::{Commits, COMMITTED_CAPACITY};
 use super::link::{Handed, Link};
@@ -209,6 +209,7 @@ impl Uplink {
             (cfg.buffer.max_age.0 / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let mut last_ledger: Option<Instant> = None;
         let mut ack_rate = AckRate::default();
+        let mut behind = Behind::default();
         let (damaged_tx, mut damaged_rx) = tokio::sync::mpsc::unbounded_channel();
         let (committed_tx, mut committed_rx) = tokio::sync::mpsc::channel(COMMITTED_CAPACITY);
         let commits = Commits {
@@ -352,6 +353,22 @@ impl Uplink {
                             link = None;
                             retry_at = Instant::now();
                         }
+                    }
+                    match link.as_ref().filter(|l| l.connected) {
+                        Some(l) => {
+                            let depth = queue.stats().depth;
+                            if let Some(grew) = behind.look(Instant::now().into_std(), depth, !l.tracker.can_send()) {
+                                warn!(
+                                    uplink = %name,
+                                    window = l.tracker.window(),
+                                    acked_per_second = ack_rate.per_second().round() as u64,
+                                    queued = depth,
+                                    "The uplink falls behind: the queue grew by {grew} messages in {}s with the in-flight window full. An uplink forwards at most window / round trip messages a second; raise the cloud broker's in-flight limit (Mosquitto: max_inflight_messages) or publish less (docs/UPLINKS.md)",
+                                    super::drain::BEHIND_FOR.as_secs(),
+                                );
+                            }
+                        }
+                        None => behind.reset(),
                     }
                     if last_expire.elapsed() >= expire_every {
                         queue.expire(now_ms());

@@ -196,6 +196,11 @@ impl Tracker {
         self.last_sent
     }
 
+    /// The most messages it lets be unacknowledged at once.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
     /// Messages sent and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.unacked

@@ -160,22 +160,25 @@ const STALLED: u8 = 2;
 /// A TCP proxy the test controls: `cut` drops every connection and refuses new ones,
 /// `stall` keeps connections open (and accepts new ones, holding them) and forwards what the
 /// gateway sends but nothing the cloud answers — a link that is up but stalled, while the
-/// cloud still sees a live client —, `restore` goes back to forwarding.
+/// cloud still sees a live client —, `restore` goes back to forwarding; `set_latency` delays
+/// every chunk each way (a distant cloud).
 pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<watch::Sender<(u8, u64)>>,
+    latency_ms: Arc<std::sync::atomic::AtomicU64>,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     connects: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Forwards `from` → `to` chunk by chunk, holding a chunk while stalled when `holds`;
-/// ends on a cut.
+/// Forwards `from` → `to` chunk by chunk, each `latency_ms` late, holding a chunk while
+/// stalled when `holds`; ends on a cut.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut state: watch::Receiver<(u8, u64)>,
     generation: u64,
     holds: bool,
+    latency_ms: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -194,6 +197,10 @@ async fn pump(
         if s.0 == CUT || s.1 != generation {
             return;
         }
+        let latency = latency_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
@@ -211,6 +218,8 @@ impl Proxy {
         let count = accepted.clone();
         let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mqtt = connects.clone();
+        let latency_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let latency = latency_ms.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else {
@@ -224,6 +233,7 @@ impl Proxy {
                     continue;
                 }
                 let mqtt = mqtt.clone();
+                let latency = latency.clone();
                 tokio::spawn(async move {
                     // An MQTT client's first byte is its CONNECT's (0x10).
                     let mut first = [0u8; 1];
@@ -243,8 +253,8 @@ impl Proxy {
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
                     tokio::select! {
-                        _ = pump(cr, sw, rx.clone(), generation, false) => {}
-                        _ = pump(sr, cw, rx.clone(), generation, true) => {}
+                        _ = pump(cr, sw, rx.clone(), generation, false, latency.clone()) => {}
+                        _ = pump(sr, cw, rx.clone(), generation, true, latency) => {}
                     }
                 });
             }
@@ -252,6 +262,7 @@ impl Proxy {
         Proxy {
             addr,
             state,
+            latency_ms,
             accepted,
             connects,
         }
@@ -278,6 +289,15 @@ impl Proxy {
     /// holds them.
     pub fn stall(&self) {
         self.state.send_modify(|s| s.0 = STALLED);
+    }
+
+    /// Delays every chunk forwarded, each way, by `latency` from now on (a round trip of
+    /// twice that; chunks are forwarded one after another, in order).
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_ms.store(
+            latency.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Forwards again. Connections that were stalled (not cut) go on where they were.
