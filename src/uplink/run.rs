@@ -354,22 +354,7 @@ impl Uplink {
                             retry_at = Instant::now();
                         }
                     }
-                    match link.as_ref().filter(|l| l.connected) {
-                        Some(l) => {
-                            let depth = queue.stats().depth;
-                            if let Some(grew) = behind.look(Instant::now().into_std(), depth, !l.tracker.can_send()) {
-                                warn!(
-                                    uplink = %name,
-                                    window = l.tracker.window(),
-                                    acked_per_second = ack_rate.per_second().round() as u64,
-                                    queued = depth,
-                                    "The uplink falls behind: the queue grew by {grew} messages in {}s with the in-flight window full. An uplink forwards at most window / round trip messages a second; raise the cloud broker's in-flight limit (Mosquitto: max_inflight_messages) or publish less (docs/UPLINKS.md)",
-                                    super::drain::BEHIND_FOR.as_secs(),
-                                );
-                            }
-                        }
-                        None => behind.reset(),
-                    }
+                    self.look_behind(&mut behind, link.as_ref(), &queue, &ack_rate);
                     if last_expire.elapsed() >= expire_every {
                         queue.expire(now_ms());
                         last_expire = Instant::now();
@@ -380,6 +365,32 @@ impl Uplink {
                     }
                 }
             }
+        }
+    }
+
+    /// One look a second at whether the uplink falls behind its messages ([`Behind`]);
+    /// says so once it does.
+    fn look_behind(
+        &self,
+        behind: &mut Behind,
+        link: Option<&Link>,
+        queue: &Queue,
+        ack_rate: &AckRate,
+    ) {
+        let Some(l) = link.filter(|l| l.connected) else {
+            behind.reset();
+            return;
+        };
+        let depth = queue.stats().depth;
+        if let Some(grew) = behind.look(Instant::now().into_std(), depth, !l.tracker.can_send()) {
+            warn!(
+                uplink = %self.name(),
+                window = l.tracker.window(),
+                acked_per_second = ack_rate.per_second().round() as u64,
+                queued = depth,
+                "The uplink falls behind: the queue grew by {grew} messages in {}s with the in-flight window full. An uplink forwards at most window / round trip messages a second; raise the cloud broker's in-flight limit (Mosquitto: max_inflight_messages) or publish less (docs/UPLINKS.md)",
+                super::drain::BEHIND_FOR.as_secs(),
+            );
         }
     }
 
