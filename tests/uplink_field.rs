@@ -605,6 +605,19 @@ fn an_uplink_slower_than_its_readings_says_so() {
         .map(|t| readings(gw.addr, t, Duration::from_millis(1)))
     });
     gw.wait_log("The uplink falls behind", Duration::from_secs(90));
+    // Where an operator looks without the log: the ledger ($SYS, the same snapshot as
+    // /api/status and /metrics) says since when.
+    let told_at = tidegate::clock::now_ms();
+    let ledger = rt.block_on(ledger_until(
+        gw.addr,
+        |l| l.get("drain/behind_since").is_some_and(|v| v != "none"),
+        Duration::from_secs(10),
+    ));
+    let since: u64 = ledger["drain/behind_since"].parse().unwrap();
+    assert!(
+        since <= told_at && told_at - since >= 25_000 && told_at - since < 120_000,
+        "falling behind since the stretch began, 30 s before the warning: {since} vs {told_at}"
+    );
     // Still behind for longer than another stretch would take: it is not said again, and a
     // slow link that acknowledges is never taken for a stall.
     std::thread::sleep(tidegate::uplink::drain::BEHIND_FOR + Duration::from_secs(5));

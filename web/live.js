@@ -169,6 +169,7 @@ function normUplink(u) {
     bytes: num(pick(q, 'bytes', 'size')) ?? num(pick(u, 'queue_bytes')),
     oldestS: oldestMs !== undefined && pick(q, 'oldest_age_ms') !== undefined ? oldestMs / 1000 : oldestMs,
     etaS: num(pick(u, 'drain_eta_s', 'drain_eta_secs', 'drain_eta')) ?? num(pick(q, 'drain_eta_s', 'drain_eta')),
+    behindSince: asMs(pick(u, 'falling_behind_since')),
     counters,
     sparkplug: pick(u, 'sparkplug') ?? null,
     dropped: Object.fromEntries(Object.entries(dropped).map(([k, v]) => [k, num(v) ?? 0]).sort(([a], [b]) => a.localeCompare(b))),

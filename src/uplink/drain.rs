@@ -113,34 +113,55 @@ pub const BEHIND_FOR: Duration = Duration::from_secs(30);
 /// round trip messages a second (a default Mosquitto announces a Receive Maximum of 20:
 /// about 400 a second at 50 ms). Nothing is lost meanwhile, but the queue grows until its
 /// bounds drop the oldest; the operator should hear of it before.
+///
+/// It has caught up when [`CAUGHT_UP_LOOKS`] looks in a row find the window free: one free
+/// look is only the instant between an acknowledgement and the next send, and taking it
+/// for a catch-up would clear the dashboard's "falling behind" and restart the stretch
+/// every few seconds on a link that never keeps up.
 #[derive(Debug, Clone, Default)]
 pub struct Behind {
     /// When the current stretch began, and the queue's depth then and at the last look.
     since: Option<(Instant, u64, u64)>,
     told: bool,
+    /// Looks in a row that found the window free.
+    free: u32,
 }
+
+/// Looks in a row (one a second) with the window free that mean the uplink keeps up.
+pub const CAUGHT_UP_LOOKS: u32 = 5;
 
 impl Behind {
     /// One look (the uplink takes one a second while connected): `depth` messages queued,
     /// `window_full` whether the sender waits for the cloud's acknowledgements. Returns how
     /// much the queue grew, once per stretch, when the stretch reaches [`BEHIND_FOR`].
     pub fn look(&mut self, now: Instant, depth: u64, window_full: bool) -> Option<u64> {
+        if !window_full {
+            self.free += 1;
+            if self.free >= CAUGHT_UP_LOOKS {
+                // Caught up: the next stretch is told again.
+                self.since = None;
+                self.told = false;
+            }
+            return None;
+        }
+        self.free = 0;
         match self.since {
-            Some((t0, d0, last)) if window_full && depth > last => {
+            Some((t0, d0, last)) if depth > last => {
                 self.since = Some((t0, d0, depth));
                 if !self.told && now.saturating_duration_since(t0) >= BEHIND_FOR {
                     self.told = true;
                     return Some(depth - d0);
                 }
             }
-            _ if window_full => self.since = Some((now, depth, depth)),
-            _ => {
-                // Caught up: the next stretch is told again.
-                self.since = None;
-                self.told = false;
-            }
+            _ => self.since = Some((now, depth, depth)),
         }
         None
+    }
+
+    /// When the stretch that was told began: `Some` from the warning until the uplink keeps
+    /// up again (or disconnects). The web UI, `/metrics` and `$SYS` show it.
+    pub fn told_since(&self) -> Option<Instant> {
+        self.since.filter(|_| self.told).map(|(t0, _, _)| t0)
     }
 
     /// Disconnected: whatever was seen no longer counts.
@@ -239,8 +260,14 @@ mod tests {
         // Growing with the window full, but not for long enough yet.
         for s in 0..30 {
             assert_eq!(b.look(at(s), 1000 + s * 100, true), None, "second {s}");
+            assert_eq!(b.told_since(), None, "not falling behind yet at second {s}");
         }
         assert_eq!(b.look(at(30), 4000, true), Some(3000));
+        assert_eq!(
+            b.told_since(),
+            Some(at(0)),
+            "falling behind since the stretch began"
+        );
         // Told once per stretch.
         assert_eq!(b.look(at(31), 4100, true), None);
         // A look with the queue not growing starts a new stretch, still not told again
@@ -249,11 +276,21 @@ mod tests {
         for s in 33..70 {
             assert_eq!(b.look(at(s), 4100 + s, true), None, "second {s}");
         }
+        assert!(b.told_since().is_some(), "still told: not caught up");
+        // One look with the window free is no catch-up; five in a row are.
         assert_eq!(b.look(at(70), 10, false), None);
-        for s in 71..101 {
-            assert_eq!(b.look(at(s), s * 10, true), None, "second {s}");
+        assert!(b.told_since().is_some(), "one free look");
+        for s in 71..75 {
+            assert_eq!(b.look(at(s), 10, false), None);
         }
-        assert_eq!(b.look(at(101), 2000, true), Some(2000 - 710));
+        assert_eq!(b.told_since(), None, "caught up");
+        // A new stretch from second 75; a single free look inside it does not restart it.
+        for s in 75..105 {
+            let full = s != 90;
+            assert_eq!(b.look(at(s), s * 10, full), None, "second {s}");
+        }
+        assert_eq!(b.look(at(105), 2000, true), Some(2000 - 750));
+        assert_eq!(b.told_since(), Some(at(75)));
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct Ledger {
     pub draining: AtomicBool,
     /// Acknowledgements a second over the last 10 s, as `f64` bits.
     pub ack_rate_bits: AtomicU64,
+    /// Since when (Unix ms) the uplink falls behind its messages ([`drain::Behind`]); 0 while
+    /// it keeps up.
+    pub behind_since_ms: AtomicU64,
     /// (state, since Unix ms, last error).
     pub state: Mutex<(LinkState, u64, Option<String>)>,
     /// The open queue (set by the uplink task when it opened it).
@@ -126,6 +129,7 @@ impl Ledger {
             connected: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             ack_rate_bits: AtomicU64::new(0),
+            behind_since_ms: AtomicU64::new(0),
             state: Mutex::new((LinkState::Disconnected, 0, None)),
             queue: Mutex::new(None),
             sparkplug: Mutex::new(None),
@@ -152,6 +156,18 @@ impl Ledger {
 
     pub fn set_queue(&self, q: Option<queue::Queue>) {
         *self.queue.lock().unwrap_or_else(PoisonError::into_inner) = q;
+    }
+
+    /// Records whether the uplink falls behind, and since when ([`drain::Behind::told_since`]).
+    /// The time is fixed when the stretch is first told, so it does not move between looks.
+    pub fn set_behind(&self, since: Option<std::time::Instant>) {
+        let ms = since.map_or(0, |t0| match self.behind_since_ms.load(Ordering::Relaxed) {
+            0 => crate::clock::now_ms()
+                .saturating_sub(t0.elapsed().as_millis() as u64)
+                .max(1),
+            known => known,
+        });
+        self.behind_since_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn set_ack_rate(&self, per_second: f64) {
@@ -221,6 +237,7 @@ impl Ledger {
                 rate_limit: self.drain_rate,
                 ack_rate: (ack_rate * 10.0).round() / 10.0,
                 eta_seconds: drain::eta_seconds(draining, q.depth, ack_rate),
+                behind_since_ms: Some(get(&self.behind_since_ms)).filter(|&t| t > 0),
             },
         }
     }
@@ -304,6 +321,10 @@ pub struct Drain {
     /// `queue.messages / ack_rate` while a drain is active; `null` otherwise or while
     /// nothing is being acknowledged.
     pub eta_seconds: Option<u64>,
+    /// Since when (Unix ms) the uplink falls behind: connected, its in-flight window full and
+    /// its queue growing for [`drain::BEHIND_FOR`] and more (the log says so once); `null`
+    /// while it keeps up.
+    pub behind_since_ms: Option<u64>,
 }
 
 impl LedgerSnapshot {
@@ -343,6 +364,7 @@ impl LedgerSnapshot {
             ("drain/active", self.drain.active.to_string()),
             ("drain/rate_limit", self.drain.rate_limit.to_string()),
             ("drain/ack_rate", self.drain.ack_rate.to_string()),
+            ("drain/behind_since", opt(self.drain.behind_since_ms)),
             ("drain/eta_seconds", opt(self.drain.eta_seconds)),
         ];
         values
@@ -411,6 +433,37 @@ mod tests {
             "none".into()
         )));
         assert!(topics.iter().all(|(_, v)| !v.is_empty()));
+    }
+
+    #[test]
+    fn falling_behind_shows_since_when_until_it_keeps_up() {
+        let l = Ledger::new("cloud", "mqtt://x", 0);
+        let behind = |l: &Ledger| l.snapshot().drain.behind_since_ms;
+        assert_eq!(behind(&l), None);
+        let t0 = std::time::Instant::now() - std::time::Duration::from_secs(40);
+        l.set_behind(Some(t0));
+        let since = behind(&l).expect("falling behind");
+        let expected = crate::clock::now_ms() - 40_000;
+        assert!(since.abs_diff(expected) < 2_000, "{since} vs {expected}");
+        // Looks a second later keep the time it was first told (Behind may start a new
+        // stretch meanwhile).
+        l.set_behind(Some(std::time::Instant::now()));
+        assert_eq!(behind(&l), Some(since));
+        let topics = l.snapshot().sys_topics();
+        assert!(topics.contains(&(
+            "$SYS/tidegate/uplinks/cloud/drain/behind_since".into(),
+            since.to_string()
+        )));
+        assert_eq!(
+            serde_json::to_value(l.snapshot()).unwrap()["drain"]["behind_since_ms"],
+            since
+        );
+        l.set_behind(None);
+        assert_eq!(behind(&l), None);
+        assert!(l.snapshot().sys_topics().contains(&(
+            "$SYS/tidegate/uplinks/cloud/drain/behind_since".into(),
+            "none".into()
+        )));
     }
 
     #[test]

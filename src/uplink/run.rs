@@ -379,6 +379,7 @@ impl Uplink {
     ) {
         let Some(l) = link.filter(|l| l.connected) else {
             behind.reset();
+            self.ledger.set_behind(None);
             return;
         };
         let depth = queue.stats().depth;
@@ -392,6 +393,7 @@ impl Uplink {
                 super::drain::BEHIND_FOR.as_secs(),
             );
         }
+        self.ledger.set_behind(behind.told_since());
     }
 
     /// Adds the `qos0_offline` drops counted since the last call to the queue file's counts.

@@ -38,6 +38,9 @@ pub struct UplinkView {
     /// Seconds until the backlog is drained at the current acknowledgement rate; `None` when
     /// not draining.
     pub drain_eta_s: Option<u64>,
+    /// Unix ms since when the uplink falls behind its messages (connected, window full, queue
+    /// growing; docs/UPLINKS.md); `None` while it keeps up.
+    pub falling_behind_since: Option<u64>,
     /// Sparkplug B uplinks only: group, edge node, primary host and its STATE, bdSeq, births
     /// (the dashboard's uplink card shows them).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -116,6 +119,7 @@ pub fn uplink_view(s: &crate::uplink::LedgerSnapshot) -> UplinkView {
         ack_rate: s.drain.ack_rate,
         drain_rate_limit: s.drain.rate_limit,
         drain_eta_s: s.drain.eta_seconds,
+        falling_behind_since: s.drain.behind_since_ms,
         sparkplug: s.sparkplug.clone(),
     }
 }
@@ -475,7 +479,7 @@ pub fn render(st: &State) -> String {
 
     let ups = uplinks(st);
     type Pick = fn(&UplinkView) -> u64;
-    let families: [(&str, &str, &str, Pick); 15] = [
+    let families: [(&str, &str, &str, Pick); 16] = [
         ("tidegate_uplink_connected", "gauge", "1 when the uplink is connected to its broker.", |u| u64::from(u.state == "connected")),
         ("tidegate_uplink_state_since_timestamp_seconds", "gauge", "Unix time of the uplink's last connect or disconnect.", |u| u.since.unwrap_or(0) / 1000),
         ("tidegate_uplink_messages_received_total", "counter", "Local messages that matched an out rule.", |u| u.counters.received),
@@ -491,6 +495,7 @@ pub fn render(st: &State) -> String {
         ("tidegate_uplink_queue_bytes", "gauge", "Bytes waiting in the queue.", |u| u.queue.bytes),
         ("tidegate_uplink_queue_oldest_age_seconds", "gauge", "Age of the oldest queued message.", |u| u.queue.oldest_age_s),
         ("tidegate_uplink_drain_eta_seconds", "gauge", "Seconds until the backlog is drained at the current acknowledgement rate (0: not draining).", |u| u.drain_eta_s.unwrap_or(0)),
+        ("tidegate_uplink_falling_behind", "gauge", "1 while the uplink forwards slower than its messages arrive (window full, queue growing for 30 s), else 0.", |u| u64::from(u.falling_behind_since.is_some())),
     ];
     for (name, kind, help, pick) in families {
         o.family(name, kind, help);
