@@ -114,7 +114,8 @@ pub const BEHIND_FOR: Duration = Duration::from_secs(30);
 /// about 400 a second at 50 ms). Nothing is lost meanwhile, but the queue grows until its
 /// bounds drop the oldest; the operator should hear of it before.
 ///
-/// It has caught up when [`CAUGHT_UP_LOOKS`] looks in a row find the window free: one free
+/// It no longer falls behind when a look finds the queue shorter than the last one (it
+/// drains), or when [`CAUGHT_UP_LOOKS`] looks in a row find the window free: one free
 /// look is only the instant between an acknowledgement and the next send, and taking it
 /// for a catch-up would clear the dashboard's "falling behind" and restart the stretch
 /// every few seconds on a link that never keeps up.
@@ -152,6 +153,12 @@ impl Behind {
                     self.told = true;
                     return Some(depth - d0);
                 }
+            }
+            Some((_, _, last)) if depth < last => {
+                // The queue shrinks: it forwards faster than messages arrive again (a drain
+                // catching up), so it no longer falls behind; a new stretch is told again.
+                self.since = Some((now, depth, depth));
+                self.told = false;
             }
             _ => self.since = Some((now, depth, depth)),
         }
@@ -291,6 +298,13 @@ mod tests {
         }
         assert_eq!(b.look(at(105), 2000, true), Some(2000 - 750));
         assert_eq!(b.told_since(), Some(at(75)));
+        // The queue shrinks with the window full: a drain catching up, no longer behind.
+        assert_eq!(b.look(at(106), 1900, true), None);
+        assert_eq!(b.told_since(), None, "draining");
+        for s in 107..136 {
+            assert_eq!(b.look(at(s), 1900 + s, true), None, "second {s}");
+        }
+        assert_eq!(b.look(at(136), 5000, true), Some(5000 - 1900));
     }
 
     #[test]
