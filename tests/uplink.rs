@@ -929,3 +929,95 @@ fn mqtt_5_over_tls_commands_outage_and_stall() {
     });
     gw.stop();
 }
+
+/// `ws://` (MQTT 3.1.1) and `wss://` (MQTT 5, the CA from `tls.ca`) uplinks to Mosquitto's
+/// WebSocket listener, as a cloud behind an HTTP(S) port is reached: a QoS 1 stream arrives
+/// whole and in order on the cloud's plain listener, and a command from the cloud arrives at
+/// a local subscriber once.
+#[test]
+fn websocket_uplinks_ws_and_wss_to_mosquitto() {
+    if !have_mosquitto() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = tls_files(dir.path());
+    for (scheme, protocol) in [("ws", "\"3.1.1\""), ("wss", "5")] {
+        // Mosquitto's first listener is plain MQTT (the test's cloud clients); the second
+        // speaks MQTT over WebSocket, with TLS for wss.
+        let ws_port = free_port();
+        let tls = if scheme == "wss" {
+            format!("certfile {}\nkeyfile {}\n", cert.display(), key.display())
+        } else {
+            String::new()
+        };
+        let m = mosquitto_with(&format!(
+            "listener {ws_port}\nprotocol websockets\n{tls}max_queued_messages 1000000\nmax_inflight_messages 100\n"
+        ));
+        wait_listening(format!("127.0.0.1:{ws_port}").parse().unwrap());
+        let extra = if scheme == "wss" {
+            format!("    tls: {{ca: \"{}\"}}\n", ca.display())
+        } else {
+            String::new()
+        };
+        let body = uplink_body(m.addr, &extra)
+            .replace(
+                &format!("mqtt://{}", m.addr),
+                &format!("{scheme}://localhost:{ws_port}/mqtt"),
+            )
+            .replace("protocol: \"3.1.1\"", &format!("protocol: {protocol}"));
+        let cfg = TempConfig::new(&body);
+        let gw = Gateway::start(&cfg);
+        rt.block_on(async {
+            let id = format!("{scheme}-sub");
+            let mut sub = cloud_subscriber(m.addr, &id, "sites/t/devices/#").await;
+            ledger_until(
+                gw.addr,
+                |l| l["state"] == "connected",
+                Duration::from_secs(20),
+            )
+            .await;
+            let mut local_sub = Client::connect(options(gw.addr, &format!("{scheme}-hmi")))
+                .await
+                .0;
+            local_sub
+                .subscribe("devices/+/sp/set", QoS::AtLeastOnce)
+                .await;
+            sub.client
+                .publish(
+                    "sites/t/devices/boiler/sp/set",
+                    QoS::AtLeastOnce,
+                    false,
+                    "42",
+                )
+                .await
+                .unwrap();
+            let got = local_sub.publish_msg().await;
+            assert_eq!(
+                (got.topic.as_str(), &got.payload[..]),
+                ("devices/boiler/sp/set", &b"42"[..]),
+                "{scheme}"
+            );
+
+            assert_eq!(
+                publish_seq(gw.addr, SEQ, 0..500, Duration::ZERO)
+                    .await
+                    .len(),
+                500
+            );
+            let seen = collect(&mut sub, CLOUD_SEQ, &all(500), Duration::from_secs(60)).await;
+            assert_eq!(
+                seen.missing(500),
+                Vec::<usize>::new(),
+                "{scheme}: {}",
+                gw.log()
+            );
+            assert_eq!(seen.order, all(500), "{scheme}: out of order");
+            let l =
+                ledger_until(gw.addr, |l| num(l, "acked") == 500, Duration::from_secs(30)).await;
+            // The uplink's url names only the WebSocket port: what arrived came through it.
+            assert_eq!(num(&l, "connections"), 1, "{scheme}: {l:?}");
+        });
+        gw.stop();
+    }
+}
