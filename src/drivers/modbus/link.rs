@@ -46,7 +46,8 @@ impl Failure {
 }
 
 /// What an I/O error on a Modbus link means, in the words an operator looks for: `connection
-/// lost`, `connection refused`, `timeout`, ... with the system's text after it.
+/// lost`, `connection refused`, `timeout`, ... with the system's error number after it (its
+/// text would only say the same words again), or its text when the error has no number.
 ///
 /// tokio-modbus 0.17 reports a TCP connection the device closed as `io::Error::last_os_error()`
 /// (`service/tcp.rs`), so the error then carries whatever errno was left over — typically
@@ -70,7 +71,10 @@ pub fn io_reason(e: &std::io::Error) -> String {
         K::PermissionDenied => "permission denied",
         _ => return e.to_string(),
     };
-    format!("{what}: {e}")
+    match e.raw_os_error() {
+        Some(n) => format!("{what}, os error {n}"),
+        None => format!("{what}: {e}"),
+    }
 }
 
 /// `exception 2 (illegal data address)`.
@@ -439,7 +443,15 @@ mod tests {
         }
         assert_eq!(
             io_reason(&Error::from_raw_os_error(111)),
-            "connection refused (nothing listens on that port): Connection refused (os error 111)"
+            "connection refused (nothing listens on that port), os error 111"
+        );
+        assert_eq!(
+            io_reason(&Error::from_raw_os_error(113)),
+            "host unreachable, os error 113"
+        );
+        assert_eq!(
+            io_reason(&Error::new(ErrorKind::TimedOut, "no answer in 1 s")),
+            "timeout: no answer in 1 s"
         );
         assert!(io_reason(&Error::from(ErrorKind::ConnectionReset)).starts_with("connection lost"));
         assert_eq!(exception_message(0x42), "exception 66 (unknown exception)");
