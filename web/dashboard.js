@@ -64,7 +64,8 @@ function uplinkCard(u) {
       ['Queue', u.depth === undefined ? '—' : `${fmtNumber(u.depth)} messages${u.bytes !== undefined ? `, ${fmtBytes(u.bytes)}` : ''}`],
       ['Oldest queued', u.oldestS ? fmtDuration(u.oldestS) : '—'],
       ['Drain ETA', drainEta(u)],
-      stateClass(u.state) === 'good' ? ['Keeping up', u.behindSince
+      // Sparkplug B uplinks do not look (their node loop has no Behind): no row for them.
+      stateClass(u.state) === 'good' && !u.sparkplug ? ['Keeping up', u.behindSince
         ? [badge('no', 'bad'), ' falling behind since ', fmtTime(u.behindSince), ' ', h('span', { class: 'muted' }, `(${fmtAgo(u.behindSince)}; see the log)`)]
         : 'yes'] : null,
       ...sparkplugRows(u.sparkplug),
