@@ -966,6 +966,11 @@ fn websocket_uplinks_ws_and_wss_to_mosquitto() {
                 &format!("{scheme}://localhost:{ws_port}/mqtt"),
             )
             .replace("protocol: \"3.1.1\"", &format!("protocol: {protocol}"));
+        assert!(
+            body.contains(&format!("url: {scheme}://localhost:{ws_port}/mqtt"))
+                && body.contains(&format!("protocol: {protocol}")),
+            "{body}"
+        );
         let cfg = TempConfig::new(&body);
         let gw = Gateway::start(&cfg);
         rt.block_on(async {

@@ -623,6 +623,17 @@ fn an_uplink_slower_than_its_readings_says_so() {
     // Still behind for longer than another stretch would take: it is not said again, and a
     // slow link that acknowledges is never taken for a stall.
     std::thread::sleep(tidegate::uplink::drain::BEHIND_FOR + Duration::from_secs(5));
+    // Still behind: still the same "since" (it neither cleared nor moved meanwhile).
+    let later = rt.block_on(ledger_until(
+        gw.addr,
+        |l| l.contains_key("drain/behind_since"),
+        Duration::from_secs(30),
+    ));
+    assert_eq!(
+        later["drain/behind_since"],
+        since.to_string(),
+        "falling behind all along"
+    );
     let log = gw.log();
     let line = log
         .lines()

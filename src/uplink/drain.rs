@@ -114,8 +114,8 @@ pub const BEHIND_FOR: Duration = Duration::from_secs(30);
 /// about 400 a second at 50 ms). Nothing is lost meanwhile, but the queue grows until its
 /// bounds drop the oldest; the operator should hear of it before.
 ///
-/// It no longer falls behind when a look finds the queue shorter than the last one (it
-/// drains), or when [`CAUGHT_UP_LOOKS`] looks in a row find the window free: one free
+/// It no longer falls behind when [`CAUGHT_UP_LOOKS`] looks in a row find the queue shorter
+/// than the one before (it drains), or the window free: one free
 /// look is only the instant between an acknowledgement and the next send, and taking it
 /// for a catch-up would clear the dashboard's "falling behind" and restart the stretch
 /// every few seconds on a link that never keeps up.
@@ -126,9 +126,12 @@ pub struct Behind {
     told: bool,
     /// Looks in a row that found the window free.
     free: u32,
+    /// Looks in a row that found the queue shorter than the last one.
+    shrinking: u32,
 }
 
-/// Looks in a row (one a second) with the window free that mean the uplink keeps up.
+/// Looks in a row (one a second) with the window free, or with the queue shrinking, that mean
+/// the uplink keeps up.
 pub const CAUGHT_UP_LOOKS: u32 = 5;
 
 impl Behind {
@@ -146,6 +149,11 @@ impl Behind {
             return None;
         }
         self.free = 0;
+        if self.since.is_some_and(|(_, _, last)| depth < last) {
+            self.shrinking += 1;
+        } else {
+            self.shrinking = 0;
+        }
         match self.since {
             Some((t0, d0, last)) if depth > last => {
                 self.since = Some((t0, d0, depth));
@@ -155,10 +163,15 @@ impl Behind {
                 }
             }
             Some((_, _, last)) if depth < last => {
-                // The queue shrinks: it forwards faster than messages arrive again (a drain
-                // catching up), so it no longer falls behind; a new stretch is told again.
+                // The queue shrinks. For CAUGHT_UP_LOOKS looks in a row it forwards faster
+                // than messages arrive (a drain catching up): no longer behind, a new stretch
+                // is told again. One shorter look is no catch-up: a queue at its bound
+                // (drop_oldest) or expiring old messages shrinks now and then while the
+                // uplink is as far behind as ever.
                 self.since = Some((now, depth, depth));
-                self.told = false;
+                if self.shrinking >= CAUGHT_UP_LOOKS {
+                    self.told = false;
+                }
             }
             _ => self.since = Some((now, depth, depth)),
         }
@@ -298,13 +311,21 @@ mod tests {
         }
         assert_eq!(b.look(at(105), 2000, true), Some(2000 - 750));
         assert_eq!(b.told_since(), Some(at(75)));
-        // The queue shrinks with the window full: a drain catching up, no longer behind.
+        // One shorter look (a queue at its bound dropping the oldest, an expiry pass) is no
+        // catch-up; the queue shrinking five looks in a row (a drain) is.
         assert_eq!(b.look(at(106), 1900, true), None);
+        assert!(b.told_since().is_some(), "one shorter look");
+        assert_eq!(b.look(at(107), 1950, true), None);
+        for s in 108..112u64 {
+            assert_eq!(b.look(at(s), 1950 - (s - 107) * 10, true), None);
+            assert!(b.told_since().is_some(), "shrinking {} looks", s - 107);
+        }
+        assert_eq!(b.look(at(112), 1900, true), None);
         assert_eq!(b.told_since(), None, "draining");
-        for s in 107..136 {
+        for s in 113..142 {
             assert_eq!(b.look(at(s), 1900 + s, true), None, "second {s}");
         }
-        assert_eq!(b.look(at(136), 5000, true), Some(5000 - 1900));
+        assert_eq!(b.look(at(142), 5000, true), Some(5000 - 1900));
     }
 
     #[test]

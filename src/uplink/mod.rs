@@ -141,6 +141,10 @@ impl Ledger {
     pub fn set_state(&self, state: LinkState, error: Option<String>) {
         self.connected
             .store(state == LinkState::Connected, Ordering::Relaxed);
+        if state != LinkState::Connected {
+            // Falling behind is judged while connected only (drain::Behind).
+            self.set_behind(None);
+        }
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if st.0 != state || st.1 == 0 {
             st.1 = crate::clock::now_ms();
